@@ -1,0 +1,57 @@
+# queueworker: `make dev` runs the platform locally, `make test` passes the tests on a fresh machine.
+SHELL := /bin/bash
+PY ?= .venv/bin/python
+VENV_STAMP := .venv/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+PYTEST_ARGS ?=
+
+.PHONY: help deps dev test test-unit test-integration test-e2e lint fmt bench soak clean services-up services-down
+
+help:
+	@echo "make dev    - broker, API and one worker of each kind on 127.0.0.1 (Ctrl-C stops them)"
+	@echo "make test   - install what is missing, start the services, run every suite"
+	@echo "make lint   - ruff + mypy";  echo "make bench  - benchmarks -> bench/results/"
+
+$(VENV_STAMP): pyproject.toml
+	python3 -m venv .venv
+	.venv/bin/pip install -q --upgrade pip
+	.venv/bin/pip install -q -e '.[test]'
+	rm -f .venv/.installed-*; touch $@
+
+deps: $(VENV_STAMP)
+	bash scripts/install-system-deps.sh
+
+-include mk/*.mk
+
+services-up: deps
+	python3 scripts/rabbitmq.py start
+
+services-down:
+	python3 scripts/rabbitmq.py stop
+	python3 scripts/postgres.py stop
+
+dev: deps
+	$(PY) scripts/dev.py
+
+test: deps
+	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+test-unit: deps
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: deps
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+lint: deps
+	.venv/bin/ruff check core api workers operator tests bench scripts
+	.venv/bin/ruff format --check core api workers operator tests bench scripts
+	.venv/bin/mypy core/qw_core api/qw_api workers/qw_workers operator/qw_operator
+
+fmt: deps
+	.venv/bin/ruff format core api workers operator tests bench scripts
+	.venv/bin/ruff check --fix core api workers operator tests bench scripts
+
+bench: deps
+	$(PY) -m bench $(BENCH_ARGS)
+
+clean:
+	rm -rf .venv .run .pytest_cache .mypy_cache .ruff_cache

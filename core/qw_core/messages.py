@@ -1,0 +1,126 @@
+"""Versioned task messages: the body of every AMQP message the API publishes and the workers consume."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+SCHEMA_VERSION: Literal[1] = 1
+TaskKind = Literal["image", "email"]
+KINDS: tuple[TaskKind, ...] = ("image", "email")
+ImageFormat = Literal["JPEG", "PNG", "WEBP", "GIF"]
+
+_HEADER_BREAK = re.compile(r"[\r\n\x00]")
+
+
+def new_task_id() -> str:
+    return uuid.uuid4().hex
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _no_header_injection(v: str) -> str:
+    if _HEADER_BREAK.search(v):
+        raise ValueError("must not contain CR, LF or NUL characters")
+    return v
+
+
+HeaderText = Annotated[str, StringConstraints(max_length=998)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ImageOptions(_Strict):
+    """What to do with an uploaded image. Sizes are upper bounds; aspect ratio is always kept."""
+
+    width: int | None = Field(default=None, ge=1, le=8192)
+    height: int | None = Field(default=None, ge=1, le=8192)
+    thumbnail: bool = Field(default=False, description="Shrink to fit within 256x256 (or width/height).")
+    format: ImageFormat | None = Field(default=None, description="Output format; default keeps the input's.")
+    watermark: str | None = Field(default=None, max_length=100)
+    quality: int = Field(default=85, ge=1, le=100)
+
+    @field_validator("watermark")
+    @classmethod
+    def _printable(cls, v: str | None) -> str | None:
+        if v is not None and (not v.strip() or any(ord(c) < 32 for c in v)):
+            raise ValueError("watermark must be printable text")
+        return v
+
+
+class ImageTask(_Strict):
+    kind: Literal["image"] = "image"
+    source_key: str
+    source_format: ImageFormat
+    options: ImageOptions = ImageOptions()
+
+
+class EmailTask(_Strict):
+    kind: Literal["email"] = "email"
+    to: EmailStr
+    subject: HeaderText
+    text: str | None = Field(default=None, max_length=100_000)
+    html: str | None = Field(default=None, max_length=200_000)
+    template: str | None = Field(default=None, max_length=64)
+    context: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    reply_to: EmailStr | None = None
+
+    @field_validator("subject")
+    @classmethod
+    def _subject_one_line(cls, v: str) -> str:
+        return _no_header_injection(v)
+
+    @model_validator(mode="after")
+    def _has_body(self) -> EmailTask:
+        if not (self.text or self.html or self.template):
+            raise ValueError("give text, html or a template")
+        return self
+
+
+TaskPayload = Annotated[ImageTask | EmailTask, Field(discriminator="kind")]
+
+
+class TaskMessage(_Strict):
+    """The envelope on the wire. `v` lets workers refuse bodies from a future schema."""
+
+    v: Literal[1] = SCHEMA_VERSION
+    task_id: str
+    tenant: str
+    created_at: datetime
+    payload: TaskPayload
+
+    @property
+    def kind(self) -> TaskKind:
+        return self.payload.kind
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def from_bytes(cls, body: bytes) -> TaskMessage:
+        return cls.model_validate_json(body)
+
+
+class Notification(_Strict):
+    v: Literal[1] = SCHEMA_VERSION
+    notification_id: str
+    tenant: str
+    topic: Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
+    data: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime

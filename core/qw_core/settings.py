@@ -1,0 +1,96 @@
+"""One settings object per service, read from `QW_*` environment variables at startup (never at import)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "password", "example", "xxx"}
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="QW_", extra="ignore")
+
+    env: Literal["dev", "test", "prod"] = "dev"
+    rabbitmq_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/%2F")
+    rabbitmq_management_url: SecretStr = SecretStr("http://guest:guest@127.0.0.1:15672")
+    database_url: str = "sqlite:///./.run/queueworker.db"
+    storage_dir: Path = Path("./.run/storage")
+    log_format: Literal["json", "text"] = "json"
+    log_level: str = "INFO"
+    # Retry policy shared by publisher (topology) and workers.
+    max_attempts: int = Field(default=5, ge=1, le=20)
+    retry_delays: list[int] = Field(default=[1_000, 5_000, 30_000, 120_000])
+    delivery_limit: int = Field(default=10, ge=1, description="x-delivery-limit on quorum queues")
+
+    @field_validator("retry_delays")
+    @classmethod
+    def _delays_positive(cls, v: list[int]) -> list[int]:
+        if not v or any(d <= 0 for d in v):
+            raise ValueError("retry_delays must be a non-empty list of positive milliseconds")
+        return v
+
+    @model_validator(mode="after")
+    def _no_default_credentials_in_prod(self) -> CommonSettings:
+        if self.env == "prod" and "guest:guest@" in self.rabbitmq_url.get_secret_value():
+            raise ValueError("QW_RABBITMQ_URL uses the guest account; set real credentials in prod")
+        return self
+
+
+class ApiSettings(CommonSettings):
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    # "key:tenant,key2:tenant2" or "@/path/to/file" (one key:tenant per line).
+    api_keys: SecretStr = SecretStr("")
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    allowed_formats: list[str] = ["JPEG", "PNG", "WEBP", "GIF"]
+    publish_timeout: float = 5.0
+    retry_after_seconds: int = 5
+    sse_poll_interval: float = 0.2
+    public_url: str = ""
+
+    def tenant_keys(self) -> dict[str, str]:
+        raw = self.api_keys.get_secret_value().strip()
+        if raw.startswith("@"):
+            raw = Path(raw[1:]).read_text()
+        keys: dict[str, str] = {}
+        for item in raw.replace("\n", ",").split(","):
+            item = item.strip()
+            if not item or item.startswith("#"):
+                continue
+            key, sep, tenant = item.partition(":")
+            if not sep or not key or not tenant:
+                raise ValueError("QW_API_KEYS entries must look like key:tenant")
+            if self.env == "prod" and (key.lower() in PLACEHOLDER_SECRETS or len(key) < 16):
+                raise ValueError("QW_API_KEYS holds a placeholder or short key; use at least 16 random chars")
+            keys[key] = tenant
+        return keys
+
+
+class WorkerSettings(CommonSettings):
+    metrics_port: int = 9100
+    metrics_host: str = "127.0.0.1"
+    prefetch: int = Field(default=4, ge=1)
+    concurrency: int = Field(default=1, ge=1)
+    grace_period: float = 25.0
+    heartbeat: int = Field(default=10, ge=5, le=60)
+    max_image_pixels: int = 40_000_000
+    max_output_side: int = 4096
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 25
+    smtp_starttls: bool = False
+    smtp_username: str = ""
+    smtp_password: SecretStr = SecretStr("")
+    smtp_from: str = "queueworker@localhost"
+    smtp_timeout: float = 15.0
+
+
+class OperatorSettings(CommonSettings):
+    namespace: str = ""
+    metrics_port: int = 9200
+    health_port: int = 8080
+    default_interval: float = 5.0

@@ -1,0 +1,303 @@
+"""The task status store: SQLite by default, PostgreSQL when QW_DATABASE_URL says so.
+
+Synchronous and thread-safe (a connection per thread for SQLite, a pool for PostgreSQL); the API
+calls it from a thread pool, workers call it directly. Every state change is one conditional UPDATE,
+so a late or duplicate writer cannot move a finished task backwards.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+Status = Literal["pending", "queued", "processing", "succeeded", "failed", "dead"]
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "dead"})
+EffectClaim = Literal["claimed", "done", "busy"]
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS tasks (
+        task_id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        error TEXT,
+        source_key TEXT,
+        result_key TEXT,
+        completions INTEGER NOT NULL DEFAULT 0,
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS tasks_tenant_status ON tasks (tenant, status)",
+    """CREATE TABLE IF NOT EXISTS side_effects (
+        task_id TEXT NOT NULL,
+        effect TEXT NOT NULL,
+        state TEXT NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (task_id, effect)
+    )""",
+)
+
+_COLUMNS = "task_id, tenant, kind, status, attempts, error, source_key, result_key, completions, created_at, updated_at"
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    task_id: str
+    tenant: str
+    kind: str
+    status: Status
+    attempts: int
+    error: str | None
+    source_key: str | None
+    result_key: str | None
+    completions: int
+    created_at: float
+    updated_at: float
+
+
+class StoreUnavailable(Exception):
+    """The database cannot be reached; callers answer 503 or retry later."""
+
+
+class TaskStore:
+    """SQL shared by both backends; subclasses supply connections and the placeholder style."""
+
+    placeholder = "?"
+
+    def _sql(self, sql: str) -> str:
+        return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
+
+    @contextmanager
+    def _tx(self) -> Iterator[Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+        yield
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        with self._tx() as cur:
+            cur.execute(self._sql(sql), tuple(params))
+            return int(cur.rowcount)
+
+    def _fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        with self._tx() as cur:
+            cur.execute(self._sql(sql), tuple(params))
+            row = cur.fetchone()
+            return tuple(row) if row is not None else None
+
+    def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._tx() as cur:
+            cur.execute(self._sql(sql), tuple(params))
+            return [tuple(r) for r in cur.fetchall()]
+
+    def migrate(self) -> None:
+        with self._tx() as cur:
+            for stmt in SCHEMA:
+                cur.execute(stmt)
+
+    def ping(self) -> bool:
+        try:
+            return self._fetchone("SELECT 1") == (1,)
+        except Exception:
+            return False
+
+    def close(self) -> None:
+        pass
+
+    # --- the API's side ----------------------------------------------------------------------
+
+    def create_pending(
+        self, task_id: str, tenant: str, kind: str, source_key: str | None = None, now: float | None = None
+    ) -> None:
+        """A task the broker has not confirmed yet: invisible to clients until `confirm_queued`."""
+        now = time.time() if now is None else now
+        self._execute(
+            f"INSERT INTO tasks ({_COLUMNS}) VALUES (?, ?, ?, 'pending', 0, NULL, ?, NULL, 0, ?, ?)",
+            (task_id, tenant, kind, source_key, now, now),
+        )
+
+    def confirm_queued(self, task_id: str) -> bool:
+        """After the broker's confirm. A worker may already have moved it on; then nothing changes."""
+        return (
+            self._execute(
+                "UPDATE tasks SET status='queued', updated_at=? WHERE task_id=? AND status='pending'",
+                (time.time(), task_id),
+            )
+            == 1
+        )
+
+    def discard_pending(self, task_id: str) -> bool:
+        """The publish failed: remove the row so nothing claims the task is queued."""
+        return self._execute("DELETE FROM tasks WHERE task_id=? AND status='pending'", (task_id,)) == 1
+
+    def get(self, task_id: str, tenant: str | None = None) -> TaskRecord | None:
+        if tenant is None:
+            row = self._fetchone(f"SELECT {_COLUMNS} FROM tasks WHERE task_id=?", (task_id,))
+        else:
+            row = self._fetchone(
+                f"SELECT {_COLUMNS} FROM tasks WHERE task_id=? AND tenant=?", (task_id, tenant)
+            )
+        return TaskRecord(*row) if row else None
+
+    def counts(self, tenant: str | None = None) -> dict[str, int]:
+        if tenant is None:
+            rows = self._fetchall("SELECT status, COUNT(*) FROM tasks GROUP BY status")
+        else:
+            rows = self._fetchall(
+                "SELECT status, COUNT(*) FROM tasks WHERE tenant=? GROUP BY status", (tenant,)
+            )
+        return {str(s): int(n) for s, n in rows}
+
+    # --- the workers' side -------------------------------------------------------------------
+
+    def start_attempt(self, task_id: str, attempt: int) -> bool:
+        """Mark processing unless the task already ended. False: finished before (a duplicate)."""
+        return (
+            self._execute(
+                "UPDATE tasks SET status='processing', attempts=?, updated_at=? "
+                "WHERE task_id=? AND status NOT IN ('succeeded', 'failed', 'dead')",
+                (attempt, time.time(), task_id),
+            )
+            == 1
+        )
+
+    def succeed(self, task_id: str, result_key: str | None = None) -> bool:
+        return (
+            self._execute(
+                "UPDATE tasks SET status='succeeded', result_key=?, error=NULL, completions=completions+1, "
+                "updated_at=? WHERE task_id=? AND status NOT IN ('succeeded', 'failed', 'dead')",
+                (result_key, time.time(), task_id),
+            )
+            == 1
+        )
+
+    def schedule_retry(self, task_id: str, attempt: int, error: str) -> bool:
+        return (
+            self._execute(
+                "UPDATE tasks SET status='queued', attempts=?, error=?, updated_at=? "
+                "WHERE task_id=? AND status NOT IN ('succeeded', 'failed', 'dead')",
+                (attempt, error[:2000], time.time(), task_id),
+            )
+            == 1
+        )
+
+    def finish_failed(
+        self, task_id: str, status: Literal["failed", "dead"], error: str, attempt: int
+    ) -> bool:
+        return (
+            self._execute(
+                "UPDATE tasks SET status=?, error=?, attempts=?, updated_at=? "
+                "WHERE task_id=? AND status NOT IN ('succeeded', 'failed', 'dead')",
+                (status, error[:2000], attempt, time.time(), task_id),
+            )
+            == 1
+        )
+
+    def claim_effect(
+        self, task_id: str, effect: str, lease_seconds: float, now: float | None = None
+    ) -> EffectClaim:
+        """Guard a side effect (sending an email) against duplicate deliveries.
+
+        'claimed': go ahead. 'done': it already happened, skip. 'busy': another worker holds a fresh
+        claim (retry later). A claim older than the lease belonged to a worker that died mid-effect;
+        it is taken over (at-least-once: the effect may repeat only in that crash window).
+        """
+        now = time.time() if now is None else now
+        inserted = self._execute(
+            "INSERT INTO side_effects (task_id, effect, state, updated_at) VALUES (?, ?, 'started', ?) "
+            "ON CONFLICT (task_id, effect) DO NOTHING",
+            (task_id, effect, now),
+        )
+        if inserted == 1:
+            return "claimed"
+        taken = self._execute(
+            "UPDATE side_effects SET updated_at=? WHERE task_id=? AND effect=? AND state='started' AND updated_at<?",
+            (now, task_id, effect, now - lease_seconds),
+        )
+        if taken == 1:
+            return "claimed"
+        row = self._fetchone("SELECT state FROM side_effects WHERE task_id=? AND effect=?", (task_id, effect))
+        return "done" if row and row[0] == "done" else "busy"
+
+    def finish_effect(self, task_id: str, effect: str) -> None:
+        self._execute(
+            "UPDATE side_effects SET state='done', updated_at=? WHERE task_id=? AND effect=?",
+            (time.time(), task_id, effect),
+        )
+
+    def release_effect(self, task_id: str, effect: str) -> None:
+        """The effect certainly did not happen (e.g. SMTP refused the connection): let a retry claim it."""
+        self._execute(
+            "DELETE FROM side_effects WHERE task_id=? AND effect=? AND state='started'", (task_id, effect)
+        )
+
+
+class SqliteStore(TaskStore):
+    def __init__(self, path: str) -> None:
+        self.path = path
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self.migrate()
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[Any]:
+        conn = self._conn()
+        try:
+            cur = conn.cursor()
+            yield cur
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+
+class PostgresStore(TaskStore):
+    placeholder = "%s"
+
+    def __init__(self, url: str, min_size: int = 1, max_size: int = 10) -> None:
+        from psycopg_pool import ConnectionPool
+
+        self.pool = ConnectionPool(url, min_size=min_size, max_size=max_size, open=True, timeout=10)
+        self.migrate()
+
+    @contextmanager
+    def _tx(self) -> Iterator[Any]:
+        import psycopg
+
+        try:
+            with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+                yield cur
+        except (psycopg.OperationalError, TimeoutError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        except Exception as exc:  # psycopg_pool.PoolTimeout subclasses its own error type
+            if type(exc).__name__ == "PoolTimeout":
+                raise StoreUnavailable(str(exc)) from exc
+            raise
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def open_store(database_url: str) -> TaskStore:
+    """`sqlite:///relative.db`, `sqlite:////abs/path.db`, `sqlite://:memory:` or `postgresql://...`."""
+    if database_url.startswith(("postgresql://", "postgres://")):
+        return PostgresStore(database_url)
+    if database_url.startswith("sqlite://"):
+        rest = database_url[len("sqlite://") :]
+        path = rest[1:] if rest.startswith("/") else rest
+        return SqliteStore(path or ":memory:")
+    raise ValueError(f"unsupported QW_DATABASE_URL scheme: {database_url.split(':', 1)[0]!r}")

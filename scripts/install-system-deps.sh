@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the tests and `make dev` use, only those missing. Idempotent.
+set -euo pipefail
+want=(rabbitmq-server postgresql openssl)
+missing=()
+for p in "${want[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+echo "installing Debian packages: ${missing[*]}"
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# Debian's packages may start their services on install where an init system exists; the project
+# runs its own instances on 127.0.0.1 with its own data directories, so stop the packaged ones.
+for svc in rabbitmq-server postgresql prometheus; do
+  command -v service >/dev/null && $SUDO service "$svc" stop >/dev/null 2>&1 || true
+done

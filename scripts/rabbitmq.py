@@ -1,0 +1,245 @@
+#!/usr/bin/env python3
+"""Start, stop and inspect a local RabbitMQ (Debian's rabbitmq-server) bound to 127.0.0.1.
+
+    python3 scripts/rabbitmq.py start [--name qw --port 5672 --mgmt-port 15672 --prom-port 15692]
+    python3 scripts/rabbitmq.py stop  [--name qw]
+    python3 scripts/rabbitmq.py status [--name qw]
+
+Idempotent: `start` reuses a broker that already answers on the port (and then `stop` leaves it
+alone); `stop` only stops a node this script started (it keeps a marker in the node's directory).
+Stdlib only, so tests import it (`Broker`) to run private brokers for fault tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SBIN = Path("/usr/lib/rabbitmq/bin")
+ROOT = Path(__file__).resolve().parent.parent
+PLUGINS = "[rabbitmq_management,rabbitmq_prometheus]."
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+@dataclass
+class Broker:
+    name: str = "qw"
+    port: int = 5672
+    mgmt_port: int = 15672
+    prom_port: int = 15692
+    base: Path = field(default_factory=lambda: ROOT / ".run")
+    extra_config: str = ""
+
+    @property
+    def dir(self) -> Path:
+        return self.base / f"rabbitmq-{self.name}"
+
+    @property
+    def nodename(self) -> str:
+        return f"{self.name}@localhost"
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://guest:guest@127.0.0.1:{self.mgmt_port}"
+
+    @property
+    def _marker(self) -> Path:
+        return self.dir / "started-by-queueworker"
+
+    def env(self) -> dict[str, str]:
+        d = self.dir
+        return {
+            **os.environ,
+            "RABBITMQ_NODENAME": self.nodename,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.port + 20000),
+            "RABBITMQ_MNESIA_BASE": str(d / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(d / "log"),
+            "RABBITMQ_CONFIG_FILE": str(d / "rabbitmq"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(d / "enabled_plugins"),
+            "RABBITMQ_PID_FILE": str(d / "pid"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(d / "advanced.config"),
+        }
+
+    def _write_config(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "enabled_plugins").write_text(PLUGINS + "\n")
+        (self.dir / "rabbitmq.conf").write_text(
+            "\n".join(
+                [
+                    f"listeners.tcp.default = 127.0.0.1:{self.port}",
+                    "management.tcp.ip = 127.0.0.1",
+                    f"management.tcp.port = {self.mgmt_port}",
+                    "prometheus.tcp.ip = 127.0.0.1",
+                    f"prometheus.tcp.port = {self.prom_port}",
+                    # Rates in /api/queues: sample often so the operator sees fresh rates.
+                    "collect_statistics_interval = 1000",
+                    "management.rates_mode = basic",
+                    # Longer than any task the workers run (the worker acks after the work).
+                    "consumer_timeout = 3600000",
+                    "log.console = false",
+                    "log.file.level = warning",
+                    self.extra_config,
+                ]
+            )
+            + "\n"
+        )
+        (self.dir / "advanced.config").write_text("[].\n")
+
+    def ctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(SBIN / "rabbitmqctl"), "-n", self.nodename, *args],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def api(self, path: str, method: str = "GET", body: object | None = None) -> object:
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.mgmt_port}{path}",
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={
+                "Authorization": "Basic " + base64.b64encode(b"guest:guest").decode(),
+                "Content-Type": "application/json",
+            },
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback only
+            raw = resp.read()
+        return json.loads(raw) if raw else None
+
+    def ours(self) -> bool:
+        return self._marker.exists()
+
+    def running(self) -> bool:
+        return port_open(self.port)
+
+    def start(self, timeout: float = 120) -> bool:
+        """Start the node unless one answers already. Returns True if this call started it."""
+        if self.running():
+            self.wait_ready(timeout)
+            return False
+        if not (SBIN / "rabbitmq-server").exists():
+            raise SystemExit("rabbitmq-server is not installed: apt-get install rabbitmq-server")
+        self._write_config()
+        log = open(self.dir / "server.out", "ab")  # noqa: SIM115 - handed to the child
+        proc = subprocess.Popen(
+            [str(SBIN / "rabbitmq-server")],
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self._marker.write_text(str(proc.pid))
+        try:
+            self.wait_ready(timeout)
+        except TimeoutError:
+            tail = (self.dir / "server.out").read_text(errors="replace")[-3000:]
+            raise TimeoutError(f"RabbitMQ {self.name} did not start in {timeout}s:\n{tail}") from None
+        return True
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.running() and port_open(self.mgmt_port):
+                try:
+                    self.api("/api/overview")
+                    return
+                except OSError:
+                    pass
+            time.sleep(0.3)
+        raise TimeoutError(f"RabbitMQ {self.name} not ready after {timeout}s")
+
+    def _pid(self) -> int | None:
+        for f in (self.dir / "pid", self._marker):
+            try:
+                return int(f.read_text().strip())
+            except (OSError, ValueError):
+                continue
+        return None
+
+    def stop(self, timeout: float = 60) -> None:
+        """Stop the node if this script started it; leave anything else alone."""
+        if not self.ours():
+            return
+        if self.running():
+            self.ctl("shutdown", timeout=timeout)
+        pid = self._pid()
+        deadline = time.monotonic() + timeout
+        while self.running() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if pid and self.running():
+            os.kill(pid, signal.SIGKILL)
+        self._marker.unlink(missing_ok=True)
+
+    def kill9(self) -> None:
+        """Crash the node the hard way (the Erlang VM gets SIGKILL), keeping its data directory."""
+        pid = self._pid()
+        if pid is None:
+            raise RuntimeError("no pid for the broker")
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while self.running() and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    def restart_after_crash(self, timeout: float = 120) -> None:
+        self._marker.unlink(missing_ok=True)
+        self.start(timeout)
+
+    def destroy(self) -> None:
+        """Stop (if ours) and delete the node's directory: for throwaway test brokers."""
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("action", choices=["start", "stop", "status"])
+    p.add_argument("--name", default=os.environ.get("QW_RMQ_NAME", "qw"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("QW_RMQ_PORT", 5672)))
+    p.add_argument("--mgmt-port", type=int, default=int(os.environ.get("QW_RMQ_MGMT_PORT", 15672)))
+    p.add_argument("--prom-port", type=int, default=int(os.environ.get("QW_RMQ_PROM_PORT", 15692)))
+    a = p.parse_args(argv)
+    b = Broker(a.name, a.port, a.mgmt_port, a.prom_port)
+    if a.action == "start":
+        started = b.start()
+        print(
+            f"rabbitmq {'started' if started else 'already running'}: {b.url} management {b.management_url}"
+        )
+    elif a.action == "stop":
+        if b.ours():
+            b.stop()
+            print("rabbitmq stopped")
+        else:
+            print("rabbitmq: not started by this script; left alone")
+    else:
+        print("running" if b.running() else "stopped")
+        return 0 if b.running() else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

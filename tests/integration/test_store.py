@@ -1,0 +1,96 @@
+"""The status store against real SQLite and real PostgreSQL (the `database_url` fixture runs each test on both)."""
+
+import threading
+
+import pytest
+from qw_core.store import open_store
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def store(database_url):
+    s = open_store(database_url)
+    yield s
+    s.close()
+
+
+def test_pending_task_is_hidden_then_queued_after_confirm(store):
+    store.create_pending("t1", "acme", "image", "uploads/acme/x.png")
+    assert store.get("t1").status == "pending"
+    assert store.confirm_queued("t1")
+    rec = store.get("t1", tenant="acme")
+    assert (rec.status, rec.kind, rec.source_key) == ("queued", "image", "uploads/acme/x.png")
+
+
+def test_other_tenant_cannot_read_a_task(store):
+    store.create_pending("t1", "acme", "email")
+    assert store.get("t1", tenant="globex") is None
+
+
+def test_failed_publish_leaves_no_row(store):
+    store.create_pending("t1", "acme", "email")
+    assert store.discard_pending("t1")
+    assert store.get("t1") is None
+
+
+def test_worker_may_start_before_the_api_confirms(store):
+    store.create_pending("t1", "acme", "email")
+    assert store.start_attempt("t1", 1)
+    assert not store.confirm_queued("t1")  # never moves processing back to queued
+    assert not store.discard_pending("t1")
+    assert store.get("t1").status == "processing"
+
+
+def test_finished_task_is_never_moved_backwards(store):
+    store.create_pending("t1", "acme", "email")
+    store.start_attempt("t1", 1)
+    assert store.succeed("t1", "results/x.png")
+    assert not store.start_attempt("t1", 2)
+    assert not store.schedule_retry("t1", 2, "late")
+    assert not store.finish_failed("t1", "dead", "late", 2)
+    assert not store.succeed("t1")
+    rec = store.get("t1")
+    assert (rec.status, rec.completions, rec.result_key) == ("succeeded", 1, "results/x.png")
+
+
+def test_retry_then_dead_records_attempts_and_reason(store):
+    store.create_pending("t1", "acme", "email")
+    store.start_attempt("t1", 1)
+    store.schedule_retry("t1", 1, "smtp 451")
+    assert store.get("t1").status == "queued"
+    store.start_attempt("t1", 2)
+    store.finish_failed("t1", "dead", "gave up after 2 attempts: smtp 451", 2)
+    rec = store.get("t1")
+    assert (rec.status, rec.attempts, rec.error) == ("dead", 2, "gave up after 2 attempts: smtp 451")
+    assert store.counts("acme") == {"dead": 1}
+
+
+def test_side_effect_claimed_once_even_under_concurrency(store):
+    results = []
+    barrier = threading.Barrier(8)
+
+    def claim():
+        barrier.wait()
+        results.append(store.claim_effect("t1", "email", lease_seconds=60))
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == ["busy"] * 7 + ["claimed"]
+    store.finish_effect("t1", "email")
+    assert store.claim_effect("t1", "email", lease_seconds=60) == "done"
+
+
+def test_stale_claim_of_a_dead_worker_is_taken_over(store):
+    assert store.claim_effect("t1", "email", lease_seconds=30, now=1000.0) == "claimed"
+    assert store.claim_effect("t1", "email", lease_seconds=30, now=1010.0) == "busy"
+    assert store.claim_effect("t1", "email", lease_seconds=30, now=1031.0) == "claimed"
+
+
+def test_released_claim_can_be_claimed_again(store):
+    store.claim_effect("t1", "email", lease_seconds=60)
+    store.release_effect("t1", "email")
+    assert store.claim_effect("t1", "email", lease_seconds=60) == "claimed"

@@ -1,0 +1,92 @@
+"""The declared topology on a real RabbitMQ: retries come back after their delay, dead letters are kept."""
+
+import time
+
+import pika
+import pytest
+from qw_core.topology import (
+    RETRY_EXCHANGE,
+    TASKS_EXCHANGE,
+    build_topology,
+    dead_queue_name,
+    declare_with_pika,
+    queue_name,
+    retry_routing_key,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def channel(amqp_url):
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    ch = conn.channel()
+    ch.confirm_delivery()
+    declare_with_pika(ch, build_topology(["email"], [300], delivery_limit=2))
+    yield ch
+    conn.close()
+
+
+def _get(ch, queue, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        method, props, body = ch.basic_get(queue, auto_ack=False)
+        if method:
+            return method, props, body
+        time.sleep(0.05)
+    raise AssertionError(f"nothing arrived on {queue} in {timeout}s")
+
+
+def test_declaring_twice_is_harmless(amqp_url, channel):
+    declare_with_pika(channel, build_topology(["email"], [300], delivery_limit=2))
+
+
+def test_retry_queue_sends_the_message_back_after_its_delay(channel):
+    channel.basic_publish(
+        RETRY_EXCHANGE,
+        retry_routing_key("email", 300),
+        b"again",
+        pika.BasicProperties(delivery_mode=2),
+        mandatory=True,
+    )
+    start = time.monotonic()
+    method, _, body = _get(channel, queue_name("email"))
+    assert body == b"again"
+    assert time.monotonic() - start >= 0.25
+    channel.basic_ack(method.delivery_tag)
+
+
+def test_delivery_limit_dead_letters_a_message_that_keeps_crashing_consumers(channel):
+    channel.basic_publish(
+        TASKS_EXCHANGE, "email", b"poison", pika.BasicProperties(delivery_mode=2), mandatory=True
+    )
+    for _ in range(3):  # limit 2: the third return dead-letters it
+        method, _, _ = _get(channel, queue_name("email"))
+        channel.basic_nack(method.delivery_tag, requeue=True)
+    method, props, body = _get(channel, dead_queue_name("email"))
+    assert body == b"poison"
+    assert props.headers["x-death"][0]["reason"] == "delivery_limit"
+    channel.basic_ack(method.delivery_tag)
+
+
+def test_unroutable_publish_is_returned_not_silently_confirmed(channel):
+    with pytest.raises(pika.exceptions.UnroutableError):
+        channel.basic_publish(TASKS_EXCHANGE, "no-such-kind", b"x", mandatory=True)
+
+
+def test_full_queue_nacks_the_publish(broker, vhost, channel):
+    """A max-length policy with reject-publish makes the broker nack: the publisher must see an error."""
+    import urllib.parse
+
+    broker.api(
+        f"/api/policies/{urllib.parse.quote(vhost, safe='')}/cap",
+        "PUT",
+        {"pattern": "^qw\\.email$", "definition": {"max-length": 1}, "apply-to": "queues"},
+    )
+    accepted = 0
+    with pytest.raises(pika.exceptions.NackError):
+        for _ in range(50):  # policies apply asynchronously; quorum queues reject once over the limit
+            channel.basic_publish(TASKS_EXCHANGE, "email", b"x", mandatory=True)
+            accepted += 1
+            time.sleep(0.05)
+    assert accepted <= 3

@@ -1,0 +1,35 @@
+import pytest
+from pydantic import ValidationError
+from qw_core.settings import ApiSettings, CommonSettings
+
+
+def test_settings_come_from_qw_env(monkeypatch):
+    monkeypatch.setenv("QW_API_PORT", "9123")
+    monkeypatch.setenv("QW_API_KEYS", "k1:acme, k2:globex")
+    s = ApiSettings()
+    assert s.api_port == 9123
+    assert s.tenant_keys() == {"k1": "acme", "k2": "globex"}
+
+
+def test_keys_can_come_from_a_mounted_file(tmp_path, monkeypatch):
+    f = tmp_path / "keys"
+    f.write_text("# comment\nabc:one\ndef:two\n")
+    monkeypatch.setenv("QW_API_KEYS", f"@{f}")
+    assert ApiSettings().tenant_keys() == {"abc": "one", "def": "two"}
+
+
+def test_malformed_key_entry_is_refused(monkeypatch):
+    monkeypatch.setenv("QW_API_KEYS", "justakey")
+    with pytest.raises(ValueError, match="key:tenant"):
+        ApiSettings().tenant_keys()
+
+
+def test_prod_refuses_placeholder_keys_and_guest(monkeypatch):
+    monkeypatch.setenv("QW_ENV", "prod")
+    monkeypatch.setenv("QW_RABBITMQ_URL", "amqp://app:s3cret-long@rabbit:5672/")
+    monkeypatch.setenv("QW_API_KEYS", "changeme:acme")
+    with pytest.raises(ValueError, match="placeholder"):
+        ApiSettings().tenant_keys()
+    monkeypatch.setenv("QW_RABBITMQ_URL", "amqp://guest:guest@rabbit:5672/")
+    with pytest.raises(ValidationError, match="guest"):
+        CommonSettings()
