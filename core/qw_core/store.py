@@ -139,18 +139,14 @@ class TaskStore:
         if tenant is None:
             row = self._fetchone(f"SELECT {_COLUMNS} FROM tasks WHERE task_id=?", (task_id,))
         else:
-            row = self._fetchone(
-                f"SELECT {_COLUMNS} FROM tasks WHERE task_id=? AND tenant=?", (task_id, tenant)
-            )
+            row = self._fetchone(f"SELECT {_COLUMNS} FROM tasks WHERE task_id=? AND tenant=?", (task_id, tenant))
         return TaskRecord(*row) if row else None
 
     def counts(self, tenant: str | None = None) -> dict[str, int]:
         if tenant is None:
             rows = self._fetchall("SELECT status, COUNT(*) FROM tasks GROUP BY status")
         else:
-            rows = self._fetchall(
-                "SELECT status, COUNT(*) FROM tasks WHERE tenant=? GROUP BY status", (tenant,)
-            )
+            rows = self._fetchall("SELECT status, COUNT(*) FROM tasks WHERE tenant=? GROUP BY status", (tenant,))
         return {str(s): int(n) for s, n in rows}
 
     # --- the workers' side -------------------------------------------------------------------
@@ -186,9 +182,7 @@ class TaskStore:
             == 1
         )
 
-    def finish_failed(
-        self, task_id: str, status: Literal["failed", "dead"], error: str, attempt: int
-    ) -> bool:
+    def finish_failed(self, task_id: str, status: Literal["failed", "dead"], error: str, attempt: int) -> bool:
         return (
             self._execute(
                 "UPDATE tasks SET status=?, error=?, attempts=?, updated_at=? "
@@ -198,9 +192,7 @@ class TaskStore:
             == 1
         )
 
-    def claim_effect(
-        self, task_id: str, effect: str, lease_seconds: float, now: float | None = None
-    ) -> EffectClaim:
+    def claim_effect(self, task_id: str, effect: str, lease_seconds: float, now: float | None = None) -> EffectClaim:
         """Guard a side effect (sending an email) against duplicate deliveries.
 
         'claimed': go ahead. 'done': it already happened, skip. 'busy': another worker holds a fresh
@@ -232,9 +224,7 @@ class TaskStore:
 
     def release_effect(self, task_id: str, effect: str) -> None:
         """The effect certainly did not happen (e.g. SMTP refused the connection): let a retry claim it."""
-        self._execute(
-            "DELETE FROM side_effects WHERE task_id=? AND effect=? AND state='started'", (task_id, effect)
-        )
+        self._execute("DELETE FROM side_effects WHERE task_id=? AND effect=? AND state='started'", (task_id, effect))
 
 
 class SqliteStore(TaskStore):

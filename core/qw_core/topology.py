@@ -138,9 +138,7 @@ async def declare_with_aio_pika(channel: Any, topology: Topology) -> None:
 
     exchanges = {}
     for ex in topology.exchanges:
-        exchanges[ex.name] = await channel.declare_exchange(
-            ex.name, aio_pika.ExchangeType(ex.type), durable=True
-        )
+        exchanges[ex.name] = await channel.declare_exchange(ex.name, aio_pika.ExchangeType(ex.type), durable=True)
     for q in topology.queues:
         queue = await channel.declare_queue(q.name, durable=True, arguments=q.arguments)
         for exchange, key in q.bindings:

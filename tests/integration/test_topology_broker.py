@@ -57,9 +57,7 @@ def test_retry_queue_sends_the_message_back_after_its_delay(channel):
 
 
 def test_delivery_limit_dead_letters_a_message_that_keeps_crashing_consumers(channel):
-    channel.basic_publish(
-        TASKS_EXCHANGE, "email", b"poison", pika.BasicProperties(delivery_mode=2), mandatory=True
-    )
+    channel.basic_publish(TASKS_EXCHANGE, "email", b"poison", pika.BasicProperties(delivery_mode=2), mandatory=True)
     for _ in range(3):  # limit 2: the third return dead-letters it
         method, _, _ = _get(channel, queue_name("email"))
         channel.basic_nack(method.delivery_tag, requeue=True)

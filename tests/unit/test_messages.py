@@ -39,9 +39,7 @@ def test_subject_with_line_breaks_is_refused(subject):
         _email(subject=subject)
 
 
-@pytest.mark.parametrize(
-    "to", ["not-an-email", "a@example.com, b@example.com", "a@example.com\r\nBcc: c@d.e", ""]
-)
+@pytest.mark.parametrize("to", ["not-an-email", "a@example.com, b@example.com", "a@example.com\r\nBcc: c@d.e", ""])
 def test_bad_or_multiple_recipients_are_refused(to):
     with pytest.raises(ValidationError):
         _email(to=to)

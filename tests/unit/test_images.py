@@ -1,0 +1,47 @@
+import io
+
+import pytest
+from PIL import Image
+from qw_core.images import ImageRejected, identify
+
+OK = ["JPEG", "PNG", "WEBP", "GIF"]
+
+
+def _png(w=8, h=8, fmt="PNG"):
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), "red").save(buf, fmt)
+    return buf.getvalue()
+
+
+def test_identifies_by_content_not_name():
+    assert identify(_png(fmt="JPEG"), OK, 10_000).format == "JPEG"
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (b"", "empty"),
+        (b"<html><body>hi</body></html>", "not an image"),
+        (b'<svg xmlns="http://www.w3.org/2000/svg"/>', "not an image"),
+        (b"%!PS-Adobe-3.0 EPSF-3.0\n", "not an image"),
+        (b"%PDF-1.4\n", "not an image"),
+    ],
+)
+def test_non_images_are_refused(data, why):
+    with pytest.raises(ImageRejected, match=why):
+        identify(data, OK, 10_000)
+
+
+def test_truncated_image_is_refused():
+    with pytest.raises(ImageRejected, match="could not be decoded"):
+        identify(_png(64, 64, "JPEG")[:200], OK, 100_000)
+
+
+def test_format_outside_the_allowed_list_is_refused():
+    with pytest.raises(ImageRejected):
+        identify(_png(fmt="BMP"), OK, 10_000)
+
+
+def test_too_many_pixels_is_refused_before_decoding():
+    with pytest.raises(ImageRejected, match="limit"):
+        identify(_png(200, 200), OK, 10_000)
