@@ -1,0 +1,1 @@
+"""The queueworker HTTP API."""

@@ -1,0 +1,55 @@
+"""Typed dependencies: routes ask for what they need; tests replace nothing, they build a real app."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from qw_core.settings import ApiSettings
+from qw_core.storage import LocalStorage
+from qw_core.store import TaskStore
+
+from .metrics import ApiMetrics
+from .publisher import Publisher
+
+
+@dataclass
+class Services:
+    settings: ApiSettings
+    store: TaskStore
+    storage: LocalStorage
+    publisher: Publisher
+    metrics: ApiMetrics
+    key_hashes: dict[bytes, str]  # sha256(key) -> tenant
+
+
+def hash_key(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+_bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`")
+
+
+def get_tenant(services: ServicesDep, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
+    unauthorized = HTTPException(
+        401, "missing or invalid API key: send 'Authorization: Bearer <key>'", {"WWW-Authenticate": "Bearer"}
+    )
+    if creds is None or creds.scheme.lower() != "bearer":
+        raise unauthorized
+    digest = hash_key(creds.credentials)
+    for known, tenant in services.key_hashes.items():  # constant-time compare against every key
+        if hmac.compare_digest(known, digest):
+            return tenant
+    raise unauthorized
+
+
+TenantDep = Annotated[str, Depends(get_tenant)]

@@ -1,0 +1,90 @@
+"""Builds the app from settings at startup (never at import)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from importlib import resources
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import HTMLResponse, JSONResponse
+from qw_core.messages import KINDS
+from qw_core.settings import ApiSettings
+from qw_core.storage import LocalStorage
+from qw_core.store import open_store
+from qw_core.topology import build_topology
+
+from .deps import Services, hash_key
+from .limits import BodySizeLimit, BodyTooLarge
+from .metrics import ApiMetrics
+from .publisher import Publisher
+from .routes import emails, health, images, notifications, tasks
+
+MULTIPART_OVERHEAD = 64 * 1024
+
+
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    settings = settings or ApiSettings()
+    keys = settings.tenant_keys()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = open_store(settings.database_url)
+        topology = build_topology(KINDS, settings.retry_delays, settings.delivery_limit)
+        publisher = Publisher(settings.rabbitmq_url.get_secret_value(), topology, settings.publish_timeout)
+        app.state.services = Services(
+            settings=settings,
+            store=store,
+            storage=LocalStorage(settings.storage_dir),
+            publisher=publisher,
+            metrics=metrics,
+            key_hashes={hash_key(k): t for k, t in keys.items()},
+        )
+        await publisher.start()
+        await publisher.wait_connected(5.0)  # start serving anyway: /readyz tells the truth
+        try:
+            yield
+        finally:
+            await publisher.stop()
+            store.close()
+
+    metrics = ApiMetrics()
+    app = FastAPI(
+        title="queueworker API",
+        version="1.0",
+        description="Submit images and emails as background tasks; follow them by polling or server-sent events.",
+        lifespan=lifespan,
+    )
+    for module in (images, emails, notifications, tasks):
+        app.include_router(module.router)
+    app.include_router(health.router)
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(_: Request, __: BodyTooLarge) -> JSONResponse:
+        return JSONResponse({"detail": "request body too large"}, status_code=413)
+
+    @app.middleware("http")
+    async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        template = getattr(route, "path", "unmatched")  # bounded label: the route template, never the raw path
+        metrics.requests.labels(request.method, template, str(response.status_code)).inc()
+        metrics.request_duration.labels(request.method, template).observe(time.perf_counter() - start)
+        return response
+
+    page = resources.files("qw_api").joinpath("static/index.html").read_text()
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(
+            page,
+            headers={
+                "Content-Security-Policy": "default-src 'self'; img-src 'self' blob:; "
+                "style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'"
+            },
+        )
+
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD)
+    return app

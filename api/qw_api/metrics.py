@@ -1,0 +1,45 @@
+"""The API's Prometheus metrics, on a registry of its own per app (tests build many apps)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+NS, SUB = "queueworker", "api"
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class ApiMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "requests", "HTTP requests by route template and status code.", ["method", "route", "status"],
+            namespace=NS, subsystem=SUB, registry=r,
+        )  # fmt: skip
+        self.request_duration = Histogram(
+            "request_duration_seconds", "HTTP request latency.", ["method", "route"],
+            namespace=NS, subsystem=SUB, registry=r, buckets=LATENCY_BUCKETS,
+        )  # fmt: skip
+        self.tasks_submitted = Counter(
+            "tasks_submitted", "Tasks accepted (broker-confirmed) by kind.", ["kind"],
+            namespace=NS, subsystem=SUB, registry=r,
+        )  # fmt: skip
+        self.publish_failures = Counter(
+            "publish_failures", "Publishes the broker did not confirm, by kind.", ["kind"],
+            namespace=NS, subsystem=SUB, registry=r,
+        )  # fmt: skip
+        self.publish_duration = Histogram(
+            "publish_duration_seconds", "Publish-to-confirm latency.", ["kind"],
+            namespace=NS, subsystem=SUB, registry=r, buckets=LATENCY_BUCKETS,
+        )  # fmt: skip
+        self.rejected_uploads = Counter(
+            "rejected_uploads", "Uploads refused by validation, by reason.", ["reason"],
+            namespace=NS, subsystem=SUB, registry=r,
+        )  # fmt: skip
+        self.broker_connected = Gauge(
+            "broker_connected", "1 while the publisher holds a broker connection.",
+            namespace=NS, subsystem=SUB, registry=r,
+        )  # fmt: skip
+        self.sse_streams = Gauge(
+            "sse_streams", "Open server-sent-event streams.", namespace=NS, subsystem=SUB, registry=r
+        )

@@ -1,0 +1,140 @@
+"""Publishes task messages with publisher confirms from the event loop, never blocking it.
+
+Design: aio-pika (an asyncio AMQP client) on the API's own event loop. Each publish awaits its own
+broker confirm, and many publishes are in flight at once on one channel, so throughput does not pay
+a round trip per request the way the seed guide's connection-per-request pattern does. A pika
+BlockingConnection would block the loop and is not thread-safe; a publisher thread would need a
+hand-off queue and futures to get the confirm back, which is what aio-pika already is.
+
+A supervisor task owns the connection: it connects, declares the topology, and when the connection
+drops it reconnects with capped exponential backoff. While disconnected, `publish` fails at once
+with `PublishUnavailable` (the API answers 503 + Retry-After) instead of queueing work in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
+from pamqp.commands import Basic
+from qw_core.topology import H_ATTEMPT, NOTIFICATIONS_EXCHANGE, TASKS_EXCHANGE, Topology, declare_with_aio_pika
+
+log = logging.getLogger(__name__)
+
+
+class PublishUnavailable(Exception):
+    """The broker did not take the message (down, not confirming, nacked, or unroutable)."""
+
+
+class Publisher:
+    def __init__(self, url: str, topology: Topology, confirm_timeout: float = 5.0) -> None:
+        self.url = url
+        self.topology = topology
+        self.confirm_timeout = confirm_timeout
+        self._connection: AbstractConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._exchanges: dict[str, AbstractExchange] = {}
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    @property
+    def connected(self) -> bool:
+        return self._ready.is_set() and self._channel is not None and not self._channel.is_closed
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._supervise(), name="amqp-publisher")
+
+    async def wait_connected(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        if self._connection and not self._connection.is_closed:
+            await self._connection.close()
+
+    async def _supervise(self) -> None:
+        delay = 0.2
+        while not self._stopping:
+            closed = asyncio.Event()
+            try:
+                conn = await aio_pika.connect(self.url, timeout=5, client_properties={"connection_name": "qw-api"})
+                conn.close_callbacks.add(lambda *_: closed.set())
+                channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
+                channel.close_callbacks.add(lambda *_: closed.set())
+                await declare_with_aio_pika(channel, self.topology)
+                self._exchanges = {
+                    name: await channel.get_exchange(name, ensure=False)
+                    for name in (TASKS_EXCHANGE, NOTIFICATIONS_EXCHANGE)
+                }
+                self._connection, self._channel = conn, channel
+                self._ready.set()
+                log.info("publisher connected to the broker")
+                delay = 0.2
+                await closed.wait()
+                log.warning("publisher lost the broker connection; reconnecting")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("broker connection failed (%s); retrying in %.1fs", exc, delay)
+            finally:
+                self._ready.clear()
+                if self._connection is not None and not self._connection.is_closed:
+                    try:
+                        await self._connection.close()
+                    except Exception:  # noqa: S110 - already broken; reconnecting anyway
+                        pass
+                self._connection = self._channel = None
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 5.0)
+
+    async def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        message_id: str,
+        headers: dict[str, Any] | None = None,
+    ) -> None:
+        """Return only once the broker confirmed a persistent, routed message; raise otherwise."""
+        ex = self._exchanges.get(exchange)
+        if not self.connected or ex is None:
+            raise PublishUnavailable("the message broker is not reachable")
+        message = aio_pika.Message(
+            body,
+            message_id=message_id,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            headers={H_ATTEMPT: 0, **(headers or {})},
+        )
+        try:
+            confirmation = await ex.publish(message, routing_key, mandatory=True, timeout=self.confirm_timeout)
+        except aio_pika.exceptions.DeliveryError as exc:
+            raise PublishUnavailable(f"the broker refused the message ({_describe(exc)})") from exc
+        except TimeoutError as exc:
+            raise PublishUnavailable("the broker did not confirm the message in time") from exc
+        except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+            raise PublishUnavailable(f"the broker connection failed ({type(exc).__name__})") from exc
+        if not isinstance(confirmation, Basic.Ack):
+            raise PublishUnavailable(f"the broker did not acknowledge the message ({type(confirmation).__name__})")
+
+
+def _describe(exc: aio_pika.exceptions.DeliveryError) -> str:
+    frame = getattr(exc, "frame", None)
+    if frame is not None and type(frame).__name__ == "Return":
+        return "unroutable"
+    return "nacked, probably a full queue"

@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import FileResponse, StreamingResponse
+from qw_core.store import TERMINAL, StoreUnavailable, TaskRecord
+from starlette.concurrency import run_in_threadpool
+
+from ..deps import Services, ServicesDep, TenantDep
+from ..schemas import Problem, TaskView
+from ..service import unavailable
+
+router = APIRouter(prefix="/v1", tags=["tasks"])
+NOT_FOUND = "no such task"  # the same answer for another tenant's task: never reveal it exists
+MEDIA = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp", "gif": "image/gif"}
+SSE_KEEPALIVE_SECONDS = 15.0
+SSE_MAX_SECONDS = 900.0
+
+
+async def _load(services: Services, task_id: str, tenant: str) -> TaskRecord | None:
+    try:
+        rec = await run_in_threadpool(services.store.get, task_id, tenant)
+    except StoreUnavailable as exc:
+        raise unavailable(services, "the task store is unavailable") from exc
+    return None if rec is None or rec.status == "pending" else rec
+
+
+def _view(rec: TaskRecord, request: Request) -> TaskView:
+    result_url = None
+    if rec.status == "succeeded" and rec.result_key:
+        result_url = str(request.url_for("get_task_result", task_id=rec.task_id))
+    return TaskView(
+        task_id=rec.task_id, kind=rec.kind, status=rec.status, attempts=rec.attempts,  # type: ignore[arg-type]
+        error=rec.error, result_url=result_url, created_at=rec.created_at, updated_at=rec.updated_at,
+    )  # fmt: skip
+
+
+@router.get("/tasks/{task_id}", response_model=TaskView, responses={401: {"model": Problem}, 404: {"model": Problem}})
+async def get_task(task_id: str, tenant: TenantDep, services: ServicesDep, request: Request) -> TaskView:
+    rec = await _load(services, task_id, tenant)
+    if rec is None:
+        raise HTTPException(404, NOT_FOUND)
+    return _view(rec, request)
+
+
+@router.get(
+    "/tasks/{task_id}/events",
+    responses={200: {"content": {"text/event-stream": {}}}, 401: {"model": Problem}, 404: {"model": Problem}},
+)
+async def task_events(task_id: str, tenant: TenantDep, services: ServicesDep, request: Request) -> StreamingResponse:
+    """Server-sent events: one `status` event per change, ending after a final status."""
+    first = await _load(services, task_id, tenant)
+    if first is None:
+        raise HTTPException(404, NOT_FOUND)
+
+    async def stream() -> AsyncIterator[str]:
+        services.metrics.sse_streams.inc()
+        try:
+            rec: TaskRecord | None = first
+            last: tuple[str, int, float] | None = None
+            started = last_sent = time.monotonic()
+            while rec is not None:
+                state = (rec.status, rec.attempts, rec.updated_at)
+                if state != last:
+                    last, last_sent = state, time.monotonic()
+                    yield f"event: status\ndata: {json.dumps(_view(rec, request).model_dump())}\n\n"
+                    if rec.status in TERMINAL:
+                        return
+                elif time.monotonic() - last_sent > SSE_KEEPALIVE_SECONDS:
+                    last_sent = time.monotonic()
+                    yield ": keep-alive\n\n"
+                if await request.is_disconnected() or time.monotonic() - started > SSE_MAX_SECONDS:
+                    return
+                await asyncio.sleep(services.settings.sse_poll_interval)
+                try:
+                    rec = await run_in_threadpool(services.store.get, task_id, tenant)
+                except StoreUnavailable:
+                    continue
+        finally:
+            services.metrics.sse_streams.dec()
+
+    return StreamingResponse(
+        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    )
+
+
+@router.get(
+    "/tasks/{task_id}/result",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {m: {} for m in MEDIA.values()}},
+        401: {"model": Problem}, 404: {"model": Problem}, 409: {"model": Problem},
+    },
+)  # fmt: skip
+async def get_task_result(task_id: str, tenant: TenantDep, services: ServicesDep) -> FileResponse:
+    rec = await _load(services, task_id, tenant)
+    if rec is None:
+        raise HTTPException(404, NOT_FOUND)
+    if rec.status != "succeeded" or not rec.result_key:
+        raise HTTPException(409, f"the task has no result yet (status: {rec.status})")
+    path = services.storage.path(rec.result_key)
+    if not path.is_file():
+        raise HTTPException(404, "the result file is gone")
+    ext = path.suffix.lstrip(".")
+    return FileResponse(path, media_type=MEDIA.get(ext, "application/octet-stream"), filename=f"{task_id}.{ext}")

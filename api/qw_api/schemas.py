@@ -1,0 +1,54 @@
+"""Request and response bodies of the v1 API."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, EmailStr, Field
+
+PublicStatus = Literal["queued", "processing", "succeeded", "failed", "dead"]
+
+
+class TaskAccepted(BaseModel):
+    task_id: str
+    status: Literal["queued"] = "queued"
+    status_url: str
+
+
+class TaskView(BaseModel):
+    task_id: str
+    kind: str
+    status: PublicStatus
+    attempts: int
+    error: str | None = None
+    result_url: str | None = None
+    created_at: float
+    updated_at: float
+
+
+class EmailRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    to: EmailStr = Field(description="One recipient address.")
+    subject: str = Field(min_length=1, max_length=998)
+    text: str | None = Field(default=None, description="Plain-text body.")
+    html: str | None = Field(default=None, description="HTML body.")
+    template: str | None = Field(default=None, description="A named template instead of text/html.")
+    context: dict[str, str | int | float | bool] = Field(default_factory=dict, description="Template values.")
+    reply_to: EmailStr | None = None
+
+
+class NotificationRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    topic: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class NotificationAccepted(BaseModel):
+    notification_id: str
+    status: Literal["published"] = "published"
+
+
+class Problem(BaseModel):
+    detail: Any

@@ -1,0 +1,51 @@
+"""The accept path shared by every task route: row, publish with confirm, then visible. All or nothing."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import HTTPException
+from qw_core.messages import TaskMessage
+from qw_core.store import StoreUnavailable
+from qw_core.topology import TASKS_EXCHANGE
+from starlette.concurrency import run_in_threadpool
+
+from .deps import Services
+from .publisher import PublishUnavailable
+
+
+def unavailable(services: Services, what: str) -> HTTPException:
+    return HTTPException(
+        503,
+        f"{what}; nothing was queued, try again shortly",
+        headers={"Retry-After": str(services.settings.retry_after_seconds)},
+    )
+
+
+async def submit(services: Services, task: TaskMessage, source_key: str | None = None) -> None:
+    """Accept `task` or raise 503. On failure no row claims it is queued and its upload is removed."""
+    try:
+        await run_in_threadpool(services.store.create_pending, task.task_id, task.tenant, task.kind, source_key)
+    except StoreUnavailable as exc:
+        await _remove_upload(services, source_key)
+        raise unavailable(services, "the task store is unavailable") from exc
+    start = time.perf_counter()
+    try:
+        await services.publisher.publish(TASKS_EXCHANGE, task.kind, task.to_bytes(), task.task_id)
+    except PublishUnavailable as exc:
+        services.metrics.publish_failures.labels(task.kind).inc()
+        await run_in_threadpool(services.store.discard_pending, task.task_id)
+        await _remove_upload(services, source_key)
+        raise unavailable(services, f"the task could not be queued: {exc}") from exc
+    services.metrics.publish_duration.labels(task.kind).observe(time.perf_counter() - start)
+    # The broker has it now. If this write fails the worker's own status writes still move the task on.
+    try:
+        await run_in_threadpool(services.store.confirm_queued, task.task_id)
+    except StoreUnavailable:
+        pass
+    services.metrics.tasks_submitted.labels(task.kind).inc()
+
+
+async def _remove_upload(services: Services, key: str | None) -> None:
+    if key:
+        await run_in_threadpool(services.storage.delete, key)

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import json
+
+import pika
+import pytest
+from qw_core.settings import ApiSettings
+
+from tests.support.api import client, running_api
+
+KEYS = "key-acme:acme,key-globex:globex"
+
+
+@pytest.fixture
+def api_settings(amqp_url, tmp_path) -> ApiSettings:
+    return ApiSettings(
+        rabbitmq_url=amqp_url,
+        database_url=f"sqlite:///{tmp_path}/qw.db",
+        storage_dir=tmp_path / "storage",
+        api_keys=KEYS,
+        max_upload_bytes=2 * 1024 * 1024,
+        max_image_pixels=4_000_000,
+        retry_delays=[200, 400],
+        publish_timeout=3.0,
+        sse_poll_interval=0.05,
+    )
+
+
+@pytest.fixture
+def api(api_settings):
+    with running_api(api_settings) as (base, app):
+        yield base, app
+
+
+@pytest.fixture
+def http(api):
+    with client(api[0]) as c:
+        yield c
+
+
+class Peek:
+    """Reads what the API published, straight from the real broker."""
+
+    def __init__(self, url: str) -> None:
+        self.conn = pika.BlockingConnection(pika.URLParameters(url))
+        self.ch = self.conn.channel()
+
+    def depth(self, queue: str) -> int:
+        return self.ch.queue_declare(queue, passive=True).method.message_count
+
+    def take(self, queue: str):
+        method, props, body = self.ch.basic_get(queue, auto_ack=True)
+        return (props, json.loads(body)) if method else None
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@pytest.fixture
+def peek(amqp_url, api):
+    p = Peek(amqp_url)
+    yield p
+    p.close()
