@@ -49,9 +49,9 @@ class Publisher:
     async def start(self) -> None:
         self._task = asyncio.create_task(self._supervise(), name="amqp-publisher")
 
-    async def wait_connected(self, timeout: float) -> bool:
+    async def wait_connected(self, seconds: float) -> bool:
         try:
-            await asyncio.wait_for(self._ready.wait(), timeout)
+            await asyncio.wait_for(self._ready.wait(), seconds)
             return True
         except TimeoutError:
             return False
@@ -73,9 +73,10 @@ class Publisher:
             closed = asyncio.Event()
             try:
                 conn = await aio_pika.connect(self.url, timeout=5, client_properties={"connection_name": "qw-api"})
-                conn.close_callbacks.add(lambda *_: closed.set())
+                on_close = _setter(closed)
+                conn.close_callbacks.add(on_close)
                 channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
-                channel.close_callbacks.add(lambda *_: closed.set())
+                channel.close_callbacks.add(on_close)
                 await declare_with_aio_pika(channel, self.topology)
                 self._exchanges = {
                     name: await channel.get_exchange(name, ensure=False)
@@ -131,6 +132,13 @@ class Publisher:
             raise PublishUnavailable(f"the broker connection failed ({type(exc).__name__})") from exc
         if not isinstance(confirmation, Basic.Ack):
             raise PublishUnavailable(f"the broker did not acknowledge the message ({type(confirmation).__name__})")
+
+
+def _setter(event: asyncio.Event) -> Any:
+    def on_close(*_: Any) -> None:
+        event.set()
+
+    return on_close
 
 
 def _describe(exc: aio_pika.exceptions.DeliveryError) -> str:

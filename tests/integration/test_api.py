@@ -150,3 +150,14 @@ def test_health_readiness_metrics_and_docs(api, http):
 def test_web_page_is_served(http):
     r = http.get("/")
     assert r.status_code == 200 and "Process an image" in r.text
+
+
+def test_the_api_runs_on_postgresql_too(api_settings, pg_url):
+    from tests.support.api import running_api
+
+    with running_api(api_settings.model_copy(update={"database_url": pg_url})) as (base, app):
+        with client(base) as c:
+            assert c.get("/readyz").json() == {"broker": True, "store": True}
+            task_id = c.post("/v1/emails", json=EMAIL).json()["task_id"]
+            assert c.get(f"/v1/tasks/{task_id}").json()["status"] == "queued"
+        assert app.state.services.store.counts() == {"queued": 1}

@@ -41,6 +41,14 @@ _FORM_SCHEMA: dict[str, Any] = {
 }
 
 
+def _caused_by(exc: BaseException | None, kind: type[BaseException]) -> bool:
+    while exc is not None:
+        if isinstance(exc, kind):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def _unprocessable(msg: str) -> HTTPException:
     return HTTPException(422, msg)
 
@@ -72,9 +80,9 @@ async def upload_image(request: Request, tenant: TenantDep, services: ServicesDe
             data = await upload.read(settings.max_upload_bytes + 1)
     except HTTPException:
         raise
-    except BodyTooLarge:
-        raise
     except Exception as exc:  # malformed multipart bodies raise several parser errors
+        if _caused_by(exc, BodyTooLarge):
+            raise HTTPException(413, f"the upload is larger than {settings.max_upload_bytes} bytes") from None
         raise HTTPException(400, f"malformed multipart body: {exc}") from None
     if len(data) > settings.max_upload_bytes:
         raise HTTPException(413, f"the file is larger than {settings.max_upload_bytes} bytes")

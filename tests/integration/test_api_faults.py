@@ -1,0 +1,116 @@
+"""Broker faults on a private RabbitMQ node (never the shared one): the API never answers 202 for a lost task."""
+
+from __future__ import annotations
+
+import time
+import urllib.parse
+
+import pika
+import pytest
+from qw_core.settings import ApiSettings
+from qw_core.topology import TASKS_EXCHANGE, queue_name
+from rabbitmq import Broker
+
+from tests.support.api import client, running_api, wait_until
+from tests.support.images import image_bytes
+
+pytestmark = pytest.mark.integration
+EMAIL = {"to": "ann@example.com", "subject": "Hello", "text": "Hi"}
+
+
+@pytest.fixture(scope="module")
+def fault_broker(tmp_path_factory):
+    b = Broker(name="qwapifault", port=5683, mgmt_port=15683, prom_port=15703, base=tmp_path_factory.mktemp("rmq"))
+    b.start()
+    yield b
+    b.destroy()
+
+
+@pytest.fixture
+def fault_api(fault_broker, tmp_path):
+    if not fault_broker.running():
+        fault_broker.restart_after_crash()
+    fault_broker.ctl("start_app")
+    fault_broker.wait_ready()
+    settings = ApiSettings(
+        rabbitmq_url=fault_broker.url, database_url=f"sqlite:///{tmp_path}/qw.db", storage_dir=tmp_path / "s",
+        api_keys="key-acme:acme", publish_timeout=2.0, retry_after_seconds=7,
+    )  # fmt: skip
+    with running_api(settings) as (base, app):
+        with client(base) as c:
+            wait_until(lambda: c.get("/readyz").status_code == 200, 20, what="API ready")
+            yield c, app.state.services
+    ch = pika.BlockingConnection(pika.URLParameters(fault_broker.url)).channel()
+    for kind in ("image", "email"):
+        ch.queue_purge(queue_name(kind))
+    ch.connection.close()
+
+
+def _nothing_left(services):
+    assert services.store.counts() == {}
+    assert [p for p in services.storage.root.rglob("*") if p.is_file()] == []
+
+
+def test_broker_down_gives_503_with_retry_after_and_recovers_by_itself(fault_broker, fault_api):
+    http, services = fault_api
+    fault_broker.ctl("stop_app")
+    wait_until(lambda: http.get("/readyz").status_code == 503, 20, what="readyz to report the broker down")
+    for r in (
+        http.post("/v1/emails", json=EMAIL),
+        http.post("/v1/images", files={"file": ("a.png", image_bytes(), "image/png")}),
+    ):
+        assert r.status_code == 503 and r.headers["retry-after"] == "7"
+        assert "nothing was queued" in r.json()["detail"]
+    _nothing_left(services)
+    fault_broker.ctl("start_app")
+    wait_until(lambda: http.get("/readyz").status_code == 200, 30, what="the API to reconnect")
+    assert http.post("/v1/emails", json=EMAIL).status_code == 202
+
+
+def test_broker_nack_from_a_full_queue_is_503_not_202(fault_broker, fault_api):
+    http, services = fault_api
+    fault_broker.api(
+        "/api/policies/%2F/cap",
+        "PUT",
+        {"pattern": "^qw\\.image$", "definition": {"max-length": 1}, "apply-to": "queues"},
+    )
+    try:
+        codes = []
+        for _ in range(30):  # the policy applies asynchronously; quorum queues reject once over the limit
+            codes.append(http.post("/v1/images", files={"file": ("a.png", image_bytes(), "image/png")}).status_code)
+            if codes[-1] == 503:
+                break
+            time.sleep(0.05)
+        assert codes[-1] == 503 and set(codes[:-1]) <= {202}
+        accepted = codes.count(202)
+        assert services.store.counts() == {"queued": accepted}
+        assert len([p for p in services.storage.root.rglob("*") if p.is_file()]) == accepted
+    finally:
+        fault_broker.api("/api/policies/%2F/cap", "DELETE")
+
+
+def test_unroutable_publish_is_503(fault_broker, fault_api):
+    http, services = fault_api
+    q = urllib.parse.quote(queue_name("email"), safe="")
+    fault_broker.api(f"/api/bindings/%2F/e/{TASKS_EXCHANGE}/q/{q}/email", "DELETE")
+    try:
+        r = http.post("/v1/emails", json=EMAIL)
+        assert r.status_code == 503 and "unroutable" in r.json()["detail"]
+        _nothing_left(services)
+    finally:
+        fault_broker.api(f"/api/bindings/%2F/e/{TASKS_EXCHANGE}/q/{q}", "POST", {"routing_key": "email"})
+
+
+def test_confirmed_tasks_survive_a_broker_crash(fault_broker, fault_api):
+    """Reliability test 3: K confirmed persistent messages, kill -9, restart: all K are still there."""
+    http, _ = fault_api
+    ids = [http.post("/v1/emails", json={**EMAIL, "subject": f"n{i}"}).json()["task_id"] for i in range(50)]
+    fault_broker.kill9()
+    fault_broker.restart_after_crash()
+    wait_until(lambda: http.get("/readyz").status_code == 200, 60, what="the API to reconnect after the crash")
+    ch = pika.BlockingConnection(pika.URLParameters(fault_broker.url)).channel()
+    got = []
+    while (m := ch.basic_get(queue_name("email"), auto_ack=True))[0]:
+        got.append(m[1].message_id)
+    ch.connection.close()
+    assert sorted(got) == sorted(ids)
