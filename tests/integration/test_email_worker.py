@@ -1,0 +1,130 @@
+"""The email worker as a real process, sending to a real SMTP server (aiosmtpd) on a real broker."""
+
+from __future__ import annotations
+
+import pytest
+from qw_core.store import open_store
+from qw_core.topology import H_ATTEMPT, H_REASON, dead_queue_name
+
+from tests.support.smtp import smtp_server
+from tests.support.workers import TaskPublisher, running_worker, wait_until, worker_env
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def rig(amqp_url, tmp_path, request):
+    if getattr(request, "param", "sqlite") == "postgres":
+        db = request.getfixturevalue("pg_url")
+    else:
+        db = f"sqlite:///{tmp_path}/qw.db"
+    store = open_store(db)
+    pub = TaskPublisher(amqp_url, store)
+    env = worker_env(amqp_url, db, tmp_path / "storage", QW_SMTP_FROM="QueueWorker <noreply@qw.test>")
+    yield pub, store, env, tmp_path
+    pub.close()
+    store.close()
+
+
+def settled(store, task_id):
+    rec = store.get(task_id)
+    return rec if rec and rec.status in ("succeeded", "failed", "dead") else None
+
+
+@pytest.mark.parametrize("rig", ["sqlite", "postgres"], indirect=True)
+def test_mail_received_with_headers_and_multipart_body(rig):
+    pub, store, env, tmp = rig
+    with smtp_server() as (port, smtp):
+        plain = pub.publish(
+            pub.email(
+                to="ann@example.com",
+                subject="Hi Ann",
+                text="plain body",
+                html="<p>html body</p>",
+                reply_to="help@example.com",
+            )
+        )
+        templated = pub.publish(
+            pub.email(
+                to="bob@example.com",
+                subject="Welcome",
+                template="welcome",
+                context={"name": "<script>alert(1)</script>", "product": "QW & Co"},
+            )
+        )
+        with running_worker("email", {**env, "QW_SMTP_PORT": port}, tmp):
+            for t in (plain, templated):
+                assert wait_until(lambda t=t: settled(store, t), 15, what="email settled").status == "succeeded"
+        msgs = {m["X-QW-Task-Id"]: m for m in smtp.messages()}
+    assert set(msgs) == {plain, templated}
+    m = msgs[plain]
+    assert m["To"] == "ann@example.com" and m["Subject"] == "Hi Ann" and m["Reply-To"] == "help@example.com"
+    assert m["From"] == "QueueWorker <noreply@qw.test>" and m["Message-ID"] and m["Date"]
+    assert m.get_content_type() == "multipart/alternative"
+    assert m.get_body(("plain",)).get_content().strip() == "plain body"
+    assert m.get_body(("html",)).get_content().strip() == "<p>html body</p>"
+    t = msgs[templated]
+    assert "Hello <script>alert(1)</script>," in t.get_body(("plain",)).get_content()
+    html = t.get_body(("html",)).get_content()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<script>" not in html
+    assert "QW &amp; Co" in html
+    for msg in msgs.values():  # one header of each, nothing smuggled in
+        assert len(msg.get_all("To")) == 1 and len(msg.get_all("Subject")) == 1 and msg.get_all("Bcc") is None
+
+
+def test_transient_smtp_failure_always_ends_dead_after_max_attempts(rig):
+    pub, store, env, tmp = rig
+    with smtp_server(data_default="451 4.3.0 try again later") as (port, smtp):
+        task = pub.publish(pub.email(text="x"))
+        with running_worker("email", {**env, "QW_SMTP_PORT": port}, tmp) as w:
+            rec = wait_until(lambda: settled(store, task), 15, what="email dead")
+            wait_until(lambda: pub.depth(dead_queue_name("email")) == 1, 10, what="dead letter")
+            assert w.metric("queueworker_worker_retries_total", kind="email") == 2
+            assert w.metric("queueworker_worker_tasks_processed_total", kind="email", outcome="dead") == 1
+        assert smtp.data_attempts == 3 and smtp.accepted == []
+    assert rec.status == "dead" and rec.attempts == 3 and "451" in rec.error
+    [(headers, _)] = pub.drain(dead_queue_name("email"))
+    assert headers[H_REASON] == "exhausted" and headers[H_ATTEMPT] == 3
+
+
+def test_transient_twice_then_ok_succeeds_on_the_third_attempt(rig):
+    pub, store, env, tmp = rig
+    with smtp_server(data_replies=["451 busy", "421 closing"]) as (port, smtp):
+        task = pub.publish(pub.email(text="x"))
+        with running_worker("email", {**env, "QW_SMTP_PORT": port}, tmp):
+            rec = wait_until(lambda: settled(store, task), 15, what="email sent")
+        assert len(smtp.accepted) == 1
+    assert rec.status == "succeeded" and rec.attempts == 3 and rec.completions == 1
+
+
+def test_permanent_smtp_refusal_fails_without_retry(rig):
+    pub, store, env, tmp = rig
+    with smtp_server(rcpt_reply="550 5.1.1 no such user") as (port, smtp):
+        task = pub.publish(pub.email(text="x"))
+        with running_worker("email", {**env, "QW_SMTP_PORT": port}, tmp):
+            rec = wait_until(lambda: settled(store, task), 15, what="email failed")
+    assert rec.status == "failed" and rec.attempts == 1 and "550" in rec.error
+    [(headers, _)] = pub.drain(dead_queue_name("email"))
+    assert headers[H_REASON] == "permanent"
+
+
+@pytest.mark.parametrize("rig", ["sqlite", "postgres"], indirect=True)
+def test_duplicate_delivery_sends_one_email(rig):
+    pub, store, env, tmp = rig
+    with smtp_server() as (port, smtp):
+        msg = pub.email(text="once")
+        pub.publish(msg)
+        pub.publish(msg, create_row=False)  # the same task delivered twice
+        with running_worker("email", {**env, "QW_SMTP_PORT": port, "QW_CONCURRENCY": 2}, tmp) as w:
+            wait_until(lambda: settled(store, msg.task_id), 15, what="email sent")
+            wait_until(
+                lambda: (
+                    w.metric("queueworker_worker_tasks_processed_total", kind="email", outcome="duplicate") == 1
+                    or w.metric("queueworker_worker_tasks_processed_total", kind="email", outcome="retried") == 1
+                ),
+                10,
+                what="the second delivery handled",
+            )
+            wait_until(lambda: pub.depth("qw.email") == 0 and smtp.accepted, 10, what="queue drained")
+        assert len(smtp.accepted) == 1
+    assert store.get(msg.task_id).completions == 1

@@ -1,0 +1,158 @@
+"""The image worker as a real process on a real broker: results, dead letters, SIGTERM, SIGKILL, long tasks."""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+
+import pytest
+from PIL import Image
+from qw_core.storage import LocalStorage
+from qw_core.store import open_store
+from qw_core.topology import H_REASON, dead_queue_name, queue_name
+
+from tests.support.workers import TaskPublisher, running_worker, wait_until, worker_env
+
+pytestmark = pytest.mark.integration
+TENANT = "acme"
+
+
+@pytest.fixture
+def rig(amqp_url, tmp_path):
+    db = f"sqlite:///{tmp_path}/qw.db"
+    store = open_store(db)
+    storage = LocalStorage(tmp_path / "storage")
+    pub = TaskPublisher(amqp_url, store)
+    env = worker_env(amqp_url, db, tmp_path / "storage")
+    yield pub, store, storage, env, tmp_path
+    pub.close()
+    store.close()
+
+
+def upload(storage: LocalStorage, data: bytes, fmt: str = "PNG") -> str:
+    key = storage.new_key("uploads", TENANT, fmt)
+    storage.write(key, data)
+    return key
+
+
+def photo_with_exif(size=(200, 100)) -> bytes:
+    """A JPEG whose pixels are landscape but whose EXIF says 'rotate 90°' (orientation 6), with GPS data."""
+    img = Image.new("RGB", size, "blue")
+    img.paste((255, 0, 0), (0, 0, size[0] // 2, size[1]))  # left half red
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x010F] = "TestCam"
+    exif.get_ifd(0x8825)[2] = (52.0, 31.0, 12.0)  # GPSLatitude
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", exif=exif, quality=95)
+    return buf.getvalue()
+
+
+def settled(store, task_id):
+    rec = store.get(task_id)
+    return rec if rec and rec.status in ("succeeded", "failed", "dead") else None
+
+
+def test_images_processed_to_size_format_orientation_without_metadata(rig):
+    pub, store, storage, env, tmp = rig
+    src = upload(storage, photo_with_exif(), "JPEG")
+    plain = pub.publish(pub.image(TENANT, src, "JPEG", width=50, format="PNG"))
+    marked = pub.publish(pub.image(TENANT, src, "JPEG", width=50, format="PNG", watermark="QW"))
+    thumb = pub.publish(pub.image(TENANT, src, "JPEG", thumbnail=True, format="WEBP"))
+    with running_worker("image", env, tmp) as w:
+        recs = {t: wait_until(lambda t=t: settled(store, t), 15, what="settled") for t in (plain, marked, thumb)}
+        assert w.metric("queueworker_worker_tasks_processed_total", kind="image", outcome="succeeded") == 3
+    for rec in recs.values():
+        assert rec.status == "succeeded" and rec.completions == 1 and rec.attempts == 1
+        assert rec.result_key and rec.result_key.startswith(f"results/{TENANT}/")
+        assert storage.exists(rec.result_key)
+
+    out = Image.open(io.BytesIO(storage.read(recs[plain].result_key)))
+    # EXIF orientation 6 applied: 200x100 landscape becomes portrait, then fits width 50 -> 50x100.
+    assert out.format == "PNG" and out.size == (50, 100)
+    assert out.getpixel((25, 5))[:3][0] > 200  # the red half is on top after the rotation
+    assert not out.getexif() and "exif" not in out.info
+    marked_img = Image.open(io.BytesIO(storage.read(recs[marked].result_key)))
+    assert marked_img.size == out.size
+    assert marked_img.convert("RGB").tobytes() != out.convert("RGB").tobytes()
+    thumb_img = Image.open(io.BytesIO(storage.read(recs[thumb].result_key)))
+    assert thumb_img.format == "WEBP" and thumb_img.size == (100, 200) and not thumb_img.getexif()
+
+
+def test_poison_and_permanent_are_dead_lettered_while_good_ones_flow(rig):
+    pub, store, storage, env, tmp = rig
+    good_src = upload(storage, _png())
+    pub.publish_raw("image", b"\xff not json at all", "poison-1")
+    pub.publish_raw("image", json.dumps({"v": 1, "task_id": "x"}).encode(), "poison-2")
+    missing = pub.publish(pub.image(TENANT, "uploads/acme/nope.png"))
+    corrupt_key = upload(storage, b"\x89PNG\r\n\x1a\n garbage")
+    corrupt = pub.publish(pub.image(TENANT, corrupt_key))
+    good = [pub.publish(pub.image(TENANT, good_src, width=10)) for _ in range(6)]
+    with running_worker("image", env, tmp) as w:
+        for t in [*good, missing, corrupt]:
+            wait_until(lambda t=t: settled(store, t), 15, what="task settled")
+        wait_until(lambda: pub.depth(dead_queue_name("image")) == 4, 10, what="4 dead letters")
+        assert w.metric("queueworker_worker_dead_letters_total", kind="image", reason="undecodable") == 2
+        assert w.metric("queueworker_worker_dead_letters_total", kind="image", reason="permanent") == 2
+    assert all(store.get(t).status == "succeeded" for t in good)
+    for t in (missing, corrupt):
+        rec = store.get(t)
+        assert rec.status == "failed" and rec.attempts == 1 and rec.error
+    dead = pub.drain(dead_queue_name("image"))
+    assert sorted(h[H_REASON] for h, _ in dead) == ["permanent", "permanent", "undecodable", "undecodable"]
+    assert pub.depth(queue_name("image")) == 0
+
+
+def test_sigterm_mid_task_finishes_the_task_in_hand_and_loses_nothing(rig):
+    pub, store, storage, env, tmp = rig
+    src = upload(storage, _png())
+    ids = [pub.publish(pub.image(TENANT, src, width=8)) for _ in range(3)]
+    slow = {**env, "QW_TEST_TASK_DELAY": "2", "QW_PREFETCH": "1", "QW_GRACE_PERIOD": "8"}
+    with running_worker("image", slow, tmp) as w:
+        wait_until(lambda: any(store.get(t).status == "processing" for t in ids), 10, what="a task in hand")
+        w.signal(signal.SIGTERM)
+        wait_until(lambda: not w.is_ready(), 3, what="not ready after SIGTERM")
+        assert w.wait(8) == 0, w.log()
+        done = [t for t in ids if store.get(t).status == "succeeded"]
+        assert len(done) == 1, "the task in hand finished; nothing new was started"
+    # Its ack reached the broker: exactly the two others are left, and a new worker never sees the first again.
+    assert pub.depth(queue_name("image")) == 2
+    with running_worker("image", env, tmp) as w2:
+        for t in ids:
+            wait_until(lambda t=t: settled(store, t), 15, what="task settled")
+        assert w2.metric("queueworker_worker_tasks_processed_total", kind="image", outcome="duplicate") == 0
+    assert all(store.get(t).completions == 1 and store.get(t).status == "succeeded" for t in ids)
+
+
+def test_sigkill_mid_task_is_redelivered_and_completed_once(rig):
+    pub, store, storage, env, tmp = rig
+    src = upload(storage, _png())
+    task = pub.publish(pub.image(TENANT, src, width=8))
+    with running_worker("image", {**env, "QW_TEST_TASK_DELAY": "30"}, tmp) as w:
+        wait_until(lambda: store.get(task).status == "processing", 10, what="task in hand")
+        w.signal(signal.SIGKILL)
+        w.wait(5)
+    assert store.get(task).status == "processing"
+    with running_worker("image", env, tmp):
+        rec = wait_until(lambda: settled(store, task), 15, what="redelivered task settled")
+    assert rec.status == "succeeded" and rec.completions == 1
+    assert len(list((tmp / "storage" / "results" / TENANT).iterdir())) == 1
+
+
+def test_long_task_keeps_heartbeats_no_redelivery(rig, broker):
+    pub, store, storage, env, tmp = rig
+    src = upload(storage, _png())
+    task = pub.publish(pub.image(TENANT, src, width=8))
+    env = {**env, "QW_HEARTBEAT": "5", "QW_TEST_TASK_DELAY": "12"}
+    with running_worker("image", env, tmp) as w:
+        rec = wait_until(lambda: settled(store, task), 25, interval=0.2, what="long task settled")
+        assert w.metric("queueworker_worker_broker_connected", kind="image") == 1
+        assert "connection lost" not in w.log()
+    assert rec.status == "succeeded" and rec.completions == 1 and rec.attempts == 1
+
+
+def _png(size=(40, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, "green").save(buf, "PNG")
+    return buf.getvalue()
