@@ -75,7 +75,7 @@ def main() -> int:
             stop.wait(0.5)
     except KeyboardInterrupt:
         pass
-    for name, p in reversed(procs):  # workers first: they finish the task in hand
+    for _name, p in reversed(procs):  # workers first: they finish the task in hand
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + 30

@@ -57,9 +57,7 @@ class Postgres:
         if os.geteuid() == 0:
             shutil.chown(self.dir, "postgres", "postgres")
         if not (self.data / "PG_VERSION").exists():
-            r = self._run(
-                _bin("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8"
-            )
+            r = self._run(_bin("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
             if r.returncode:
                 raise SystemExit(f"initdb failed: {r.stderr}")
         r = self._run(

@@ -226,9 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     b = Broker(a.name, a.port, a.mgmt_port, a.prom_port)
     if a.action == "start":
         started = b.start()
-        print(
-            f"rabbitmq {'started' if started else 'already running'}: {b.url} management {b.management_url}"
-        )
+        print(f"rabbitmq {'started' if started else 'already running'}: {b.url} management {b.management_url}")
     elif a.action == "stop":
         if b.ours():
             b.stop()

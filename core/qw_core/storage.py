@@ -14,6 +14,10 @@ def extension_for(fmt: str) -> str:
     return _EXT[fmt]
 
 
+def _safe(name: str) -> str:
+    return "".join(c for c in name if c.isalnum() or c in "-_")[:64]
+
+
 class StorageError(Exception):
     pass
 
@@ -30,8 +34,12 @@ class LocalStorage:
         return p
 
     def new_key(self, area: str, tenant: str, fmt: str) -> str:
-        safe_tenant = "".join(c for c in tenant if c.isalnum() or c in "-_")[:64] or "t"
-        return f"{area}/{safe_tenant}/{uuid.uuid4().hex}.{extension_for(fmt)}"
+        return self.task_key(area, tenant, uuid.uuid4().hex, fmt)
+
+    def task_key(self, area: str, tenant: str, task_id: str, fmt: str) -> str:
+        """A stable key: a redelivered task overwrites its own earlier result instead of leaving orphans."""
+        safe_tenant = _safe(tenant) or "t"
+        return f"{area}/{safe_tenant}/{_safe(task_id) or uuid.uuid4().hex}.{extension_for(fmt)}"
 
     def write(self, key: str, data: bytes) -> None:
         """Atomic: readers see the whole file or none (temp file in the same dir, fsync, rename)."""

@@ -156,3 +156,20 @@ def _png(size=(40, 30)) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", size, "green").save(buf, "PNG")
     return buf.getvalue()
+
+
+def test_task_that_keeps_killing_its_workers_ends_dead_not_processing(rig):
+    """Given a message the broker already returned `delivery_limit` times (its consumers died), the worker
+    dead-letters it on the last chance and says why, instead of letting the broker drop it silently."""
+    pub, store, storage, env, tmp = rig
+    task_id = pub.publish(pub.image(TENANT, upload(storage, _png()), "PNG", width=10))
+    limit = 10  # the topology's x-delivery-limit (queue arguments cannot change once declared)
+    for _ in range(limit):  # each crash of a consumer returns the message (x-delivery-count + 1)
+        method = wait_until(lambda: pub.ch.basic_get(queue_name("image"), auto_ack=False)[0], what="delivery")
+        pub.ch.basic_nack(method.delivery_tag, requeue=True)
+    with running_worker("image", {**env, "QW_DELIVERY_LIMIT": str(limit)}, tmp / "logs"):
+        rec = wait_until(lambda: settled(store, task_id), 20, what="the task to settle")
+    assert rec.status == "dead" and f"delivered {limit} times" in rec.error
+    dead = pub.drain(dead_queue_name("image"))
+    assert [h[H_REASON] for h, _ in dead] == ["delivery-limit"]
+    assert not list((tmp / "storage").glob("results/**/*.png"))  # the handler never ran

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -13,11 +12,7 @@ import uvicorn
 from qw_api.main import create_app
 from qw_core.settings import ApiSettings
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.support.util import free_port, wait_until  # noqa: F401 - re-exported for the API suites
 
 
 @contextmanager
@@ -41,16 +36,6 @@ def running_api(settings: ApiSettings) -> Iterator[tuple[str, object]]:
     finally:
         server.should_exit = True
         thread.join(15)
-
-
-def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def client(base: str, key: str | None = "key-acme") -> httpx.Client:

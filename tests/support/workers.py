@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,25 +21,11 @@ from qw_core.messages import EmailTask, ImageOptions, ImageTask, TaskMessage, ne
 from qw_core.store import TaskStore
 from qw_core.topology import H_ATTEMPT, TASKS_EXCHANGE, build_topology, declare_with_pika
 
+from tests.support.util import free_port, wait_until
+
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 RETRY_DELAYS = [200, 400]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def worker_env(amqp_url: str, database_url: str, storage_dir: Path, **extra: Any) -> dict[str, str]:

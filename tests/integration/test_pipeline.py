@@ -1,0 +1,73 @@
+"""The whole path a client uses: API -> real broker -> real worker processes -> status, result, real SMTP."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from PIL import Image
+
+from tests.support.api import client, running_api
+from tests.support.images import image_bytes
+from tests.support.smtp import smtp_server
+from tests.support.util import free_port, wait_until
+from tests.support.workers import running_worker, worker_env
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def platform(api_settings, amqp_url, tmp_path):
+    """API + one image worker + one email worker + an SMTP server, all sharing one store and storage."""
+    with smtp_server() as (smtp_port, mails), running_api(api_settings) as (base, _app):
+        env = worker_env(amqp_url, api_settings.database_url, api_settings.storage_dir,
+                         QW_SMTP_PORT=smtp_port, QW_SMTP_FROM="noreply@queueworker.test")  # fmt: skip
+        with (
+            running_worker("image", env, tmp_path / "logs"),
+            running_worker("email", {**env, "QW_METRICS_PORT": free_port()}, tmp_path / "logs"),
+        ):
+            with client(base) as http:
+                yield http, mails
+
+
+def _final(http, task_id, timeout=30):
+    def done():
+        t = http.get(f"/v1/tasks/{task_id}").json()
+        return t if t["status"] in ("succeeded", "failed", "dead") else None
+
+    return wait_until(done, timeout, what=f"task {task_id} to finish")
+
+
+def test_uploaded_image_is_processed_and_downloadable(platform):
+    http, _ = platform
+    r = http.post("/v1/images", files={"file": ("cat.jpg", image_bytes("JPEG", (400, 300)), "image/jpeg")},
+                  data={"width": "100", "format": "PNG"})  # fmt: skip
+    assert r.status_code == 202
+    task = _final(http, r.json()["task_id"])
+    assert task["status"] == "succeeded" and task["attempts"] == 1, task
+    result = http.get(task["result_url"])
+    assert result.status_code == 200 and result.headers["content-type"] == "image/png"
+    img = Image.open(io.BytesIO(result.content))
+    assert (img.format, img.size) == ("PNG", (100, 75))
+
+
+def test_events_follow_a_real_task_to_its_end(platform):
+    http, _ = platform
+    task_id = http.post("/v1/images", files={"file": ("a.png", image_bytes(), "image/png")}).json()["task_id"]
+    with http.stream("GET", f"/v1/tasks/{task_id}/events") as r:
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1]["status"] == "succeeded" and events[-1]["result_url"]
+
+
+def test_email_reaches_the_smtp_server_with_its_headers(platform):
+    http, mails = platform
+    r = http.post("/v1/emails", json={"to": "ann@example.com", "subject": "Your report", "text": "It is ready.",
+                                      "html": "<p>It is <b>ready</b>.</p>"})  # fmt: skip
+    task = _final(http, r.json()["task_id"])
+    assert task["status"] == "succeeded", task
+    [msg] = wait_until(lambda: mails.messages(), what="the email")
+    assert (msg["To"], msg["Subject"], msg["From"]) == ("ann@example.com", "Your report", "noreply@queueworker.test")
+    assert msg["X-QW-Task-Id"] == task["task_id"]
+    assert "It is ready." in msg.get_body(("plain",)).get_content()
+    assert "<b>ready</b>" in msg.get_body(("html",)).get_content()

@@ -1,0 +1,8 @@
+"""Worker runtime (consume, ack, retry, dead-letter, graceful stop, metrics) and the image and email handlers.
+
+python -m qw_workers image|email
+"""
+
+from qw_workers.errors import PermanentError, RetryableError
+
+__all__ = ["PermanentError", "RetryableError"]

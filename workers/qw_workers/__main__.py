@@ -1,0 +1,72 @@
+"""`python -m qw_workers image|email`: build everything once at startup, serve health + metrics, consume."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+
+from qw_workers.handlers import HANDLERS
+
+TEST_DELAY_ENV = "QW_TEST_TASK_DELAY"  # tests only: seconds to sleep before each task
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m qw_workers",
+        description="Consume one task kind from RabbitMQ. Settings come from QW_* environment variables "
+        "(QW_RABBITMQ_URL, QW_DATABASE_URL, QW_STORAGE_DIR, QW_PREFETCH, QW_CONCURRENCY, QW_GRACE_PERIOD, "
+        "QW_SMTP_*, ...). Serves /healthz, /readyz and /metrics on QW_METRICS_HOST:QW_METRICS_PORT.",
+    )
+    p.add_argument("kind", choices=sorted(HANDLERS), help="the task kind to consume")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from qw_core.logs import configure_logging
+    from qw_core.settings import WorkerSettings
+    from qw_core.storage import LocalStorage
+    from qw_core.store import open_store
+
+    from qw_workers.health import HealthServer
+    from qw_workers.metrics import WorkerMetrics
+    from qw_workers.middleware import LoggingMiddleware, MetricsMiddleware, Middleware, slowed
+    from qw_workers.runtime import Worker
+
+    settings = WorkerSettings()
+    configure_logging(settings.log_format, settings.log_level)
+    log = logging.getLogger("qw_workers")
+    metrics = WorkerMetrics(args.kind)
+    middleware: list[Middleware] = [MetricsMiddleware(metrics), LoggingMiddleware()]
+    handler = HANDLERS[args.kind]
+    delay = float(os.environ.get(TEST_DELAY_ENV, "0") or 0)
+    if delay > 0:
+        if settings.env == "prod":
+            raise SystemExit(f"{TEST_DELAY_ENV} is for tests only and refused when QW_ENV=prod")
+        log.warning("test-only task delay of %.2fs is active", delay)
+        handler = slowed(handler, delay)
+    store = open_store(settings.database_url)
+    worker = Worker(args.kind, handler, settings, store, LocalStorage(settings.storage_dir), middleware)
+    health = HealthServer(settings.metrics_host, settings.metrics_port, metrics.registry, lambda: worker.ready).start()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        worker.request_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info("worker starting", extra={"kind": args.kind})
+    code = worker.run()
+    health.stop()
+    store.close()
+    logging.shutdown()
+    if worker.abandoned:
+        # Threads still inside a task would keep the interpreter alive at exit; their messages are redelivered.
+        os._exit(code)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""What a handler gets besides its task: settings, the store, storage, the attempt number and a logger."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from qw_core.messages import TaskMessage
+from qw_core.settings import WorkerSettings
+from qw_core.storage import LocalStorage
+from qw_core.store import TaskStore
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    settings: WorkerSettings
+    store: TaskStore
+    storage: LocalStorage
+    attempt: int
+    log: logging.LoggerAdapter[logging.Logger]
+
+
+# A task body: returns the result's storage key (or None). Raises RetryableError / PermanentError.
+Handler = Callable[[TaskMessage, TaskContext], "str | None"]

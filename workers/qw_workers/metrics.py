@@ -1,0 +1,61 @@
+"""Prometheus metrics of a worker: namespace `queueworker`, subsystem `worker`, base units, bounded labels.
+
+Labels are the task kind (image|email), the outcome (succeeded|retried|failed|dead|duplicate) and the
+dead-letter reason (undecodable|permanent|exhausted): never task ids or tenants.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+NS, SUB = "queueworker", "worker"
+_KIND = ["kind"]
+OUTCOMES = ("succeeded", "retried", "failed", "dead", "duplicate")
+REASONS = ("undecodable", "permanent", "exhausted")
+
+
+class WorkerMetrics:
+    def __init__(self, kind: str, registry: CollectorRegistry | None = None) -> None:
+        self.kind = kind
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.tasks = Counter(
+            "tasks_processed", "Tasks handled, by outcome", ["kind", "outcome"], namespace=NS, subsystem=SUB, registry=r
+        )
+        self.duration = Histogram(
+            "task_duration_seconds",
+            "Time spent in the handler and its status write",
+            ["kind"],
+            namespace=NS,
+            subsystem=SUB,
+            registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+        )
+        self.in_progress = Gauge(
+            "tasks_in_progress", "Tasks being handled now", ["kind"], namespace=NS, subsystem=SUB, registry=r
+        )
+        self.retries = Counter(
+            "retries", "Tasks sent to a retry delay queue", ["kind"], namespace=NS, subsystem=SUB, registry=r
+        )
+        self.dead_letters = Counter(
+            "dead_letters", "Dead-lettered messages", [*_KIND, "reason"], namespace=NS, subsystem=SUB, registry=r
+        )
+        self.last_success = Gauge(
+            "last_success_timestamp_seconds",
+            "Unix time of the last succeeded task",
+            ["kind"],
+            namespace=NS,
+            subsystem=SUB,
+            registry=r,
+        )
+        self.connected = Gauge(
+            "broker_connected", "1 when connected and consuming", _KIND, namespace=NS, subsystem=SUB, registry=r
+        )
+        # Initialise every bounded series so dashboards and rate() see zeros, not gaps.
+        for outcome in OUTCOMES:
+            self.tasks.labels(kind, outcome)
+        for reason in REASONS:
+            self.dead_letters.labels(kind, reason)
+        self.retries.labels(kind)
+        self.in_progress.labels(kind)
+        self.connected.labels(kind).set(0)

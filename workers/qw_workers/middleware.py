@@ -1,0 +1,103 @@
+"""Cross-cutting concerns as hooks around the pure task bodies (dramatiq style): metrics, logs, test delay.
+
+The runtime calls, for every delivery, `before_process` on the worker thread before decoding it and
+`after_process` once its outcome is settled (acked or handed back), and `on_connection` on the I/O thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from qw_core.messages import TaskMessage
+
+from qw_workers.context import Handler, TaskContext
+from qw_workers.metrics import WorkerMetrics
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One message as the I/O thread received it (everything the worker thread needs; no pika objects)."""
+
+    kind: str
+    generation: int
+    delivery_tag: int
+    body: bytes
+    message_id: str | None
+    headers: dict[str, Any]
+    redelivered: bool
+    content_type: str | None = None
+
+
+@dataclass(frozen=True)
+class Result:
+    outcome: str  # succeeded | retried | failed | dead | duplicate | requeued
+    task_id: str | None
+    attempt: int
+    duration_s: float
+    reason: str | None = None  # dead-letter reason when dead-lettered
+    error: str | None = None
+
+
+class Middleware:
+    def before_process(self, delivery: Delivery) -> None:
+        pass
+
+    def after_process(self, delivery: Delivery, result: Result) -> None:
+        pass
+
+    def on_connection(self, connected: bool) -> None:
+        pass
+
+
+class MetricsMiddleware(Middleware):
+    def __init__(self, metrics: WorkerMetrics) -> None:
+        self.m = metrics
+
+    def before_process(self, delivery: Delivery) -> None:
+        self.m.in_progress.labels(delivery.kind).inc()
+
+    def after_process(self, delivery: Delivery, result: Result) -> None:
+        kind = delivery.kind
+        self.m.in_progress.labels(kind).dec()
+        self.m.tasks.labels(kind, result.outcome).inc()
+        self.m.duration.labels(kind).observe(result.duration_s)
+        if result.outcome == "retried":
+            self.m.retries.labels(kind).inc()
+        if result.reason:
+            self.m.dead_letters.labels(kind, result.reason).inc()
+        if result.outcome == "succeeded":
+            self.m.last_success.labels(kind).set(time.time())
+
+    def on_connection(self, connected: bool) -> None:
+        self.m.connected.labels(self.m.kind).set(1 if connected else 0)
+
+
+class LoggingMiddleware(Middleware):
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self.log = logger or logging.getLogger("qw_workers.tasks")
+
+    def after_process(self, delivery: Delivery, result: Result) -> None:
+        level = logging.INFO if result.outcome in ("succeeded", "duplicate", "retried") else logging.WARNING
+        fields: dict[str, Any] = {
+            "task_id": result.task_id or delivery.message_id,
+            "kind": delivery.kind,
+            "attempt": result.attempt,
+            "outcome": result.outcome,
+            "duration_s": round(result.duration_s, 4),
+        }
+        if result.error:
+            fields["error"] = result.error
+        self.log.log(level, "task %s", result.outcome, extra=fields)
+
+
+def slowed(handler: Handler, seconds: float) -> Handler:
+    """TEST ONLY (QW_TEST_TASK_DELAY): the handler sleeps first, so tests can catch a worker mid-task."""
+
+    def slow(task: TaskMessage, ctx: TaskContext) -> str | None:
+        time.sleep(seconds)
+        return handler(task, ctx)
+
+    return slow
