@@ -47,7 +47,7 @@ key_dir="$cache_root/$K8S_VERSION-$key"
 
 link_into_repo() {
   mkdir -p "$bin_link_dir"
-  for b in "${binaries[@]}"; do ln -sfn "$key_dir/bin/$b" "$bin_link_dir/$b"; done
+  for b in "${binaries[@]}" kwok-stages; do ln -sfn "$key_dir/bin/$b" "$bin_link_dir/$b"; done
   echo "build.sh: binaries in $key_dir/bin, linked from $bin_link_dir"
 }
 
@@ -91,6 +91,12 @@ build etcd "" .
 build kwok "" tool
 build helm "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean" tool
 build k8s "$version_ldflags" tool
+# kwok's stages (fake node heartbeat, pod lifecycle) ship in its module zip, next to the code they fit.
+kwok_src="$(cd "$here/kwok" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)/kustomize/stage"
+mkdir -p "$tmp/bin/kwok-stages"
+cp "$kwok_src/node/fast/node-initialize.yaml" "$kwok_src/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml" \
+  "$kwok_src"/pod/fast/pod-{ready,complete,delete}.yaml "$tmp/bin/kwok-stages/"
+chmod 0644 "$tmp/bin/kwok-stages/"*
 for b in "${binaries[@]}"; do [[ -x "$tmp/bin/$b" ]] || { echo "build.sh: $b was not built" >&2; exit 1; }; done
 printf '%s\n' "k8s=$K8S_VERSION etcd=$ETCD_VERSION kwok=$KWOK_VERSION helm=$HELM_VERSION" "built $(date -u +%FT%TZ) in $((SECONDS - total_start))s" > "$tmp/BUILDINFO"
 touch "$tmp/complete"

@@ -7,6 +7,9 @@ import pytest
 from qw_core.settings import ApiSettings
 
 from tests.support.api import client, running_api
+from tests.support.smtp import smtp_server
+from tests.support.util import free_port
+from tests.support.workers import running_worker, worker_env
 
 KEYS = "key-acme:acme,key-globex:globex"
 
@@ -61,3 +64,20 @@ def peek(amqp_url, api):
     p = Peek(amqp_url)
     yield p
     p.close()
+
+
+@pytest.fixture
+def platform(api_settings, amqp_url, tmp_path, request):
+    """API + one image worker + one email worker + an SMTP server, all sharing one store and storage.
+    A test marked `@pytest.mark.task_delay(seconds)` gets workers that take that long per task."""
+    marker = request.node.get_closest_marker("task_delay")
+    delay = {"QW_TEST_TASK_DELAY": marker.args[0]} if marker else {}
+    with smtp_server() as (smtp_port, mails), running_api(api_settings) as (base, _app):
+        env = worker_env(amqp_url, api_settings.database_url, api_settings.storage_dir,
+                         QW_SMTP_PORT=smtp_port, QW_SMTP_FROM="noreply@queueworker.test", **delay)  # fmt: skip
+        with (
+            running_worker("image", env, tmp_path / "logs"),
+            running_worker("email", {**env, "QW_METRICS_PORT": free_port()}, tmp_path / "logs"),
+        ):
+            with client(base) as http:
+                yield http, mails

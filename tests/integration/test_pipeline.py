@@ -8,27 +8,10 @@ import json
 import pytest
 from PIL import Image
 
-from tests.support.api import client, running_api
 from tests.support.images import image_bytes
-from tests.support.smtp import smtp_server
-from tests.support.util import free_port, wait_until
-from tests.support.workers import running_worker, worker_env
+from tests.support.util import wait_until
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def platform(api_settings, amqp_url, tmp_path):
-    """API + one image worker + one email worker + an SMTP server, all sharing one store and storage."""
-    with smtp_server() as (smtp_port, mails), running_api(api_settings) as (base, _app):
-        env = worker_env(amqp_url, api_settings.database_url, api_settings.storage_dir,
-                         QW_SMTP_PORT=smtp_port, QW_SMTP_FROM="noreply@queueworker.test")  # fmt: skip
-        with (
-            running_worker("image", env, tmp_path / "logs"),
-            running_worker("email", {**env, "QW_METRICS_PORT": free_port()}, tmp_path / "logs"),
-        ):
-            with client(base) as http:
-                yield http, mails
 
 
 def _final(http, task_id, timeout=30):

@@ -1,0 +1,123 @@
+"""Certificates and kubeconfigs for the test control plane, made with the `openssl` CLI (stdlib only).
+
+One throwaway CA signs the API server's serving cert and a client cert per identity; the service-account
+signing key is a separate EC key. EC P-256 keys, because they are generated in milliseconds.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import subprocess
+from pathlib import Path
+
+
+class PkiError(RuntimeError):
+    pass
+
+
+ADMIN_USER = ("kubernetes-admin", "system:masters")
+# Every name a client inside or outside the cluster may use for the API server.
+APISERVER_SANS = [
+    "IP:127.0.0.1",
+    "DNS:localhost",
+    "IP:10.96.0.1",
+    "DNS:kubernetes",
+    "DNS:kubernetes.default",
+    "DNS:kubernetes.default.svc",
+    "DNS:kubernetes.default.svc.cluster.local",
+]
+
+
+def _openssl(*args: str) -> None:
+    proc = subprocess.run(["openssl", *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise PkiError(f"openssl {' '.join(args)} failed:\n{proc.stderr}")
+
+
+_EC_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+
+
+def make_pki(pki: Path) -> None:
+    pki.mkdir(parents=True, exist_ok=True)
+    _openssl(
+        "req",
+        "-x509",
+        *_EC_KEY,
+        "-keyout",
+        f"{pki}/ca.key",
+        "-out",
+        f"{pki}/ca.crt",
+        "-days",
+        "3650",
+        "-subj",
+        "/CN=queueworker-test-ca",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    )
+    _leaf(pki, "apiserver", "/CN=kube-apiserver", "serverAuth", APISERVER_SANS)
+    _leaf(pki, "admin", f"/O={ADMIN_USER[1]}/CN={ADMIN_USER[0]}", "clientAuth")
+    _leaf(pki, "controller-manager", "/CN=system:kube-controller-manager", "clientAuth")
+    _leaf(pki, "scheduler", "/CN=system:kube-scheduler", "clientAuth")
+    # kwok writes node and pod status for every fake node, as the Node authorizer would not allow.
+    _leaf(pki, "kwok", "/O=system:masters/CN=kwok", "clientAuth")
+    _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", f"{pki}/sa.key")
+    _openssl("ec", "-in", f"{pki}/sa.key", "-pubout", "-out", f"{pki}/sa.pub")
+
+
+def _leaf(pki: Path, name: str, subject: str, usage: str, sans: list[str] | None = None) -> None:
+    ext = [
+        "basicConstraints=CA:FALSE",
+        "keyUsage=critical,digitalSignature,keyEncipherment",
+        f"extendedKeyUsage={usage}",
+        "subjectKeyIdentifier=hash",
+        "authorityKeyIdentifier=keyid",
+    ]
+    if sans:
+        ext.append("subjectAltName=" + ",".join(sans))
+    (pki / f"{name}.ext").write_text("\n".join(ext) + "\n")
+    _openssl("req", "-new", *_EC_KEY, "-keyout", f"{pki}/{name}.key", "-out", f"{pki}/{name}.csr", "-subj", subject)
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        f"{pki}/{name}.csr",
+        "-CA",
+        f"{pki}/ca.crt",
+        "-CAkey",
+        f"{pki}/ca.key",
+        "-set_serial",
+        "0x" + secrets.token_hex(16),
+        "-days",
+        "3650",
+        "-out",
+        f"{pki}/{name}.crt",
+        "-extfile",
+        f"{pki}/{name}.ext",
+    )
+
+
+def write_kubeconfig(path: Path, pki: Path, server: str, user: str) -> None:
+    def b64(name: str) -> str:
+        return base64.b64encode((pki / name).read_bytes()).decode()
+
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {"name": "queueworker-test", "cluster": {"server": server, "certificate-authority-data": b64("ca.crt")}}
+        ],
+        "users": [
+            {
+                "name": user,
+                "user": {"client-certificate-data": b64(f"{user}.crt"), "client-key-data": b64(f"{user}.key")},
+            }
+        ],
+        "contexts": [{"name": "queueworker-test", "context": {"cluster": "queueworker-test", "user": user}}],
+        "current-context": "queueworker-test",
+    }
+    path.write_text(json.dumps(config, indent=2))  # JSON is YAML: every client reads it
+    path.chmod(0o600)

@@ -1,0 +1,37 @@
+"""The e2e suites' Kubernetes: a real etcd, kube-apiserver (RBAC on), controller-manager, scheduler and a
+kwok fake node, built from pinned Go modules (tests/cluster/build.sh, cached) and started once per session.
+
+QW_KUBECONFIG=path reuses a running control plane (e.g. `make cluster-up`, then
+QW_KUBECONFIG=.cluster/kubeconfig). Nothing here skips: a control plane that cannot be built or started
+fails the tests, with the failing component's log tail in the error.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "cluster"))
+
+import cluster as control_plane  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def k8s_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[control_plane.Cluster]:
+    """A running control plane: `.kubeconfig`, `.server`, `.kubectl(*args)`, `.helm(*args)`."""
+    bin_dir = control_plane.build()  # a cache hit takes about a second
+    reuse = os.environ.get("QW_KUBECONFIG")
+    if reuse:
+        yield control_plane.attach(Path(reuse), bin_dir)
+        return
+    cluster_dir = tmp_path_factory.mktemp("k8s")
+    cluster = control_plane.start(cluster_dir, bin_dir)
+    try:
+        yield cluster
+    finally:
+        # Logs stay in pytest's basetemp (the last three runs are kept) for debugging a failure.
+        control_plane.stop(cluster_dir, remove=False)
