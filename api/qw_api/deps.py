@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
@@ -13,6 +13,7 @@ from qw_core.settings import ApiSettings
 from qw_core.storage import LocalStorage
 from qw_core.store import TaskStore
 
+from .batching import WriteBatcher
 from .metrics import ApiMetrics
 from .publisher import Publisher
 
@@ -25,6 +26,12 @@ class Services:
     publisher: Publisher
     metrics: ApiMetrics
     key_hashes: dict[bytes, str]  # sha256(key) -> tenant
+    pending_writes: WriteBatcher[tuple[str, str, str, str | None]] = field(init=False)
+    queued_writes: WriteBatcher[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pending_writes = WriteBatcher(self.store.create_pending_many)
+        self.queued_writes = WriteBatcher(self.store.confirm_queued_many)
 
 
 def hash_key(key: str) -> bytes:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from qw_core.messages import KINDS
 from qw_core.settings import ApiSettings
@@ -17,7 +16,7 @@ from qw_core.topology import build_topology
 
 from .deps import Services, hash_key
 from .limits import BodySizeLimit, BodyTooLarge
-from .metrics import ApiMetrics
+from .metrics import ApiMetrics, ObserveRequests
 from .publisher import Publisher
 from .routes import emails, health, images, notifications, tasks
 
@@ -64,16 +63,6 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     async def _too_large(_: Request, __: BodyTooLarge) -> JSONResponse:
         return JSONResponse({"detail": "request body too large"}, status_code=413)
 
-    @app.middleware("http")
-    async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        template = getattr(route, "path", "unmatched")  # bounded label: the route template, never the raw path
-        metrics.requests.labels(request.method, template, str(response.status_code)).inc()
-        metrics.request_duration.labels(request.method, template).observe(time.perf_counter() - start)
-        return response
-
     page = resources.files("qw_api").joinpath("static/index.html").read_text()
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -87,4 +76,5 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         )
 
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD)
+    app.add_middleware(ObserveRequests, metrics=metrics)
     return app

@@ -25,7 +25,7 @@ def unavailable(services: Services, what: str) -> HTTPException:
 async def submit(services: Services, task: TaskMessage, source_key: str | None = None) -> None:
     """Accept `task` or raise 503. On failure no row claims it is queued and its upload is removed."""
     try:
-        await run_in_threadpool(services.store.create_pending, task.task_id, task.tenant, task.kind, source_key)
+        await services.pending_writes.write((task.task_id, task.tenant, task.kind, source_key))
     except StoreUnavailable as exc:
         await _remove_upload(services, source_key)
         raise unavailable(services, "the task store is unavailable") from exc
@@ -40,7 +40,7 @@ async def submit(services: Services, task: TaskMessage, source_key: str | None =
     services.metrics.publish_duration.labels(task.kind).observe(time.perf_counter() - start)
     # The broker has it now. If this write fails the worker's own status writes still move the task on.
     try:
-        await run_in_threadpool(services.store.confirm_queued, task.task_id)
+        await services.queued_writes.write(task.task_id)
     except StoreUnavailable:
         pass
     services.metrics.tasks_submitted.labels(task.kind).inc()

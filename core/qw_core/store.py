@@ -75,7 +75,7 @@ class TaskStore:
         return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
 
     @contextmanager
-    def _tx(self) -> Iterator[Any]:  # pragma: no cover - abstract
+    def _tx(self, write: bool = True) -> Iterator[Any]:  # pragma: no cover - abstract
         raise NotImplementedError
         yield
 
@@ -85,13 +85,13 @@ class TaskStore:
             return int(cur.rowcount)
 
     def _fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
-        with self._tx() as cur:
+        with self._tx(write=False) as cur:
             cur.execute(self._sql(sql), tuple(params))
             row = cur.fetchone()
             return tuple(row) if row is not None else None
 
     def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._tx() as cur:
+        with self._tx(write=False) as cur:
             cur.execute(self._sql(sql), tuple(params))
             return [tuple(r) for r in cur.fetchall()]
 
@@ -120,6 +120,22 @@ class TaskStore:
             f"INSERT INTO tasks ({_COLUMNS}) VALUES (?, ?, ?, 'pending', 0, NULL, ?, NULL, 0, ?, ?)",
             (task_id, tenant, kind, source_key, now, now),
         )
+
+    def create_pending_many(self, rows: Sequence[tuple[str, str, str, str | None]], now: float | None = None) -> None:
+        """Many `create_pending` in one transaction: (task_id, tenant, kind, source_key) each."""
+        now = time.time() if now is None else now
+        with self._tx() as cur:
+            cur.executemany(
+                self._sql(f"INSERT INTO tasks ({_COLUMNS}) VALUES (?, ?, ?, 'pending', 0, NULL, ?, NULL, 0, ?, ?)"),
+                [(t, tenant, kind, key, now, now) for t, tenant, kind, key in rows],
+            )
+
+    def confirm_queued_many(self, task_ids: Sequence[str]) -> None:
+        with self._tx() as cur:
+            cur.executemany(
+                self._sql("UPDATE tasks SET status='queued', updated_at=? WHERE task_id=? AND status='pending'"),
+                [(time.time(), t) for t in task_ids],
+            )
 
     def confirm_queued(self, task_id: str) -> bool:
         """After the broker's confirm. A worker may already have moved it on; then nothing changes."""
@@ -246,11 +262,20 @@ class SqliteStore(TaskStore):
         return conn
 
     @contextmanager
-    def _tx(self) -> Iterator[Any]:
+    def _tx(self, write: bool = True) -> Iterator[Any]:
         conn = self._conn()
         try:
             cur = conn.cursor()
-            yield cur
+            if not write:  # autocommit read: WAL readers never wait for writers
+                yield cur
+                return
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable(str(exc)) from exc
 
@@ -265,7 +290,7 @@ class PostgresStore(TaskStore):
         self.migrate()
 
     @contextmanager
-    def _tx(self) -> Iterator[Any]:
+    def _tx(self, write: bool = True) -> Iterator[Any]:
         import psycopg
 
         try:

@@ -22,7 +22,7 @@ KWOK_VERSION=v0.8.0
 HELM_VERSION=v3.22.0
 
 command -v go >/dev/null || { echo "build.sh: go not found on PATH (need Go >= 1.26)" >&2; exit 1; }
-export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=readonly
+export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="-mod=readonly -buildvcs=false"
 
 check_pin() { # module-dir module-path version
   grep -qE "^(require )?[[:space:]]*$2 $3( // indirect)?\$" "$here/$1/go.mod" ||
