@@ -20,8 +20,19 @@ class ImageInfo:
     height: int
 
 
-def open_image(data: bytes, allowed_formats: list[str] | tuple[str, ...], max_pixels: int) -> Image.Image:
-    """Open `data` with only the allowed decoders, refusing decompression bombs. Raises ImageRejected."""
+def open_image(
+    data: bytes,
+    allowed_formats: list[str] | tuple[str, ...],
+    max_pixels: int,
+    shrink_to: tuple[int, int] | None = None,
+) -> Image.Image:
+    """Open `data` with only the allowed decoders, refusing decompression bombs. Raises ImageRejected.
+
+    `shrink_to`: the caller will shrink the image to fit this box, so a JPEG may be decoded at 1/2, 1/4 or
+    1/8 scale (DCT scaling, as Pillow's own thumbnail() does), keeping at least twice the box on each side
+    (either orientation: EXIF rotation may swap them). The whole file is still decoded, so truncated or
+    corrupt data is still refused.
+    """
     if not data:
         raise ImageRejected("the file is empty")
     allowed = [f.upper() for f in allowed_formats]
@@ -33,6 +44,9 @@ def open_image(data: bytes, allowed_formats: list[str] | tuple[str, ...], max_pi
             w, h = img.size
             if w * h > max_pixels:
                 raise ImageRejected(f"the image is {w}x{h} pixels; the limit is {max_pixels} pixels")
+            if shrink_to is not None and img.format == "JPEG":
+                side = 2 * max(shrink_to)
+                img.draft(None, (side, side))
             img.load()  # decode fully: catches truncated and corrupt files, and lazy bombs
         except ImageRejected:
             raise

@@ -28,9 +28,8 @@ def target_box(options: ImageOptions, max_side: int) -> tuple[int, int]:
 def _fit(img: Image.Image, box: tuple[int, int]) -> Image.Image:
     if img.width <= box[0] and img.height <= box[1]:
         return img
-    out = img.copy()
-    out.thumbnail(box, Image.Resampling.LANCZOS)  # keeps the aspect ratio, only ever shrinks
-    return out
+    img.thumbnail(box, Image.Resampling.LANCZOS)  # in place: keeps the aspect ratio, only ever shrinks
+    return img
 
 
 def _watermark(img: Image.Image, text: str) -> Image.Image:
@@ -73,10 +72,11 @@ def transform_image(
     Raises ImageRejected for anything that is not a safe, decodable image in an accepted format.
     Animated images keep their first frame only.
     """
-    img = open_image(data, ACCEPTED, max_pixels)
+    box = target_box(options, max_side)
+    img = open_image(data, ACCEPTED, max_pixels, shrink_to=box)
     fmt = options.format or img.format or source_format
     img = ImageOps.exif_transpose(img)  # the orientation tag becomes pixels
-    img = _fit(img, target_box(options, max_side))
+    img = _fit(img, box)
     if options.watermark:
         img = _watermark(img, options.watermark)
     img = _for_format(img, fmt)
