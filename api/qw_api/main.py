@@ -26,6 +26,8 @@ MULTIPART_OVERHEAD = 64 * 1024
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
     settings = settings or ApiSettings()
     keys = settings.tenant_keys()
+    if not keys:
+        raise ValueError("QW_API_KEYS is empty: set key:tenant pairs (or @/path/to/file) so clients can authenticate")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -51,7 +51,6 @@ class ApiSettings(CommonSettings):
     publish_timeout: float = 5.0
     retry_after_seconds: int = 5
     sse_poll_interval: float = 0.2
-    public_url: str = ""
 
     def tenant_keys(self) -> dict[str, str]:
         raw = self.api_keys.get_secret_value().strip()

@@ -33,3 +33,11 @@ def test_prod_refuses_placeholder_keys_and_guest(monkeypatch):
     monkeypatch.setenv("QW_RABBITMQ_URL", "amqp://guest:guest@rabbit:5672/")
     with pytest.raises(ValidationError, match="guest"):
         CommonSettings()
+
+
+def test_api_refuses_to_start_without_any_key(monkeypatch):
+    from qw_api.main import create_app
+
+    monkeypatch.setenv("QW_API_KEYS", "")
+    with pytest.raises(ValueError, match="QW_API_KEYS is empty"):
+        create_app(ApiSettings())
