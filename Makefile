@@ -4,7 +4,7 @@ PY ?= .venv/bin/python
 VENV_STAMP := .venv/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help deps dev test test-unit test-integration test-e2e lint fmt bench soak clean services-up services-down
+.PHONY: help deps dev test test-unit test-integration lint fmt bench soak clean services-up services-down
 
 help:
 	@echo "make dev    - broker, API and one worker of each kind on 127.0.0.1 (Ctrl-C stops them)"
@@ -32,7 +32,7 @@ services-down:
 dev: deps
 	$(PY) scripts/dev.py
 
-test: deps
+test: deps cluster-bin
 	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 test-unit: deps

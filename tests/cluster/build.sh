@@ -21,6 +21,7 @@ ETCD_VERSION=v3.6.16
 KWOK_VERSION=v0.8.0
 HELM_VERSION=v3.22.0
 
+export PATH="$PATH:/usr/local/go/bin" # where the Go tarball installs, if a non-login shell lacks it
 command -v go >/dev/null || { echo "build.sh: go not found on PATH (need Go >= 1.26)" >&2; exit 1; }
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="-mod=readonly -buildvcs=false"
 
@@ -70,7 +71,8 @@ fi
 tmp="$key_dir.tmp.$$"
 rm -rf "$tmp" && mkdir -p "$tmp/bin"
 trap 'rm -rf "$tmp"' EXIT
-build_date="$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"Time": "\(.*\)".*/\1/p')"
+# The release's publication time, not now: the same inputs give the same binaries.
+build_date="$(cd "$here/k8s" && go list -m -f '{{.Time.UTC.Format "2006-01-02T15:04:05Z"}}' k8s.io/kubernetes)"
 k8s_minor="${K8S_VERSION#v1.}" && k8s_minor="${k8s_minor%%.*}"
 version_ldflags=""
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
@@ -102,5 +104,8 @@ printf '%s\n' "k8s=$K8S_VERSION etcd=$ETCD_VERSION kwok=$KWOK_VERSION helm=$HELM
 touch "$tmp/complete"
 rm -rf "$key_dir" && mv "$tmp" "$key_dir"
 trap - EXIT
-echo "build.sh: cold build took $((SECONDS - total_start))s"
+# Keep the three newest builds (other branches may want theirs); each is about 470 MB.
+find "$cache_root" -mindepth 1 -maxdepth 1 -type d -name 'v*-*' ! -name '*.tmp.*' -printf '%T@ %p\n' |
+  sort -rn | tail -n +4 | cut -d' ' -f2- | xargs -r rm -rf
+echo "build.sh: build took $((SECONDS - total_start))s"
 link_into_repo

@@ -13,6 +13,7 @@ Each component logs to DIR/logs/<name>.log; a failed start raises ClusterError w
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import re
@@ -33,7 +34,6 @@ from cluster_pki import PkiError, make_pki, write_kubeconfig
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
-BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok", "helm")
 NODE_NAME = "kwok-node-0"
 # kwok manages only nodes carrying this annotation, so it never touches a real node by mistake.
 KWOK_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
@@ -60,7 +60,7 @@ def build(bin_dir: Path | None = None) -> Path:
     """Runs the cached build (seconds when nothing changed) and returns the directory of binaries."""
     env = dict(os.environ)
     if bin_dir is not None:
-        env["QW_CLUSTER_BIN"] = str(bin_dir)
+        env["QW_CLUSTER_BIN"] = str(bin_dir.resolve())
     subprocess.run(["bash", str(HERE / "build.sh")], check=True, env=env)
     return bin_dir or REPO / ".cluster" / "bin"
 
@@ -106,6 +106,13 @@ def _helm_env(cluster_dir: Path) -> dict[str, str]:
 # ---------------------------------------------------------------- processes
 
 
+def _die_with_parent() -> None:
+    """Runs in the child before exec: the kernel kills it when the test process dies, however that dies.
+    SIGKILL, not SIGTERM: the API server's graceful shutdown hangs while etcd is going away too."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -122,8 +129,8 @@ def _tail(path: Path, lines: int = 40) -> str:
 class _Supervisor:
     """Starts components in their own process groups and records them in DIR/state.json."""
 
-    def __init__(self, cluster_dir: Path, bin_dir: Path) -> None:
-        self.dir, self.bin_dir = cluster_dir, bin_dir
+    def __init__(self, cluster_dir: Path, bin_dir: Path, die_with_parent: bool) -> None:
+        self.dir, self.bin_dir, self.die_with_parent = cluster_dir, bin_dir, die_with_parent
         self.logs = cluster_dir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -143,6 +150,7 @@ class _Supervisor:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
                 cwd=self.dir,
+                preexec_fn=_die_with_parent if self.die_with_parent else None,
             )
         self.state["pids"][name] = self.procs[name].pid
         _CHILDREN[self.procs[name].pid] = self.procs[name]
@@ -236,20 +244,21 @@ def _node_ready(api: _Api) -> bool:
     return ready and not tainted
 
 
-def start(cluster_dir: Path, bin_dir: Path, timeout: float = 180.0) -> Cluster:
-    """Starts the control plane in cluster_dir and returns once pods can be scheduled and run."""
+def start(cluster_dir: Path, bin_dir: Path, timeout: float = 180.0, die_with_parent: bool = False) -> Cluster:
+    """Starts the control plane in cluster_dir and returns once pods can be scheduled and run.
+    die_with_parent: the components are killed when this process dies (a killed test run leaks nothing)."""
     started = time.monotonic()
     deadline = started + timeout
     cluster_dir = cluster_dir.resolve()
     bin_dir = bin_dir.resolve()
     if _running(cluster_dir):
         raise ClusterError(f"a cluster is already running in {cluster_dir}: stop it first")
-    for stale in ("pki", "etcd-data", "logs", "kwok", "state.json", "kubeconfig"):
+    for stale in ("pki", "etcd-data", "logs", "state.json", "kubeconfig"):
         shutil.rmtree(cluster_dir / stale, ignore_errors=True)
         (cluster_dir / stale).unlink(missing_ok=True)
     pki = cluster_dir / "pki"
     make_pki(pki)
-    sup = _Supervisor(cluster_dir, bin_dir)
+    sup = _Supervisor(cluster_dir, bin_dir, die_with_parent)
     ports = {name: _free_port() for name in ("etcd", "etcd-peer", "apiserver", "kcm", "scheduler", "kwok")}
     server = f"https://127.0.0.1:{ports['apiserver']}"
     sup.state.update(ports=ports, server=server)
@@ -301,6 +310,13 @@ def _start_components(sup: _Supervisor, pki: Path, ports: dict[str, int], server
             f"--service-account-signing-key-file={pki}/sa.key",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--allow-privileged=true",
+            f"--requestheader-client-ca-file={pki}/front-proxy-ca.crt",
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={pki}/front-proxy-client.crt",
+            f"--proxy-client-key-file={pki}/front-proxy-client.key",
             # Endpoints may not point at loopback, and no pod here could reach the API server anyway.
             "--endpoint-reconciler-type=none",
         ],
@@ -339,7 +355,6 @@ def _start_components(sup: _Supervisor, pki: Path, ports: dict[str, int], server
     stages = sorted((sup.bin_dir / "kwok-stages").glob("*.yaml"))
     if not stages:
         raise ClusterError(f"no kwok stage files in {sup.bin_dir / 'kwok-stages'}: run tests/cluster/build.sh")
-    (d / "kwok").mkdir(exist_ok=True)
     sup.spawn(
         "kwok",
         [
@@ -392,28 +407,25 @@ def _running(cluster_dir: Path) -> dict[str, int]:
 
 
 def stop(cluster_dir: Path, remove: bool = True, grace: float = 10.0) -> None:
-    """Ends every component (whole process group, newest first); removes state, keeps logs/ unless remove."""
+    """Ends every component, newest first and one at a time (the API server shuts down cleanly only while
+    etcd still answers), each as a whole process group. Removes the state; keeps logs/ unless remove."""
     cluster_dir = cluster_dir.resolve()
-    alive = _running(cluster_dir)
-    for pid in reversed(list(alive.values())):
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            continue
-    deadline = time.monotonic() + grace
-    while _running(cluster_dir) and time.monotonic() < deadline:
-        _reap()
-        time.sleep(0.1)
-    for pid in _running(cluster_dir).values():
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            continue
+    for name, pid in reversed(list(_running(cluster_dir).items())):
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, grace)):
+            try:
+                os.killpg(pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait
+            while name in _running(cluster_dir) and time.monotonic() < deadline:
+                _reap()
+                time.sleep(0.05)
+            if name not in _running(cluster_dir):
+                break
     _reap()
     for item in (
         "etcd-data",
         "pki",
-        "kwok",
         "helm",
         "state.json",
         "kubeconfig",
@@ -448,6 +460,9 @@ def main(argv: list[str] | None = None) -> int:
         alive = _running(args.dir.resolve())
         print(json.dumps(alive) if alive else "cluster: not running")
         return 0 if alive else 1
+    if _running(args.dir.resolve()):
+        print(f"cluster: already running in {args.dir} (`down` first for a fresh one)")
+        return 0
     if not args.no_build:
         build(bin_dir)
     try:

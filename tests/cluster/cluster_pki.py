@@ -41,34 +41,30 @@ _EC_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"
 
 def make_pki(pki: Path) -> None:
     pki.mkdir(parents=True, exist_ok=True)
-    _openssl(
-        "req",
-        "-x509",
-        *_EC_KEY,
-        "-keyout",
-        f"{pki}/ca.key",
-        "-out",
-        f"{pki}/ca.crt",
-        "-days",
-        "3650",
-        "-subj",
-        "/CN=queueworker-test-ca",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-    )
-    _leaf(pki, "apiserver", "/CN=kube-apiserver", "serverAuth", APISERVER_SANS)
-    _leaf(pki, "admin", f"/O={ADMIN_USER[1]}/CN={ADMIN_USER[0]}", "clientAuth")
-    _leaf(pki, "controller-manager", "/CN=system:kube-controller-manager", "clientAuth")
-    _leaf(pki, "scheduler", "/CN=system:kube-scheduler", "clientAuth")
+    _ca(pki, "ca", "/CN=queueworker-test-ca")
+    _leaf(pki, "ca", "apiserver", "/CN=kube-apiserver", "serverAuth", APISERVER_SANS)
+    _leaf(pki, "ca", "admin", f"/O={ADMIN_USER[1]}/CN={ADMIN_USER[0]}", "clientAuth")
+    _leaf(pki, "ca", "controller-manager", "/CN=system:kube-controller-manager", "clientAuth")
+    _leaf(pki, "ca", "scheduler", "/CN=system:kube-scheduler", "clientAuth")
     # kwok writes node and pod status for every fake node, as the Node authorizer would not allow.
-    _leaf(pki, "kwok", "/O=system:masters/CN=kwok", "clientAuth")
+    _leaf(pki, "ca", "kwok", "/O=system:masters/CN=kwok", "clientAuth")
+    # The aggregation layer's own CA (as kubeadm does): the apiserver proxies to extension API servers
+    # with this client cert, and the controller-manager and scheduler trust it for delegated authn.
+    _ca(pki, "front-proxy-ca", "/CN=queueworker-test-front-proxy-ca")
+    _leaf(pki, "front-proxy-ca", "front-proxy-client", "/CN=front-proxy-client", "clientAuth")
     _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", f"{pki}/sa.key")
     _openssl("ec", "-in", f"{pki}/sa.key", "-pubout", "-out", f"{pki}/sa.pub")
 
 
-def _leaf(pki: Path, name: str, subject: str, usage: str, sans: list[str] | None = None) -> None:
+def _ca(pki: Path, name: str, subject: str) -> None:
+    _openssl(
+        *("req", "-x509", *_EC_KEY, "-days", "3650", "-subj", subject),
+        *("-keyout", f"{pki}/{name}.key", "-out", f"{pki}/{name}.crt"),
+        *("-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"),
+    )
+
+
+def _leaf(pki: Path, ca: str, name: str, subject: str, usage: str, sans: list[str] | None = None) -> None:
     ext = [
         "basicConstraints=CA:FALSE",
         "keyUsage=critical,digitalSignature,keyEncipherment",
@@ -81,22 +77,9 @@ def _leaf(pki: Path, name: str, subject: str, usage: str, sans: list[str] | None
     (pki / f"{name}.ext").write_text("\n".join(ext) + "\n")
     _openssl("req", "-new", *_EC_KEY, "-keyout", f"{pki}/{name}.key", "-out", f"{pki}/{name}.csr", "-subj", subject)
     _openssl(
-        "x509",
-        "-req",
-        "-in",
-        f"{pki}/{name}.csr",
-        "-CA",
-        f"{pki}/ca.crt",
-        "-CAkey",
-        f"{pki}/ca.key",
-        "-set_serial",
-        "0x" + secrets.token_hex(16),
-        "-days",
-        "3650",
-        "-out",
-        f"{pki}/{name}.crt",
-        "-extfile",
-        f"{pki}/{name}.ext",
+        *("x509", "-req", "-in", f"{pki}/{name}.csr", "-days", "3650", "-set_serial", "0x" + secrets.token_hex(16)),
+        *("-CA", f"{pki}/{ca}.crt", "-CAkey", f"{pki}/{ca}.key", "-extfile", f"{pki}/{name}.ext"),
+        *("-out", f"{pki}/{name}.crt"),
     )
 
 

@@ -29,7 +29,7 @@ def k8s_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[control_pl
         yield control_plane.attach(Path(reuse), bin_dir)
         return
     cluster_dir = tmp_path_factory.mktemp("k8s")
-    cluster = control_plane.start(cluster_dir, bin_dir)
+    cluster = control_plane.start(cluster_dir, bin_dir, die_with_parent=True)
     try:
         yield cluster
     finally:

@@ -3,47 +3,48 @@ and the server is the pinned Kubernetes release. Everything later in tests/e2e b
 
 from __future__ import annotations
 
+import base64
 import json
 import ssl
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import cluster as control_plane
 import httpx
 import pytest
-from kubernetes import client, config
 
 pytestmark = pytest.mark.e2e
 
 
-def wait_until(what: str, probe: Callable[[], Any], timeout: float = 60.0) -> Any:
-    """Polls probe until it returns something truthy; fails with the last value seen."""
+def wait_until(what: str, probe: Callable[[], tuple[bool, Any]], timeout: float = 60.0) -> None:
+    """Polls probe, which returns (done, what it saw), until done; on timeout fails with the last sighting."""
     deadline = time.monotonic() + timeout
-    last: Any = None
+    seen: Any = None
     while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
+        done, seen = probe()
+        if done:
+            return
         time.sleep(0.2)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}; last seen: {last!r}")
-
-
-@pytest.fixture(scope="module")
-def api_config(k8s_cluster: control_plane.Cluster) -> client.Configuration:
-    cfg = client.Configuration()
-    config.load_kube_config(config_file=str(k8s_cluster.kubeconfig), client_configuration=cfg)
-    return cfg
+    pytest.fail(f"timed out after {timeout}s waiting for {what}; last seen: {seen!r}")
 
 
 @pytest.fixture
-def namespace(k8s_cluster: control_plane.Cluster, api_config: client.Configuration) -> Iterator[str]:
+def namespace(k8s_cluster: control_plane.Cluster) -> Iterator[str]:
     name = f"e2e-{uuid.uuid4().hex[:8]}"
-    core = client.CoreV1Api(client.ApiClient(api_config))
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    k8s_cluster.kubectl("create", "namespace", name)
     yield name
-    core.delete_namespace(name)
+    k8s_cluster.kubectl("delete", "namespace", name, "--wait=false")
+
+
+def get_json(k8s_cluster: control_plane.Cluster, *args: str) -> Any:
+    return json.loads(k8s_cluster.kubectl("get", "-o", "json", *args).stdout)
+
+
+def apply(k8s_cluster: control_plane.Cluster, namespace: str, manifest: dict[str, Any]) -> None:
+    k8s_cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest))
 
 
 def _deployment(name: str, replicas: int) -> dict[str, Any]:
@@ -65,48 +66,43 @@ def _deployment(name: str, replicas: int) -> dict[str, Any]:
 
 
 def test_deployment_pods_run_on_the_fake_node_and_follow_scaling(
-    api_config: client.Configuration, namespace: str
+    k8s_cluster: control_plane.Cluster, namespace: str
 ) -> None:
-    api = client.ApiClient(api_config)
-    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
-
-    def running_pods() -> list[client.V1Pod]:
-        pods = core.list_namespaced_pod(namespace, label_selector="app=web").items
-        return [p for p in pods if p.metadata.deletion_timestamp is None and p.status.phase == "Running"]
-
-    def pods_state(expected: int) -> Callable[[], Any]:
-        def probe() -> Any:
-            all_pods = core.list_namespaced_pod(namespace, label_selector="app=web").items
-            running = running_pods()
-            on_node = all(p.spec.node_name == control_plane.NODE_NAME for p in running)
-            ready = apps.read_namespaced_deployment(name="web", namespace=namespace).status.ready_replicas or 0
-            if len(all_pods) == len(running) == expected and ready == expected and on_node:
-                return True
-            return {"pods": len(all_pods), "running": len(running), "ready": ready, "on_node": on_node}
+    def pods_settled_at(expected: int) -> Callable[[], tuple[bool, Any]]:
+        def probe() -> tuple[bool, Any]:
+            pods = get_json(k8s_cluster, "pods", "-n", namespace, "-l", "app=web")["items"]
+            running = [p for p in pods if p["status"].get("phase") == "Running" and "deletionTimestamp" not in p]
+            nodes = {p["spec"].get("nodeName") for p in running}
+            ready = get_json(k8s_cluster, "deployment/web", "-n", namespace)["status"].get("readyReplicas", 0)
+            done = len(pods) == len(running) == ready == expected and nodes <= {control_plane.NODE_NAME}
+            return done, {"pods": len(pods), "running": len(running), "ready": ready, "nodes": sorted(map(str, nodes))}
 
         return probe
 
-    # Given a Deployment of 3 replicas, when it is created, then 3 pods run on the kwok node.
-    apps.create_namespaced_deployment(namespace, _deployment("web", 3))
-    wait_until("3 Running pods", pods_state(3))
+    # Given a Deployment of 3 replicas, when it is applied, then 3 pods run on the kwok node.
+    apply(k8s_cluster, namespace, _deployment("web", 3))
+    wait_until("3 Running pods", pods_settled_at(3))
 
     # When scaled up to 5, then 5 pods run; when scaled to 0, then every pod is gone.
     for replicas in (5, 0):
-        apps.patch_namespaced_deployment_scale("web", namespace, {"spec": {"replicas": replicas}})
-        wait_until(f"{replicas} Running pods", pods_state(replicas))
+        k8s_cluster.kubectl("scale", "deployment/web", "-n", namespace, f"--replicas={replicas}")
+        wait_until(f"{replicas} Running pods", pods_settled_at(replicas))
 
 
 def test_rbac_denies_a_service_account_until_a_role_binding_allows_it(
-    k8s_cluster: control_plane.Cluster, api_config: client.Configuration, namespace: str
+    k8s_cluster: control_plane.Cluster, namespace: str, tmp_path: Path
 ) -> None:
-    core = client.CoreV1Api(client.ApiClient(api_config))
-    rbac = client.RbacAuthorizationV1Api(client.ApiClient(api_config))
-    core.create_namespaced_service_account(namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="bot")))
+    ca_data = k8s_cluster.kubectl(
+        "config", "view", "--raw", "--minify", "-o", "jsonpath={.clusters[0].cluster.certificate-authority-data}"
+    ).stdout
+    ca_file = tmp_path / "ca.crt"
+    ca_file.write_bytes(base64.b64decode(ca_data))
+    k8s_cluster.kubectl("create", "serviceaccount", "bot", "-n", namespace)
     token = k8s_cluster.kubectl("create", "token", "bot", "-n", namespace, "--duration=10m").stdout.strip()
     as_bot = httpx.Client(
         base_url=k8s_cluster.server,
         headers={"Authorization": f"Bearer {token}"},
-        verify=ssl.create_default_context(cafile=api_config.ssl_ca_cert),
+        verify=ssl.create_default_context(cafile=str(ca_file)),
     )
     pods_url = f"/api/v1/namespaces/{namespace}/pods"
 
@@ -117,24 +113,18 @@ def test_rbac_denies_a_service_account_until_a_role_binding_allows_it(
     assert f"system:serviceaccount:{namespace}:bot" in denied.json()["message"]
 
     # When a Role granting list on pods is bound to it, then listing pods in that namespace is allowed...
-    rbac.create_namespaced_role(
-        namespace,
-        {
-            "metadata": {"name": "pod-reader"},
-            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}],
-        },
-    )
-    rbac.create_namespaced_role_binding(
-        namespace,
-        {
-            "metadata": {"name": "bot-reads-pods"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pod-reader"},
-            "subjects": [{"kind": "ServiceAccount", "name": "bot", "namespace": namespace}],
-        },
-    )
-    allowed = wait_until("the RoleBinding to take effect", lambda: as_bot.get(pods_url).status_code == 200)
-    assert allowed
-    # ...and nothing more: other namespaces and other verbs stay forbidden.
+    k8s_cluster.kubectl("create", "role", "pod-reader", "--verb=list", "--resource=pods", "-n", namespace)
+    k8s_cluster.kubectl(
+        "create", "rolebinding", "bot-reads-pods", "--role=pod-reader", f"--serviceaccount={namespace}:bot",
+        "-n", namespace,
+    )  # fmt: skip
+
+    def bot_lists_pods() -> tuple[bool, int]:
+        status = as_bot.get(pods_url).status_code
+        return status == 200, status
+
+    wait_until("the RoleBinding to take effect", bot_lists_pods)
+    # ...and nothing more: other namespaces and other resources stay forbidden.
     assert as_bot.get("/api/v1/namespaces/default/pods").status_code == 403
     assert as_bot.get(f"/api/v1/namespaces/{namespace}/secrets").status_code == 403
 
@@ -146,4 +136,4 @@ def test_server_and_tools_report_the_pinned_versions(k8s_cluster: control_plane.
     assert versions["clientVersion"]["gitVersion"] == pinned
     # helm reaches the same API server through the same kubeconfig.
     assert k8s_cluster.helm("version", "--short").stdout.startswith("v3.")
-    assert k8s_cluster.helm("list", "--all-namespaces", "-o", "json").stdout.strip() == "[]"
+    assert json.loads(k8s_cluster.helm("list", "--all-namespaces", "-o", "json").stdout) == []
