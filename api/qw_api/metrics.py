@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from qw_core.messages import KINDS
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 NS, SUB = "queueworker", "api"
@@ -46,6 +47,10 @@ class ApiMetrics:
         self.sse_streams = Gauge(
             "sse_streams", "Open server-sent-event streams.", namespace=NS, subsystem=SUB, registry=r
         )
+        # Zero series for every kind, so dashboards and rate() see 0 rather than no data before the first event.
+        for kind in KINDS:
+            self.tasks_submitted.labels(kind)
+            self.publish_failures.labels(kind)
 
 
 class ObserveRequests:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 PublicStatus = Literal["queued", "processing", "succeeded", "failed", "dead"]
 
@@ -24,18 +24,6 @@ class TaskView(BaseModel):
     result_url: str | None = None
     created_at: float
     updated_at: float
-
-
-class EmailRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    to: EmailStr = Field(description="One recipient address.")
-    subject: str = Field(min_length=1, max_length=998)
-    text: str | None = Field(default=None, description="Plain-text body.")
-    html: str | None = Field(default=None, description="HTML body.")
-    template: str | None = Field(default=None, description="A named template instead of text/html.")
-    context: dict[str, str | int | float | bool] = Field(default_factory=dict, description="Template values.")
-    reply_to: EmailStr | None = None
 
 
 class NotificationRequest(BaseModel):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 
-from fastapi import HTTPException
+from fastapi import HTTPException, Request
+from fastapi.responses import JSONResponse
 from qw_core.messages import TaskMessage
 from qw_core.store import StoreUnavailable
 from qw_core.topology import TASKS_EXCHANGE
@@ -49,3 +50,9 @@ async def submit(services: Services, task: TaskMessage, source_key: str | None =
 async def _remove_upload(services: Services, key: str | None) -> None:
     if key:
         await run_in_threadpool(services.storage.delete, key)
+
+
+def accepted(request: Request, task_id: str) -> JSONResponse:
+    """The 202 body (schema: TaskAccepted), built directly: no response-model pass on the hot path."""
+    status_url = str(request.url_for("get_task", task_id=task_id))
+    return JSONResponse({"task_id": task_id, "status": "queued", "status_url": status_url}, status_code=202)

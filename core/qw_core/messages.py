@@ -71,14 +71,15 @@ class ImageTask(_Strict):
     options: ImageOptions = ImageOptions()
 
 
-class EmailTask(_Strict):
-    kind: Literal["email"] = "email"
-    to: EmailStr
-    subject: HeaderText
-    text: str | None = Field(default=None, max_length=100_000)
-    html: str | None = Field(default=None, max_length=200_000)
-    template: str | None = Field(default=None, max_length=64)
-    context: dict[str, str | int | float | bool] = Field(default_factory=dict)
+class EmailFields(_Strict):
+    """What a client sends to queue an email (also the body of an email task)."""
+
+    to: EmailStr = Field(description="One recipient address.")
+    subject: HeaderText = Field(min_length=1, description="One line: CR, LF and NUL are refused.")
+    text: str | None = Field(default=None, max_length=100_000, description="Plain-text body.")
+    html: str | None = Field(default=None, max_length=200_000, description="HTML body.")
+    template: str | None = Field(default=None, max_length=64, description="A named template instead of text/html.")
+    context: dict[str, str | int | float | bool] = Field(default_factory=dict, description="Template values.")
     reply_to: EmailStr | None = None
 
     @field_validator("subject")
@@ -87,10 +88,19 @@ class EmailTask(_Strict):
         return _no_header_injection(v)
 
     @model_validator(mode="after")
-    def _has_body(self) -> EmailTask:
+    def _has_body(self) -> EmailFields:
         if not (self.text or self.html or self.template):
             raise ValueError("give text, html or a template")
         return self
+
+
+class EmailTask(EmailFields):
+    kind: Literal["email"] = "email"
+
+    @classmethod
+    def from_fields(cls, fields: EmailFields) -> EmailTask:
+        """Already validated by the same validators: no second pass over the addresses."""
+        return cls.model_construct(kind="email", **dict(fields))
 
 
 TaskPayload = Annotated[ImageTask | EmailTask, Field(discriminator="kind")]

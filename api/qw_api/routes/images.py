@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from qw_core.images import ImageRejected, identify
 from qw_core.messages import ImageOptions, ImageTask, TaskMessage, new_task_id, utcnow
@@ -12,7 +13,7 @@ from starlette.datastructures import UploadFile
 from ..deps import ServicesDep, TenantDep
 from ..limits import BodyTooLarge
 from ..schemas import Problem, TaskAccepted
-from ..service import submit
+from ..service import accepted, submit
 
 router = APIRouter(prefix="/v1", tags=["images"])
 
@@ -63,7 +64,7 @@ def _unprocessable(msg: str) -> HTTPException:
         422: {"model": Problem}, 503: {"model": Problem},
     },
 )  # fmt: skip
-async def upload_image(request: Request, tenant: TenantDep, services: ServicesDep) -> TaskAccepted:
+async def upload_image(request: Request, tenant: TenantDep, services: ServicesDep) -> JSONResponse:
     """Upload an image to process. The file is identified by decoding it, never by its name or content type."""
     settings = services.settings
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
@@ -100,4 +101,4 @@ async def upload_image(request: Request, tenant: TenantDep, services: ServicesDe
     payload = ImageTask(source_key=key, source_format=info.format, options=options)  # type: ignore[arg-type]
     task = TaskMessage(task_id=new_task_id(), tenant=tenant, created_at=utcnow(), payload=payload)
     await submit(services, task, source_key=key)
-    return TaskAccepted(task_id=task.task_id, status_url=str(request.url_for("get_task", task_id=task.task_id)))
+    return accepted(request, task.task_id)
