@@ -50,8 +50,12 @@ fmt: deps
 	.venv/bin/ruff format core api workers operator tests bench scripts
 	.venv/bin/ruff check --fix core api workers operator tests bench scripts
 
-bench: deps
+bench: deps cluster-bin
 	$(PY) -m bench $(BENCH_ARGS)
+
+crd: deps  # manifests/crd.yaml is generated from qw_operator.crd; the chart keeps a checked copy
+	$(PY) -m qw_operator.crd > manifests/crd.yaml
+	cp manifests/crd.yaml charts/queueworker/crds/queueworker.yaml
 
 clean:
 	rm -rf .venv .run .pytest_cache .mypy_cache .ruff_cache

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests and `make dev` use, only those missing. Idempotent.
 set -euo pipefail
-want=(rabbitmq-server postgresql openssl chromium)
+want=(rabbitmq-server postgresql openssl chromium prometheus)
 missing=()
 for p in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -2,7 +2,6 @@ import asyncio
 import threading
 
 import pytest
-
 from qw_api.batching import WriteBatcher
 
 

@@ -1,0 +1,112 @@
+"""`make bench`: run every benchmark in one invocation, write bench/results/<name>.json and bench/results/README.md.
+
+Each benchmark prints one JSON object and carries its own baseline run side by side, so the table shows ratios
+measured on the same machine in the same minute. Absolute numbers on a shared 2-core machine mean little.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+PY = sys.executable
+
+BENCHES: dict[str, list[str]] = {
+    "publish": [PY, "-m", "bench.publish", "10"],
+    "workers": [PY, "bench/bench_workers.py", "--images", "200"],
+    "workers-concurrency-2": [PY, "bench/bench_workers.py", "--images", "200", "--concurrency", "2"],
+    "operator": [PY, "bench/bench_operator.py"],
+    "policy-replay": [PY, "-m", "bench.replay"],
+}
+
+
+def _run(name: str, cmd: list[str]) -> dict[str, Any]:
+    start = time.monotonic()
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ})
+    if r.returncode:
+        return {"error": f"exit {r.returncode}", "stderr": r.stderr[-3000:]}
+    out = r.stdout[r.stdout.index("{") :]
+    data: dict[str, Any] = json.loads(out)
+    data["wall_seconds"] = round(time.monotonic() - start, 1)
+    return data
+
+
+def _rows(results: dict[str, dict[str, Any]]) -> list[str]:
+    rows = ["| benchmark | figure | queueworker | baseline | ratio |", "|---|---|---|---|---|"]
+    p = results.get("publish", {})
+    if "api" in p:
+        api, seed, bare = p["api"], p["seed_pattern"], p["bare_pika_confirms"]
+        peak = api["closed_loop_64"]
+        paced = next(v for k, v in api.items() if k.startswith("open_loop"))
+        rows.append(
+            f"| publish | confirmed tasks/s, 64 connections | {peak['ok_per_s']} | seed pattern "
+            f"{seed['closed_loop_64']['ok_per_s']} (unconfirmed) | {p['ratios']['api_vs_seed_throughput']} |"
+        )
+        rows.append(
+            f"| publish | vs bare pika publish loop with confirms | {peak['ok_per_s']} | "
+            f"{bare['confirmed_per_s']} | {p['ratios']['api_vs_bare_pika_confirms']} |"
+        )
+        rows.append(
+            f"| publish | p50 / p99 ms at 1,000/s offered | {paced['p50_ms']} / {paced['p99_ms']} "
+            f"({paced['ok_per_s']}/s served) | | |"
+        )
+    for key in ("workers", "workers-concurrency-2"):
+        w = results.get(key, {})
+        if "worker_images_per_s" in w:
+            rows.append(
+                f"| {key} | images/s (1024x768 JPEG -> 256 px) | {w['worker_images_per_s']} | bare Pillow "
+                f"{w['bare_pillow_images_per_s']} | {w['worker_to_bare_ratio']} |"
+            )
+    o = results.get("operator", {})
+    for size in o.get("results", []):
+        rows.append(f"| operator | {json.dumps(size)[:200]} | | | |")
+    rp = results.get("policy-replay", {})
+    for trace, runs in rp.get("traces", {}).items():
+        base = runs[0]
+        for r in runs[1:]:
+            rows.append(
+                f"| replay {trace} | {r['name']}: p95 wait s, replica-s | {r['p95_wait']}, "
+                f"{r['replica_seconds']:.0f} | KEDA+HPA {base['p95_wait']}, {base['replica_seconds']:.0f} | "
+                f"{r['p95_wait_vs_keda']}, {r['replica_seconds_vs_keda']} |"
+            )
+    for name, data in results.items():
+        if "error" in data:
+            rows.append(f"| {name} | FAILED: {data['error']} | | | |")
+    return rows
+
+
+def main() -> int:
+    only = sys.argv[1:]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict[str, Any]] = {}
+    for name, cmd in BENCHES.items():
+        if only and name not in only:
+            continue
+        print(f"== {name}", flush=True)
+        results[name] = _run(name, cmd)
+        (RESULTS / f"{name}.json").write_text(json.dumps(results[name], indent=2) + "\n")
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    table = [
+        "# Benchmark results",
+        "",
+        f"Latest `make bench` on {time.strftime('%Y-%m-%d')} ({machine}). Ratios are against the baseline run in "
+        "the same invocation; see bench/*.py for what each baseline is.",
+        "",
+        *_rows(results),
+        "",
+    ]
+    (RESULTS / "README.md").write_text("\n".join(table))
+    print("\n".join(table))
+    return 1 if any("error" in r for r in results.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+{{/* Chart name, truncated to the 63 characters a label value allows. */}}
+{{- define "queueworker.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* "<release>-<chart>", or the release name alone when it already contains the chart name. */}}
+{{- define "queueworker.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "queueworker.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Selector labels of one component: call with (dict "ctx" $ "component" "api"). Never change them: selectors are immutable. */}}
+{{- define "queueworker.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "queueworker.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* Every label of one component's objects. */}}
+{{- define "queueworker.labels" -}}
+helm.sh/chart: {{ include "queueworker.chart" .ctx }}
+{{ include "queueworker.selectorLabels" . }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/part-of: queueworker
+{{- end }}
+
+{{/* "repository:tag" with the tag defaulting to appVersion: call with (dict "ctx" $ "image" .Values.api.image). */}}
+{{- define "queueworker.image" -}}
+{{- printf "%s:%s" .image.repository (default .ctx.Chart.AppVersion .image.tag) }}
+{{- end }}
+
+{{- define "queueworker.operatorServiceAccount" -}}
+{{- printf "%s-operator" (include "queueworker.fullname" .) }}
+{{- end }}
+
+{{- define "queueworker.storageClaim" -}}
+{{- default (printf "%s-storage" (include "queueworker.fullname" .)) .Values.storage.existingClaim }}
+{{- end }}
+
+{{/* Fails the render with a message naming the missing value. */}}
+{{- define "queueworker.required" -}}
+{{- required (printf "%s is required: %s" .key .why) .value }}
+{{- end }}
+
+{{/* Env shared by every service. */}}
+{{- define "queueworker.commonEnv" -}}
+- name: QW_ENV
+  value: prod
+- name: QW_LOG_FORMAT
+  value: {{ .Values.logFormat | quote }}
+- name: QW_LOG_LEVEL
+  value: {{ .Values.logLevel | quote }}
+{{- end }}
+
+{{/* Broker URLs come from the Secret, never literals: the AMQP URL for the API and workers, the management URL
+for the operator only (each process gets just the credentials it uses). */}}
+{{- define "queueworker.amqpEnv" -}}
+- name: QW_RABBITMQ_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "queueworker.rabbitmqSecret" . }}
+      key: {{ .Values.rabbitmq.amqpUrlKey }}
+{{- end }}
+
+{{- define "queueworker.managementEnv" -}}
+- name: QW_RABBITMQ_MANAGEMENT_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "queueworker.rabbitmqSecret" . }}
+      key: {{ .Values.rabbitmq.managementUrlKey }}
+{{- end }}
+
+{{- define "queueworker.rabbitmqSecret" -}}
+{{- include "queueworker.required" (dict "key" "rabbitmq.existingSecret" "why" "name a Secret holding the AMQP and management URLs" "value" .Values.rabbitmq.existingSecret) }}
+{{- end }}
+
+{{- define "queueworker.databaseEnv" -}}
+- name: QW_DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "queueworker.required" (dict "key" "database.existingSecret" "why" "name a Secret holding the database URL" "value" .Values.database.existingSecret) }}
+      key: {{ .Values.database.urlKey }}
+{{- end }}
+
+{{/* name: value pairs from a map, sorted so renders are stable. */}}
+{{- define "queueworker.extraEnv" -}}
+{{- range $k, $v := . }}
+- name: {{ $k }}
+  value: {{ $v | quote }}
+{{- end }}
+{{- end }}
+
+{{- define "queueworker.podSecurityContext" -}}
+{{- toYaml .Values.podSecurityContext }}
+{{- end }}
+
+{{- define "queueworker.containerSecurityContext" -}}
+{{- toYaml .Values.containerSecurityContext }}
+{{- end }}
+
+{{/* The writable /tmp every container gets (the root filesystem is read-only). */}}
+{{- define "queueworker.tmpVolume" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ .Values.tmpSizeLimit }}
+{{- end }}
+
+{{- define "queueworker.tmpMount" -}}
+- name: tmp
+  mountPath: /tmp
+{{- end }}

@@ -1,0 +1,111 @@
+"""Kubernetes writes: the owned worker Deployment (built as a dict from the QueueWorker) and replica patches.
+
+The sync `kubernetes` client is made once at startup and its calls run in worker threads, so the event loop
+(and every other QueueWorker's tick) never waits on one slow request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+from kubernetes import client as k8s
+from kubernetes.client.rest import ApiException
+
+from qw_operator.crd import GROUP, PLURAL, VERSION
+
+NAME_LABEL = f"{GROUP}/queueworker"
+
+
+def deployment_name(qw_name: str) -> str:
+    return f"{qw_name}-worker"
+
+
+def target_name(qw_name: str, spec: Mapping[str, Any]) -> str:
+    ref = spec.get("scaleTargetRef")
+    return str(ref["name"]) if ref else deployment_name(qw_name)
+
+
+def owned_deployment(
+    qw_name: str, namespace: str, uid: str, template: Mapping[str, Any], replicas: int
+) -> dict[str, Any]:
+    """The Deployment a template-form QueueWorker owns (garbage-collected with it via ownerReferences)."""
+    tpl = copy.deepcopy(dict(template))
+    meta = tpl.setdefault("metadata", {})
+    labels = {**(meta.get("labels") or {}), NAME_LABEL: qw_name}
+    meta["labels"] = labels
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": deployment_name(qw_name),
+            "namespace": namespace,
+            "labels": {NAME_LABEL: qw_name, "app.kubernetes.io/managed-by": "queueworker-operator"},
+            "ownerReferences": [
+                {
+                    "apiVersion": f"{GROUP}/{VERSION}",
+                    "kind": "QueueWorker",
+                    "name": qw_name,
+                    "uid": uid,
+                    "controller": True,
+                }
+            ],
+        },
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {NAME_LABEL: qw_name}},
+            "template": tpl,
+        },
+    }
+
+
+class Kube:
+    """The few Kubernetes calls the operator makes. One ApiClient for the process."""
+
+    def __init__(self, api_client: k8s.ApiClient) -> None:
+        self.apps = k8s.AppsV1Api(api_client)
+        self.custom = k8s.CustomObjectsApi(api_client)
+        self.calls = 0
+
+    @staticmethod
+    async def check_crd(api_client: k8s.ApiClient) -> None:
+        """Discovery needs no RBAC: fail fast when the QueueWorker CRD is not installed."""
+        try:
+            await asyncio.to_thread(k8s.CustomObjectsApi(api_client).get_api_resources, GROUP, VERSION)
+        except ApiException as exc:
+            raise RuntimeError(f"{PLURAL}.{GROUP}/{VERSION} is not served; apply manifests/crd.yaml first") from exc
+
+    async def ensure_deployment(self, body: Any) -> str:
+        """Create the owned Deployment, or bring its pod template up to date (replicas stay the operator's)."""
+        ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        self.calls += 1
+        try:
+            await asyncio.to_thread(self.apps.create_namespaced_deployment, ns, body)
+            return "created"
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+        patch = {"metadata": {"labels": body["metadata"]["labels"]}, "spec": {"template": body["spec"]["template"]}}
+        self.calls += 1
+        await asyncio.to_thread(self.apps.patch_namespaced_deployment, name, ns, patch)
+        return "updated"
+
+    async def set_replicas(self, namespace: str, name: str, replicas: int) -> None:
+        self.calls += 1
+        await asyncio.to_thread(
+            self.apps.patch_namespaced_deployment, name, namespace, {"spec": {"replicas": replicas}}
+        )
+
+    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        self.calls += 1
+        await asyncio.to_thread(
+            self.custom.patch_namespaced_custom_object_status,
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            {"status": dict(status)},
+        )

@@ -1,0 +1,413 @@
+"""The operator on the real control plane and the real broker, running as a subprocess under a ServiceAccount
+bound to exactly manifests/rbac.yaml (not cluster-admin): scale up, down, to zero; both target forms; admission
+(CEL) rejections; pause; broker unreachable; restart without flapping; two operators do not both act."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cluster as control_plane
+import pika
+import pytest
+import yaml
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+
+from tests.support.util import free_port
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+SA = "queueworker-operator"
+PEERING = "queueworker"
+
+
+def wait_for(what: str, probe: Callable[[], Any], timeout: float = 30.0, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    seen = None
+    while time.monotonic() < deadline:
+        seen = probe()
+        if seen:
+            return seen
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout}s waiting for {what}; last seen {seen!r}")
+
+
+def rbac_for(namespace: str) -> list[dict[str, Any]]:
+    """manifests/rbac.yaml moved into the test namespace, rules untouched."""
+    docs = [d for d in yaml.safe_load_all((ROOT / "manifests/rbac.yaml").read_text()) if d]
+    assert {d["kind"] for d in docs} == {"ServiceAccount", "Role", "RoleBinding"}, "nothing cluster-scoped"
+    for d in docs:
+        d["metadata"]["namespace"] = namespace
+        for s in d.get("subjects", []):
+            s["namespace"] = namespace
+    return docs
+
+
+@dataclass
+class Env:
+    cluster: control_plane.Cluster
+    namespace: str
+    sa_kubeconfig: Path
+    apps: k8s.AppsV1Api
+    custom: k8s.CustomObjectsApi
+    core: k8s.CoreV1Api
+    amqp: str
+    vhost: str
+    mgmt_url: str
+    closed_port: int
+    tmp: Path
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.cluster.kubectl("-n", self.namespace, *args, input=input, check=check)
+
+    def apply(self, manifest: dict[str, Any], check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.kubectl("apply", "-f", "-", input=json.dumps(manifest), check=check)
+
+    def replicas(self, name: str) -> int | None:
+        try:
+            return int(self.apps.read_namespaced_deployment(name, self.namespace).spec.replicas)
+        except k8s.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def qw(self, name: str) -> dict[str, Any]:
+        return self.custom.get_namespaced_custom_object(
+            "queueworker.dev", "v1alpha1", self.namespace, "queueworkers", name
+        )
+
+    def condition(self, name: str, type_: str) -> str | None:
+        for c in self.qw(name).get("status", {}).get("conditions", []):
+            if c["type"] == type_:
+                return str(c["status"])
+        return None
+
+    def events(self, reason: str) -> list[str]:
+        evs = self.core.list_namespaced_event(self.namespace).items
+        return [e.message for e in evs if e.reason == reason and e.involved_object.kind == "QueueWorker"]
+
+    def start_operator(self, name: str, *extra: str) -> subprocess.Popen[bytes]:
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.sa_kubeconfig),
+            "QW_RABBITMQ_MANAGEMENT_URL": self.mgmt_url,
+            "QW_BROKERS": f"down=http://guest:guest@127.0.0.1:{self.closed_port}",
+            "QW_DEFAULT_INTERVAL": "1",
+            "QW_METRICS_PORT": str(free_port()),
+            "QW_HEALTH_PORT": str(free_port()),
+            "QW_HEALTH_HOST": "127.0.0.1",
+            "QW_METRICS_HOST": "127.0.0.1",
+            "QW_LOG_FORMAT": "text",
+            "QW_PEERING_LIFETIME": "10",
+        }
+        log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
+        cmd = [sys.executable, "-m", "qw_operator", "--namespace", self.namespace, "--peering", PEERING, *extra]
+        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def log(self, name: str) -> str:
+        return (self.tmp / f"{name}.log").read_text(errors="replace")
+
+    def queue(self, name: str) -> None:
+        with pika.BlockingConnection(pika.URLParameters(self.amqp)) as conn:
+            conn.channel().queue_declare(name, durable=True)
+
+    def publish(self, queue: str, n: int) -> None:
+        with pika.BlockingConnection(pika.URLParameters(self.amqp)) as conn:
+            ch = conn.channel()
+            ch.confirm_delivery()
+            for i in range(n):
+                ch.basic_publish("", queue, str(i).encode())
+
+    def purge(self, queue: str) -> None:
+        with pika.BlockingConnection(pika.URLParameters(self.amqp)) as conn:
+            conn.channel().queue_purge(queue)
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, sig)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def env(k8s_cluster: control_plane.Cluster, broker: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    ns = f"qwop-{uuid.uuid4().hex[:6]}"
+    tmp = tmp_path_factory.mktemp("operator")
+    k8s_cluster.kubectl("apply", "-f", str(ROOT / "manifests/crd.yaml"))
+    k8s_cluster.kubectl("wait", "--for=condition=Established", "crd/queueworkers.queueworker.dev", "--timeout=30s")
+    k8s_cluster.kubectl("create", "namespace", ns)
+    k8s_cluster.kubectl(
+        "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": rbac_for(ns)})
+    )
+    peering = {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": PEERING, "namespace": ns}}
+    k8s_cluster.kubectl("apply", "-f", "-", input=json.dumps(peering))
+    # A kubeconfig holding only the ServiceAccount's token: the operator runs with exactly the shipped RBAC.
+    token = k8s_cluster.kubectl("create", "token", SA, "-n", ns, "--duration=2h").stdout.strip()
+    admin = json.loads(Path(k8s_cluster.kubeconfig).read_text())
+    cluster_entry = admin["clusters"][0]["cluster"]
+    sa_cfg = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "c", "cluster": cluster_entry}],
+        "users": [{"name": SA, "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "c", "user": SA, "namespace": ns}}],
+        "current-context": "sa",
+    }
+    sa_kubeconfig = tmp / "sa-kubeconfig"
+    sa_kubeconfig.write_text(json.dumps(sa_cfg))
+    vhost = f"qwop-{uuid.uuid4().hex[:8]}"
+    q = urllib.parse.quote(vhost, safe="")
+    broker.api(f"/api/vhosts/{q}", "PUT", {})
+    broker.api(f"/api/permissions/{q}/guest", "PUT", {"configure": ".*", "write": ".*", "read": ".*"})
+    api = k8s_config.new_client_from_config(config_file=str(k8s_cluster.kubeconfig))
+    e = Env(
+        k8s_cluster,
+        ns,
+        sa_kubeconfig,
+        k8s.AppsV1Api(api),
+        k8s.CustomObjectsApi(api),
+        k8s.CoreV1Api(api),
+        f"amqp://guest:guest@127.0.0.1:{broker.port}/{q}",
+        vhost,
+        broker.management_url,
+        free_port(),
+        tmp,
+    )
+    yield e
+    k8s_cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+    broker.api(f"/api/vhosts/{q}", "DELETE")
+
+
+@pytest.fixture
+def operator(env: Env, request: pytest.FixtureRequest) -> Iterator[subprocess.Popen[bytes]]:
+    """One operator per test (about 1 s to start), so a test may kill it; it stops cleanly (SIGTERM), leaving
+    the peering for the next one at once."""
+    name = f"operator-{request.node.name}"
+    proc = env.start_operator(name)
+    wait_for("the operator to lead", lambda: "Resuming operations" in env.log(name), 30)
+    yield proc
+    stop(proc)
+    if "Forbidden" in env.log(name):
+        pytest.fail("the operator hit a permission error:\n" + env.log(name)[-3000:])
+
+
+def queueworker(name: str, env: Env, queue: str, **spec: Any) -> dict[str, Any]:
+    scaling = spec.pop("scaling", {})
+    return {
+        "apiVersion": "queueworker.dev/v1alpha1",
+        "kind": "QueueWorker",
+        "metadata": {"name": name, "annotations": spec.pop("annotations", {})},
+        "spec": {
+            "queue": queue,
+            "vhost": env.vhost,
+            "pollingInterval": 1,
+            "minReplicas": 0,
+            "maxReplicas": 5,
+            "scaling": {"messagesPerReplica": 10, "scaleDownStabilizationSeconds": 2, "cooldownSeconds": 3, **scaling},
+            **spec,
+        },
+    }
+
+
+TEMPLATE = {"metadata": {"labels": {"app": "w"}}, "spec": {"containers": [{"name": "w", "image": "busybox"}]}}
+
+
+def deployment(name: str, replicas: int) -> dict[str, Any]:
+    labels = {"app": name}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": {"containers": [{"name": "w", "image": "busybox"}]}},
+        },
+    }
+
+
+def test_template_form_scales_up_then_down_then_to_zero(env: Env, operator: Any) -> None:
+    env.queue("tpl")
+    env.apply(queueworker("tpl", env, "tpl", template=TEMPLATE))
+    # Given the owned Deployment exists at minReplicas, owned by the QueueWorker
+    wait_for("the owned Deployment", lambda: env.replicas("tpl-worker") == 0)
+    owner = env.apps.read_namespaced_deployment("tpl-worker", env.namespace).metadata.owner_references[0]
+    assert (owner.kind, owner.name, owner.controller) == ("QueueWorker", "tpl", True)
+    # When 35 messages wait (10 per replica) -> 4 replicas
+    env.publish("tpl", 35)
+    wait_for("scale up to 4", lambda: env.replicas("tpl-worker") == 4, 20, 0.05)
+    assert wait_for("ScaledUp event", lambda: env.events("ScaledUp"), 10)
+    status = env.qw("tpl")["status"]
+    assert status["queue"]["ready"] == 35 and status["desiredReplicas"] == 4
+    assert env.condition("tpl", "Ready") == "True" and env.condition("tpl", "BrokerReachable") == "True"
+    # When the queue empties -> down after the window and the cooldown, to zero
+    env.purge("tpl")
+    wait_for("scale to zero", lambda: env.replicas("tpl-worker") == 0, 20)
+    wait_for("the status to say why", lambda: "Cooldown" in env.qw("tpl")["status"]["lastScaleReason"], 5)
+    printed = env.kubectl("get", "qw", "tpl").stdout
+    assert "QUEUE" in printed and "DESIRED" in printed
+
+
+def test_scale_target_ref_form_and_pause(env: Env, operator: Any) -> None:
+    env.queue("ref")
+    env.apply(deployment("existing", 1))
+    env.apply(queueworker("ref", env, "ref", minReplicas=1, maxReplicas=3, scaleTargetRef={"name": "existing"}))
+    env.publish("ref", 50)
+    # 50 / 10 = 5, clamped to maxReplicas 3 -> ScalingLimited
+    wait_for("scale up to max", lambda: env.replicas("existing") == 3, 20, 0.05)
+    wait_for("ScalingLimited", lambda: env.condition("ref", "ScalingLimited") == "True", 10)
+    # Given the pause annotation, when the queue empties, then replicas stay
+    env.kubectl("annotate", "qw", "ref", "queueworker.dev/paused=true")
+    wait_for("paused", lambda: "Paused" in env.qw("ref")["status"].get("reason", ""), 10)
+    env.purge("ref")
+    time.sleep(7)  # > window (2 s) + cooldown (3 s) + ticks
+    assert env.replicas("existing") == 3
+    # When unpaused -> back down to minReplicas
+    env.kubectl("annotate", "qw", "ref", "queueworker.dev/paused-")
+    wait_for("scale down to min", lambda: env.replicas("existing") == 1, 20)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            {"template": TEMPLATE, "scaleTargetRef": {"name": "x"}},
+            "exactly one of spec.template or spec.scaleTargetRef",
+        ),
+        ({}, "exactly one of spec.template or spec.scaleTargetRef"),
+        (
+            {"scaleTargetRef": {"name": "x"}, "minReplicas": 6, "maxReplicas": 5},
+            "minReplicas must be <= spec.maxReplicas",
+        ),
+        ({"scaleTargetRef": {"name": "x"}, "fallback": {"replicas": 9}}, "fallback.replicas must be <="),
+        ({"scaleTargetRef": {"name": "x"}, "scaling": {"mode": "Guess"}}, "Unsupported value"),
+    ],
+)
+def test_invalid_resources_are_rejected_at_admission(env: Env, spec: dict[str, Any], message: str) -> None:
+    proc = env.apply(queueworker("bad", env, "q", **spec), check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr
+
+
+def test_shipped_examples_pass_admission(env: Env) -> None:
+    for example in sorted((ROOT / "manifests/examples").glob("*.yaml")):
+        proc = env.kubectl("apply", "--dry-run=server", "-f", str(example), check=False)
+        assert proc.returncode == 0, (example.name, proc.stderr)
+
+
+def test_broker_unreachable_holds_replicas_then_fallback(env: Env, operator: Any) -> None:
+    env.apply(deployment("held", 2))
+    env.apply(queueworker("down", env, "q", broker="down", scaleTargetRef={"name": "held"}))
+    # Then BrokerReachable=False with an Event, and the replicas are held (no scale to zero on missing data)
+    wait_for("BrokerReachable=False", lambda: env.condition("down", "BrokerReachable") == "False", 20)
+    assert wait_for("BrokerUnreachable event", lambda: env.events("BrokerUnreachable"), 10)
+    time.sleep(4)  # > cooldown
+    assert env.replicas("held") == 2
+    assert env.qw("down")["status"]["consecutiveFailures"] >= 3
+    # When a fallback is configured, it applies after failureThreshold failures
+    env.kubectl(
+        "patch", "qw", "down", "--type=merge", "-p", '{"spec":{"fallback":{"failureThreshold":2,"replicas":1}}}'
+    )
+    wait_for("fallback replicas", lambda: env.replicas("held") == 1, 15)
+    assert wait_for("FallbackActive event", lambda: env.events("FallbackActive"), 10)
+
+
+def test_restart_keeps_the_stabilization_window(env: Env, operator: Any) -> None:
+    env.queue("rs")
+    env.apply(
+        queueworker(
+            "rs", env, "rs", template=TEMPLATE, scaling={"scaleDownStabilizationSeconds": 12, "cooldownSeconds": 60}
+        )
+    )
+    env.publish("rs", 40)
+    wait_for("scale up to 4", lambda: env.replicas("rs-worker") == 4, 20, 0.05)
+    # Given a running stabilization window, when the operator dies and a new one starts
+    env.purge("rs")
+    stop(operator, signal.SIGKILL)
+    second = env.start_operator("restarted")
+    try:
+        wait_for("restarted operator", lambda: "Activity 'startup' succeeded" in env.log("restarted"), 30)
+        # The KILLed one's peering record lives out its lifetime (10 s); after that the new one acts.
+        t0 = time.monotonic()
+        wait_for(
+            "a tick by the new operator",
+            lambda: (
+                "Steady" in env.qw("rs")["status"].get("reason", "")
+                or "stabilized" in env.qw("rs")["status"].get("reason", "")
+            ),
+            30,
+        )
+        # Then it does not scale down before the window it read from the status has passed
+        window_end = env.qw("rs")["status"]["history"]["recommendations"][0]["time"] + 12
+        while time.time() < window_end - 1:
+            assert env.replicas("rs-worker") == 4, "scaled down inside the stabilization window after a restart"
+            time.sleep(0.3)
+        wait_for("scale down to 1 (cooldown 60 s keeps one)", lambda: env.replicas("rs-worker") == 1, 30)
+        assert time.monotonic() - t0 < 60
+    finally:
+        stop(second)
+
+
+def test_two_operators_do_not_both_act(env: Env) -> None:
+    first = env.start_operator("peer-a")
+    second = None
+    try:
+        wait_for("first operator to lead", lambda: "Resuming operations" in env.log("peer-a"), 30)
+        # Given a second operator (started later, so lower priority) on the same peering object
+        second = env.start_operator("peer-b")
+        wait_for("second operator", lambda: "Activity 'startup' succeeded" in env.log("peer-b"), 30)
+        env.queue("peer")
+        env.apply(deployment("peered", 0))
+        env.apply(queueworker("peer", env, "peer", scaleTargetRef={"name": "peered"}))
+        env.publish("peer", 20)
+        # Then only the first one acts; the second stays paused
+        wait_for("scale up", lambda: env.replicas("peered") == 2, 30)
+        assert "peered 0 -> 2" in env.log("peer-a")
+        assert "peered 0 -> 2" not in env.log("peer-b") and "Resuming operations" not in env.log("peer-b")
+        # When the first stops, the second takes over (it resumes once the first left the peering)
+        stop(first)
+        wait_for("the second to resume", lambda: "Resuming operations" in env.log("peer-b"), 30)
+        env.purge("peer")
+        wait_for("the second to scale", lambda: env.replicas("peered") == 0, 30)
+        assert "peered 2 -> 0" in env.log("peer-b") or "peered 1 -> 0" in env.log("peer-b")
+    finally:
+        stop(first)
+        if second is not None:
+            stop(second)
+
+
+def test_reaction_time(env: Env, operator: Any) -> None:
+    """Messages published -> Deployment spec.replicas changed, a few times (printed for the report)."""
+    env.queue("rt")
+    env.apply(
+        queueworker(
+            "rt", env, "rt", template=TEMPLATE, scaling={"scaleDownStabilizationSeconds": 0, "cooldownSeconds": 0}
+        )
+    )
+    wait_for("owned Deployment", lambda: env.replicas("rt-worker") == 0)
+    times = []
+    for _ in range(3):
+        time.sleep(1.5)
+        env.publish("rt", 15)
+        t0 = time.monotonic()
+        wait_for("scale up", lambda: env.replicas("rt-worker") == 2, 20, 0.02)
+        times.append(round(time.monotonic() - t0, 2))
+        env.purge("rt")
+        wait_for("scale to zero", lambda: env.replicas("rt-worker") == 0, 20)
+    print(json.dumps({"reaction_seconds": times, "polling_interval": 1, "collect_statistics_interval": 1}))
+    assert max(times) < 8

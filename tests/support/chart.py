@@ -1,0 +1,79 @@
+"""Render the Helm chart with the real `helm` binary (built with the test control plane, .cluster/bin) and walk
+what it produced: objects, pod specs (also the QueueWorkers' pod templates) and RBAC rules."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "queueworker"
+MANIFESTS = ROOT / "manifests"
+CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
+MINIMAL = CHART / "ci" / "minimal-values.yaml"
+
+
+def helm_binary() -> str | None:
+    local = ROOT / ".cluster" / "bin" / "helm"
+    if local.exists():
+        return str(local)
+    return shutil.which("helm")
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    binary = helm_binary()
+    if binary is None:
+        raise FileNotFoundError("helm not found: `make cluster-bin` builds it into .cluster/bin")
+    env = {**os.environ, "HELM_CACHE_HOME": "/tmp/qw-helm/cache", "HELM_CONFIG_HOME": "/tmp/qw-helm/config"}
+    proc = subprocess.run([binary, *args], capture_output=True, text=True, env=env, timeout=120)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}{proc.stdout}")
+    return proc
+
+
+def template_args(*values: Path, sets: tuple[str, ...] = (), release: str = "qw", namespace: str = "qw") -> list[str]:
+    args = ["template", release, str(CHART), "--namespace", namespace]
+    for v in values:
+        args += ["-f", str(v)]
+    for s in sets:
+        args += ["--set", s]
+    return args
+
+
+def render(
+    *values: Path, sets: tuple[str, ...] = (), release: str = "qw", namespace: str = "qw"
+) -> list[dict[str, Any]]:
+    out = helm(*template_args(*values, sets=sets, release=release, namespace=namespace)).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def pod_specs(objects: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(kind/name, pod spec) of every pod the objects will create, including QueueWorker templates."""
+    for obj in objects:
+        name = f"{obj['kind']}/{obj['metadata']['name']}"
+        if obj["kind"] == "Pod":
+            yield name, obj["spec"]
+        elif obj["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job", "QueueWorker"):
+            yield name, obj["spec"]["template"]["spec"]
+
+
+def rule_triples(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    """RBAC rules as (apiGroup, resource, verb) triples, so equal permissions compare equal however grouped."""
+    return {
+        (group, resource, verb)
+        for rule in rules
+        for group in rule.get("apiGroups", [])
+        for resource in rule.get("resources", [])
+        for verb in rule.get("verbs", [])
+    }
+
+
+def operator_rules(objects: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    roles = [o for o in objects if o["kind"] in ("Role", "ClusterRole")]
+    return rule_triples([r for role in roles for r in role.get("rules", [])])

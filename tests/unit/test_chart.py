@@ -1,0 +1,296 @@
+"""The Helm chart, rendered by the real `helm template`: one source of truth for the CRD and the operator's RBAC
+(manifests/), restricted pods everywhere, no literal secrets, monitoring only when asked for, a schema that
+refuses wrong values, and Dockerfiles that run the documented entry points as a numeric non-root user."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import yaml
+
+from tests.conftest import _need
+from tests.support.chart import (
+    CHART,
+    CI_VALUES,
+    MANIFESTS,
+    MINIMAL,
+    ROOT,
+    helm,
+    helm_binary,
+    operator_rules,
+    pod_specs,
+    render,
+    rule_triples,
+    template_args,
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _helm_present() -> None:
+    if helm_binary() is None:
+        _need("helm", FileNotFoundError("helm not built: make cluster-bin"))
+
+
+@pytest.fixture(scope="module")
+def scenarios() -> dict[str, list[dict]]:
+    return {v.name: render(v) for v in CI_VALUES}
+
+
+def _manifest_docs(name: str) -> list[dict]:
+    path = MANIFESTS / name
+    if not path.exists():
+        pytest.skip(f"manifests/{name} is not written yet (the operator's issue); this test checks it once it is")
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+# --- one source of truth -------------------------------------------------------------------------------------
+
+
+def test_the_charts_crd_is_a_byte_for_byte_copy_of_manifests_crd() -> None:
+    _manifest_docs("crd.yaml")
+    copies = sorted((CHART / "crds").glob("*.yaml"))
+    assert [c.name for c in copies] == ["queueworker.yaml"], "copy it: cp manifests/crd.yaml charts/queueworker/crds/"
+    assert copies[0].read_bytes() == (MANIFESTS / "crd.yaml").read_bytes(), (
+        "charts/queueworker/crds/queueworker.yaml differs from manifests/crd.yaml (the source of truth): "
+        "cp manifests/crd.yaml charts/queueworker/crds/queueworker.yaml"
+    )
+
+
+def test_the_operators_rbac_rules_equal_those_of_manifests_rbac() -> None:
+    manifest_roles = [d for d in _manifest_docs("rbac.yaml") if d["kind"] in ("Role", "ClusterRole")]
+    chart = operator_rules(render(MINIMAL))
+    assert chart == rule_triples([r for role in manifest_roles for r in role.get("rules", [])])
+
+
+def test_the_queueworkers_use_the_crds_group_version_and_known_spec_fields() -> None:
+    crds = [d for d in _manifest_docs("crd.yaml") if d.get("kind") == "CustomResourceDefinition"]
+    crd = next(c for c in crds if c["spec"]["names"]["kind"] == "QueueWorker")
+    served = {f"{crd['spec']['group']}/{v['name']}": v for v in crd["spec"]["versions"] if v.get("served")}
+    workers = [o for o in render(MINIMAL) if o["kind"] == "QueueWorker"]
+    assert len(workers) == 2
+    for qw in workers:
+        assert qw["apiVersion"] in served, f"{qw['apiVersion']} is not served; the CRD serves {sorted(served)}"
+        spec_schema = served[qw["apiVersion"]]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        unknown = set(qw["spec"]) - set(spec_schema.get("properties", {}))
+        assert not unknown, f"spec fields the CRD does not define: {unknown}"
+        assert set(spec_schema.get("required", [])) <= set(qw["spec"])
+
+
+def test_the_dashboards_are_generated_from_build_py() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dashboards_build", CHART / "dashboards" / "build.py")
+    assert spec and spec.loader
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    for name in ("api", "workers", "operator"):
+        on_disk = json.loads((CHART / "dashboards" / f"{name}.json").read_text())
+        assert on_disk == getattr(build, name)(), f"dashboards/{name}.json is stale: run dashboards/build.py"
+
+
+# --- what every scenario renders ------------------------------------------------------------------------------
+
+
+def test_every_ci_scenario_passes_helm_lint_strict() -> None:
+    for values in CI_VALUES:
+        out = helm("lint", "--strict", str(CHART), "-f", str(values), check=False)
+        assert out.returncode == 0, f"{values.name}:\n{out.stdout}{out.stderr}"
+
+
+def test_every_pod_meets_the_restricted_pod_security_standard(scenarios) -> None:
+    seen = 0
+    for scenario, objects in scenarios.items():
+        for name, pod in pod_specs(objects):
+            seen += 1
+            where = f"{scenario}: {name}"
+            psc = pod["securityContext"]
+            assert psc["runAsNonRoot"] is True and psc["runAsUser"] > 0, where
+            assert psc["seccompProfile"]["type"] == "RuntimeDefault", where
+            volumes = {v["name"]: v for v in pod.get("volumes", [])}
+            assert not any("hostPath" in v for v in volumes.values()), where
+            assert "emptyDir" in volumes["tmp"], where
+            for c in pod["containers"]:
+                sc = c["securityContext"]
+                assert sc["allowPrivilegeEscalation"] is False, where
+                assert sc["capabilities"]["drop"] == ["ALL"] and "add" not in sc["capabilities"], where
+                assert sc["readOnlyRootFilesystem"] is True, where
+                assert {"mountPath": "/tmp", "name": "tmp"} in c["volumeMounts"], where
+                assert c["resources"]["requests"] and c["resources"]["limits"]["memory"], where
+                assert not c.get("ports") or all("hostPort" not in p for p in c["ports"]), where
+    assert seen >= 3 * len(scenarios) - 2
+
+
+def test_no_secret_is_rendered_literally_and_nothing_says_guest(scenarios) -> None:
+    secretish = re.compile(r"URL|PASSWORD|USERNAME|KEYS|TOKEN", re.I)
+    for scenario, objects in scenarios.items():
+        assert "guest" not in yaml.safe_dump_all(objects), scenario
+        for name, pod in pod_specs(objects):
+            for c in pod["containers"]:
+                for env in c.get("env", []):
+                    if secretish.search(env["name"]) and env["name"] != "QW_PUBLIC_URL":
+                        literal = env.get("value", "")
+                        assert "valueFrom" in env or literal.startswith("@/"), f"{scenario} {name}: {env}"
+    assert not any(o["kind"] == "Secret" for objs in scenarios.values() for o in objs), "the chart creates no Secret"
+
+
+def test_the_operator_is_one_replica_recreated_never_two() -> None:
+    [operator] = [
+        o for o in render(MINIMAL) if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("operator")
+    ]
+    assert operator["spec"]["replicas"] == 1
+    assert operator["spec"]["strategy"] == {"type": "Recreate"}
+    pod = operator["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "qw-queueworker-operator"
+    assert pod["containers"][0]["args"] == ["--namespace", "qw"]
+
+
+def test_the_operator_rbac_is_minimal() -> None:
+    rules = operator_rules(render(MINIMAL))
+    assert not {t for t in rules if "*" in t}, "no wildcards"
+    assert not {t for t in rules if t[1] in ("secrets", "configmaps", "pods/exec", "roles", "rolebindings")}
+    writes = {(g, r) for g, r, v in rules if v in ("create", "update", "patch", "delete", "deletecollection")}
+    assert writes <= {("apps", "deployments"), ("", "events"), ("queueworker.dev", "queueworkers"),
+                      ("queueworker.dev", "queueworkers/status"), ("kopf.dev", "kopfpeerings")}  # fmt: skip
+    cluster_scoped = [o["kind"] for o in render(MINIMAL) if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    assert cluster_scoped == [], "the operator watches its release namespace only: no cluster-wide grant"
+
+
+def test_monitoring_objects_render_only_when_enabled(scenarios) -> None:
+    def monitoring_kinds(objects: list[dict]) -> list[str]:
+        return sorted(o["kind"] for o in objects if o["apiVersion"].startswith("monitoring.coreos.com/"))
+
+    assert monitoring_kinds(scenarios["minimal-values.yaml"]) == []
+    with_monitoring = scenarios["with-ingress-and-monitoring-values.yaml"]
+    assert monitoring_kinds(with_monitoring) == ["PodMonitor", "PrometheusRule", "ServiceMonitor", "ServiceMonitor"]
+    [rule] = [o for o in with_monitoring if o["kind"] == "PrometheusRule"]
+    assert rule["spec"] == yaml.safe_load((CHART / "rules" / "queueworker.rules.yaml").read_text())
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+def test_dashboards_ship_as_configmaps_for_the_grafana_sidecar(scenarios) -> None:
+    maps = [o for o in scenarios["minimal-values.yaml"] if o["kind"] == "ConfigMap"]
+    assert {m["metadata"]["name"] for m in maps} == {
+        f"qw-queueworker-dashboard-{n}" for n in ("api", "operator", "workers")
+    }
+    for m in maps:
+        assert m["metadata"]["labels"]["grafana_dashboard"] == "1"
+        [(key, text)] = m["data"].items()
+        name = key.removeprefix("queueworker-")
+        assert json.loads(text) == json.loads((CHART / "dashboards" / name).read_text())
+    relabelled = render(MINIMAL, sets=("monitoring.dashboards.label=dash", "monitoring.dashboards.labelValue=yes"))
+    assert all(o["metadata"]["labels"]["dash"] == "yes" for o in relabelled if o["kind"] == "ConfigMap")
+
+
+def test_the_ingress_and_network_policies_render_when_asked(scenarios) -> None:
+    [ingress] = [o for o in scenarios["with-ingress-and-monitoring-values.yaml"] if o["kind"] == "Ingress"]
+    assert ingress["spec"]["tls"] == [{"hosts": ["queueworker.example.com"], "secretName": "queueworker-tls"}]
+    policies = {
+        o["metadata"]["name"]: o for o in scenarios["networkpolicy-values.yaml"] if o["kind"] == "NetworkPolicy"
+    }
+    assert set(policies) == {"qw-queueworker-api", "qw-queueworker-operator", "qw-queueworker-worker"}
+    assert policies["qw-queueworker-api"]["spec"]["ingress"][0]["ports"] == [{"port": "http"}]
+    assert not any(o["kind"] == "NetworkPolicy" for o in scenarios["minimal-values.yaml"])
+
+
+# --- the schema ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("setting", "complaint"),
+    [
+        ("api.replicaCount=abc", "/api/replicaCount"),
+        ("api.replicaCount=-1", "/api/replicaCount"),
+        ("logFormat=xml", "/logFormat"),
+        ("workers.kinds.image.maxReplicas=0", "/workers/kinds/image/maxReplicas"),
+        ("workers.kinds.email.smtp.port=70000", "/workers/kinds/email/smtp/port"),
+        ("podSecurityContext.runAsUser=0", "/podSecurityContext/runAsUser"),
+        ("containerSecurityContext.allowPrivilegeEscalation=true", "/containerSecurityContext"),
+        ("api.service.type=ExternalName", "/api/service/type"),
+        ("api.image.pullPolicy=Sometimes", "/api/image/pullPolicy"),
+        ("replicaCount=3", "additional properties 'replicaCount' not allowed"),
+        ("workers.kinds.image.env.PATH=/x", "'PATH' does not match pattern '^QW_"),
+    ],
+)
+def test_the_schema_rejects_wrong_values_with_a_clear_message(setting: str, complaint: str) -> None:
+    out = helm(*template_args(MINIMAL, sets=(setting,)), check=False)
+    assert out.returncode != 0, f"{setting} was accepted"
+    assert "values don't meet the specifications of the schema" in out.stderr
+    assert complaint in out.stderr, out.stderr
+
+
+def test_required_secrets_are_named_in_the_error() -> None:
+    out = helm("template", "qw", str(CHART), check=False)
+    assert out.returncode != 0
+    assert "rabbitmq.existingSecret is required" in out.stderr or "api.existingSecret is required" in out.stderr
+
+
+def test_every_value_is_documented() -> None:
+    """Each key has a comment right above it, or sits inside a documented block (e.g. resources)."""
+    undocumented, stack = [], []  # stack: (indent, documented) of the open mapping keys
+    prev = ""
+    for line in (CHART / "values.yaml").read_text().splitlines():
+        m = re.match(r"^(\s*)([A-Za-z_][\w.-]*):", line)
+        if m:
+            indent = len(m.group(1))
+            while stack and stack[-1][0] >= indent:
+                stack.pop()
+            documented = prev.lstrip().startswith("#") or any(d for _, d in stack)
+            if not documented:
+                undocumented.append(line.strip())
+            stack.append((indent, documented and prev.lstrip().startswith("#")))
+        if line.strip():
+            prev = line
+    # Headers of groups (image:, service:, ingress:, kinds:) are named by their children's comments.
+    leaves = [k for k in undocumented if not k.endswith(":")]
+    assert not leaves, f"values without a comment: {leaves}"
+
+
+# --- Dockerfiles ---------------------------------------------------------------------------------------------
+
+ENTRY_POINTS = {"api": ["python", "-m", "qw_api"], "workers": ["python", "-m", "qw_workers"],
+                "operator": ["python", "-m", "qw_operator"]}  # fmt: skip
+
+
+@pytest.mark.parametrize("service", sorted(ENTRY_POINTS))
+def test_each_dockerfile_runs_its_entry_point_as_numeric_non_root(service: str) -> None:
+    text = (ROOT / service / "Dockerfile").read_text()
+    instructions = [ln for ln in text.splitlines() if ln and not ln.startswith((" ", "#"))]
+    entry = [ln for ln in instructions if ln.startswith("ENTRYPOINT")]
+    assert len(entry) == 1 and json.loads(entry[0].removeprefix("ENTRYPOINT")) == ENTRY_POINTS[service]
+    [user] = [ln.split()[1] for ln in instructions if ln.startswith("USER")]
+    uid = user.split(":")[0]
+    assert uid.isdigit() and int(uid) > 0, f"USER {user} must be a numeric non-root id"
+    assert int(uid) == yaml.safe_load((CHART / "values.yaml").read_text())["podSecurityContext"]["runAsUser"]
+    base = re.search(r"ARG PYTHON_IMAGE=(\S+)", text)
+    assert base and re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?(@sha256:[0-9a-f]{64})?", base.group(1))
+    assert text.count("FROM ${PYTHON_IMAGE}") == 2, "multi-stage: a wheel build stage and a runtime stage"
+    assert "pip wheel" in text and "sh -c" not in text
+    if service == "workers":
+        assert json.loads(next(ln for ln in instructions if ln.startswith("CMD")).removeprefix("CMD")) == ["image"]
+
+
+def test_the_worker_pod_templates_pass_the_kind_to_the_entry_point(scenarios) -> None:
+    for qw in (o for o in scenarios["minimal-values.yaml"] if o["kind"] == "QueueWorker"):
+        kind = qw["metadata"]["name"].rsplit("-", 1)[1]
+        container = qw["spec"]["template"]["spec"]["containers"][0]
+        assert container["args"] == [kind] and "command" not in container
+        assert qw["spec"]["queue"] == f"qw.{kind}"
+
+
+def test_manifests_api_yaml_is_the_charts_render() -> None:
+    header, _, body = (MANIFESTS / "api.yaml").read_text().partition("\n")
+    assert "make manifests" in header
+    args = template_args(CHART / "ci" / "plain-manifests-values.yaml", release="queueworker", namespace="default")
+    only = ("-s", "templates/api-deployment.yaml", "-s", "templates/storage-pvc.yaml")
+    rendered = helm(*args, *only).stdout
+    assert body == rendered, "manifests/api.yaml is stale: make manifests"
+
+
+def test_manifests_kustomization_lists_files_that_exist() -> None:
+    kustomization = yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())
+    missing = [r for r in kustomization["resources"] if not (MANIFESTS / r).exists()]
+    if set(missing) <= {"crd.yaml", "rbac.yaml", "operator.yaml"} and missing:
+        pytest.skip(f"{missing} are not written yet (the operator's issue)")
+    assert not missing, f"kustomization.yaml lists missing files: {missing}"

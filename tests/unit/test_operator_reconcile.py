@@ -1,0 +1,168 @@
+"""One QueueWorker's tick with a fake Kubernetes: patch only on change, status only on change, history round trip,
+conditions with stable transition times, pause, missing target, broker errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+import pytest
+from prometheus_client import CollectorRegistry
+from qw_operator.metrics import OperatorMetrics
+from qw_operator.policy import History
+from qw_operator.rabbitmq import QueueMetrics, Snapshot
+from qw_operator.reconcile import Ticker
+from qw_operator.status import condition, history_from_status, history_to_status
+
+
+class FakeKube:
+    def __init__(self) -> None:
+        self.replica_patches: list[tuple[str, int]] = []
+        self.status_patches: list[dict[str, Any]] = []
+
+    async def set_replicas(self, namespace: str, name: str, replicas: int) -> None:
+        self.replica_patches.append((name, replicas))
+
+    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.status_patches.append(status)
+
+
+@pytest.fixture(autouse=True)
+def no_events(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    events: list[tuple[str, str]] = []
+    monkeypatch.setattr(kopf, "info", lambda body, reason, message="": events.append((reason, message)))
+    monkeypatch.setattr(kopf, "warn", lambda body, reason, message="": events.append((reason, message)))
+    return events
+
+
+def make(body_extra: dict[str, Any] | None = None, replicas: int | None = 1) -> tuple[Ticker, FakeKube, list[float]]:
+    body = {
+        "metadata": {"name": "w", "namespace": "ns", "generation": 3, "annotations": {}},
+        "spec": {
+            "queue": "jobs",
+            "vhost": "/",
+            "minReplicas": 0,
+            "maxReplicas": 10,
+            "scaleTargetRef": {"name": "dep"},
+            "scaling": {"messagesPerReplica": 10, "scaleDownStabilizationSeconds": 30, "cooldownSeconds": 60},
+        },
+        **(body_extra or {}),
+    }
+    kube = FakeKube()
+    clock = [1000.0]
+    state = {"replicas": replicas}
+    t = Ticker(
+        "ns",
+        "w",
+        body,
+        kube,  # type: ignore[arg-type]
+        OperatorMetrics(CollectorRegistry()),
+        lambda ns, name: state["replicas"],
+        clock=lambda: clock[0],
+    )
+    return t, kube, clock
+
+
+def snap(seq: int = 1, ready: int = 0, error: str | None = None) -> Snapshot:
+    queues = {} if error else {("/", "jobs"): QueueMetrics(ready, 0, 1, 0.0, 0.0)}
+    return Snapshot(seq, 1000.0, queues, error)
+
+
+async def test_scales_up_once_and_writes_status(no_events: list[tuple[str, str]]) -> None:
+    t, kube, clock = make()
+    d = await t.tick(snap(ready=45))
+    assert d is not None and d.replicas == 5
+    assert kube.replica_patches == [("dep", 5)]
+    assert no_events[0][0] == "ScaledUp"
+    st = kube.status_patches[-1]
+    assert st["replicas"] == 5 and st["queue"]["ready"] == 45 and st["observedGeneration"] == 3
+    assert {c["type"] for c in st["conditions"]} == {"Ready", "Active", "BrokerReachable", "ScalingLimited"}
+    # The index still says 1 (watch lag): the pending write is trusted, so no second patch
+    clock[0] += 1
+    await t.tick(snap(2, ready=45))
+    assert kube.replica_patches == [("dep", 5)]
+
+
+async def test_no_writes_when_nothing_changed() -> None:
+    t, kube, clock = make(replicas=0)
+    await t.tick(snap(ready=0))
+    n = len(kube.status_patches)
+    clock[0] += 5
+    await t.tick(snap(2, ready=0))
+    assert kube.replica_patches == [] and len(kube.status_patches) == n
+
+
+async def test_broker_error_holds_and_flips_broker_reachable(no_events: list[tuple[str, str]]) -> None:
+    t, kube, _ = make(replicas=3)
+    await t.tick(snap(error="GET http://rabbit:15672/api/queues: ClientConnectorError"))
+    assert kube.replica_patches == []
+    st = kube.status_patches[-1]
+    reach = next(c for c in st["conditions"] if c["type"] == "BrokerReachable")
+    assert reach["status"] == "False" and "ClientConnectorError" in reach["message"]
+    assert st["consecutiveFailures"] == 1
+    assert ("BrokerUnreachable", "GET http://rabbit:15672/api/queues: ClientConnectorError") in no_events
+    await t.tick(None)  # no fresh snapshot at all: also a failure, no second event
+    assert kube.status_patches[-1]["consecutiveFailures"] == 2
+    assert [e for e in no_events if e[0] == "BrokerUnreachable"] == no_events[:1]
+
+
+async def test_missing_queue_is_a_failure_not_zero() -> None:
+    t, kube, _ = make(replicas=2)
+    await t.tick(Snapshot(1, 1000.0, {("/", "other"): QueueMetrics(0, 0, 0, 0, 0)}))
+    assert kube.replica_patches == []
+    ready = next(c for c in kube.status_patches[-1]["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "False" and "not found" in ready["message"]
+
+
+async def test_paused_holds_replicas() -> None:
+    t, kube, _ = make({"metadata": {"name": "w", "annotations": {"queueworker.dev/paused": "true"}}}, replicas=4)
+    d = await t.tick(snap(ready=0))
+    assert d is not None and d.replicas == 4 and kube.replica_patches == []
+    assert kube.status_patches[-1]["reason"].startswith("Paused")
+
+
+async def test_missing_target_reports_and_does_not_patch(no_events: list[tuple[str, str]]) -> None:
+    t, kube, _ = make(replicas=None)
+    assert await t.tick(snap(ready=50)) is None
+    assert kube.replica_patches == [] and no_events[0][0] == "TargetNotFound"
+
+
+async def test_history_from_status_survives_a_restart() -> None:
+    # Given an operator that scaled to 5 and then saw the queue empty (window running)
+    t, kube, clock = make()
+    await t.tick(snap(ready=45))
+    clock[0] += 5
+    await t.tick(snap(2, ready=0))
+    status: dict[str, Any] = {}
+    for p in kube.status_patches:
+        status.update(p)
+    # When a new operator starts from that status, 10 s later, with the Deployment at 5
+    t2, kube2, clock2 = make({"status": status}, replicas=5)
+    clock2[0] = clock[0] + 10
+    d = await t2.tick(snap(3, ready=0))
+    # Then the stabilization window it inherited holds the 5 (no early scale-down)
+    assert d is not None and d.replicas == 5 and kube2.replica_patches == []
+
+
+def test_history_round_trip() -> None:
+    h = History(((1.5, 3), (9.25, 1)), 7.0, 2, 4.5)
+    st = {"history": history_to_status(h), "consecutiveFailures": 2}
+    assert history_from_status(st) == h
+    assert history_from_status(None) == History()
+
+
+def test_condition_transition_time_moves_only_on_status_change() -> None:
+    c1 = condition(None, "Ready", True, "Scaling", "", 100.0)
+    c2 = condition([c1], "Ready", True, "Scaling", "other message", 200.0)
+    c3 = condition([c2], "Ready", False, "NoMetrics", "", 300.0)
+    assert c1["lastTransitionTime"] == c2["lastTransitionTime"] != c3["lastTransitionTime"]
+
+
+async def test_metrics_per_queueworker() -> None:
+    t, _, _ = make()
+    await t.tick(snap(ready=45))
+    m = t.metrics
+    assert m.replicas_desired.labels("ns", "w")._value.get() == 5
+    assert m.replicas_max.labels("ns", "w")._value.get() == 10
+    assert m.queue_messages.labels("ns", "w", "ready")._value.get() == 45
+    assert m.scale_events.labels("up")._value.get() == 1
