@@ -17,8 +17,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def fault_broker(tmp_path):
-    if not (SBIN / "rabbitmq-server").exists():
-        pytest.skip("rabbitmq-server is not installed")
+    assert (SBIN / "rabbitmq-server").exists(), "rabbitmq-server is not installed (scripts/install-system-deps.sh)"
     b = Broker(name="qwfault", port=5682, mgmt_port=15682, prom_port=15702, base=tmp_path / "b")
     b.start()
     yield b
