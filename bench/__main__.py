@@ -67,7 +67,17 @@ def _rows(results: dict[str, dict[str, Any]]) -> list[str]:
             )
     o = results.get("operator", {})
     for size in o.get("results", []):
-        rows.append(f"| operator | {json.dumps(size)[:200]} | | | |")
+        b, k = size["median_per_tick"]["batched"], size["median_per_tick"]["per_queueworker"]
+        ratio = size["ratio_per_queueworker_over_batched"]
+        n = size["queueworkers"]
+        rows.append(
+            f"| operator, {n} QueueWorkers | management API calls per tick | {b['calls']:g} | per-QueueWorker "
+            f"(KEDA pattern) {k['calls']:g} | {ratio['calls']:g}x fewer |"
+        )
+        rows.append(
+            f"| operator, {n} QueueWorkers | operator CPU s per tick; reconcile latency s | {b['cpu_s']}; "
+            f"{b['reconcile_latency_s']} | {k['cpu_s']}; {k['reconcile_latency_s']} | {ratio['cpu_s']}x less CPU |"
+        )
     rp = results.get("policy-replay", {})
     for trace, runs in rp.get("traces", {}).items():
         base = runs[0]
