@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""`make dev`: RabbitMQ, the API, one image worker, one email worker and a local SMTP sink, on 127.0.0.1.
+"""`make dev`: RabbitMQ, the API, autoscaled image and email workers and a local SMTP sink, on 127.0.0.1.
 
 Ctrl-C (or SIGTERM) stops everything it started, workers first so their tasks in hand finish.
 Override any QW_* setting in the environment; the defaults below suit one laptop.
@@ -28,6 +28,7 @@ DEFAULTS = {
     "QW_SMTP_HOST": "127.0.0.1",
     "QW_SMTP_PORT": "2525",
     "QW_LOG_FORMAT": "text",
+    "QW_RABBITMQ_MANAGEMENT_URL": "http://guest:guest@127.0.0.1:15672",
 }
 
 
@@ -49,8 +50,8 @@ def main() -> int:
         ("smtp", [py, "-m", "aiosmtpd", "-n", "-c", "aiosmtpd.handlers.Debugging", "-l",
                   f"{env['QW_SMTP_HOST']}:{env['QW_SMTP_PORT']}"], {}),
         ("api", [py, "-m", "qw_api"], {}),
-        ("image", [py, "-m", "qw_workers", "image"], {"QW_METRICS_PORT": "9101"}),
-        ("email", [py, "-m", "qw_workers", "email"], {"QW_METRICS_PORT": "9102"}),
+        # Workers come and go with the queues: the operator's policy and reader, driving local processes.
+        ("scaler", [py, "-m", "qw_operator.local", "image", "email"], {}),
     ]  # fmt: skip
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
     for name, cmd, extra in specs:

@@ -1,0 +1,147 @@
+"""Local autoscaling for `make dev`: the operator's policy and management-API reader driving a pool of worker
+processes on this machine instead of a Deployment.
+
+    python -m qw_operator.local image email      # one scaled pool per task kind
+
+Each tick: one batched read of the vhost's queues -> `decide()` per kind -> start or SIGTERM worker processes
+(surplus ones get SIGTERM, as a kubelet would, so they finish the task in hand). Spec comes from QW_LOCAL_* env.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from qw_core.logs import configure_logging
+from qw_core.settings import CommonSettings
+from qw_core.topology import queue_name
+
+from .policy import Decision, History, Observation, Policy, decide
+from .rabbitmq import ManagementReader
+
+log = logging.getLogger("qw_operator.local")
+
+
+@dataclass
+class ProcessPool:
+    """A scale target made of local processes: `scale(n)` starts or stops processes until n run."""
+
+    kind: str
+    base_port: int
+    env: dict[str, str]
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def replicas(self) -> int:
+        self.procs = [p for p in self.procs if p.poll() is None]
+        return len(self.procs)
+
+    def _free_port(self) -> int:
+        used = {int(getattr(p, "qw_port", 0)) for p in self.procs}
+        return next(self.base_port + i for i in range(1000) if self.base_port + i not in used)
+
+    def scale(self, n: int) -> None:
+        while self.replicas < n:
+            port = self._free_port()
+            p = subprocess.Popen(
+                [sys.executable, "-m", "qw_workers", self.kind],
+                env={**self.env, "QW_METRICS_PORT": str(port)},
+            )
+            p.qw_port = port  # type: ignore[attr-defined]
+            self.procs.append(p)
+        while self.replicas > n:
+            p = self.procs.pop()  # newest first
+            p.send_signal(signal.SIGTERM)
+
+    def stop(self, grace: float = 30.0) -> None:
+        for p in self.procs:
+            p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for p in self.procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def local_spec(env: dict[str, str]) -> dict[str, Any]:
+    """The QueueWorker spec for local pools (camelCase, as in the CRD)."""
+    return {
+        "minReplicas": int(env.get("QW_LOCAL_MIN_REPLICAS", 0)),
+        "maxReplicas": int(env.get("QW_LOCAL_MAX_REPLICAS", 4)),
+        "scaling": {
+            "mode": env.get("QW_LOCAL_MODE", "QueueLength"),
+            "messagesPerReplica": int(env.get("QW_LOCAL_MESSAGES_PER_REPLICA", 10)),
+            "cooldownSeconds": int(env.get("QW_LOCAL_COOLDOWN_SECONDS", 30)),
+            "scaleDownStabilizationSeconds": int(env.get("QW_LOCAL_STABILIZATION_SECONDS", 15)),
+        },
+    }
+
+
+async def run(kinds: list[str], interval: float, stop: asyncio.Event) -> None:
+    settings = CommonSettings()
+    vhost = settings.rabbitmq_url.get_secret_value().rsplit("/", 1)[-1] or "/"
+    from urllib.parse import unquote
+
+    vhost = unquote(vhost) or "/"
+    env = dict(os.environ)
+    policy = Policy.from_spec(local_spec(env))
+    pools = {k: ProcessPool(k, int(env.get("QW_LOCAL_BASE_PORT", 9300)) + 100 * i, env) for i, k in enumerate(kinds)}
+    history = {k: History() for k in kinds}
+    async with aiohttp.ClientSession() as session:
+        reader = ManagementReader(settings.rabbitmq_management_url.get_secret_value(), session)
+        try:
+            while not stop.is_set():
+                try:
+                    queues = await reader.fetch(vhost)
+                except Exception as exc:  # hold replicas on a failed read, as the operator does
+                    log.warning("management API read failed: %s", exc)
+                    queues = None
+                for kind, pool in pools.items():
+                    m = queues.get((vhost, queue_name(kind))) if queues is not None else None
+                    obs = (
+                        None if m is None else Observation(m.ready, m.unacked, m.consumers, m.publish_rate, m.ack_rate)
+                    )
+                    d: Decision = decide(policy, obs, history[kind], pool.replicas, time.time())
+                    history[kind] = d.history
+                    if d.replicas != pool.replicas:
+                        log.info("%s: %d -> %d (%s)", kind, pool.replicas, d.replicas, d.reason)
+                        pool.scale(d.replicas)
+                try:
+                    await asyncio.wait_for(stop.wait(), interval)
+                except TimeoutError:
+                    pass
+        finally:
+            for pool in pools.values():
+                pool.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("kinds", nargs="+", choices=["image", "email"])
+    p.add_argument("--interval", type=float, default=float(os.environ.get("QW_LOCAL_INTERVAL", 2.0)))
+    a = p.parse_args(argv)
+    configure_logging(os.environ.get("QW_LOG_FORMAT", "text"), "INFO")
+
+    async def _main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run(a.kinds, a.interval, stop)
+
+    asyncio.run(_main())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
