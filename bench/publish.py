@@ -59,6 +59,28 @@ def _serve(cmd: list[str], env: dict[str, str], port: int) -> subprocess.Popen[b
     return p
 
 
+def _load(
+    broker: Broker,
+    vhost: str,
+    proc: subprocess.Popen[bytes],
+    port: int,
+    raw: bytes,
+    ok: int,
+    seconds: float,
+    rate: float,
+) -> dict[str, Any]:
+    """Warm up, then a closed-loop peak and an open-loop paced run against one server; stops it afterwards."""
+    try:
+        asyncio.run(closed_loop(port, lambda: raw, 8, 2))  # warm-up
+        peak = asyncio.run(closed_loop(port, lambda: raw, 64, seconds)).summary(ok)
+        paced = asyncio.run(open_loop(port, lambda: raw, rate, seconds)).summary(ok)
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        _drop_vhost(broker, vhost)
+    return {"closed_loop_64": peak, f"open_loop_{int(rate)}_per_s": paced}
+
+
 def bench_api(broker: Broker, tmp: Path, seconds: float, rate: float) -> dict[str, Any]:
     vhost, url = _vhost(broker)
     port = free_port()
@@ -68,17 +90,8 @@ def bench_api(broker: Broker, tmp: Path, seconds: float, rate: float) -> dict[st
         "QW_LOG_LEVEL": "WARNING",
     }  # fmt: skip
     proc = _serve([sys.executable, "-m", "qw_api"], env, port)
-    body = json.dumps(EMAIL).encode()
-    raw = build_request("/v1/emails", body, {"Authorization": "Bearer bench-key"})
-    try:
-        asyncio.run(closed_loop(port, lambda: raw, 8, 2))  # warm-up
-        peak = asyncio.run(closed_loop(port, lambda: raw, 64, seconds)).summary(202)
-        paced = asyncio.run(open_loop(port, lambda: raw, rate, seconds)).summary(202)
-    finally:
-        proc.terminate()
-        proc.wait(15)
-        _drop_vhost(broker, vhost)
-    return {"closed_loop_64": peak, f"open_loop_{int(rate)}_per_s": paced}
+    raw = build_request("/v1/emails", json.dumps(EMAIL).encode(), {"Authorization": "Bearer bench-key"})
+    return _load(broker, vhost, proc, port, raw, 202, seconds, rate)
 
 
 def bench_seed(broker: Broker, seconds: float, rate: float) -> dict[str, Any]:
@@ -87,16 +100,9 @@ def bench_seed(broker: Broker, seconds: float, rate: float) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "uvicorn", "bench.seed_app:app", "--port", str(port), "--log-level", "warning"]
     proc = _serve(cmd, {"SEED_RABBITMQ_URL": url}, port)
     raw = build_request("/send-task", json.dumps(EMAIL).encode(), {})
-    try:
-        asyncio.run(closed_loop(port, lambda: raw, 8, 2))
-        peak = asyncio.run(closed_loop(port, lambda: raw, 64, seconds)).summary(200)
-        paced = asyncio.run(open_loop(port, lambda: raw, rate, seconds)).summary(200)
-    finally:
-        proc.terminate()
-        proc.wait(15)
-        _drop_vhost(broker, vhost)
-    peak["note"] = "no publisher confirms: ok means sent, not confirmed"
-    return {"closed_loop_64": peak, f"open_loop_{int(rate)}_per_s": paced}
+    out = _load(broker, vhost, proc, port, raw, 200, seconds, rate)
+    out["closed_loop_64"]["note"] = "no publisher confirms: ok means sent, not confirmed"
+    return out
 
 
 def bench_bare_pika(broker: Broker, seconds: float) -> dict[str, Any]:
