@@ -358,7 +358,10 @@ class Worker:
                 result_key = self.handler(task, ctx)
             except Exception as exc:
                 return self._failed(d, task_id, attempt, exc, done)
-            self.store.succeed(task_id, result_key)
+            if not self.store.succeed(task_id, result_key):
+                # Another delivery of the same task finished first (it ran side by side with this one).
+                self._ack(d)
+                return done("duplicate", task_id, attempt)
             self._ack(d)
             return done("succeeded", task_id, attempt)
         except ConnectionLost:
