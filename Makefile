@@ -4,11 +4,12 @@ PY ?= .venv/bin/python
 VENV_STAMP := .venv/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help deps dev test test-unit test-integration lint fmt bench soak clean services-up services-down
+.PHONY: help deps dev demo test test-unit test-integration lint fmt bench soak clean services-up services-down
 
 help:
 	@echo "make dev    - broker, API and one worker of each kind on 127.0.0.1 (Ctrl-C stops them)"
 	@echo "make test   - install what is missing, start the services, run every suite"
+	@echo "make demo   - with make dev running: upload 200 images, watch workers scale up, drain, scale down"
 	@echo "make lint   - ruff + mypy";  echo "make bench  - benchmarks -> bench/results/"
 
 $(VENV_STAMP): pyproject.toml
@@ -31,6 +32,9 @@ services-down:
 
 dev: deps
 	$(PY) scripts/dev.py
+
+demo: deps  # needs `make dev` running in another terminal
+	$(PY) scripts/demo.py $(DEMO_ARGS)
 
 test: deps cluster-bin
 	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)

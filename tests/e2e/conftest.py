@@ -17,7 +17,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "cluster"))
 
+import subprocess  # noqa: E402
+from typing import Any  # noqa: E402
+
 import cluster as control_plane  # noqa: E402
+
+from tests.e2e.harness import Env, drop_env, make_env, stop, wait_for  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -35,3 +40,24 @@ def k8s_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[control_pl
     finally:
         # Logs stay in pytest's basetemp (the last three runs are kept) for debugging a failure.
         control_plane.stop(cluster_dir, remove=False)
+
+
+@pytest.fixture(scope="module")
+def env(k8s_cluster: control_plane.Cluster, broker: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    """Per test module: a namespace bound to the shipped RBAC and a vhost on the session broker."""
+    e = make_env(k8s_cluster, broker, tmp_path_factory.mktemp("operator"))
+    yield e
+    drop_env(e, broker)
+
+
+@pytest.fixture
+def operator(env: Env, request: pytest.FixtureRequest) -> Iterator[subprocess.Popen[bytes]]:
+    """One operator per test (about 1 s to start), so a test may kill it; it stops cleanly (SIGTERM), leaving
+    the peering for the next one at once."""
+    name = f"operator-{request.node.name}"
+    proc = env.start_operator(name)
+    wait_for("the operator to lead", lambda: "Resuming operations" in env.log(name), 30)
+    yield proc
+    stop(proc)
+    if "Forbidden" in env.log(name):
+        pytest.fail("the operator hit a permission error:\n" + env.log(name)[-3000:])

@@ -5,6 +5,7 @@ Failures are scripted server behaviour (a real server answering so over a real s
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import threading
@@ -21,9 +22,13 @@ OK = "250 OK"
 
 
 class Recorder:
-    """`data_replies` are answered to DATA in order, then `data_default`; `rcpt_reply` answers every RCPT."""
+    """`data_replies` are answered to DATA in order, then `data_default`; `rcpt_reply` answers every RCPT;
+    `delay` seconds pass before each DATA reply (a remote server's latency)."""
 
-    def __init__(self, data_replies: list[str] | None = None, data_default: str = OK, rcpt_reply: str = OK) -> None:
+    def __init__(
+        self, data_replies: list[str] | None = None, data_default: str = OK, rcpt_reply: str = OK, delay: float = 0.0
+    ) -> None:
+        self.delay = delay
         self.data_replies = list(data_replies or [])
         self.data_default = data_default
         self.rcpt_reply = rcpt_reply
@@ -37,6 +42,8 @@ class Recorder:
         return self.rcpt_reply
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        if self.delay:
+            await asyncio.sleep(self.delay)
         with self._lock:
             self.data_attempts += 1
             reply = self.data_replies.pop(0) if self.data_replies else self.data_default
