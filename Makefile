@@ -11,6 +11,7 @@ help:
 	@echo "make test   - install what is missing, start the services, run every suite"
 	@echo "make demo   - with make dev running: upload 200 images, watch workers scale up, drain, scale down"
 	@echo "make lint   - ruff + mypy";  echo "make bench  - benchmarks -> bench/results/"
+	@echo "make soak   - the closed loop at 10,000 tasks, with faults, and at fixed min replicas"
 
 $(VENV_STAMP): pyproject.toml
 	python3 -m venv .venv
@@ -56,6 +57,11 @@ fmt: deps
 
 bench: deps cluster-bin
 	$(PY) -m bench $(BENCH_ARGS)
+
+# The closed loop at 10,000 tasks, plus the same burst at fixed min replicas for comparison (~25 min here).
+SOAK_TASKS ?= 10000
+soak: deps cluster-bin
+	QW_CLOSED_LOOP_TASKS=$(SOAK_TASKS) QW_CLOSED_LOOP_FIXED=1 $(PY) -m pytest -p no:cacheprovider -s tests/e2e/test_closed_loop.py
 
 crd: deps  # manifests/crd.yaml is generated from qw_operator.crd; the chart keeps a checked copy
 	$(PY) -m qw_operator.crd > manifests/crd.yaml

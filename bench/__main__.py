@@ -24,6 +24,7 @@ BENCHES: dict[str, list[str]] = {
     "workers": [PY, "bench/bench_workers.py", "--images", "200"],
     "workers-concurrency-2": [PY, "bench/bench_workers.py", "--images", "200", "--concurrency", "2"],
     "operator": [PY, "bench/bench_operator.py"],
+    "reaction": [PY, "bench/bench_reaction.py", "--bursts", "12"],
     "policy-replay": [PY, "-m", "bench.replay"],
 }
 
@@ -77,6 +78,19 @@ def _rows(results: dict[str, dict[str, Any]]) -> list[str]:
         rows.append(
             f"| operator, {n} QueueWorkers | operator CPU s per tick; reconcile latency s | {b['cpu_s']}; "
             f"{b['reconcile_latency_s']} | {k['cpu_s']}; {k['reconcile_latency_s']} | {ratio['cpu_s']}x less CPU |"
+        )
+    rt = results.get("reaction", {})
+    if "operator_prometheus_depth" in rt:
+        r, m = rt["operator_prometheus_depth"], rt["operator_management_depth"]
+        seen_m, seen_p = rt["management_api_sees_burst"], rt["prometheus_endpoint_sees_burst"]
+        rows.append(
+            f"| reaction, {rt['bursts']} bursts | burst -> spec.replicas, p50 / p99 s | {r['p50']} / {r['p99']} | "
+            f"management-API depth {m['p50']} / {m['p99']} | {rt['ratios']['prometheus_over_management_reaction_p50']}"
+            f" / {rt['ratios']['prometheus_over_management_reaction_p99']} |"
+        )
+        rows.append(
+            f"| reaction | broker shows the burst, p50 s: Prometheus endpoint vs management API | {seen_p['p50']} | "
+            f"{seen_m['p50']} | {round(seen_p['p50'] / max(seen_m['p50'], 1e-3), 2)} |"
         )
     rp = results.get("policy-replay", {})
     for trace, runs in rp.get("traces", {}).items():

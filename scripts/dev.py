@@ -29,6 +29,7 @@ DEFAULTS = {
     "QW_SMTP_PORT": "2525",
     "QW_LOG_FORMAT": "text",
     "QW_RABBITMQ_MANAGEMENT_URL": "http://guest:guest@127.0.0.1:15672",
+    "QW_RABBITMQ_PROMETHEUS_URL": "http://127.0.0.1:15692",  # fresher queue depth for the local autoscaler
 }
 
 

@@ -16,6 +16,7 @@ import argparse
 import base64
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -35,6 +36,27 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
         return s.connect_ex((host, port)) == 0
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_broker_ports() -> tuple[int, int, int]:
+    """(amqp, management, prometheus) ports free now, for a private throwaway broker. The AMQP port stays below
+    45536: Erlang distribution listens on AMQP port + 20000, which must be a valid port too."""
+    rnd = random.Random()
+    for _ in range(200):
+        base = rnd.randrange(20000, 45000)
+        ports = (base, base + 1, base + 2)
+        if all(_bindable(p) for p in (*ports, base + 20000)):
+            return ports
+    raise RuntimeError("no free ports for a private broker")
 
 
 @dataclass

@@ -27,17 +27,36 @@ class Settings(OperatorSettings):
     watch_server_timeout: int = 300
     watch_client_timeout: int = 330
 
+    # Optional, per broker: its rabbitmq_prometheus endpoint (e.g. http://rabbitmq:15692). When set, queue depth
+    # comes from the per-object metrics there (~2.5 s fresher than the management API); rates stay on the API.
+    rabbitmq_prometheus_url: str = ""  # the `default` broker's
+    brokers_prometheus: str = ""  # "name=url,..." or "@/path", like QW_BROKERS
+
     def broker_urls(self) -> dict[str, str]:
         urls = {"default": self.rabbitmq_management_url.get_secret_value()}
-        raw = self.brokers.get_secret_value().strip()
-        if raw.startswith("@"):
-            raw = Path(raw[1:]).read_text()
-        for item in raw.replace("\n", ",").split(","):
-            item = item.strip()
-            if not item or item.startswith("#"):
-                continue
-            name, sep, url = item.partition("=")
-            if not sep or not name.strip() or not url.strip():
-                raise ValueError("QW_BROKERS entries must look like name=http://user:pass@host:15672")
-            urls[name.strip()] = url.strip()
+        urls.update(_named_urls(self.brokers.get_secret_value(), "QW_BROKERS", "http://user:pass@host:15672"))
         return urls
+
+    def prometheus_urls(self) -> dict[str, str]:
+        urls = {"default": self.rabbitmq_prometheus_url.strip()} if self.rabbitmq_prometheus_url.strip() else {}
+        urls.update(_named_urls(self.brokers_prometheus, "QW_BROKERS_PROMETHEUS", "http://host:15692"))
+        unknown = set(urls) - set(self.broker_urls())
+        if unknown:
+            raise ValueError(f"QW_BROKERS_PROMETHEUS names brokers not in QW_BROKERS: {', '.join(sorted(unknown))}")
+        return urls
+
+
+def _named_urls(raw: str, setting: str, example: str) -> dict[str, str]:
+    raw = raw.strip()
+    if raw.startswith("@"):
+        raw = Path(raw[1:]).read_text()
+    urls: dict[str, str] = {}
+    for item in raw.replace("\n", ",").split(","):
+        item = item.strip()
+        if not item or item.startswith("#"):
+            continue
+        name, sep, url = item.partition("=")
+        if not sep or not name.strip() or not url.strip():
+            raise ValueError(f"{setting} entries must look like name={example}")
+        urls[name.strip()] = url.strip()
+    return urls

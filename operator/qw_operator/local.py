@@ -26,7 +26,7 @@ from qw_core.settings import CommonSettings
 from qw_core.topology import queue_name
 
 from .policy import Decision, History, Observation, Policy, decide
-from .rabbitmq import ManagementReader
+from .rabbitmq import ManagementReader, PrometheusDepthReader, with_depth
 
 log = logging.getLogger("qw_operator.local")
 
@@ -99,6 +99,8 @@ async def run(kinds: list[str], interval: float, stop: asyncio.Event) -> None:
     history = {k: History() for k in kinds}
     async with aiohttp.ClientSession() as session:
         reader = ManagementReader(settings.rabbitmq_management_url.get_secret_value(), session)
+        prom = env.get("QW_RABBITMQ_PROMETHEUS_URL", "").strip()
+        depth_reader = PrometheusDepthReader(prom, session) if prom else None
         try:
             while not stop.is_set():
                 try:
@@ -106,6 +108,11 @@ async def run(kinds: list[str], interval: float, stop: asyncio.Event) -> None:
                 except Exception as exc:  # hold replicas on a failed read, as the operator does
                     log.warning("management API read failed: %s", exc)
                     queues = None
+                if queues is not None and depth_reader is not None:
+                    try:  # fresher depth, as the operator reads it when configured so
+                        queues = with_depth(queues, await depth_reader.fetch(vhost))
+                    except Exception as exc:
+                        log.warning("Prometheus endpoint read failed, using management API depth: %s", exc)
                 for kind, pool in pools.items():
                     m = queues.get((vhost, queue_name(kind))) if queues is not None else None
                     obs = (

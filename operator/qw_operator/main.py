@@ -16,7 +16,7 @@ from qw_operator import reconcile
 from qw_operator.config import Settings
 from qw_operator.crd import GROUP, PLURAL, VERSION
 from qw_operator.metrics import OperatorMetrics
-from qw_operator.rabbitmq import BrokerPoller, Brokers, ManagementReader
+from qw_operator.rabbitmq import BrokerPoller, Brokers, ManagementReader, PrometheusDepthReader
 from qw_operator.scaler import Kube, owned_deployment
 
 RESOURCE = (GROUP, VERSION, PLURAL)
@@ -49,9 +49,14 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     metrics = OperatorMetrics()
     start_http_server(cfg.metrics_port, addr=cfg.metrics_host)
     session = aiohttp.ClientSession()
+    prom = cfg.prometheus_urls()
     pollers = {
         name: BrokerPoller(
-            name, ManagementReader(url, session, cfg.management_timeout), cfg.default_interval, metrics.broker_result
+            name,
+            ManagementReader(url, session, cfg.management_timeout),
+            cfg.default_interval,
+            metrics.broker_result,
+            depth_reader=PrometheusDepthReader(prom[name], session, cfg.management_timeout) if name in prom else None,
         )
         for name, url in cfg.broker_urls().items()
     }
@@ -61,7 +66,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     api_client = _kube_client()
     await Kube.check_crd(api_client)
     memo.kube = Kube(api_client)
-    log.info("operator started: brokers %s", sorted(pollers))
+    log.info("operator started: brokers %s; depth from Prometheus endpoints for %s", sorted(pollers), sorted(prom))
 
 
 @kopf.on.cleanup()

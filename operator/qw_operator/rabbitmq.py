@@ -4,13 +4,20 @@
 `page_count`); `BrokerPoller` runs one asyncio task per broker that refreshes a `Snapshot` every interval
 while any QueueWorker is registered, and lets the per-QueueWorker ticks wait for a fresh one. A QueueWorker
 never calls the broker itself, so N QueueWorkers on one broker cost ceil(queues / 500) calls per tick, not N.
+
+`PrometheusDepthReader` (optional, per broker) reads ready/unacked/consumers of every queue from the
+rabbitmq_prometheus per-object endpoint in one more GET per tick. Those numbers come straight from the queues'
+own metrics tables, about 2.5 s fresher than the management API's aggregated copy (measured here: a burst shows
+there after ~1.0 s vs ~3.5 s with 1 s stats and quorum ticks); rates still come from the management API.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import logging
+import re
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -162,6 +169,68 @@ class ManagementReader:
         return out
 
 
+Depth = tuple[int, int, int]  # ready, unacked, consumers
+_SAMPLE = re.compile(r"^(rabbitmq_detailed_queue_(?:messages_ready|messages_unacked|consumers))\{(.*)\} (\S+)$")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+_UNESCAPE = re.compile(r"\\(.)")
+_FIELD = {"rabbitmq_detailed_queue_messages_ready": 0, "rabbitmq_detailed_queue_messages_unacked": 1,
+          "rabbitmq_detailed_queue_consumers": 2}  # fmt: skip
+
+
+def parse_prometheus_depth(text: str) -> dict[QueueKey, Depth]:
+    """Per-queue ready/unacked/consumers from a /metrics/detailed answer (Prometheus text format)."""
+    acc: dict[QueueKey, list[int]] = {}
+    for line in text.splitlines():
+        m = _SAMPLE.match(line)
+        if m is None:
+            continue
+        labels = {k: _UNESCAPE.sub(lambda e: "\n" if e.group(1) == "n" else e.group(1), v)
+                  for k, v in _LABEL.findall(m.group(2))}  # fmt: skip
+        if "vhost" not in labels or "queue" not in labels:
+            continue
+        acc.setdefault((labels["vhost"], labels["queue"]), [0, 0, 0])[_FIELD[m.group(1)]] = int(float(m.group(3)))
+    return {k: (v[0], v[1], v[2]) for k, v in acc.items()}
+
+
+class PrometheusDepthReader:
+    """Every queue's depth and consumers from `GET /metrics/detailed?family=queue_coarse_metrics&family=
+    queue_consumer_count[&vhost=...]` (rabbitmq_prometheus, port 15692): one request per tick, any queue count."""
+
+    def __init__(self, url: str, session: aiohttp.ClientSession, timeout: float = 10.0) -> None:
+        self.base, self._auth = split_credentials(url)
+        self._session = session
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self.calls = 0
+
+    async def fetch(self, vhost: str | None = None) -> dict[QueueKey, Depth]:
+        params = [("family", "queue_coarse_metrics"), ("family", "queue_consumer_count")]
+        if vhost is not None:
+            params.append(("vhost", vhost))
+        self.calls += 1
+        try:
+            async with self._session.get(
+                self.base + "/metrics/detailed", params=params, headers=self._auth, timeout=self._timeout
+            ) as resp:
+                if resp.status != 200:
+                    raise BrokerError(f"GET /metrics/detailed: HTTP {resp.status} {(await resp.text())[:200]}")
+                text = await resp.text()
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise BrokerError(f"GET {self.base}/metrics/detailed: {type(exc).__name__}: {exc}") from exc
+        return parse_prometheus_depth(text)
+
+
+def with_depth(
+    queues: Mapping[QueueKey, QueueMetrics], depth: Mapping[QueueKey, Depth]
+) -> dict[QueueKey, QueueMetrics]:
+    """The management API's metrics with ready/unacked/consumers replaced by the fresher per-object figures; a
+    queue only one side knows keeps what that side says."""
+    out = dict(queues)
+    for key, (ready, unacked, consumers) in depth.items():
+        base = out.get(key) or QueueMetrics(0, 0, 0, 0.0, 0.0)
+        out[key] = dataclasses.replace(base, ready=ready, unacked=unacked, consumers=consumers)
+    return out
+
+
 Clock = Callable[[], float]
 
 
@@ -179,9 +248,12 @@ class BrokerPoller:
         default_interval: float = 5.0,
         on_result: Callable[[str, float, BaseException | None], None] | None = None,
         clock: Clock = time.time,
+        depth_reader: PrometheusDepthReader | None = None,
     ) -> None:
         self.name = name
         self.reader = reader
+        self.depth_reader = depth_reader
+        self._depth_failing = False
         self.default_interval = default_interval
         self._on_result = on_result
         self._clock = clock
@@ -218,7 +290,16 @@ class BrokerPoller:
         started = time.perf_counter()
         error: BaseException | None = None
         try:
-            queues = await self.reader.fetch(self._vhost_filter())
+            vhost = self._vhost_filter()
+            if self.depth_reader is None:
+                queues = await self.reader.fetch(vhost)
+            else:  # both reads at once: the tick takes as long as the slower one, not the sum
+                got, depth = await asyncio.gather(
+                    self.reader.fetch(vhost), self.depth_reader.fetch(vhost), return_exceptions=True
+                )
+                if isinstance(got, BaseException):
+                    raise got
+                queues = self._merge_depth(got, depth)
             now = self._clock()
             self._rates = hold_rates(self._rates, queues, now)
             snap = Snapshot(seq, now, {k: v[0] for k, v in self._rates.items()}, None, self.reader.calls - before)
@@ -232,6 +313,22 @@ class BrokerPoller:
             self.snapshot = snap
             self._changed.notify_all()
         return snap
+
+    def _merge_depth(
+        self, queues: dict[QueueKey, QueueMetrics], depth: dict[QueueKey, Depth] | BaseException
+    ) -> dict[QueueKey, QueueMetrics]:
+        """Fresh depth when the per-object endpoint answered; the management API's own figures when it did not
+        (logged once per outage: scaling goes on, a few seconds slower)."""
+        if isinstance(depth, BaseException):
+            if not self._depth_failing:
+                log.warning("broker %s: Prometheus endpoint read failed, using management API depth: %s",
+                            self.name, depth)  # fmt: skip
+            self._depth_failing = True
+            return queues
+        if self._depth_failing:
+            log.info("broker %s: Prometheus endpoint readable again", self.name)
+        self._depth_failing = False
+        return with_depth(queues, depth)
 
     async def wait_newer(self, seq: int, timeout: float) -> Snapshot | None:  # noqa: ASYNC109 - None on timeout
         """The first snapshot with a sequence number above `seq`; None if none came within `timeout`."""

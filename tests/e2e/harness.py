@@ -65,6 +65,7 @@ class Env:
     mgmt_url: str
     closed_port: int
     tmp: Path
+    prom_url: str = ""  # the broker's rabbitmq_prometheus endpoint
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.cluster.kubectl("-n", self.namespace, *args, input=input, check=check)
@@ -95,11 +96,13 @@ class Env:
         evs = self.core.list_namespaced_event(self.namespace).items
         return [e.message for e in evs if e.reason == reason and e.involved_object.kind == "QueueWorker"]
 
-    def start_operator(self, name: str, *extra: str) -> subprocess.Popen[bytes]:
+    def start_operator(self, name: str, *extra: str, prometheus: bool = True) -> subprocess.Popen[bytes]:
+        """The operator as shipped: depth from the Prometheus endpoint (prometheus=False: management API only)."""
         env = {
             **os.environ,
             "KUBECONFIG": str(self.sa_kubeconfig),
             "QW_RABBITMQ_MANAGEMENT_URL": self.mgmt_url,
+            "QW_RABBITMQ_PROMETHEUS_URL": self.prom_url if prometheus else "",
             "QW_BROKERS": f"down=http://guest:guest@127.0.0.1:{self.closed_port}",
             "QW_DEFAULT_INTERVAL": "1",
             "QW_METRICS_PORT": str(free_port()),
@@ -144,6 +147,7 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
 
 def make_env(k8s_cluster: control_plane.Cluster, broker: Any, tmp: Path) -> Env:
     """A fresh namespace (CRD, shipped RBAC, peering) and a fresh vhost on `broker`; `drop_env` removes both."""
+    tmp.mkdir(parents=True, exist_ok=True)
     ns = f"qwop-{uuid.uuid4().hex[:6]}"
     k8s_cluster.kubectl("apply", "-f", str(ROOT / "manifests/crd.yaml"))
     k8s_cluster.kubectl("wait", "--for=condition=Established", "crd/queueworkers.queueworker.dev", "--timeout=30s")
@@ -184,6 +188,7 @@ def make_env(k8s_cluster: control_plane.Cluster, broker: Any, tmp: Path) -> Env:
         broker.management_url,
         free_port(),
         tmp,
+        f"http://127.0.0.1:{broker.prom_port}",
     )
     return e
 

@@ -33,7 +33,7 @@ import cluster as control_plane
 import httpx
 import pytest
 from qw_core.store import open_store
-from rabbitmq import Broker
+from rabbitmq import Broker, free_broker_ports
 
 from tests.e2e.harness import ROOT, Env, drop_env, make_env, queueworker, stop, wait_for
 from tests.support.smtp import smtp_server
@@ -176,6 +176,7 @@ def loop_run(
     faults: bool = False, private_broker: Broker | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """One burst through the whole loop; returns the figures and the per-task outcome for the caller to assert."""
+    (tmp / "s").mkdir(parents=True, exist_ok=True)
     env = make_env(k8s_cluster, broker, tmp)
     store = open_store(pg_url)
     name = "mail"
@@ -197,7 +198,7 @@ def loop_run(
                 kubelet = Kubelet(env, f"{name}-worker", wenv, tmp)
                 with kubelet.running():
                     wait_for("the min worker ready", lambda: kubelet.procs and kubelet.procs[0].is_ready(), 60)
-                    t0 = time.monotonic()
+                    t0, rs0 = time.monotonic(), kubelet.replica_seconds
                     ids = submit(base, tasks, tenant)
                     submitted = time.monotonic() - t0
                     kills = []
@@ -218,7 +219,7 @@ def loop_run(
                         "reaction_seconds": None if fixed else _round(kubelet.first_scale_up(t0)),
                         "drain_seconds": round(drained, 1),
                         "back_to_min_seconds": round(back, 1),
-                        "replica_seconds_until_drained_and_back": round(kubelet.replica_seconds, 1),
+                        "replica_seconds_until_drained_and_back": round(kubelet.replica_seconds - rs0, 1),
                         "peak_workers": kubelet.peak,
                         "worker_processes_started": kubelet.started,
                         "spec_replicas": [n for _, n in kubelet.spec_changes],
@@ -281,21 +282,15 @@ def assert_exactly_once(run: dict[str, Any]) -> None:
     assert set(sent) == set(records) and max(sent.values()) == 1, sent.most_common(3)
 
 
-@pytest.fixture
-def loop_tmp(tmp_path: Path) -> Path:
-    (tmp_path / "s").mkdir()
-    return tmp_path
-
-
-def test_burst_scales_up_drains_exactly_once_and_scales_back_to_min(k8s_cluster, broker, pg_url, loop_tmp) -> None:
-    run = loop_run(k8s_cluster, broker, pg_url, loop_tmp, tasks=TASKS)
+def test_burst_scales_up_drains_exactly_once_and_scales_back_to_min(k8s_cluster, broker, pg_url, tmp_path) -> None:
+    run = loop_run(k8s_cluster, broker, pg_url, tmp_path, tasks=TASKS)
     fig = run["figures"]
     print("closed-loop:", json.dumps(fig))
     assert_exactly_once(run)
     assert fig["peak_workers"] > MIN and max(fig["spec_replicas"]) > MIN, fig  # it scaled up...
     assert fig["spec_replicas"][-1] == MIN, fig  # ...and back down to min
     if os.environ.get("QW_CLOSED_LOOP_FIXED"):  # `make soak`: the same burst at fixed min replicas, for the note
-        fixed = loop_run(k8s_cluster, broker, pg_url, loop_tmp / "fixed", tasks=TASKS, fixed=True)
+        fixed = loop_run(k8s_cluster, broker, pg_url, tmp_path / "fixed", tasks=TASKS, fixed=True)
         print("closed-loop:", json.dumps(fixed["figures"]))
         assert_exactly_once(fixed)
 
@@ -303,22 +298,23 @@ def test_burst_scales_up_drains_exactly_once_and_scales_back_to_min(k8s_cluster,
 @pytest.fixture
 def loop_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     """A private broker this test may restart without disturbing the others."""
-    b = Broker(name="qwloop", port=free_port(), mgmt_port=free_port(), prom_port=free_port(),
-               base=tmp_path_factory.mktemp("rmq"))  # fmt: skip
+    amqp, mgmt, prom = free_broker_ports()
+    b = Broker(name="qwloop", port=amqp, mgmt_port=mgmt, prom_port=prom, base=tmp_path_factory.mktemp("rmq"))
     b.start()
     yield b
     b.destroy()
 
 
 def test_with_faults_every_task_ends_succeeded_or_dead_with_a_reason_and_no_mail_twice(
-    k8s_cluster, loop_broker, pg_url, loop_tmp
+    k8s_cluster, loop_broker, pg_url, tmp_path
 ) -> None:
     tasks = max(1000, TASKS // 2)
-    run = loop_run(k8s_cluster, loop_broker, pg_url, loop_tmp, tasks=tasks, faults=True, private_broker=loop_broker)
+    run = loop_run(k8s_cluster, loop_broker, pg_url, tmp_path, tasks=tasks, faults=True, private_broker=loop_broker)
     fig = run["figures"]
     records, sent = run["records"], run["sent"]
     statuses = collections.Counter(r.status for r in records.values())
-    print("closed-loop:", json.dumps({**fig, "statuses": statuses}))
+    reasons = collections.Counter(r.error for r in records.values() if r.status == "dead")
+    print("closed-loop:", json.dumps({**fig, "statuses": statuses, "dead_reasons": reasons}))
     assert set(statuses) <= {"succeeded", "dead"}, statuses  # nothing lost, nothing stuck
     dead = [r for r in records.values() if r.status == "dead"]
     assert all(r.error for r in dead), [r.task_id for r in dead if not r.error]  # dead always says why

@@ -1,5 +1,6 @@
 """The management-API reader against the real RabbitMQ: > 500 queues in a throwaway vhost take two pages, the
-counts and rates are the broker's, and a stopped management listener is a BrokerError."""
+counts and rates are the broker's, a stopped management listener is a BrokerError; depth from the Prometheus
+per-object endpoint merges in, and falls back to the management API when that endpoint is down."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 import aiohttp
 import pika
 import pytest
-from qw_operator.rabbitmq import BrokerError, BrokerPoller, ManagementReader
+from qw_operator.rabbitmq import BrokerError, BrokerPoller, ManagementReader, PrometheusDepthReader
 
 from tests.support.util import free_port
 
@@ -72,3 +73,65 @@ async def test_closed_management_port_is_a_broker_error() -> None:
     async with aiohttp.ClientSession() as s:
         with pytest.raises(BrokerError, match="ClientConnectorError|Cannot connect"):
             await ManagementReader(f"http://guest:guest@127.0.0.1:{free_port()}", s).fetch()
+
+
+def hold_two_unacked(amqp_url: str, ready: int) -> pika.BlockingConnection:
+    """A quorum queue `dq` with `ready + 2` messages and one consumer holding 2 of them unacked."""
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    ch = conn.channel()
+    ch.queue_declare("dq", durable=True, arguments={"x-queue-type": "quorum"})
+    ch.confirm_delivery()
+    for _ in range(ready + 2):
+        ch.basic_publish("", "dq", b"x", pika.BasicProperties(delivery_mode=2))
+    ch.basic_qos(prefetch_count=2)
+    ch.basic_consume("dq", lambda *a: None)  # never acks
+    conn.process_data_events(time_limit=1.0)
+    return conn
+
+
+async def test_depth_from_the_prometheus_endpoint_with_rates_from_the_management_api(broker, vhost, amqp_url) -> None:
+    conn = await asyncio.to_thread(hold_two_unacked, amqp_url, 7)
+    try:
+        async with aiohttp.ClientSession() as s:
+            depth = PrometheusDepthReader(f"http://127.0.0.1:{broker.prom_port}", s)
+            poller = BrokerPoller("default", ManagementReader(broker.management_url, s), depth_reader=depth)
+            poller.register("uid", vhost, "dq", 1.0)
+            for _ in range(100):  # the quorum queue's next stats tick (1 s here)
+                snap = await poller.poll_once()
+                m = snap.queues.get((vhost, "dq"))
+                if m is not None and (m.ready, m.unacked, m.consumers) == (7, 2, 1):
+                    break
+                await asyncio.sleep(0.1)
+            assert m is not None and (m.ready, m.unacked, m.consumers) == (7, 2, 1), m
+            assert snap.error is None and snap.calls == 1  # one management API call; the depth read is separate
+            assert depth.calls >= 1
+            # the vhost filter holds on the Prometheus side too: only this vhost's queues
+            assert {v for v, _ in await depth.fetch(vhost)} == {vhost}
+            for _ in range(60):  # rates still come from the management API
+                if m.published >= 9:
+                    break
+                await asyncio.sleep(0.2)
+                m = (await poller.poll_once()).queues[(vhost, "dq")]
+            assert m.published == 9
+    finally:
+        await asyncio.to_thread(conn.close)
+
+
+async def test_unreachable_prometheus_endpoint_falls_back_to_management_depth(broker, vhost, amqp_url) -> None:
+    conn = await asyncio.to_thread(hold_two_unacked, amqp_url, 3)
+    try:
+        async with aiohttp.ClientSession() as s:
+            down = PrometheusDepthReader(f"http://127.0.0.1:{free_port()}", s)
+            poller = BrokerPoller("default", ManagementReader(broker.management_url, s), depth_reader=down)
+            poller.register("uid", vhost, "dq", 1.0)
+            for _ in range(100):
+                snap = await poller.poll_once()
+                m = snap.queues.get((vhost, "dq"))
+                if m is not None and (m.ready, m.unacked) == (3, 2):
+                    break
+                await asyncio.sleep(0.1)
+            assert snap.error is None, snap.error  # scaling goes on from the management API's figures
+            assert m is not None and (m.ready, m.unacked, m.consumers) == (3, 2, 1), m
+            assert down.calls >= 1
+    finally:
+        await asyncio.to_thread(conn.close)

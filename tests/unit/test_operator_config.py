@@ -19,3 +19,19 @@ def test_brokers_from_env_and_file(tmp_path: Path) -> None:
 def test_bad_broker_entry_is_refused() -> None:
     with pytest.raises(ValueError, match="name=http"):
         Settings(brokers="just-a-url").broker_urls()
+
+
+def test_prometheus_endpoints_per_broker() -> None:
+    s = Settings(
+        rabbitmq_management_url="http://a:b@main:15672",
+        brokers="eu=http://u:p@eu:15672",
+        rabbitmq_prometheus_url="http://main:15692",
+        brokers_prometheus="eu=http://eu:15692",
+    )
+    assert s.prometheus_urls() == {"default": "http://main:15692", "eu": "http://eu:15692"}
+    assert Settings().prometheus_urls() == {}  # optional: depth then comes from the management API
+
+
+def test_prometheus_endpoint_for_an_unknown_broker_is_refused() -> None:
+    with pytest.raises(ValueError, match="not in QW_BROKERS: us"):
+        Settings(brokers_prometheus="us=http://us:15692").prometheus_urls()

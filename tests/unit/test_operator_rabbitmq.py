@@ -12,7 +12,16 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from qw_operator.rabbitmq import BrokerError, BrokerPoller, ManagementReader, parse_queue, split_credentials
+from qw_operator.rabbitmq import (
+    BrokerError,
+    BrokerPoller,
+    ManagementReader,
+    QueueMetrics,
+    parse_prometheus_depth,
+    parse_queue,
+    split_credentials,
+    with_depth,
+)
 
 
 def queue_item(vhost: str, name: str, ready: int = 0) -> dict[str, Any]:
@@ -192,3 +201,29 @@ def test_rates_are_held_between_stats_emissions() -> None:
     # Moving counters always take the broker's new rates
     moved = {k: QueueMetrics(12, 0, 1, 7.0, 3.0, published=130, acked=95)}
     assert hold_rates(state, moved, 17.0)[k][0].publish_rate == 7.0
+
+
+PROM = r"""# TYPE rabbitmq_detailed_queue_messages_ready gauge
+rabbitmq_detailed_queue_messages_ready{vhost="/",queue="qw.email"} 120
+rabbitmq_detailed_queue_messages_ready{vhost="shop",queue="odd \"name\" \\ x"} 3
+rabbitmq_detailed_queue_messages_unacked{vhost="/",queue="qw.email"} 8
+rabbitmq_detailed_queue_messages{vhost="/",queue="qw.email"} 128
+rabbitmq_detailed_queue_consumers{vhost="/",queue="qw.email"} 4
+rabbitmq_detailed_queue_process_reductions_total{vhost="/",queue="qw.email"} 99
+"""
+
+
+def test_prometheus_depth_parses_ready_unacked_consumers_and_escaped_names() -> None:
+    depth = parse_prometheus_depth(PROM)
+    assert depth == {("/", "qw.email"): (120, 8, 4), ("shop", 'odd "name" \\ x'): (3, 0, 0)}
+
+
+def test_with_depth_replaces_depth_and_keeps_rates() -> None:
+    mgmt = {
+        ("/", "qw.email"): QueueMetrics(100, 0, 3, 12.5, 10.0, 500, 400),
+        ("/", "other"): QueueMetrics(1, 0, 0, 0, 0),
+    }
+    merged = with_depth(mgmt, {("/", "qw.email"): (120, 8, 4), ("/", "new"): (5, 0, 0)})
+    assert merged[("/", "qw.email")] == QueueMetrics(120, 8, 4, 12.5, 10.0, 500, 400)
+    assert merged[("/", "other")] == mgmt[("/", "other")]  # only the management API knows it: kept as is
+    assert merged[("/", "new")] == QueueMetrics(5, 0, 0, 0.0, 0.0)  # declared after the API's last stats

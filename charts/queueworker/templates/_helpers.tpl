@@ -81,6 +81,10 @@ for the operator only (each process gets just the credentials it uses). */}}
     secretKeyRef:
       name: {{ include "queueworker.rabbitmqSecret" . }}
       key: {{ .Values.rabbitmq.managementUrlKey }}
+{{- with .Values.rabbitmq.prometheusUrl }}
+- name: QW_RABBITMQ_PROMETHEUS_URL
+  value: {{ . | quote }}
+{{- end }}
 {{- end }}
 
 {{- define "queueworker.rabbitmqSecret" -}}
