@@ -24,7 +24,7 @@ BENCHES: dict[str, list[str]] = {
     "workers": [PY, "bench/bench_workers.py", "--images", "200"],
     "workers-concurrency-2": [PY, "bench/bench_workers.py", "--images", "200", "--concurrency", "2"],
     "operator": [PY, "bench/bench_operator.py"],
-    "reaction": [PY, "bench/bench_reaction.py", "--bursts", "12"],
+    "reaction": [PY, "bench/bench_reaction.py", "--bursts", "20"],
     "policy-replay": [PY, "-m", "bench.replay"],
 }
 
