@@ -318,6 +318,7 @@ def test_with_faults_every_task_ends_succeeded_or_dead_with_a_reason_and_no_mail
     assert set(statuses) <= {"succeeded", "dead"}, statuses  # nothing lost, nothing stuck
     dead = [r for r in records.values() if r.status == "dead"]
     assert all(r.error for r in dead), [r.task_id for r in dead if not r.error]  # dead always says why
+    assert all("avoid a duplicate" in str(r.error) for r in dead), [r.error for r in dead]  # the in-doubt send
     # Only a task whose send was in flight when its worker was SIGKILLed may be in doubt; with one task at a time
     # per worker, that is at most one per kill. Everything else succeeded.
     assert len(dead) <= len(run["kills"]), [(r.task_id, r.error) for r in dead]

@@ -157,7 +157,10 @@ def handle(task: TaskMessage, ctx: TaskContext) -> None:
         ctx.log.info("email already sent for this task; not sending again")
         return None
     if claim == "busy":
-        raise RetryableError("another attempt holds the send claim for this email")
+        raise RetryableError(
+            "an earlier attempt claimed this email's send and did not finish (it may have sent it before it died); "
+            "not sending again, to avoid a duplicate"
+        )
     try:
         deliver(msg, str(payload.to), ctx.settings)
     except SmtpFailure as failure:
