@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -18,6 +19,15 @@ class ImageInfo:
     format: str
     width: int
     height: int
+
+
+def draft_size(size: tuple[int, int], box: tuple[int, int], gap: float = 2.0) -> tuple[int, int]:
+    """The smallest decode size that keeps `gap` times the final fitted size on each side, in whichever
+    orientation the image ends up (EXIF may rotate it by 90 degrees): what thumbnail()'s reducing_gap does."""
+    w, h = size
+    bw, bh = box
+    scale = min(1.0, max(min(bw / w, bh / h), min(bw / h, bh / w)))
+    return max(1, math.ceil(gap * scale * w)), max(1, math.ceil(gap * scale * h))
 
 
 def open_image(
@@ -45,8 +55,7 @@ def open_image(
             if w * h > max_pixels:
                 raise ImageRejected(f"the image is {w}x{h} pixels; the limit is {max_pixels} pixels")
             if shrink_to is not None and img.format == "JPEG":
-                side = 2 * max(shrink_to)
-                img.draft(None, (side, side))
+                img.draft(None, draft_size((w, h), shrink_to))
             img.load()  # decode fully: catches truncated and corrupt files, and lazy bombs
         except ImageRejected:
             raise

@@ -45,3 +45,12 @@ def test_format_outside_the_allowed_list_is_refused():
 def test_too_many_pixels_is_refused_before_decoding():
     with pytest.raises(ImageRejected, match="limit"):
         identify(_png(200, 200), OK, 10_000)
+
+
+def test_draft_size_keeps_twice_the_fitted_size_in_either_orientation() -> None:
+    from qw_core.images import draft_size
+
+    assert draft_size((1024, 768), (256, 256)) == (512, 384)  # what thumbnail()'s reducing_gap=2 decodes
+    # a wide box: upright the image fits at 0.2, rotated at 0.1 -> keep enough for the larger one
+    assert draft_size((1000, 500), (320, 100)) == (400, 200)
+    assert draft_size((100, 80), (256, 256)) == (200, 160)  # never asks for less than the image when not shrinking

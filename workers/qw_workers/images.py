@@ -75,7 +75,7 @@ def transform_image(
     box = target_box(options, max_side)
     img = open_image(data, ACCEPTED, max_pixels, shrink_to=box)
     fmt = options.format or img.format or source_format
-    img = ImageOps.exif_transpose(img)  # the orientation tag becomes pixels
+    ImageOps.exif_transpose(img, in_place=True)  # the orientation tag becomes pixels (no copy when upright)
     img = _fit(img, box)
     if options.watermark:
         img = _watermark(img, options.watermark)
