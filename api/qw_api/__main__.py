@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import uvicorn
 from qw_core.logs import configure_logging
 from qw_core.settings import ApiSettings
@@ -12,8 +14,15 @@ from .main import create_app
 def main() -> None:
     settings = ApiSettings()
     configure_logging(settings.log_format, settings.log_level)
+    app = create_app(settings)
+    # Everything built so far lives for the whole process: keep it out of the collector's scans, and collect
+    # the young generation less often (each request allocates a few thousand short-lived objects).
+    # Measured with `python -m bench.publish`: +12-20 % confirmed tasks/s at 64 connections.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 1000)
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.api_host,
         port=settings.api_port,
         log_config=None,
