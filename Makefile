@@ -58,7 +58,7 @@ fmt: deps
 bench: deps cluster-bin
 	$(PY) -m bench $(BENCH_ARGS)
 
-# The closed loop at 10,000 tasks, plus the same burst at fixed min replicas for comparison (~25 min here).
+# The closed loop at 10,000 tasks (5,000 with faults), plus the same burst at fixed min replicas (~15 min here).
 SOAK_TASKS ?= 10000
 soak: deps cluster-bin
 	QW_CLOSED_LOOP_TASKS=$(SOAK_TASKS) QW_CLOSED_LOOP_FIXED=1 $(PY) -m pytest -p no:cacheprovider -s tests/e2e/test_closed_loop.py
