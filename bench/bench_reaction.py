@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT / "tests" / "cluster"))
 sys.path.insert(0, str(ROOT))
 
 import cluster as control_plane  # noqa: E402
+from qw_operator.rabbitmq import parse_prometheus_depth  # noqa: E402
 from rabbitmq import Broker, free_broker_ports  # noqa: E402
 
 from tests.e2e.harness import drop_env, make_env, queueworker, stop  # noqa: E402
@@ -87,10 +88,8 @@ def main() -> int:
         def prom_ready() -> int:
             url = f"http://127.0.0.1:{broker.prom_port}/metrics/detailed?vhost={vq}&family=queue_coarse_metrics"
             with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310 - 127.0.0.1
-                for line in r.read().decode().splitlines():
-                    if line.startswith("rabbitmq_detailed_queue_messages_ready{") and 'queue="rt"' in line:
-                        return int(float(line.rsplit(" ", 1)[1]))
-            return 0
+                depth = parse_prometheus_depth(r.read().decode())  # the operator's own parser
+            return depth.get((ref.vhost, "rt"), (0, 0, 0))[0]
 
         probes = {
             "operator_prometheus_depth": lambda: (sides["prometheus"].replicas("rt-worker") or 0) >= 2,

@@ -26,7 +26,7 @@ from qw_core.settings import CommonSettings
 from qw_core.topology import queue_name
 
 from .policy import Decision, History, Observation, Policy, decide
-from .rabbitmq import ManagementReader, PrometheusDepthReader, with_depth
+from .rabbitmq import BrokerPoller, ManagementReader, PrometheusDepthReader
 
 log = logging.getLogger("qw_operator.local")
 
@@ -98,21 +98,21 @@ async def run(kinds: list[str], interval: float, stop: asyncio.Event) -> None:
     pools = {k: ProcessPool(k, int(env.get("QW_LOCAL_BASE_PORT", 9300)) + 100 * i, env) for i, k in enumerate(kinds)}
     history = {k: History() for k in kinds}
     async with aiohttp.ClientSession() as session:
-        reader = ManagementReader(settings.rabbitmq_management_url.get_secret_value(), session)
+        # The operator's own poller: one batched read per tick, Prometheus depth when configured (falling back to
+        # the management API's), rates held between stats emissions.
         prom = env.get("QW_RABBITMQ_PROMETHEUS_URL", "").strip()
-        depth_reader = PrometheusDepthReader(prom, session) if prom else None
+        poller = BrokerPoller(
+            "local",
+            ManagementReader(settings.rabbitmq_management_url.get_secret_value(), session),
+            interval,
+            depth_reader=PrometheusDepthReader(prom, session) if prom else None,
+        )
+        for kind in kinds:
+            poller.register(kind, vhost, queue_name(kind), interval)
         try:
             while not stop.is_set():
-                try:
-                    queues = await reader.fetch(vhost)
-                except Exception as exc:  # hold replicas on a failed read, as the operator does
-                    log.warning("management API read failed: %s", exc)
-                    queues = None
-                if queues is not None and depth_reader is not None:
-                    try:  # fresher depth, as the operator reads it when configured so
-                        queues = with_depth(queues, await depth_reader.fetch(vhost))
-                    except Exception as exc:
-                        log.warning("Prometheus endpoint read failed, using management API depth: %s", exc)
+                snap = await poller.poll_once()
+                queues = None if snap.error else snap.queues  # a failed read holds replicas, as the operator does
                 for kind, pool in pools.items():
                     m = queues.get((vhost, queue_name(kind))) if queues is not None else None
                     obs = (
