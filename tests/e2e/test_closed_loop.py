@@ -37,7 +37,7 @@ from rabbitmq import Broker, free_broker_ports
 
 from tests.e2e.harness import ROOT, Env, drop_env, make_env, queueworker, stop, wait_for
 from tests.support.smtp import smtp_server
-from tests.support.util import free_port
+from tests.support.util import free_port, http_ok
 from tests.support.workers import WorkerProcess, worker_env
 
 pytestmark = pytest.mark.e2e
@@ -137,18 +137,11 @@ def api_process(env: Env, database_url: str, storage: Path, log: Path, tenant: s
                                 stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_for("the API", lambda: _ready(base) or proc.poll() is not None, 60)
+        wait_for("the API", lambda: http_ok(base + "/readyz") or proc.poll() is not None, 60)
         assert proc.poll() is None, log.read_text()[-3000:]
         yield base
     finally:
         stop(proc)
-
-
-def _ready(base: str) -> bool:
-    try:
-        return httpx.get(base + "/readyz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def submit(base: str, n: int, tenant: str) -> list[str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from qw_core.store import open_store
 
-from tests.support.util import free_port, wait_until
+from tests.support.util import free_port, http_ok, wait_until
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,9 +42,7 @@ def test_demo_uploads_a_batch_and_watches_workers_scale_up_drain_and_scale_down(
     dev = subprocess.Popen([sys.executable, "scripts/dev.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
     try:
-        import httpx
-
-        wait_until(lambda: _ok(f"http://127.0.0.1:{api_port}/readyz", httpx), 60, 0.3, what="make dev's API")
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{api_port}/readyz"), 60, 0.3, what="make dev's API")
         demo = subprocess.run(
             [sys.executable, "scripts/demo.py", "--count", "60", "--size", "640x480", "--every", "0.5",
              "--timeout", "240"],
@@ -63,10 +61,3 @@ def test_demo_uploads_a_batch_and_watches_workers_scale_up_drain_and_scale_down(
     store = open_store(db)
     assert store.counts() == {"succeeded": 60}
     assert dev.returncode == 0, dev_out[-3000:]
-
-
-def _ok(url: str, httpx) -> bool:  # type: ignore[no-untyped-def]
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False

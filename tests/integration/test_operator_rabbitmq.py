@@ -10,7 +10,7 @@ import time
 import aiohttp
 import pika
 import pytest
-from qw_operator.rabbitmq import BrokerError, BrokerPoller, ManagementReader, PrometheusDepthReader
+from qw_operator.rabbitmq import BrokerError, BrokerPoller, ManagementReader, PrometheusDepthReader, Snapshot
 
 from tests.support.util import free_port
 
@@ -89,6 +89,18 @@ def hold_two_unacked(amqp_url: str, ready: int) -> pika.BlockingConnection:
     return conn
 
 
+async def poll_until_depth(poller: BrokerPoller, key: tuple[str, str], want: tuple[int, int, int]) -> Snapshot:
+    """Poll until the queue shows (ready, unacked, consumers) == want (stats arrive on the broker's ticks, and
+    the management API learns of consumers and of messages on separate schedules); the last snapshot if never."""
+    for _ in range(100):
+        snap = await poller.poll_once()
+        m = snap.queues.get(key)
+        if m is not None and (m.ready, m.unacked, m.consumers) == want:
+            break
+        await asyncio.sleep(0.1)
+    return snap
+
+
 async def test_depth_from_the_prometheus_endpoint_with_rates_from_the_management_api(broker, vhost, amqp_url) -> None:
     conn = await asyncio.to_thread(hold_two_unacked, amqp_url, 7)
     try:
@@ -96,12 +108,8 @@ async def test_depth_from_the_prometheus_endpoint_with_rates_from_the_management
             depth = PrometheusDepthReader(f"http://127.0.0.1:{broker.prom_port}", s)
             poller = BrokerPoller("default", ManagementReader(broker.management_url, s), depth_reader=depth)
             poller.register("uid", vhost, "dq", 1.0)
-            for _ in range(100):  # the quorum queue's next stats tick (1 s here)
-                snap = await poller.poll_once()
-                m = snap.queues.get((vhost, "dq"))
-                if m is not None and (m.ready, m.unacked, m.consumers) == (7, 2, 1):
-                    break
-                await asyncio.sleep(0.1)
+            snap = await poll_until_depth(poller, (vhost, "dq"), (7, 2, 1))
+            m = snap.queues.get((vhost, "dq"))
             assert m is not None and (m.ready, m.unacked, m.consumers) == (7, 2, 1), m
             assert snap.error is None and snap.calls == 1  # one management API call; the depth read is separate
             assert depth.calls >= 1
@@ -124,12 +132,8 @@ async def test_unreachable_prometheus_endpoint_falls_back_to_management_depth(br
             down = PrometheusDepthReader(f"http://127.0.0.1:{free_port()}", s)
             poller = BrokerPoller("default", ManagementReader(broker.management_url, s), depth_reader=down)
             poller.register("uid", vhost, "dq", 1.0)
-            for _ in range(100):
-                snap = await poller.poll_once()
-                m = snap.queues.get((vhost, "dq"))
-                if m is not None and (m.ready, m.unacked, m.consumers) == (3, 2, 1):
-                    break  # (the API learns of consumers and of messages on separate schedules)
-                await asyncio.sleep(0.1)
+            snap = await poll_until_depth(poller, (vhost, "dq"), (3, 2, 1))
+            m = snap.queues.get((vhost, "dq"))
             assert snap.error is None, snap.error  # scaling goes on from the management API's figures
             assert m is not None and (m.ready, m.unacked, m.consumers) == (3, 2, 1), m
             assert down.calls >= 1

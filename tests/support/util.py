@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -25,3 +27,12 @@ def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: floa
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def http_ok(url: str) -> bool:
+    """True when GET `url` answers 200 (e.g. a service's /readyz); False on any other answer or no answer."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 - test services on 127.0.0.1
+            return bool(r.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
