@@ -1,4 +1,9 @@
-"""Shared fixtures: a real RabbitMQ (one per session, a fresh vhost per test) and a real PostgreSQL."""
+"""Shared fixtures: a real RabbitMQ (one per session, a fresh vhost per test) and a real PostgreSQL.
+
+The broker matrix: `broker` is the host's RabbitMQ 3.10; `broker4` is RabbitMQ 4.x as the official image ships it
+(management metrics collector off, every deprecated feature denied), started once per session on free ports. A
+module marked `pytest.mark.broker_matrix` runs each of its tests on both (`vhost` and `amqp_url` follow).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from postgres import Postgres  # noqa: E402
-from rabbitmq import Broker  # noqa: E402
+from rabbitmq import Broker, Broker4, free_broker_ports  # noqa: E402
 
 
 def _need(what: str, exc: BaseException) -> None:
@@ -26,7 +31,7 @@ def _need(what: str, exc: BaseException) -> None:
 
 
 @pytest.fixture(scope="session")
-def broker() -> Iterator[Broker]:
+def broker310() -> Iterator[Broker]:
     b = Broker()
     try:
         started = b.start()
@@ -35,6 +40,32 @@ def broker() -> Iterator[Broker]:
     yield b
     if started and not os.environ.get("QW_KEEP_SERVICES"):
         b.stop()
+
+
+BROKERS = {"rabbitmq3.10": "broker310", "rabbitmq4": "broker4"}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("broker_matrix") and "broker" in metafunc.fixturenames:
+        metafunc.parametrize("broker", list(BROKERS), indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def broker(request: pytest.FixtureRequest) -> Broker:
+    """The host's RabbitMQ 3.10, or in a `broker_matrix` module each of the brokers in turn."""
+    return request.getfixturevalue(BROKERS[getattr(request, "param", "rabbitmq3.10")])  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="session")
+def broker4(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker4]:
+    amqp, mgmt, prom = free_broker_ports()
+    b = Broker4(name="qwtest4", port=amqp, mgmt_port=mgmt, prom_port=prom, base=tmp_path_factory.mktemp("rmq4"))
+    try:
+        b.start()
+    except (SystemExit, TimeoutError, OSError) as exc:
+        _need("RabbitMQ 4.x", exc)
+    yield b
+    b.destroy()
 
 
 @pytest.fixture

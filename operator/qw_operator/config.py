@@ -28,22 +28,33 @@ class Settings(OperatorSettings):
     watch_client_timeout: int = 330
 
     # Optional, per broker: its rabbitmq_prometheus endpoint (e.g. http://rabbitmq:15692). When set, queue depth
-    # comes from the per-object metrics there (~2.5 s fresher than the management API); rates stay on the API.
+    # comes from the per-object metrics there (~2.5 s fresher than the management API), and on RabbitMQ 4.x the
+    # rates too (its per-queue counters), so a 4.x broker with the management metrics collector off (the official
+    # image) needs it. On a cluster, every node's endpoint: comma-separated here, `|`-separated in
+    # QW_BROKERS_PROMETHEUS, or one name that resolves to every node (a headless Service).
     rabbitmq_prometheus_url: str = ""  # the `default` broker's
     brokers_prometheus: str = ""  # "name=url,..." or "@/path", like QW_BROKERS
 
     def broker_urls(self) -> dict[str, str]:
-        urls = {"default": self.rabbitmq_management_url.get_secret_value()}
+        """Management URLs per broker; several nodes of one broker as `url1|url2` (read through the first that
+        answers). QW_RABBITMQ_MANAGEMENT_URL may list them comma-separated."""
+        urls = {"default": _nodes(self.rabbitmq_management_url.get_secret_value())}
         urls.update(_named_urls(self.brokers.get_secret_value(), "QW_BROKERS", "http://user:pass@host:15672"))
         return urls
 
     def prometheus_urls(self) -> dict[str, str]:
-        urls = {"default": self.rabbitmq_prometheus_url.strip()} if self.rabbitmq_prometheus_url.strip() else {}
+        prom = _nodes(self.rabbitmq_prometheus_url)
+        urls = {"default": prom} if prom else {}
         urls.update(_named_urls(self.brokers_prometheus, "QW_BROKERS_PROMETHEUS", "http://host:15692"))
         unknown = set(urls) - set(self.broker_urls())
         if unknown:
             raise ValueError(f"QW_BROKERS_PROMETHEUS names brokers not in QW_BROKERS: {', '.join(sorted(unknown))}")
         return urls
+
+
+def _nodes(raw: str) -> str:
+    """`url1, url2` -> `url1|url2`: the nodes of one broker."""
+    return "|".join(u.strip() for u in raw.replace("|", ",").split(",") if u.strip())
 
 
 def _named_urls(raw: str, setting: str, example: str) -> dict[str, str]:

@@ -127,7 +127,7 @@ SPEC = _obj(
 )
 
 CONDITION = _obj(
-    "A standard condition: Ready, Active, BrokerReachable or ScalingLimited.",
+    "A standard condition: Ready, Active, BrokerReachable, MetricsAvailable or ScalingLimited.",
     {
         "type": _str("Condition type."),
         "status": _str("True, False or Unknown.", enum=["True", "False", "Unknown"]),
@@ -150,8 +150,16 @@ STATUS = _obj(
                 "ready": _int("Messages ready."),
                 "unacked": _int("Messages delivered, not yet acknowledged."),
                 "consumers": _int("Consumers on the queue."),
-                "publishRate": _num("Messages published per second."),
-                "ackRate": _num("Messages acknowledged per second."),
+                "publishRate": _num("Messages published per second (absent while no source has a rate)."),
+                "ackRate": _num("Messages acknowledged per second (absent while no source has a rate)."),
+                "depthSource": _str(
+                    "Where ready/unacked/consumers came from: the broker's Prometheus endpoint or its management API.",
+                    enum=["Prometheus", "ManagementAPI"],
+                ),
+                "rateSource": _str(
+                    "Where the rates came from: Prometheus per-queue counters (RabbitMQ 4.x) or the management API.",
+                    enum=["Prometheus", "ManagementAPI"],
+                ),
             },
         ),
         "lastScaleTime": _str("When replicas were last changed.", format="date-time"),
@@ -161,7 +169,7 @@ STATUS = _obj(
         "consecutiveFailures": _int("Consecutive failed metric reads."),
         "conditions": {
             "type": "array",
-            "description": "Ready, Active, BrokerReachable, ScalingLimited.",
+            "description": "Ready, Active, BrokerReachable, MetricsAvailable (depth known, whence), ScalingLimited.",
             "items": CONDITION,
             "x-kubernetes-list-type": "map",
             "x-kubernetes-list-map-keys": ["type"],
@@ -205,6 +213,12 @@ def queueworker_crd() -> dict[str, Any]:
                         {"name": "Ready", "type": "integer", "jsonPath": ".status.queue.ready"},
                         {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
                         {"name": "Desired", "type": "integer", "jsonPath": ".status.desiredReplicas"},
+                        {
+                            "name": "Depth-From",
+                            "type": "string",
+                            "jsonPath": ".status.queue.depthSource",
+                            "priority": 1,
+                        },  # fmt: skip
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                     ],
                     "schema": {

@@ -26,7 +26,7 @@ from qw_core.settings import CommonSettings
 from qw_core.topology import queue_name
 
 from .policy import Decision, History, Observation, Policy, decide
-from .rabbitmq import BrokerPoller, ManagementReader, PrometheusDepthReader
+from .rabbitmq import BrokerPoller, ManagementReader, PrometheusReader
 
 log = logging.getLogger("qw_operator.local")
 
@@ -105,7 +105,7 @@ async def run(kinds: list[str], interval: float, stop: asyncio.Event) -> None:
             "local",
             ManagementReader(settings.rabbitmq_management_url.get_secret_value(), session),
             interval,
-            depth_reader=PrometheusDepthReader(prom, session) if prom else None,
+            depth_reader=PrometheusReader(prom, session) if prom else None,
         )
         for kind in kinds:
             poller.register(kind, vhost, queue_name(kind), interval)

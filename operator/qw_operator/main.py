@@ -16,7 +16,7 @@ from qw_operator import reconcile
 from qw_operator.config import Settings
 from qw_operator.crd import GROUP, PLURAL, VERSION
 from qw_operator.metrics import OperatorMetrics
-from qw_operator.rabbitmq import BrokerPoller, Brokers, ManagementReader, PrometheusDepthReader
+from qw_operator.rabbitmq import BrokerPoller, Brokers, ManagementReader, PrometheusReader
 from qw_operator.scaler import Kube, owned_deployment
 
 RESOURCE = (GROUP, VERSION, PLURAL)
@@ -56,7 +56,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
             ManagementReader(url, session, cfg.management_timeout),
             cfg.default_interval,
             metrics.broker_result,
-            depth_reader=PrometheusDepthReader(prom[name], session, cfg.management_timeout) if name in prom else None,
+            depth_reader=PrometheusReader(prom[name], session, cfg.management_timeout) if name in prom else None,
         )
         for name, url in cfg.broker_urls().items()
     }

@@ -79,8 +79,8 @@ class Observation:
     ready: int
     unacked: int
     consumers: int = 0
-    publish_rate: float = 0.0
-    ack_rate: float = 0.0
+    publish_rate: float | None = 0.0  # None: unknown (no source has a rate yet); never read as 0 for scale-to-zero
+    ack_rate: float | None = 0.0
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ def _record(
 def _measure_ack_rate(obs: Observation, current: int, known: float | None) -> float | None:
     """Per-replica capacity in acks/s, measured only while every replica is up (consumers >= replicas) and
     saturated (messages wait in `ready`): an idle or half-started fleet would understate it. Smoothed (EWMA)."""
-    if current > 0 and obs.consumers >= current and obs.ack_rate > 0 and obs.ready > 0:
+    if current > 0 and obs.consumers >= current and obs.ack_rate and obs.ready > 0:
         sample = obs.ack_rate / current
         return sample if known is None else 0.5 * known + 0.5 * sample
     return known
@@ -151,7 +151,8 @@ def decide(policy: Policy, obs: Observation | None, history: History, current: i
         )
 
     backlog = obs.ready + (obs.unacked if policy.count_unacked else 0)
-    active = obs.ready > 0 or obs.unacked > 0 or obs.publish_rate > 0
+    publish_rate = obs.publish_rate or 0.0
+    active = obs.ready > 0 or obs.unacked > 0 or publish_rate > 0
     last_active = now if active else history.last_active
     ack_rate = _measure_ack_rate(obs, current, history.per_replica_ack_rate)
 
@@ -159,9 +160,9 @@ def decide(policy: Policy, obs: Observation | None, history: History, current: i
     exact = backlog / policy.messages_per_replica
     why = f"backlog {backlog} / {policy.messages_per_replica} per replica"
     if policy.mode == "DrainTime" and ack_rate:
-        exact = (obs.publish_rate + backlog / policy.target_drain_seconds) / ack_rate
+        exact = (publish_rate + backlog / policy.target_drain_seconds) / ack_rate
         why = (
-            f"(publish {obs.publish_rate:.1f}/s + backlog {backlog} / {policy.target_drain_seconds:g}s)"
+            f"(publish {publish_rate:.1f}/s + backlog {backlog} / {policy.target_drain_seconds:g}s)"
             f" / {ack_rate:.2f} acks/s per replica"
         )
     elif policy.mode == "DrainTime":
@@ -185,7 +186,10 @@ def decide(policy: Policy, obs: Observation | None, history: History, current: i
         why = f"Activate: backlog {backlog}"
     elif current > 0 and rec == 0:
         idle_for = math.inf if last_active is None else now - last_active
-        if policy.min_replicas == 0 and idle_for >= policy.cooldown_seconds:
+        if policy.min_replicas == 0 and idle_for >= policy.cooldown_seconds and obs.publish_rate is None:
+            rec = 1  # an empty queue with consumers may be drained as fast as it fills: idle needs a rate
+            why = "Cooldown: queue empty but its publish rate is unknown yet, keeping 1"
+        elif policy.min_replicas == 0 and idle_for >= policy.cooldown_seconds:
             to_zero = True
             why = f"Cooldown: idle for {_fmt(idle_for)} >= {policy.cooldown_seconds:g}s"
         else:
@@ -196,10 +200,10 @@ def decide(policy: Policy, obs: Observation | None, history: History, current: i
     # 4b. keep-up guard: never scale down below what the current arrivals need at the measured capacity,
     # or the backlog regrows and the next tick scales straight back up (the QueueLength flap).
     if ack_rate and rec < current and not to_zero:
-        keep_up = min(current, math.ceil(obs.publish_rate / ack_rate - 1e-9))
+        keep_up = min(current, math.ceil(publish_rate / ack_rate - 1e-9))
         if keep_up > rec:
             rec = keep_up
-            why += f"; keep-up guard {keep_up} (publish {obs.publish_rate:.1f}/s at {ack_rate:.2f}/s per replica)"
+            why += f"; keep-up guard {keep_up} (publish {publish_rate:.1f}/s at {ack_rate:.2f}/s per replica)"
 
     # 5. clamp
     limited = False

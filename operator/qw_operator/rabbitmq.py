@@ -1,30 +1,41 @@
-"""Queue metrics from the RabbitMQ management API: one batched, paginated read per broker per tick.
+"""Queue metrics for the operator: one batched read per broker per tick, shared by every QueueWorker on it.
 
-`ManagementReader` does the HTTP (one `GET /api/queues?page=N&page_size=500&columns=...` per page, following
-`page_count`); `BrokerPoller` runs one asyncio task per broker that refreshes a `Snapshot` every interval
-while any QueueWorker is registered, and lets the per-QueueWorker ticks wait for a fresh one. A QueueWorker
-never calls the broker itself, so N QueueWorkers on one broker cost ceil(queues / 500) calls per tick, not N.
+`ManagementReader` reads the management API (one `GET /api/queues?page=N&page_size=500&columns=...` per page,
+following `page_count`, failing over between the nodes it is given). `PrometheusReader` (prometheus.py, optional
+per broker) reads every node's rabbitmq_prometheus per-object endpoint. `BrokerPoller` runs one asyncio task per
+broker that refreshes a `Snapshot` every interval while any QueueWorker is registered, and lets the
+per-QueueWorker ticks wait for a fresh one. A QueueWorker never calls the broker itself, so N QueueWorkers on one
+broker cost ceil(queues / 500) + nodes calls per tick, not N.
 
-`PrometheusDepthReader` (optional, per broker) reads ready/unacked/consumers of every queue from the
-rabbitmq_prometheus per-object endpoint in one more GET per tick. Those numbers come straight from the queues'
-own metrics tables, about 2.5 s fresher than the management API's aggregated copy (measured here: a burst shows
-there after ~1.0 s vs ~3.5 s with 1 s stats and quorum ticks); rates still come from the management API.
+Where each figure comes from, per queue and per tick (the QueueWorker's status names it):
+- depth (ready, unacked, consumers): the Prometheus endpoint when configured and it reports the queue (fresher);
+  else the management API, if it has depth.
+- rates: the Prometheus per-queue counters where the broker has them (4.x); else the management API's rates.
+- A queue the broker lists without depth (RabbitMQ 4.x with the management metrics collector off, as the
+  official image ships it, and no Prometheus endpoint configured) is *unknown*, never empty: its QueueWorker
+  holds its replicas (or falls back) and says why. A rate no source has yet is None, never 0.
+When the Prometheus endpoint gives depth and counters for every queue (4.x), the management API is not read at
+all; it is read again as soon as a Prometheus read fails.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
 import logging
-import re
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+
+from qw_operator.endpoints import BrokerError, endpoint_list, split_credentials
+from qw_operator.prometheus import CounterRates, PrometheusReader, Scrape, merge_depth, parse_prometheus_depth
+
+__all__ = ["BrokerError", "BrokerPoller", "Brokers", "ManagementReader", "PrometheusReader", "QueueMetrics",
+           "Snapshot", "parse_prometheus_depth", "parse_queue", "split_credentials"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +55,7 @@ COLUMNS = ",".join(
 )
 
 QueueKey = tuple[str, str]  # (vhost, queue)
-
-
-class BrokerError(Exception):
-    """The management API could not be read (connection, HTTP status, timeout or an unexpected body)."""
+PROMETHEUS, MANAGEMENT = "Prometheus", "ManagementAPI"  # sources, as the status names them
 
 
 @dataclass(frozen=True)
@@ -55,10 +63,12 @@ class QueueMetrics:
     ready: int
     unacked: int
     consumers: int
-    publish_rate: float
-    ack_rate: float
-    published: int = 0  # cumulative counters: they tell a fresh stats sample from a repeated one
+    publish_rate: float | None  # None: no source has a rate for this queue (yet)
+    ack_rate: float | None
+    published: int = 0  # the management API's cumulative counters: they tell a fresh stats sample from a repeat
     acked: int = 0
+    depth_source: str = MANAGEMENT
+    rate_source: str | None = MANAGEMENT
 
 
 @dataclass(frozen=True)
@@ -69,14 +79,21 @@ class Snapshot:
     fetched_at: float  # epoch seconds
     queues: Mapping[QueueKey, QueueMetrics] = field(default_factory=dict)
     error: str | None = None
-    calls: int = 0  # HTTP requests this poll took (pages)
+    calls: int = 0  # HTTP requests this poll took (pages and endpoints)
+    unknown: Mapping[QueueKey, str] = field(default_factory=dict)  # listed by the broker without depth: why
 
 
-def parse_queue(item: Mapping[str, Any]) -> tuple[QueueKey, QueueMetrics]:
+def parse_queue(item: Mapping[str, Any]) -> tuple[QueueKey, QueueMetrics | None]:
+    """One /api/queues item. None when it has no depth: the management metrics collector is off (RabbitMQ 4.x's
+    official image) or has not emitted stats for a new queue yet. Missing `message_stats` alongside a depth is a
+    queue nothing was published to yet: rates 0."""
+    key = (str(item["vhost"]), str(item["name"]))
+    if item.get("messages_ready") is None or item.get("messages_unacknowledged") is None:
+        return key, None
     stats = item.get("message_stats") or {}
-    return (str(item["vhost"]), str(item["name"])), QueueMetrics(
-        ready=int(item.get("messages_ready") or 0),
-        unacked=int(item.get("messages_unacknowledged") or 0),
+    return key, QueueMetrics(
+        ready=int(item["messages_ready"]),
+        unacked=int(item["messages_unacknowledged"]),
         consumers=int(item.get("consumers") or 0),
         publish_rate=float((stats.get("publish_details") or {}).get("rate") or 0.0),
         ack_rate=float((stats.get("ack_details") or {}).get("rate") or 0.0),
@@ -103,132 +120,93 @@ def hold_rates(
         prev = previous.get(key)
         if prev is not None and (prev[0].published, prev[0].acked) == (m.published, m.acked):
             if now - prev[1] < RATE_HOLD_SECONDS:
-                m = QueueMetrics(
-                    m.ready, m.unacked, m.consumers, prev[0].publish_rate, prev[0].ack_rate, m.published, m.acked
-                )
+                m = dataclasses.replace(m, publish_rate=prev[0].publish_rate, ack_rate=prev[0].ack_rate)
             out[key] = (m, prev[1])
         else:
             out[key] = (m, now)
     return out
 
 
-def split_credentials(url: str) -> tuple[str, dict[str, str]]:
-    """`http://user:pass@host:15672` -> (`http://host:15672`, Authorization header): credentials never reach a
-    log line or an error message."""
-    parts = urllib.parse.urlsplit(url)
-    auth: dict[str, str] = {}
-    if parts.username is not None:
-        pair = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
-        auth["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", "")), auth
-
-
 class ManagementReader:
-    """Reads every queue (optionally of one vhost) page by page. `calls` counts HTTP requests."""
+    """Reads every queue (optionally of one vhost) page by page. `calls` counts HTTP requests.
+
+    Given several nodes' URLs (`url1|url2|...` or a list), it reads through one and moves on to the next when
+    that one fails: any node's management API serves the whole cluster's queues.
+    """
 
     def __init__(
-        self, url: str, session: aiohttp.ClientSession, timeout: float = 10.0, page_size: int = PAGE_SIZE
+        self,
+        url: str | Sequence[str],
+        session: aiohttp.ClientSession,
+        timeout: float = 10.0,
+        page_size: int = PAGE_SIZE,
     ) -> None:
-        self.base, self._auth = split_credentials(url)
+        self._targets = [split_credentials(u) for u in endpoint_list(url if isinstance(url, str) else list(url))]
+        if not self._targets:
+            raise ValueError("ManagementReader needs at least one URL")
+        self._current = 0
         self._session = session
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self.page_size = page_size
         self.calls = 0
 
+    @property
+    def base(self) -> str:
+        return self._targets[self._current][0]
+
     async def _page(self, path: str, page: int) -> Mapping[str, Any]:
+        base, auth = self._targets[self._current]
         params = {"page": str(page), "page_size": str(self.page_size), "columns": COLUMNS}
         self.calls += 1
         try:
-            async with self._session.get(
-                self.base + path, params=params, headers=self._auth, timeout=self._timeout
-            ) as resp:
+            async with self._session.get(base + path, params=params, headers=auth, timeout=self._timeout) as resp:
                 if resp.status != 200:
                     body = (await resp.text())[:200]
                     raise BrokerError(f"GET {path} page {page}: HTTP {resp.status} {body}")
                 data = await resp.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise BrokerError(f"GET {self.base}{path}: {type(exc).__name__}: {exc}") from exc
+            raise BrokerError(f"GET {base}{path}: {type(exc).__name__}: {exc}") from exc
         if not isinstance(data, dict) or not isinstance(data.get("items"), list):
             raise BrokerError(f"GET {path}: not a paginated queue list")
         return data
 
-    async def fetch(self, vhost: str | None = None) -> dict[QueueKey, QueueMetrics]:
-        path = "/api/queues" if vhost is None else "/api/queues/" + urllib.parse.quote(vhost, safe="")
+    async def _fetch_one(self, path: str) -> dict[QueueKey, QueueMetrics | None]:
         first = await self._page(path, 1)
         page_count = int(first.get("page_count") or 0)
         # The first page tells how many there are; the rest are fetched together (latency of ~one page, not N).
         rest = await asyncio.gather(*(self._page(path, p) for p in range(2, page_count + 1)))
-        out: dict[QueueKey, QueueMetrics] = {}
+        out: dict[QueueKey, QueueMetrics | None] = {}
         for data in (first, *rest):
             for item in data["items"]:
                 key, metrics = parse_queue(item)
                 out[key] = metrics
         return out
 
-
-Depth = tuple[int, int, int]  # ready, unacked, consumers
-_SAMPLE = re.compile(r"^(rabbitmq_detailed_queue_(?:messages_ready|messages_unacked|consumers))\{(.*)\} (\S+)$")
-_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-_UNESCAPE = re.compile(r"\\(.)")
-_FIELD = {"rabbitmq_detailed_queue_messages_ready": 0, "rabbitmq_detailed_queue_messages_unacked": 1,
-          "rabbitmq_detailed_queue_consumers": 2}  # fmt: skip
-
-
-def parse_prometheus_depth(text: str) -> dict[QueueKey, Depth]:
-    """Per-queue ready/unacked/consumers from a /metrics/detailed answer (Prometheus text format)."""
-    acc: dict[QueueKey, list[int]] = {}
-    for line in text.splitlines():
-        m = _SAMPLE.match(line)
-        if m is None:
-            continue
-        labels = {k: _UNESCAPE.sub(lambda e: "\n" if e.group(1) == "n" else e.group(1), v)
-                  for k, v in _LABEL.findall(m.group(2))}  # fmt: skip
-        if "vhost" not in labels or "queue" not in labels:
-            continue
-        acc.setdefault((labels["vhost"], labels["queue"]), [0, 0, 0])[_FIELD[m.group(1)]] = int(float(m.group(3)))
-    return {k: (v[0], v[1], v[2]) for k, v in acc.items()}
+    async def fetch(self, vhost: str | None = None) -> dict[QueueKey, QueueMetrics | None]:
+        """Every queue; None for one listed without depth. Tries each node once, starting with the last good."""
+        path = "/api/queues" if vhost is None else "/api/queues/" + urllib.parse.quote(vhost, safe="")
+        errors: list[str] = []
+        for _ in self._targets:
+            try:
+                return await self._fetch_one(path)
+            except BrokerError as exc:
+                errors.append(str(exc))
+                if len(self._targets) > 1:
+                    self._current = (self._current + 1) % len(self._targets)
+        raise BrokerError("; ".join(errors))
 
 
-class PrometheusDepthReader:
-    """Every queue's depth and consumers from `GET /metrics/detailed?family=queue_coarse_metrics&family=
-    queue_consumer_count[&vhost=...]` (rabbitmq_prometheus, port 15692): one request per tick, any queue count."""
-
-    def __init__(self, url: str, session: aiohttp.ClientSession, timeout: float = 10.0) -> None:
-        self.base, self._auth = split_credentials(url)
-        self._session = session
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self.calls = 0
-
-    async def fetch(self, vhost: str | None = None) -> dict[QueueKey, Depth]:
-        params = [("family", "queue_coarse_metrics"), ("family", "queue_consumer_count")]
-        if vhost is not None:
-            params.append(("vhost", vhost))
-        self.calls += 1
-        try:
-            async with self._session.get(
-                self.base + "/metrics/detailed", params=params, headers=self._auth, timeout=self._timeout
-            ) as resp:
-                if resp.status != 200:
-                    raise BrokerError(f"GET /metrics/detailed: HTTP {resp.status} {(await resp.text())[:200]}")
-                text = await resp.text()
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise BrokerError(f"GET {self.base}/metrics/detailed: {type(exc).__name__}: {exc}") from exc
-        return parse_prometheus_depth(text)
-
-
-def with_depth(
-    queues: Mapping[QueueKey, QueueMetrics], depth: Mapping[QueueKey, Depth]
-) -> dict[QueueKey, QueueMetrics]:
-    """The management API's metrics with ready/unacked/consumers replaced by the fresher per-object figures; a
-    queue only one side knows keeps what that side says."""
-    out = dict(queues)
-    for key, (ready, unacked, consumers) in depth.items():
-        base = out.get(key) or QueueMetrics(0, 0, 0, 0.0, 0.0)
-        out[key] = dataclasses.replace(base, ready=ready, unacked=unacked, consumers=consumers)
-    return out
+COLLECTOR_OFF = (
+    "RabbitMQ lists queue {queue!r} without depth: its management metrics collector is off (RabbitMQ 4.x's "
+    "official image turns it off) or has not reported this new queue yet. Scaling holds until depth is known. "
+    "Give the operator the broker's Prometheus endpoint (QW_RABBITMQ_PROMETHEUS_URL, QW_BROKERS_PROMETHEUS or "
+    "the chart's rabbitmq.prometheusUrl, port 15692)"
+)
+NOT_ON_PROMETHEUS = (
+    "no Prometheus endpoint of the broker reports queue {queue!r}{failed}, and the management API lists it "
+    "without depth (metrics collector off). Scaling holds until depth is known; give the operator every node's "
+    "endpoint (url1|url2|..., or a headless Service name that resolves to all nodes)"
+)
 
 
 Clock = Callable[[], float]
@@ -248,12 +226,13 @@ class BrokerPoller:
         default_interval: float = 5.0,
         on_result: Callable[[str, float, BaseException | None], None] | None = None,
         clock: Clock = time.time,
-        depth_reader: PrometheusDepthReader | None = None,
+        depth_reader: PrometheusReader | None = None,
     ) -> None:
         self.name = name
         self.reader = reader
         self.depth_reader = depth_reader
         self._depth_failing = False
+        self._prometheus_complete = False  # the last Prometheus read had depth and counters: skip the API
         self.default_interval = default_interval
         self._on_result = on_result
         self._clock = clock
@@ -262,6 +241,7 @@ class BrokerPoller:
         self._wake = asyncio.Event()
         self.snapshot: Snapshot | None = None
         self._rates: dict[QueueKey, tuple[QueueMetrics, float]] = {}
+        self._counters = CounterRates()
 
     def register(self, uid: str, vhost: str, queue: str, interval: float) -> None:
         idle = not self._regs
@@ -284,29 +264,24 @@ class BrokerPoller:
         vhosts = {r[0] for r in self._regs.values()}
         return next(iter(vhosts)) if len(vhosts) == 1 else None
 
+    @property
+    def calls(self) -> int:
+        return self.reader.calls + (self.depth_reader.calls if self.depth_reader else 0)
+
     async def poll_once(self) -> Snapshot:
         seq = (self.snapshot.seq + 1) if self.snapshot else 1
-        before = self.reader.calls
+        before = self.calls
         started = time.perf_counter()
         error: BaseException | None = None
         try:
-            vhost = self._vhost_filter()
-            if self.depth_reader is None:
-                queues = await self.reader.fetch(vhost)
-            else:  # both reads at once: the tick takes as long as the slower one, not the sum
-                got, depth = await asyncio.gather(
-                    self.reader.fetch(vhost), self.depth_reader.fetch(vhost), return_exceptions=True
-                )
-                if isinstance(got, BaseException):
-                    raise got
-                queues = self._merge_depth(got, depth)
+            management, scrapes = await self._read(self._vhost_filter())
             now = self._clock()
-            self._rates = hold_rates(self._rates, queues, now)
-            snap = Snapshot(seq, now, {k: v[0] for k, v in self._rates.items()}, None, self.reader.calls - before)
+            queues, unknown = self._combine(management, scrapes, now)
+            snap = Snapshot(seq, now, queues, None, self.calls - before, unknown)
         except BrokerError as exc:
             error = exc
-            snap = Snapshot(seq, self._clock(), {}, str(exc), self.reader.calls - before)
-            log.warning("broker %s: management API read failed: %s", self.name, exc)
+            snap = Snapshot(seq, self._clock(), {}, str(exc), self.calls - before)
+            log.warning("broker %s: metrics read failed: %s", self.name, exc)
         if self._on_result is not None:
             self._on_result(self.name, time.perf_counter() - started, error)
         async with self._changed:
@@ -314,21 +289,96 @@ class BrokerPoller:
             self._changed.notify_all()
         return snap
 
-    def _merge_depth(
-        self, queues: dict[QueueKey, QueueMetrics], depth: dict[QueueKey, Depth] | BaseException
-    ) -> dict[QueueKey, QueueMetrics]:
-        """Fresh depth when the per-object endpoint answered; the management API's own figures when it did not
-        (logged once per outage: scaling goes on, a few seconds slower)."""
-        if isinstance(depth, BaseException):
-            if not self._depth_failing:
-                log.warning("broker %s: Prometheus endpoint read failed, using management API depth: %s",
-                            self.name, depth)  # fmt: skip
-            self._depth_failing = True
-            return queues
+    async def _read(
+        self, vhost: str | None
+    ) -> tuple[dict[QueueKey, QueueMetrics | None] | None, list[tuple[str, Scrape]] | None]:
+        """(management API answer or None, Prometheus scrapes or None); BrokerError when neither answered."""
+        if self.depth_reader is None:
+            return await self.reader.fetch(vhost), None
+        if self._prometheus_complete:  # 4.x with counters: the management API adds nothing; read it on failure
+            try:
+                return None, self._depth_ok(await self.depth_reader.fetch_all(vhost))
+            except BrokerError as exc:
+                self._depth_error(exc)
+                return await self.reader.fetch(vhost), None
+        # Both at once: the tick takes as long as the slower one, not the sum.
+        got, scraped = await asyncio.gather(
+            self.reader.fetch(vhost), self.depth_reader.fetch_all(vhost), return_exceptions=True
+        )
+        for res in (got, scraped):
+            if isinstance(res, BaseException) and not isinstance(res, BrokerError):
+                raise res
+        if isinstance(scraped, BrokerError):
+            self._depth_error(scraped)
+            if isinstance(got, BrokerError):
+                raise BrokerError(f"management API: {got}; Prometheus endpoint: {scraped}")
+        management = None if isinstance(got, BaseException) else got
+        if isinstance(got, BrokerError):
+            log.warning("broker %s: management API read failed, using the Prometheus endpoint: %s", self.name, got)
+        return management, None if isinstance(scraped, BaseException) else self._depth_ok(scraped)
+
+    def _depth_error(self, exc: BrokerError) -> None:
+        """Logged once per outage: scaling goes on from the management API's figures, a few seconds slower."""
+        if not self._depth_failing:
+            log.warning("broker %s: Prometheus endpoint read failed: %s", self.name, exc)
+        self._depth_failing = True
+        self._prometheus_complete = False
+
+    def _depth_ok(self, scrapes: list[tuple[str, Scrape]]) -> list[tuple[str, Scrape]]:
         if self._depth_failing:
             log.info("broker %s: Prometheus endpoint readable again", self.name)
         self._depth_failing = False
-        return with_depth(queues, depth)
+        return scrapes
+
+    def _combine(
+        self,
+        management: Mapping[QueueKey, QueueMetrics | None] | None,
+        scrapes: list[tuple[str, Scrape]] | None,
+        now: float,
+    ) -> tuple[dict[QueueKey, QueueMetrics], dict[QueueKey, str]]:
+        """Per queue: depth from Prometheus, else the management API; rates from Prometheus counters, else the
+        management API; neither -> unknown (with the reason), never zero."""
+        with_depth = {k: m for k, m in (management or {}).items() if m is not None}
+        self._rates = hold_rates(self._rates, with_depth, now)
+        depth = merge_depth(s for _, s in scrapes or ())
+        counters = bool(scrapes) and all(s.has_counters for _, s in scrapes or ())
+        rates = self._counters.update(scrapes or [], now) if counters else {}
+        complete = counters and self.depth_reader is not None and not self.depth_reader.failed
+        self._prometheus_complete = complete and (management is None or all(k in depth for k in management))
+        queues: dict[QueueKey, QueueMetrics] = {}
+        unknown: dict[QueueKey, str] = {}
+        for key in set(depth) | set(management or {}):
+            held = self._rates.get(key)
+            mg = held[0] if held else None
+            if key in depth:
+                ready, unacked, consumers = depth[key]
+                dsrc = PROMETHEUS
+            elif mg is not None:
+                ready, unacked, consumers, dsrc = mg.ready, mg.unacked, mg.consumers, MANAGEMENT
+            else:
+                unknown[key] = self._why_unknown(key)
+                continue
+            rate = rates.get(key)
+            pub: float | None
+            ack: float | None
+            if rate is not None:
+                pub, ack, rsrc = rate[0], rate[1], PROMETHEUS
+            elif mg is not None:
+                pub, ack, rsrc = mg.publish_rate, mg.ack_rate, MANAGEMENT
+            else:
+                pub, ack, rsrc = None, None, None
+            queues[key] = QueueMetrics(
+                ready, unacked, consumers, pub, ack,
+                mg.published if mg else 0, mg.acked if mg else 0, dsrc, rsrc,
+            )  # fmt: skip
+        return queues, unknown
+
+    def _why_unknown(self, key: QueueKey) -> str:
+        if self.depth_reader is None:
+            return COLLECTOR_OFF.format(queue=key[1])
+        failed = self.depth_reader.failed
+        detail = f" ({len(failed)} endpoint(s) failed: {'; '.join(failed.values())[:300]})" if failed else ""
+        return NOT_ON_PROMETHEUS.format(queue=key[1], failed=detail)
 
     async def wait_newer(self, seq: int, timeout: float) -> Snapshot | None:  # noqa: ASYNC109 - None on timeout
         """The first snapshot with a sequence number above `seq`; None if none came within `timeout`."""

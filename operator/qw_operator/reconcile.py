@@ -19,7 +19,7 @@ import kopf
 from qw_operator.crd import PAUSED_ANNOTATION
 from qw_operator.metrics import OperatorMetrics
 from qw_operator.policy import Decision, Observation, Policy, decide
-from qw_operator.rabbitmq import BrokerPoller, Snapshot
+from qw_operator.rabbitmq import BrokerPoller, QueueMetrics, Snapshot
 from qw_operator.scaler import Kube, target_name
 from qw_operator.status import condition, condition_status, history_from_status, history_to_status, rfc3339
 
@@ -62,17 +62,18 @@ class Ticker:
                 return value
         return seen
 
-    def observe(self, snap: Snapshot | None) -> tuple[Observation | None, bool, str]:
-        """(observation or None, broker reachable, why not)."""
+    def observe(self, snap: Snapshot | None) -> tuple[QueueMetrics | None, bool, str]:
+        """(the queue's metrics or None, broker reachable, why not). A queue the broker lists without depth is
+        None with the reason: unknown, never empty."""
         if snap is None:
-            return None, False, "no fresh snapshot from the management API"
+            return None, False, "no fresh metrics from the broker"
         if snap.error:
             return None, False, snap.error
         key = (str(self.spec.get("vhost", "/")), str(self.spec["queue"]))
         q = snap.queues.get(key)
         if q is None:
-            return None, True, f"queue {key[1]!r} not found in vhost {key[0]!r}"
-        return Observation(q.ready, q.unacked, q.consumers, q.publish_rate, q.ack_rate), True, ""
+            return None, True, snap.unknown.get(key) or f"queue {key[1]!r} not found in vhost {key[0]!r}"
+        return q, True, ""
 
     async def tick(self, snap: Snapshot | None) -> Decision | None:
         now = self.clock()
@@ -80,14 +81,15 @@ class Ticker:
         generation = meta.get("generation")
         target = target_name(self.name, self.spec)
         current = self.current_replicas(target, now)
-        obs, reachable, why = self.observe(snap)
+        q, reachable, why = self.observe(snap)
+        obs = None if q is None else Observation(q.ready, q.unacked, q.consumers, q.publish_rate, q.ack_rate)
         prev_conditions = self.last_status.get("conditions") or []
         conds = [
             condition(
                 prev_conditions,
                 "BrokerReachable",
                 reachable,
-                "Reachable" if reachable else "ManagementApiError",
+                "Reachable" if reachable else "MetricsReadError",
                 why if not reachable else "",
                 now,
             )
@@ -125,13 +127,16 @@ class Ticker:
                 "%s/%s: %s %d -> %d: %s", self.namespace, self.name, target, current, decision.replicas, decision.reason
             )
 
-        if obs is not None:
+        if q is not None:
             status["queue"] = {
-                "ready": obs.ready,
-                "unacked": obs.unacked,
-                "consumers": obs.consumers,
-                "publishRate": round(obs.publish_rate, 1),
-                "ackRate": round(obs.ack_rate, 1),
+                "ready": q.ready,
+                "unacked": q.unacked,
+                "consumers": q.consumers,
+                # Explicit None removes a rate no source has (merge patch): unknown is not shown as 0.
+                "publishRate": None if q.publish_rate is None else round(q.publish_rate, 1),
+                "ackRate": None if q.ack_rate is None else round(q.ack_rate, 1),
+                "depthSource": q.depth_source,
+                "rateSource": q.rate_source,
             }
             self.metrics.queue_messages.labels(self.namespace, self.name, "ready").set(obs.ready)
             self.metrics.queue_messages.labels(self.namespace, self.name, "unacked").set(obs.unacked)
@@ -140,8 +145,16 @@ class Ticker:
         self.fallback_active = decision.fallback
 
         ready_reason = "Paused" if paused else "Fallback" if decision.fallback else "Scaling" if obs else "NoMetrics"
-        active = obs is not None and (obs.ready > 0 or obs.unacked > 0 or obs.publish_rate > 0)
+        active = obs is not None and (obs.ready > 0 or obs.unacked > 0 or (obs.publish_rate or 0) > 0)
         conds += [
+            condition(
+                prev_conditions,
+                "MetricsAvailable",
+                q is not None,
+                "Depth" + q.depth_source if q is not None else "NoDepth" if reachable else "Unreachable",
+                f"depth from {q.depth_source}, rates from {q.rate_source or 'no source yet'}" if q is not None else why,
+                now,
+            ),
             condition(
                 prev_conditions,
                 "Ready",

@@ -8,7 +8,7 @@ from typing import Any
 
 from qw_operator.policy import History
 
-CONDITION_TYPES = ("Ready", "Active", "BrokerReachable", "ScalingLimited")
+CONDITION_TYPES = ("Ready", "Active", "BrokerReachable", "MetricsAvailable", "ScalingLimited")
 
 
 def rfc3339(epoch: float) -> str:

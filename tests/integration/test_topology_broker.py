@@ -14,7 +14,7 @@ from qw_core.topology import (
     retry_routing_key,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.broker_matrix]  # on RabbitMQ 3.10 and 4.x
 
 
 @pytest.fixture

@@ -37,7 +37,14 @@ def test_crd_shape() -> None:
     assert crd["metadata"]["name"] == "queueworkers.queueworker.dev"
     assert crd["spec"]["names"]["shortNames"] == ["qw"]
     assert v["subresources"] == {"status": {}}
-    assert [c["name"] for c in v["additionalPrinterColumns"]] == ["Queue", "Ready", "Replicas", "Desired", "Age"]
+    assert [c["name"] for c in v["additionalPrinterColumns"]] == [
+        "Queue",
+        "Ready",
+        "Replicas",
+        "Desired",
+        "Depth-From",
+        "Age",
+    ]
     rules = v["schema"]["openAPIV3Schema"]["properties"]["spec"]["x-kubernetes-validations"]
     assert any("has(self.template) != has(self.scaleTargetRef)" == r["rule"] for r in rules)
 

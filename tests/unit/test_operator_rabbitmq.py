@@ -16,11 +16,11 @@ from qw_operator.rabbitmq import (
     BrokerError,
     BrokerPoller,
     ManagementReader,
+    PrometheusReader,
     QueueMetrics,
     parse_prometheus_depth,
     parse_queue,
     split_credentials,
-    with_depth,
 )
 
 
@@ -173,7 +173,8 @@ async def test_wait_newer_times_out_when_no_poll_comes(fake: tuple[FakeManagemen
 
 
 def test_parse_queue_without_stats() -> None:
-    key, m = parse_queue({"name": "q", "vhost": "/", "messages_ready": 3})
+    key, m = parse_queue({"name": "q", "vhost": "/", "messages_ready": 3, "messages_unacknowledged": 0})
+    assert m is not None
     assert key == ("/", "q") and (m.ready, m.unacked, m.publish_rate, m.ack_rate) == (3, 0, 0.0, 0.0)
 
 
@@ -186,7 +187,7 @@ def test_split_credentials() -> None:
 
 
 def test_rates_are_held_between_stats_emissions() -> None:
-    from qw_operator.rabbitmq import QueueMetrics, hold_rates
+    from qw_operator.rabbitmq import hold_rates
 
     k = ("/", "q")
     fresh = {k: QueueMetrics(10, 0, 1, 50.0, 40.0, published=100, acked=80)}
@@ -218,12 +219,126 @@ def test_prometheus_depth_parses_ready_unacked_consumers_and_escaped_names() -> 
     assert depth == {("/", "qw.email"): (120, 8, 4), ("shop", 'odd "name" \\ x'): (3, 0, 0)}
 
 
-def test_with_depth_replaces_depth_and_keeps_rates() -> None:
-    mgmt = {
-        ("/", "qw.email"): QueueMetrics(100, 0, 3, 12.5, 10.0, 500, 400),
-        ("/", "other"): QueueMetrics(1, 0, 0, 0, 0),
-    }
-    merged = with_depth(mgmt, {("/", "qw.email"): (120, 8, 4), ("/", "new"): (5, 0, 0)})
-    assert merged[("/", "qw.email")] == QueueMetrics(120, 8, 4, 12.5, 10.0, 500, 400)
-    assert merged[("/", "other")] == mgmt[("/", "other")]  # only the management API knows it: kept as is
-    assert merged[("/", "new")] == QueueMetrics(5, 0, 0, 0.0, 0.0)  # declared after the API's last stats
+def test_a_queue_listed_without_depth_is_unknown_not_empty() -> None:
+    # RabbitMQ 4.x with the management metrics collector off (the official image): name and vhost only
+    assert parse_queue({"name": "q", "vhost": "/"}) == (("/", "q"), None)
+    assert parse_queue({"name": "q", "vhost": "/", "messages_ready": None})[1] is None
+
+
+NAMES_ONLY = [{"name": "jobs", "vhost": "v1"}, {"name": "idle", "vhost": "v1"}]
+PROM_4X = """rabbitmq_detailed_queue_messages_ready{vhost="v1",queue="jobs"} 100
+rabbitmq_detailed_queue_messages_unacked{vhost="v1",queue="jobs"} 6
+rabbitmq_detailed_queue_consumers{vhost="v1",queue="jobs"} 3
+rabbitmq_detailed_queue_messages_ready{vhost="v1",queue="idle"} 0
+rabbitmq_detailed_queue_messages_unacked{vhost="v1",queue="idle"} 0
+rabbitmq_detailed_queue_consumers{vhost="v1",queue="idle"} 0
+rabbitmq_detailed_queue_exchange_messages_published_total{vhost="v1",exchange="qw.tasks",queue="jobs"} PUB
+rabbitmq_detailed_queue_messages_acked_total{vhost="v1",queue="jobs"} ACK
+rabbitmq_build_info{rabbitmq_version="4.0.5",prometheus_plugin_version="4.0.5"} 1
+rabbitmq_identity_info{rabbitmq_node="rabbit@a",rabbitmq_cluster="c"} 1
+"""
+
+
+@pytest.fixture
+async def broker4() -> AsyncIterator[tuple[FakeManagement, dict[str, Any], str, str]]:
+    """A 4.x-shaped broker: /api/queues lists names only; /metrics/detailed has depth and counters."""
+    fm = FakeManagement(list(NAMES_ONLY))
+    prom: dict[str, Any] = {"pub": 1000, "ack": 900, "status": 200, "hits": 0}
+
+    async def metrics(request: web.Request) -> web.Response:
+        prom["hits"] += 1
+        if prom["status"] != 200:
+            return web.Response(status=prom["status"], text="down")
+        return web.Response(text=PROM_4X.replace("PUB", str(prom["pub"])).replace("ACK", str(prom["ack"])))
+
+    app = web.Application()
+    app.router.add_get("/api/queues", fm.handle)
+    app.router.add_get("/api/queues/{vhost}", fm.handle)
+    app.router.add_get("/metrics/detailed", metrics)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield fm, prom, f"http://u:p@127.0.0.1:{port}", f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+async def test_collector_off_and_no_prometheus_endpoint_is_unknown_with_the_fix_in_the_reason(broker4) -> None:
+    _, _, mgmt, _ = broker4
+    async with aiohttp.ClientSession() as s:
+        poller = BrokerPoller("default", ManagementReader(mgmt, s))
+        poller.register("a", "v1", "jobs", 1.0)
+        snap = await poller.poll_once()
+    assert snap.error is None and snap.queues == {}
+    assert set(snap.unknown) == {("v1", "jobs"), ("v1", "idle")}
+    assert "metrics collector is off" in snap.unknown[("v1", "jobs")]
+    assert "QW_RABBITMQ_PROMETHEUS_URL" in snap.unknown[("v1", "jobs")]
+
+
+async def test_4x_depth_and_rates_from_prometheus_then_the_management_api_is_not_read(broker4) -> None:
+    fm, prom, mgmt, prom_url = broker4
+    now = [1000.0]
+    async with aiohttp.ClientSession() as s:
+        poller = BrokerPoller("default", ManagementReader(mgmt, s), clock=lambda: now[0],
+                              depth_reader=PrometheusReader(prom_url, s))  # fmt: skip
+        poller.register("a", "v1", "jobs", 1.0)
+        first = await poller.poll_once()
+        jobs = first.queues[("v1", "jobs")]
+        assert (jobs.ready, jobs.unacked, jobs.consumers, jobs.depth_source) == (100, 6, 3, "Prometheus")
+        assert jobs.publish_rate is None and jobs.rate_source is None  # one counter sample: no rate yet, not 0
+        assert first.queues[("v1", "idle")].publish_rate is None
+        assert len(fm.requests) == 1
+
+        now[0] += 5.0
+        prom.update(pub=1050, ack=940)
+        second = await poller.poll_once()
+        jobs = second.queues[("v1", "jobs")]
+        assert (jobs.publish_rate, jobs.ack_rate, jobs.rate_source) == (10.0, 8.0, "Prometheus")
+        assert second.queues[("v1", "idle")].publish_rate == 0.0  # no samples on 4.x: nothing counted
+        assert len(fm.requests) == 1  # Prometheus had everything: the management API was not read again
+
+        prom["status"] = 503  # the endpoint fails: that same tick reads the management API instead
+        third = await poller.poll_once()
+        assert len(fm.requests) == 2 and third.error is None
+        assert third.queues == {} and "without depth" in third.unknown[("v1", "jobs")]
+
+
+async def test_3x_depth_from_prometheus_rates_from_the_management_api(fake: tuple[FakeManagement, str]) -> None:
+    fm, url = fake
+    fm.items = [queue_item("v1", "jobs", ready=4)]
+    app = web.Application()
+    text = PROM_4X.replace("4.0.5", "3.10.8").split("rabbitmq_detailed_queue_exchange")[0]
+    app.router.add_get("/metrics/detailed", lambda _: web.Response(text=text))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with aiohttp.ClientSession() as s:
+            poller = BrokerPoller(
+                "b", ManagementReader(url, s), depth_reader=PrometheusReader(f"http://127.0.0.1:{port}", s)
+            )
+            poller.register("a", "v1", "jobs", 1.0)
+            for _ in range(2):  # no counters on 3.x: the management API is read every tick
+                snap = await poller.poll_once()
+    finally:
+        await runner.cleanup()
+    jobs = snap.queues[("v1", "jobs")]
+    assert (jobs.ready, jobs.depth_source, jobs.publish_rate, jobs.rate_source) == (
+        100,
+        "Prometheus",
+        1.5,
+        "ManagementAPI",
+    )
+    assert len(fm.requests) == 2
+
+
+async def test_management_api_fails_over_to_the_next_node(fake: tuple[FakeManagement, str]) -> None:
+    _, url = fake
+    async with aiohttp.ClientSession() as s:
+        reader = ManagementReader(["http://127.0.0.1:9", url], s)
+        assert len(await reader.fetch("v2")) == 1
+        assert len(await reader.fetch("v2")) == 1  # sticks to the node that answered
+        assert reader.calls == 3

@@ -76,7 +76,13 @@ async def test_scales_up_once_and_writes_status(no_events: list[tuple[str, str]]
     assert no_events[0][0] == "ScaledUp"
     st = kube.status_patches[-1]
     assert st["replicas"] == 5 and st["queue"]["ready"] == 45 and st["observedGeneration"] == 3
-    assert {c["type"] for c in st["conditions"]} == {"Ready", "Active", "BrokerReachable", "ScalingLimited"}
+    assert {c["type"] for c in st["conditions"]} == {
+        "Ready",
+        "Active",
+        "BrokerReachable",
+        "MetricsAvailable",
+        "ScalingLimited",
+    }
     # The index still says 1 (watch lag): the pending write is trusted, so no second patch
     clock[0] += 1
     await t.tick(snap(2, ready=45))
@@ -166,3 +172,31 @@ async def test_metrics_per_queueworker() -> None:
     assert m.replicas_max.labels("ns", "w")._value.get() == 10
     assert m.queue_messages.labels("ns", "w", "ready")._value.get() == 45
     assert m.scale_events.labels("up")._value.get() == 1
+
+
+async def test_a_queue_listed_without_depth_holds_and_says_why() -> None:
+    """RabbitMQ 4.x's official image: the management API lists the queue by name only. Busy workers must not be
+    scaled to zero on that (measured before this fix: 3 -> 0 in 1.5 s with 100 messages waiting)."""
+    t, kube, clock = make(replicas=3)
+    why = "RabbitMQ lists queue 'jobs' without depth: its management metrics collector is off"
+    for i in range(5):
+        clock[0] += 400  # past any cooldown: still no scale-down without depth
+        d = await t.tick(Snapshot(i + 1, clock[0], {}, None, 0, {("/", "jobs"): why}))
+        assert d is not None and d.replicas == 3
+    assert kube.replica_patches == []
+    conds = {c["type"]: c for c in kube.status_patches[-1]["conditions"]}
+    assert conds["MetricsAvailable"]["status"] == "False" and conds["MetricsAvailable"]["message"] == why
+    assert conds["MetricsAvailable"]["reason"] == "NoDepth" and conds["BrokerReachable"]["status"] == "True"
+    assert conds["Ready"]["status"] == "False" and conds["Ready"]["reason"] == "NoMetrics"
+
+
+async def test_status_names_the_sources_and_leaves_unknown_rates_out() -> None:
+    t, kube, _ = make(replicas=1)
+    q = QueueMetrics(4, 1, 1, None, None, depth_source="Prometheus", rate_source=None)
+    await t.tick(Snapshot(1, 1000.0, {("/", "jobs"): q}))
+    st = kube.status_patches[-1]
+    assert st["queue"]["depthSource"] == "Prometheus" and st["queue"]["rateSource"] is None
+    assert st["queue"]["publishRate"] is None and st["queue"]["ackRate"] is None
+    metrics = next(c for c in st["conditions"] if c["type"] == "MetricsAvailable")
+    assert metrics["status"] == "True" and metrics["reason"] == "DepthPrometheus"
+    assert "rates from no source yet" in metrics["message"]

@@ -116,6 +116,21 @@ def test_cooldown_keeps_one_replica_then_goes_to_zero_bypassing_the_window() -> 
     assert d.replicas == 0 and "Cooldown" in d.reason
 
 
+def test_an_unknown_publish_rate_never_scales_to_zero() -> None:
+    """An empty queue whose rate no source has yet (the first Prometheus counter sample on 4.x) may be drained as
+    fast as it fills: the cooldown keeps one replica instead of reading the missing rate as 0."""
+    unknown = Observation(ready=0, unacked=0, consumers=3, publish_rate=None, ack_rate=None)
+    d = decide(P, unknown, History(last_active=0.0), 1, 1000.0)
+    assert d.replicas == 1 and "unknown" in d.reason
+    d = decide(P, obs(consumers=1), d.history, 1, 1001.0)  # the rate arrives: 0 -> idle long enough -> zero
+    assert d.replicas == 0
+
+
+def test_unknown_rates_still_scale_up_from_depth() -> None:
+    d = decide(P, Observation(ready=45, unacked=0, publish_rate=None, ack_rate=None), History(), 1, NOW)
+    assert d.replicas == 5
+
+
 def test_unacked_work_in_flight_counts_as_activity() -> None:
     d = decide(P, obs(unacked=1), History(last_active=0.0), 1, 1000.0)
     assert d.replicas == 1 and d.history.last_active == 1000.0

@@ -1,0 +1,251 @@
+"""Queue metrics from RabbitMQ's rabbitmq_prometheus per-object endpoint (`/metrics/detailed`, port 15692).
+
+One GET per broker node per tick asks for four families:
+- `queue_coarse_metrics` and `queue_consumer_count`: ready, unacked and consumers of every queue. Every version
+  has them, and they come straight from the queues' own metrics tables, about 2.5 s fresher than the management
+  API's aggregated copy.
+- `queue_exchange_metrics` (`..._queue_exchange_messages_published_total{exchange,queue}`) and
+  `queue_delivery_metrics` (`..._queue_messages_acked_total`): per-queue counters, present on RabbitMQ 4.x, empty
+  on 3.10. On 4.x they are the only source of rates when the management metrics collector is off (the official
+  image's default, where `/api/queues` lists names only). On such a broker a queue without counter samples has
+  had no traffic since the node started: its counters are 0, not unknown.
+
+Each node reports the queues it hosts (a quorum queue: its leader), so on a cluster every node's endpoint is
+read, and a host name that resolves to several addresses (a headless Service) is read at each address. Counter
+rates are computed per node and summed, so a node that goes away or restarts never shows as a negative rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import re
+import socket
+import urllib.parse
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from qw_operator.endpoints import BrokerError, endpoint_list, split_credentials
+
+log = logging.getLogger(__name__)
+
+QueueKey = tuple[str, str]  # (vhost, queue)
+Depth = tuple[int, int, int]  # ready, unacked, consumers
+FAMILIES = ("queue_coarse_metrics", "queue_consumer_count", "queue_exchange_metrics", "queue_delivery_metrics")
+
+_SAMPLE = re.compile(r"^(rabbitmq_[a-z_]+)\{(.*)\} (\S+)$")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+_UNESCAPE = re.compile(r"\\(.)")
+_DEPTH = {"rabbitmq_detailed_queue_messages_ready": 0, "rabbitmq_detailed_queue_messages_unacked": 1,
+          "rabbitmq_detailed_queue_consumers": 2}  # fmt: skip
+_PUBLISHED = "rabbitmq_detailed_queue_exchange_messages_published_total"
+_ACKED = "rabbitmq_detailed_queue_messages_acked_total"
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """One node's answer: depth of the queues it hosts, their counters, and who answered."""
+
+    depth: Mapping[QueueKey, Depth]
+    published: Mapping[QueueKey, float] = field(default_factory=dict)
+    acked: Mapping[QueueKey, float] = field(default_factory=dict)
+    version: str | None = None  # rabbitmq_build_info
+    node: str | None = None  # rabbitmq_identity_info
+
+    @property
+    def has_counters(self) -> bool:
+        """Per-queue counters exist on this broker (4.x): a queue without samples then has counted nothing."""
+        if self.published or self.acked:
+            return True
+        try:
+            return self.version is not None and int(self.version.split(".")[0]) >= 4
+        except ValueError:
+            return False
+
+
+def _labels(raw: str) -> dict[str, str]:
+    return {k: _UNESCAPE.sub(lambda e: "\n" if e.group(1) == "n" else e.group(1), v) for k, v in _LABEL.findall(raw)}
+
+
+def parse_scrape(text: str) -> Scrape:
+    """A /metrics/detailed answer (Prometheus text format) -> per-queue depth and counters."""
+    acc: dict[QueueKey, list[int]] = {}
+    published: dict[QueueKey, float] = collections.defaultdict(float)
+    acked: dict[QueueKey, float] = {}
+    version = node = None
+    for line in text.splitlines():
+        m = _SAMPLE.match(line)
+        if m is None:
+            continue
+        name, labels = m.group(1), _labels(m.group(2))
+        if name == "rabbitmq_build_info":
+            version = labels.get("rabbitmq_version")
+            continue
+        if name == "rabbitmq_identity_info":
+            node = labels.get("rabbitmq_node")
+            continue
+        if "vhost" not in labels or "queue" not in labels:
+            continue
+        key = (labels["vhost"], labels["queue"])
+        if name in _DEPTH:
+            acc.setdefault(key, [0, 0, 0])[_DEPTH[name]] = int(float(m.group(3)))
+        elif name == _PUBLISHED:
+            published[key] += float(m.group(3))  # one series per exchange that routed to the queue
+        elif name == _ACKED:
+            acked[key] = float(m.group(3))
+    depth = {k: (v[0], v[1], v[2]) for k, v in acc.items()}
+    return Scrape(depth, dict(published), acked, version, node)
+
+
+def parse_prometheus_depth(text: str) -> dict[QueueKey, Depth]:
+    """Per-queue ready/unacked/consumers only."""
+    return dict(parse_scrape(text).depth)
+
+
+def merge_depth(scrapes: Iterable[Scrape]) -> dict[QueueKey, Depth]:
+    """Every node's queues in one map. A queue two nodes both report (a leader change between their answers)
+    keeps the larger backlog: reading one tick high delays a scale-down, reading it low could scale busy
+    workers away."""
+    out: dict[QueueKey, Depth] = {}
+    for s in scrapes:
+        for key, d in s.depth.items():
+            old = out.get(key)
+            if old is None or d[0] + d[1] > old[0] + old[1]:
+                out[key] = d
+    return out
+
+
+RATE_WINDOW = 15.0  # seconds of samples a rate is taken over (counters step once per stats emission)
+
+
+class CounterRates:
+    """Per-second rates from the per-queue counters, the way Prometheus' rate() takes them: over a window, per
+    series (node, queue), resets treated as a restart from 0, then summed over nodes.
+
+    A queue is unknown (None) until two samples of it span at least `min_span` seconds. A queue that appears on
+    a node already read before starts from 0 there (on a 4.x broker, no sample means nothing counted yet).
+    """
+
+    def __init__(self, window: float = RATE_WINDOW, min_span: float = 0.5) -> None:
+        self.window = window
+        self.min_span = min_span
+        self._series: dict[tuple[str, QueueKey], collections.deque[tuple[float, float, float]]] = {}
+        self._nodes: dict[str, float] = {}  # node -> when it was last read
+
+    def update(self, scrapes: Sequence[tuple[str, Scrape]], now: float) -> dict[QueueKey, tuple[float, float] | None]:
+        """(node id, scrape) pairs of one tick -> {queue: (publish/s, ack/s) or None while unknown}."""
+        out: dict[QueueKey, tuple[float, float] | None] = {}
+        seen: set[tuple[str, QueueKey]] = set()
+        for node, s in scrapes:
+            if not s.has_counters:
+                continue
+            before = self._nodes.get(node)
+            for key in set(s.depth) | set(s.published) | set(s.acked):
+                sid = (node, key)
+                seen.add(sid)
+                sample = (now, s.published.get(key, 0.0), s.acked.get(key, 0.0))
+                series = self._series.get(sid)
+                if series is None:
+                    series = self._series[sid] = collections.deque()
+                    if before is not None:
+                        series.append((before, 0.0, 0.0))
+                elif sample[1] < series[-1][1] or sample[2] < series[-1][2]:
+                    series.clear()  # counters reset: the node restarted or the queue was re-created
+                    series.append((before if before is not None else now, 0.0, 0.0))
+                series.append(sample)
+                while len(series) > 2 and series[1][0] <= now - self.window:
+                    series.popleft()
+                rate = self._rate(series)
+                if key in out and (out[key] is None or rate is None):
+                    out[key] = None
+                elif key in out:
+                    prev = out[key]
+                    assert prev is not None and rate is not None
+                    out[key] = (prev[0] + rate[0], prev[1] + rate[1])
+                else:
+                    out[key] = rate
+            self._nodes[node] = now
+        for sid in [sid for sid in self._series if sid not in seen and sid[0] in {n for n, _ in scrapes}]:
+            del self._series[sid]  # the queue is gone from a node that answered
+        return out
+
+    def _rate(self, series: collections.deque[tuple[float, float, float]]) -> tuple[float, float] | None:
+        t0, p0, a0 = series[0]
+        t1, p1, a1 = series[-1]
+        span = t1 - t0
+        if span < self.min_span:
+            return None
+        return (p1 - p0) / span, (a1 - a0) / span
+
+
+class PrometheusReader:
+    """Reads `/metrics/detailed` of every configured node (a host with several addresses is read at each)."""
+
+    def __init__(self, urls: str | Sequence[str], session: aiohttp.ClientSession, timeout: float = 10.0) -> None:
+        self.urls = endpoint_list(list(urls) if not isinstance(urls, str) else urls)
+        self._targets = [split_credentials(u) for u in self.urls]
+        self._session = session
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self.calls = 0
+        self.failed: dict[str, str] = {}  # endpoint -> error, from the last fetch
+
+    async def _addresses(self, base: str) -> list[str]:
+        """`http://rabbitmq-nodes:15692` -> one base URL per address the name resolves to (a headless Service
+        gives each broker pod's); a literal address or a name with one address stays as it is."""
+        parts = urllib.parse.urlsplit(base)
+        host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+            return [base]
+        except OSError:
+            pass
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError:
+            return [base]  # the GET reports the failure
+        addrs = sorted({str(i[4][0]) for i in infos})
+        if len(addrs) <= 1:
+            return [base]
+        return [parts._replace(netloc=f"[{a}]:{port}" if ":" in a else f"{a}:{port}").geturl() for a in addrs]
+
+    async def _get(self, base: str, auth: Mapping[str, str], vhost: str | None) -> Scrape:
+        params = [("family", f) for f in FAMILIES]
+        if vhost is not None:
+            params.append(("vhost", vhost))
+        self.calls += 1
+        try:
+            async with self._session.get(
+                base + "/metrics/detailed", params=params, headers=dict(auth), timeout=self._timeout
+            ) as resp:
+                if resp.status != 200:
+                    raise BrokerError(f"GET {base}/metrics/detailed: HTTP {resp.status} {(await resp.text())[:200]}")
+                text = await resp.text()
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise BrokerError(f"GET {base}/metrics/detailed: {type(exc).__name__}: {exc}") from exc
+        return parse_scrape(text)
+
+    async def fetch_all(self, vhost: str | None = None) -> list[tuple[str, Scrape]]:
+        """(endpoint, scrape) of every node that answered; BrokerError when none did. Failures of some nodes
+        are kept in `failed` (their queues fall back to the management API's figures, if it has any)."""
+        expanded = await asyncio.gather(*(self._addresses(base) for base, _ in self._targets))
+        jobs = [(b, auth) for bases, (_, auth) in zip(expanded, self._targets, strict=True) for b in bases]
+        got = await asyncio.gather(*(self._get(b, auth, vhost) for b, auth in jobs), return_exceptions=True)
+        ok: list[tuple[str, Scrape]] = []
+        self.failed = {}
+        for (base, _), res in zip(jobs, got, strict=True):
+            if isinstance(res, BrokerError):
+                self.failed[base] = str(res)
+            elif isinstance(res, BaseException):
+                raise res
+            else:
+                ok.append((res.node or base, res))
+        if not ok:
+            raise BrokerError("; ".join(self.failed.values()) or "no Prometheus endpoint configured")
+        return ok
+
+    async def fetch(self, vhost: str | None = None) -> dict[QueueKey, Depth]:
+        """Depth only, merged over the nodes."""
+        return merge_depth(s for _, s in await self.fetch_all(vhost))
