@@ -138,8 +138,8 @@ class Ticker:
                 "depthSource": q.depth_source,
                 "rateSource": q.rate_source,
             }
-            self.metrics.queue_messages.labels(self.namespace, self.name, "ready").set(obs.ready)
-            self.metrics.queue_messages.labels(self.namespace, self.name, "unacked").set(obs.unacked)
+            self.metrics.queue_messages.labels(self.namespace, self.name, "ready").set(q.ready)
+            self.metrics.queue_messages.labels(self.namespace, self.name, "unacked").set(q.unacked)
         if decision.fallback and not self.fallback_active:
             kopf.warn(self.body, reason="FallbackActive", message=decision.reason)
         self.fallback_active = decision.fallback
