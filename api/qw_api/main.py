@@ -17,7 +17,7 @@ from qw_core.topology import build_topology
 from .deps import Services, hash_key
 from .limits import BodySizeLimit, BodyTooLarge
 from .metrics import ApiMetrics, ObserveRequests
-from .publisher import Publisher
+from .publisher import MessageTooLarge, Publisher
 from .routes import emails, health, images, notifications, tasks
 
 MULTIPART_OVERHEAD = 64 * 1024
@@ -33,7 +33,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = open_store(settings.database_url)
         topology = build_topology(KINDS, settings.retry_delays, settings.delivery_limit)
-        publisher = Publisher(settings.rabbitmq_url.get_secret_value(), topology, settings.publish_timeout)
+        publisher = Publisher(
+            settings.rabbitmq_url.get_secret_value(), topology, settings.publish_timeout, settings.max_message_bytes
+        )
         app.state.services = Services(
             settings=settings,
             store=store,
@@ -64,6 +66,14 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     @app.exception_handler(BodyTooLarge)
     async def _too_large(_: Request, __: BodyTooLarge) -> JSONResponse:
         return JSONResponse({"detail": "request body too large"}, status_code=413)
+
+    @app.exception_handler(MessageTooLarge)
+    async def _message_too_large(_: Request, exc: MessageTooLarge) -> JSONResponse:
+        detail = (
+            f"{exc} (QW_MAX_MESSAGE_BYTES, the broker's max_message_size); nothing was queued. "
+            "Send less inline data, e.g. a link to large content instead of the content itself"
+        )
+        return JSONResponse({"detail": detail}, status_code=413)
 
     page = resources.files("qw_api").joinpath("static/index.html").read_text()
 

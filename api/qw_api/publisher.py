@@ -30,8 +30,19 @@ class PublishUnavailable(Exception):
     """The broker did not take the message (down, not confirming, nacked, or unroutable)."""
 
 
+class MessageTooLarge(Exception):
+    """The body is over the broker's message size limit: refused here, before it can close the shared channel."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"the message would be {size} bytes; the broker accepts at most {limit} bytes per message")
+        self.size, self.limit = size, limit
+
+
 class Publisher:
-    def __init__(self, url: str, topology: Topology, confirm_timeout: float = 5.0) -> None:
+    def __init__(
+        self, url: str, topology: Topology, confirm_timeout: float = 5.0, max_message_bytes: int = 16 * 1024 * 1024
+    ) -> None:
+        self.max_message_bytes = max_message_bytes
         self.url = url
         self.topology = topology
         self.confirm_timeout = confirm_timeout
@@ -112,6 +123,10 @@ class Publisher:
         headers: dict[str, Any] | None = None,
     ) -> None:
         """Return only once the broker confirmed a persistent, routed message; raise otherwise."""
+        # RabbitMQ answers an oversize body (4.x: over 16 MiB) with 406 and closes the channel, which fails every
+        # other publish in flight on it: every caller's message passes this check first.
+        if len(body) > self.max_message_bytes:
+            raise MessageTooLarge(len(body), self.max_message_bytes)
         ex = self._exchanges.get(exchange)
         if not self.connected or ex is None:
             raise PublishUnavailable("the message broker is not reachable")

@@ -12,7 +12,7 @@ from qw_core.topology import TASKS_EXCHANGE
 from starlette.concurrency import run_in_threadpool
 
 from .deps import Services
-from .publisher import PublishUnavailable
+from .publisher import MessageTooLarge, PublishUnavailable
 
 
 def unavailable(services: Services, what: str) -> HTTPException:
@@ -33,6 +33,10 @@ async def submit(services: Services, task: TaskMessage, source_key: str | None =
     start = time.perf_counter()
     try:
         await services.publisher.publish(TASKS_EXCHANGE, task.kind, task.to_bytes(), task.task_id)
+    except MessageTooLarge:
+        await run_in_threadpool(services.store.discard_pending, task.task_id)
+        await _remove_upload(services, source_key)
+        raise  # 413, by the app's handler (main.py)
     except PublishUnavailable as exc:
         services.metrics.publish_failures.labels(task.kind).inc()
         await run_in_threadpool(services.store.discard_pending, task.task_id)

@@ -49,6 +49,9 @@ class ApiSettings(CommonSettings):
     max_image_pixels: int = 40_000_000
     allowed_formats: list[str] = ["JPEG", "PNG", "WEBP", "GIF"]
     publish_timeout: float = 5.0
+    # Largest AMQP message body the API publishes. RabbitMQ 4.x refuses bodies over its max_message_size (16 MiB
+    # by default; 3.10: 128 MiB; 512 MiB at most) by closing the whole channel, failing every publish in flight.
+    max_message_bytes: int = Field(default=16 * 1024 * 1024, gt=0, le=512 * 1024 * 1024)
     retry_after_seconds: int = 5
     sse_poll_interval: float = 0.2
 

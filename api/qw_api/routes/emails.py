@@ -15,7 +15,7 @@ router = APIRouter(prefix="/v1", tags=["emails"])
     "/emails",
     status_code=202,
     response_model=TaskAccepted,
-    responses={401: {"model": Problem}, 422: {"model": Problem}, 503: {"model": Problem}},
+    responses={401: {"model": Problem}, 413: {"model": Problem}, 422: {"model": Problem}, 503: {"model": Problem}},
 )
 async def send_email(body: EmailFields, tenant: TenantDep, services: ServicesDep, request: Request) -> JSONResponse:
     """Queue an email. 202 means the broker has durably accepted it."""

@@ -18,7 +18,7 @@ router = APIRouter(prefix="/v1", tags=["notifications"])
     "/notifications",
     status_code=202,
     response_model=NotificationAccepted,
-    responses={401: {"model": Problem}, 422: {"model": Problem}, 503: {"model": Problem}},
+    responses={401: {"model": Problem}, 413: {"model": Problem}, 422: {"model": Problem}, 503: {"model": Problem}},
 )
 async def publish_notification(
     body: NotificationRequest, tenant: TenantDep, services: ServicesDep
