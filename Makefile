@@ -4,7 +4,7 @@ PY ?= .venv/bin/python
 VENV_STAMP := .venv/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help deps dev demo test test-unit test-integration lint fmt bench soak clean services-up services-down
+.PHONY: help deps rabbitmq4-root dev demo test test-unit test-integration lint fmt bench soak clean services-up services-down
 
 help:
 	@echo "make dev    - broker, API and one worker of each kind on 127.0.0.1 (Ctrl-C stops them)"
@@ -37,13 +37,16 @@ dev: deps
 demo: deps  # needs `make dev` running in another terminal
 	$(PY) scripts/demo.py $(DEMO_ARGS)
 
-test: deps cluster-bin
+rabbitmq4-root: deps  # RabbitMQ 4.x for the broker matrix: a Debian trixie root, made once (~40 s) and cached
+	python3 scripts/rabbitmq.py prepare --version 4
+
+test: deps cluster-bin rabbitmq4-root
 	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 test-unit: deps
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-test-integration: deps
+test-integration: deps rabbitmq4-root
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 lint: deps

@@ -9,8 +9,10 @@ every burst goes to both at the same moment: the operator as shipped (queue dept
 per-object endpoint, rates from the management API) and, as the baseline, the same operator reading everything
 from the management API (what KEDA's rabbitmq scaler reads in its HTTP mode). Also recorded in the same bursts:
 when the management API and the Prometheus endpoint first show the burst (the floor under any scaler reading
-them). The queues are quorum queues, as the product's are; the broker runs with the test config
-(collect_statistics_interval 1 s, quorum_tick_interval 1 s).
+them). A third operator, as shipped, reads a RabbitMQ 4.x broker configured as the official image ships it
+(management metrics collector off: depth and rates from the Prometheus endpoint only), so 4.x is measured beside
+3.10 in the same bursts. The queues are quorum queues, as the product's are; both brokers run with the test
+config (collect_statistics_interval 1 s, quorum_tick_interval 1 s).
 Prints one JSON object.
 """
 
@@ -37,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 import cluster as control_plane  # noqa: E402
 from qw_operator.rabbitmq import parse_prometheus_depth  # noqa: E402
-from rabbitmq import Broker, free_broker_ports  # noqa: E402
+from rabbitmq import Broker, Broker4, free_broker_ports  # noqa: E402
 
 from tests.e2e.harness import drop_env, make_env, queueworker, stop  # noqa: E402
 
@@ -62,17 +64,26 @@ def main() -> int:
     amqp, mgmt, prom = free_broker_ports()
     broker = Broker(name="qwreact", port=amqp, mgmt_port=mgmt, prom_port=prom, base=tmp / "rmq")
     broker.start()
+    amqp4, mgmt4, prom4 = free_broker_ports()
+    broker4 = Broker4(name="qwreact4", port=amqp4, mgmt_port=mgmt4, prom_port=prom4, base=tmp / "rmq4")
+    broker4.start()
     cluster_dir = tmp / "k8s"
     cluster = control_plane.start(cluster_dir, control_plane.build(), die_with_parent=True)
     operators: list[Any] = []
     try:
         # Two namespaces and vhosts on one broker and one control plane: the operator as shipped (depth from the
         # Prometheus endpoint) and the same operator reading the management API only. Every burst goes to both.
-        sides = {"prometheus": make_env(cluster, broker, tmp / "p"), "management": make_env(cluster, broker, tmp / "m")}
+        sides = {
+            "prometheus": make_env(cluster, broker, tmp / "p"),
+            "management": make_env(cluster, broker, tmp / "m"),
+            "rabbitmq4": make_env(cluster, broker4, tmp / "4"),
+        }
         for side, env in sides.items():
             with pika.BlockingConnection(pika.URLParameters(env.amqp)) as conn:
-                conn.channel().queue_declare("rt", durable=True, arguments={"x-queue-type": "quorum"})
-            operators.append(env.start_operator("operator", prometheus=side == "prometheus"))
+                conn.channel().queue_declare(
+                    "rt", durable=True, arguments={"x-queue-type": "quorum", "x-delivery-limit": 10}
+                )
+            operators.append(env.start_operator("operator", prometheus=side != "management"))
         for env in sides.values():
             wait(lambda env=env: "Resuming operations" in env.log("operator"), 60, "the operator to lead")
             env.apply(queueworker("rt", env, "rt", template=TEMPLATE,
@@ -85,17 +96,20 @@ def main() -> int:
             item = broker.api(f"/api/queues/{vq}/rt?columns=messages_ready")
             return int(item.get("messages_ready") or 0) if isinstance(item, dict) else 0
 
-        def prom_ready() -> int:
-            url = f"http://127.0.0.1:{broker.prom_port}/metrics/detailed?vhost={vq}&family=queue_coarse_metrics"
+        def prom_ready(b: Broker = broker, vhost: str = ref.vhost) -> int:
+            q = urllib.parse.quote(vhost, safe="")
+            url = f"http://127.0.0.1:{b.prom_port}/metrics/detailed?vhost={q}&family=queue_coarse_metrics"
             with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310 - 127.0.0.1
                 depth = parse_prometheus_depth(r.read().decode())  # the operator's own parser
-            return depth.get((ref.vhost, "rt"), (0, 0, 0))[0]
+            return depth.get((vhost, "rt"), (0, 0, 0))[0]
 
         probes = {
             "operator_prometheus_depth": lambda: (sides["prometheus"].replicas("rt-worker") or 0) >= 2,
             "operator_management_depth": lambda: (ref.replicas("rt-worker") or 0) >= 2,
             "management_api_sees_burst": lambda: mgmt_ready() >= BURST,
             "prometheus_endpoint_sees_burst": lambda: prom_ready() >= BURST,
+            "operator_rabbitmq4_prometheus_only": lambda: (sides["rabbitmq4"].replicas("rt-worker") or 0) >= 2,
+            "rabbitmq4_prometheus_endpoint_sees_burst": lambda: prom_ready(broker4, sides["rabbitmq4"].vhost) >= BURST,
         }
         seen: dict[str, list[float]] = {k: [] for k in probes}
         rnd = random.Random(7)
@@ -132,6 +146,7 @@ def main() -> int:
             "burst_messages": BURST,
             "polling_interval_s": 1,
             "broker": "RabbitMQ 3.10 quorum queue; collect_statistics_interval 1 s, quorum_tick_interval 1 s",
+            "broker4": f"RabbitMQ {broker4.version} quorum queue, management metrics collector off; same settings",
             **{k: summary(v) for k, v in seen.items()},
             "ratios": {
                 "prometheus_over_management_reaction_p50": round(
@@ -141,10 +156,13 @@ def main() -> int:
                     pct(seen["operator_prometheus_depth"], 99) / max(pct(seen["operator_management_depth"], 99), 1e-3),
                     2,
                 ),
+                "rabbitmq4_over_3_10_reaction_p50": round(
+                    p50["operator_rabbitmq4_prometheus_only"] / max(p50["operator_prometheus_depth"], 1e-3), 2
+                ),
             },
         }
-        for env in sides.values():
-            drop_env(env, broker)
+        for side, env in sides.items():
+            drop_env(env, broker4 if side == "rabbitmq4" else broker)
         print(json.dumps(out))
         return 0
     finally:
@@ -152,6 +170,7 @@ def main() -> int:
             stop(op)
         control_plane.stop(cluster_dir)
         broker.destroy()
+        broker4.destroy()
 
 
 def wait(probe: Any, timeout: float, what: str) -> None:

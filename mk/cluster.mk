@@ -19,5 +19,5 @@ cluster-down:
 cluster-status:
 	python3 tests/cluster/cluster.py status --dir $(CLUSTER_DIR)
 
-test-e2e: deps cluster-bin
+test-e2e: deps cluster-bin rabbitmq4-root
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests and `make dev` use, only those missing. Idempotent.
 set -euo pipefail
-want=(rabbitmq-server postgresql openssl chromium prometheus)
+# mmdebstrap: the RabbitMQ 4.x test broker runs from a Debian trixie root it makes (scripts/rabbitmq.py, Broker4).
+want=(rabbitmq-server postgresql openssl chromium prometheus mmdebstrap)
 missing=()
 for p in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -4,6 +4,7 @@
     python3 scripts/rabbitmq.py start [--name qw --port 5672 --mgmt-port 15672 --prom-port 15692] [--version 4]
     python3 scripts/rabbitmq.py stop  [--name qw] [--version 4]
     python3 scripts/rabbitmq.py status [--name qw]
+    python3 scripts/rabbitmq.py prepare --version 4   # make the 4.x root now (make test does)
 
 `--version 4` (`Broker4`) runs Debian trixie's RabbitMQ 4.x from a root of its own (built once with mmdebstrap
 into ~/.cache/queueworker, QW_RABBITMQ4_ROOT to move it), in a private mount and PID namespace, configured as
@@ -429,7 +430,7 @@ class Broker4(Broker):
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("action", choices=["start", "stop", "status"])
+    p.add_argument("action", choices=["start", "stop", "status", "prepare"])
     p.add_argument("--name", default=os.environ.get("QW_RMQ_NAME", "qw"))
     p.add_argument("--port", type=int, default=int(os.environ.get("QW_RMQ_PORT", 5672)))
     p.add_argument("--mgmt-port", type=int, default=int(os.environ.get("QW_RMQ_MGMT_PORT", 15672)))
@@ -437,6 +438,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--version", choices=["3", "4"], default=os.environ.get("QW_RMQ_VERSION", "3"))
     a = p.parse_args(argv)
     b = (Broker4 if a.version == "4" else Broker)(a.name, a.port, a.mgmt_port, a.prom_port)
+    if a.action == "prepare":  # only 4.x needs anything made: its root
+        if a.version == "4":
+            print(f"RabbitMQ 4.x root ready: {ensure_rabbitmq4_root()}")
+        return 0
     if a.action == "start":
         started = b.start()
         print(f"rabbitmq {'started' if started else 'already running'}: {b.url} management {b.management_url}")

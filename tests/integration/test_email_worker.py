@@ -9,7 +9,7 @@ from qw_core.topology import H_ATTEMPT, H_REASON, dead_queue_name
 from tests.support.smtp import smtp_server
 from tests.support.workers import TaskPublisher, running_worker, wait_until, worker_env
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.broker_matrix]  # on RabbitMQ 3.10 and 4.x
 
 
 @pytest.fixture

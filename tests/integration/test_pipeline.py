@@ -11,7 +11,7 @@ from PIL import Image
 from tests.support.images import image_bytes
 from tests.support.util import wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.broker_matrix]  # on RabbitMQ 3.10 and 4.x
 
 
 def _final(http, task_id, timeout=30):
