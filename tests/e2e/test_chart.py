@@ -19,12 +19,15 @@ import cluster as control_plane
 import pytest
 import yaml
 
-from tests.support.chart import CHART, CI_VALUES, MINIMAL, template_args
+from tests.support.chart import CHART, CI_VALUES, LINTABLE_CI_VALUES, MINIMAL, template_args
 
 pytestmark = pytest.mark.e2e
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 CRD_COPY = CHART / "crds" / "queueworker.yaml"
+# The RabbitMQ Cluster Operator's real CRD (vendored, see its header): the apiserver validates RabbitmqClusters with it.
+RABBITMQ_CRD = FIXTURES / "rabbitmq-cluster-crd.yaml"
+RABBITMQ_SCENARIO = CHART / "ci" / "rabbitmq-cluster-values.yaml"
 RELEASE = "qw"
 FULLNAME = f"{RELEASE}-queueworker"
 OPERATOR_SA = f"{FULLNAME}-operator"
@@ -51,13 +54,13 @@ def get_json(k8s: control_plane.Cluster, *args: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def k8s(k8s_cluster: control_plane.Cluster) -> control_plane.Cluster:
-    """The cluster with the QueueWorker CRD (the chart's copy of manifests/crd.yaml) and stand-ins for the
-    Prometheus Operator's CRDs installed and established."""
+    """The cluster with the QueueWorker CRD (the chart's copy of manifests/crd.yaml), stand-ins for the
+    Prometheus Operator's CRDs and the RabbitMQ Cluster Operator's real CRD installed and established."""
     assert CRD_COPY.exists(), "charts/queueworker/crds/queueworker.yaml is missing: copy manifests/crd.yaml (make crd)"
-    for crds in (CRD_COPY, FIXTURES / "monitoring-crds.yaml"):
+    files = (CRD_COPY, FIXTURES / "monitoring-crds.yaml", RABBITMQ_CRD)
+    for crds in files:
         k8s_cluster.kubectl("apply", "--server-side", "-f", str(crds))
-    names = [d["metadata"]["name"] for f in (CRD_COPY, FIXTURES / "monitoring-crds.yaml")
-             for d in yaml.safe_load_all(f.read_text()) if d]  # fmt: skip
+    names = [d["metadata"]["name"] for f in files for d in yaml.safe_load_all(f.read_text()) if d]
     k8s_cluster.kubectl("wait", "--for=condition=Established", "--timeout=30s", *[f"crd/{n}" for n in names])
     return k8s_cluster
 
@@ -158,7 +161,7 @@ def wait_for_pods(k8s: control_plane.Cluster, ns: str, component: str, count: in
 
 
 def test_helm_lint_is_clean_for_every_ci_scenario(k8s_cluster: control_plane.Cluster) -> None:
-    for values in CI_VALUES:
+    for values in LINTABLE_CI_VALUES:  # helm lint takes no --api-versions: the Cluster Operator scenario is dry-run
         out = k8s_cluster.helm("lint", "--strict", str(CHART), "-f", str(values), check=False)
         assert out.returncode == 0 and "0 chart(s) failed" in out.stdout, f"{values.name}:\n{out.stdout}{out.stderr}"
 
@@ -287,3 +290,44 @@ def test_the_operators_rbac_is_sufficient_and_minimal(
     granted = [r for r in refused if can(*r)]
     assert not granted, f"the operator may do more than it needs: {granted}"
     k8s.helm("uninstall", RELEASE, "--namespace", namespace, "--wait", "--timeout", "60s")
+
+
+# --- RabbitMQ by the RabbitMQ Cluster Operator (rabbitmq.cluster.create) ----------------------------------------
+
+
+def test_the_rabbitmqcluster_is_admitted_by_the_cluster_operators_own_schema(
+    k8s: control_plane.Cluster, restricted_namespace: str, release_inputs: Callable[[str], None]
+) -> None:
+    ns = restricted_namespace
+    rendered = k8s.helm(*template_args(RABBITMQ_SCENARIO, release=RELEASE, namespace=ns)).stdout
+    [cluster] = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "RabbitmqCluster"]
+    # The schema is really enforced: a plugin name its pattern (^\w+$) refuses is rejected ...
+    bad = {**cluster, "spec": {**cluster["spec"], "rabbitmq": {"additionalPlugins": ["rabbitmq-prometheus!"]}}}
+    refused = k8s.kubectl("apply", "--dry-run=server", "-n", ns, "-f", "-", input=json.dumps(bad), check=False)
+    assert refused.returncode != 0 and "spec.rabbitmq.additionalPlugins[0]" in refused.stderr, refused.stderr
+    # ... and the chart's passes it, with no field the CRD does not know (strict: unknown fields are errors).
+    strict = k8s.kubectl("apply", "--server-side", "--dry-run=server", "--validate=strict", "-n", ns, "-f", "-",
+                         input=json.dumps(cluster), check=False)  # fmt: skip
+    assert strict.returncode == 0, strict.stderr
+
+    # helm install asks the apiserver which APIs it serves: with the CRD there, the capability check passes.
+    release_inputs(ns)
+    install(k8s, ns, RABBITMQ_SCENARIO)
+    stored = get_json(k8s, "rabbitmqclusters", "qw-queueworker-rabbitmq", "-n", ns)
+    assert stored["spec"]["replicas"] == 3
+    assert stored["spec"]["rabbitmq"]["additionalPlugins"] == ["rabbitmq_prometheus"]
+    assert "{quorum_tick_interval, 1000}" in stored["spec"]["rabbitmq"]["advancedConfig"]
+    assert stored["spec"]["persistence"] == {"storageClassName": "fast-ssd", "storage": "20Gi"}
+    # The API and operator pods, wired to the Cluster Operator's Secret, pass the "restricted" admission.
+    assert len(wait_for_pods(k8s, ns, "api", 2)) == 2
+    [operator] = wait_for_pods(k8s, ns, "operator", 1)
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in operator["spec"]["containers"][0]["env"]
+            if "secretKeyRef" in e.get("valueFrom", {})}  # fmt: skip
+    assert {n: (r["name"], r["key"]) for n, r in refs.items() if n.startswith("RABBITMQ_")} == {
+        f"RABBITMQ_{k.upper()}": ("qw-queueworker-rabbitmq-default-user", k)
+        for k in ("username", "password", "host", "port")
+    }
+    # Kept on uninstall: deleting it would delete the brokers' volumes with the queued tasks.
+    k8s.helm("uninstall", RELEASE, "--namespace", ns, "--wait", "--timeout", "60s")
+    assert get_json(k8s, "rabbitmqclusters", "qw-queueworker-rabbitmq", "-n", ns)["metadata"]["name"]
+    k8s.kubectl("delete", "rabbitmqcluster", "qw-queueworker-rabbitmq", "-n", ns)

@@ -66,24 +66,68 @@ app.kubernetes.io/part-of: queueworker
 {{- end }}
 
 {{/* Broker URLs come from the Secret, never literals: the AMQP URL for the API and workers, the management URL
-for the operator only (each process gets just the credentials it uses). */}}
+for the operator only (each process gets just the credentials it uses). With rabbitmq.cluster.create the URLs are
+put together by the kubelet ($(VAR) references) from the keys of the Secret the Cluster Operator creates; the
+operator's container lists amqpEnv first, since a $(VAR) only resolves to a variable defined above it. */}}
 {{- define "queueworker.amqpEnv" -}}
+{{- include "queueworker.amqpEnvLines" . | trim }}
+{{- end }}
+
+{{- define "queueworker.amqpEnvLines" -}}
+{{- if .Values.rabbitmq.cluster.create }}
+{{- $secret := printf "%s-default-user" (include "queueworker.rabbitmqCluster" .) }}
+{{- range $name, $key := dict "RABBITMQ_USERNAME" "username" "RABBITMQ_PASSWORD" "password" "RABBITMQ_HOST" "host" "RABBITMQ_PORT" "port" }}
+- name: {{ $name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret }}
+      key: {{ $key }}
+{{- end }}
+- name: QW_RABBITMQ_URL
+  value: "amqp://$(RABBITMQ_USERNAME):$(RABBITMQ_PASSWORD)@$(RABBITMQ_HOST):$(RABBITMQ_PORT)/{{ .Values.rabbitmq.vhost | urlquery }}"
+{{- else }}
 - name: QW_RABBITMQ_URL
   valueFrom:
     secretKeyRef:
       name: {{ include "queueworker.rabbitmqSecret" . }}
       key: {{ .Values.rabbitmq.amqpUrlKey }}
 {{- end }}
+{{- end }}
 
 {{- define "queueworker.managementEnv" -}}
+{{- include "queueworker.managementEnvLines" . | trim }}
+{{- end }}
+
+{{- define "queueworker.managementEnvLines" -}}
+{{- if .Values.rabbitmq.cluster.create }}
+- name: QW_RABBITMQ_MANAGEMENT_URL
+  value: "http://$(RABBITMQ_USERNAME):$(RABBITMQ_PASSWORD)@$(RABBITMQ_HOST):15672"
+{{- else }}
 - name: QW_RABBITMQ_MANAGEMENT_URL
   valueFrom:
     secretKeyRef:
       name: {{ include "queueworker.rabbitmqSecret" . }}
       key: {{ .Values.rabbitmq.managementUrlKey }}
-{{- with .Values.rabbitmq.prometheusUrl }}
+{{- end }}
+{{- with (include "queueworker.prometheusUrl" .) }}
 - name: QW_RABBITMQ_PROMETHEUS_URL
   value: {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{/* The RabbitmqCluster's name: its Service has this name, its headless Service "<name>-nodes" (a DNS label, so
+the name stays short). */}}
+{{- define "queueworker.rabbitmqCluster" -}}
+{{- default (printf "%s-rabbitmq" (include "queueworker.fullname" .)) .Values.rabbitmq.cluster.name | trunc 50 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Depth from every broker pod's rabbitmq_prometheus port: a headless Service's name resolves to each pod, and
+the operator reads every address of a name and merges them (a node reports the queues it hosts). */}}
+{{- define "queueworker.prometheusUrl" -}}
+{{- if .Values.rabbitmq.prometheusUrl }}
+{{- .Values.rabbitmq.prometheusUrl }}
+{{- else if .Values.rabbitmq.cluster.create }}
+{{- printf "http://%s-nodes.%s.svc:15692" (include "queueworker.rabbitmqCluster" .) .Release.Namespace }}
 {{- end }}
 {{- end }}
 
