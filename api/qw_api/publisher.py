@@ -9,6 +9,10 @@ hand-off queue and futures to get the confirm back, which is what aio-pika alrea
 A supervisor task owns the connection: it connects, declares the topology, and when the connection
 drops it reconnects with capped exponential backoff. While disconnected, `publish` fails at once
 with `PublishUnavailable` (the API answers 503 + Retry-After) instead of queueing work in memory.
+
+On a cluster (several nodes in QW_RABBITMQ_URL, or a name with several addresses) every (re)connect tries the
+nodes in turn, in qw_core.brokers' per-process random order with the node just lost last: API replicas spread
+over the nodes, and a dead node costs one refused connection, not a backoff.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 from pamqp.commands import Basic
+from qw_core.brokers import connect_order, parse_urls, redact
 from qw_core.topology import H_ATTEMPT, NOTIFICATIONS_EXCHANGE, TASKS_EXCHANGE, Topology, declare_with_aio_pika
 
 log = logging.getLogger(__name__)
@@ -44,6 +49,10 @@ class Publisher:
     ) -> None:
         self.max_message_bytes = max_message_bytes
         self.url = url
+        self.urls = parse_urls(url)  # one node, or the comma-separated nodes of a cluster
+        self._rng = random.Random()  # spreads API processes over the broker nodes
+        self._node: str | None = None  # the node the current (or last) connection went to
+        self._lost: str | None = None  # the node whose connection just dropped: tried last next time
         self.topology = topology
         self.confirm_timeout = confirm_timeout
         self._connection: AbstractConnection | None = None
@@ -83,7 +92,7 @@ class Publisher:
         while not self._stopping:
             closed = asyncio.Event()
             try:
-                conn = await aio_pika.connect(self.url, timeout=5, client_properties={"connection_name": "qw-api"})
+                conn = await self._connect()
                 on_close = _setter(closed)
                 conn.close_callbacks.add(on_close)
                 channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
@@ -95,7 +104,7 @@ class Publisher:
                 }
                 self._connection, self._channel = conn, channel
                 self._ready.set()
-                log.info("publisher connected to the broker")
+                log.info("publisher connected to the broker at %s", redact(self._node or ""))
                 delay = 0.2
                 await closed.wait()
                 log.warning("publisher lost the broker connection; reconnecting")
@@ -105,6 +114,7 @@ class Publisher:
                 log.warning("broker connection failed (%s); retrying in %.1fs", exc, delay)
             finally:
                 self._ready.clear()
+                self._lost = self._node
                 if self._connection is not None and not self._connection.is_closed:
                     try:
                         await self._connection.close()
@@ -113,6 +123,21 @@ class Publisher:
                 self._connection = self._channel = None
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 5.0)
+
+    async def _connect(self) -> AbstractConnection:
+        """A connection to the first node in this round's order that answers."""
+        failures = []
+        for url in connect_order(self.urls, self._rng, self._lost):
+            try:
+                conn = await aio_pika.connect(url, timeout=5, client_properties={"connection_name": "qw-api"})
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures.append(f"{redact(url)}: {type(exc).__name__}")
+                continue
+            self._node = url
+            return conn
+        raise ConnectionError("no broker node answered: " + "; ".join(failures))
 
     async def publish(
         self,

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from qw_core.brokers import parse_urls
+
 PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "password", "example", "xxx"}
 
 
@@ -15,6 +17,9 @@ class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="QW_", extra="ignore")
 
     env: Literal["dev", "test", "prod"] = "dev"
+    # One amqp(s):// URL, or the nodes of one cluster as several separated by commas (a password's comma as %2C).
+    # A plain amqp:// host name with several addresses counts as one node per address. Clients try the nodes in a
+    # per-process random order on every (re)connect and fail over to the next; see qw_core.brokers.
     rabbitmq_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/%2F")
     rabbitmq_management_url: SecretStr = SecretStr("http://guest:guest@127.0.0.1:15672")
     database_url: str = "sqlite:///./.run/queueworker.db"
@@ -31,6 +36,16 @@ class CommonSettings(BaseSettings):
     def _delays_positive(cls, v: list[int]) -> list[int]:
         if not v or any(d <= 0 for d in v):
             raise ValueError("retry_delays must be a non-empty list of positive milliseconds")
+        return v
+
+    def rabbitmq_urls(self) -> list[str]:
+        """The broker nodes named by QW_RABBITMQ_URL, as written (qw_core.brokers.connect_order expands them)."""
+        return parse_urls(self.rabbitmq_url.get_secret_value())
+
+    @field_validator("rabbitmq_url")
+    @classmethod
+    def _amqp_urls(cls, v: SecretStr) -> SecretStr:
+        parse_urls(v.get_secret_value())
         return v
 
     @model_validator(mode="after")

@@ -1,18 +1,25 @@
-"""Run the real API (uvicorn, real HTTP on 127.0.0.1) in a background thread for tests."""
+"""Run the real API (uvicorn, real HTTP on 127.0.0.1) in a background thread, or as a process, for tests."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import uvicorn
 from qw_api.main import create_app
 from qw_core.settings import ApiSettings
 
-from tests.support.util import free_port, wait_until  # noqa: F401 - re-exported for the API suites
+from tests.support.util import free_port, http_ok, wait_until  # noqa: F401 - re-exported for the API suites
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @contextmanager
@@ -41,3 +48,27 @@ def running_api(settings: ApiSettings) -> Iterator[tuple[str, object]]:
 def client(base: str, key: str | None = "key-acme") -> httpx.Client:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     return httpx.Client(base_url=base, headers=headers, timeout=30)
+
+
+@contextmanager
+def api_process(env: dict[str, str], log: Path, timeout: float = 60) -> Iterator[str]:
+    """`python -m qw_api` as a child process (its own process group) with `env` on top of os.environ and a free
+    QW_API_PORT; yields its base URL once /readyz answers 200; stops it (SIGTERM, then SIGKILL) afterwards."""
+    port = free_port()
+    proc_env = {**os.environ, "QW_ENV": "test", "QW_LOG_FORMAT": "json", **env, "QW_API_PORT": str(port)}
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "qw_api"], env=proc_env, cwd=ROOT, stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: http_ok(base + "/readyz") or proc.poll() is not None, timeout, 0.1, "the API ready")
+        assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
+        yield base
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()

@@ -6,11 +6,14 @@ heartbeats keep flowing however long a task runs and the connection is only touc
 A worker thread settles its delivery in this order: publish retry/dead copy (confirmed) -> status write ->
 ack. Deliveries carry the connection generation; after a reconnect, stale tags are never acked (the
 broker redelivers those messages, and the store turns the repeat into a duplicate).
+On a cluster each (re)connect tries the nodes in qw_core.brokers' order (per-process random, the node just lost
+last), so workers spread over the nodes and fail over to a live one at the first reconnect.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -20,6 +23,7 @@ from typing import Any, Literal, TypeVar
 
 import pika
 import pika.exceptions
+from qw_core import brokers
 from qw_core.messages import TaskMessage
 from qw_core.settings import WorkerSettings
 from qw_core.storage import LocalStorage
@@ -77,6 +81,9 @@ class Worker:
         self._ch: Any = None
         self._pending: set[Future[Any]] = set()
         self._broker_cancelled = False
+        self._rng = random.Random()  # spreads processes over the broker nodes
+        self._node: str | None = None  # the broker node of the current connection
+        self._lost: str | None = None  # the node whose connection just failed: tried last on the next connect
         self._pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix=f"qw-{kind}")
         self.abandoned = 0  # tasks still running when the grace period ran out
 
@@ -106,6 +113,7 @@ class Worker:
                 break
             except (pika.exceptions.AMQPError, OSError, ConnectionLost) as exc:
                 self._disconnected()
+                self._lost, self._node = self._node, None
                 failures = 1 if self._was_consuming else failures + 1
                 delay = reconnect_delay(failures)
                 log.warning(
@@ -126,14 +134,31 @@ class Worker:
     _was_consuming = False
     _grace_deadline: float | None = None
 
-    def _connect(self) -> tuple[pika.BlockingConnection, Any]:
-        params = pika.URLParameters(self.settings.rabbitmq_url.get_secret_value())
+    def _params(self, url: str) -> pika.URLParameters:
+        params = pika.URLParameters(url)
         params.heartbeat = self.settings.heartbeat
         params.blocked_connection_timeout = 60
         params.connection_attempts = 1
         params.socket_timeout = 5
         params.client_properties = {"connection_name": f"qw-worker-{self.kind}"}
-        conn = pika.BlockingConnection(params)
+        return params
+
+    def _open(self) -> pika.BlockingConnection:
+        """A connection to the first node in this round's order that answers; the last refusal if none does."""
+        error: Exception = pika.exceptions.AMQPConnectionError("no broker URL")
+        for url in brokers.connect_order(self.settings.rabbitmq_urls(), self._rng, self._lost):
+            try:
+                conn = pika.BlockingConnection(self._params(url))
+            except (pika.exceptions.AMQPConnectionError, OSError) as exc:
+                error = exc
+                continue
+            self._node = url
+            log.info("connected to %s", brokers.redact(url), extra={"kind": self.kind})
+            return conn
+        raise error
+
+    def _connect(self) -> tuple[pika.BlockingConnection, Any]:
+        conn = self._open()
         try:
             ch = conn.channel()
             declare_with_pika(ch, self.topology)
