@@ -7,7 +7,8 @@ Each node is a `Broker` from scripts/rabbitmq.py with its own AMQP, management, 
 distribution ports. What makes them a cluster, and keeps them apart from the session broker (`qw@localhost`
 on the default epmd):
 
-- one private epmd for the three nodes (`ERL_EPMD_PORT`, listening on 127.0.0.1 only), stopped by `destroy()`;
+- one private epmd for the three nodes (`ERL_EPMD_PORT`, listening on 127.0.0.1 only), run in the foreground
+  as this process's child so `destroy()` can kill it (`epmd -kill` refuses while killed nodes are still listed);
 - one shared cookie: every node and every CLI call runs with HOME set to the cluster's directory, which holds
   `.erlang.cookie`;
 - node names `qwc<id>n<i>@localhost`, distinct per cluster;
@@ -35,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from rabbitmq import SBIN, Broker, free_broker_ports  # noqa: E402
+from rabbitmq import SBIN, Broker, free_broker_ports, port_open  # noqa: E402
 
 
 def _free_port() -> int:
@@ -98,6 +99,7 @@ class Cluster:
                 )
             )
         self.start_seconds: float | None = None
+        self._epmd: subprocess.Popen[bytes] | None = None
 
     # --- addresses -------------------------------------------------------------------------------------
 
@@ -132,6 +134,7 @@ class Cluster:
         cookie = self.home / ".erlang.cookie"
         cookie.write_text(secrets.token_hex(16))
         cookie.chmod(0o400)
+        self._start_epmd()
 
         def boot(node: ClusterNode) -> None:
             if node.running():
@@ -205,13 +208,26 @@ class Cluster:
         self._stop_epmd()
         shutil.rmtree(self.base, ignore_errors=True)
 
-    def _stop_epmd(self) -> None:
+    def _start_epmd(self) -> None:
+        """The nodes find it running on ERL_EPMD_PORT and do not start their own (a daemon nobody would stop)."""
         epmd = shutil.which("epmd") or str(SBIN / "epmd")
-        env = {**os.environ, "ERL_EPMD_PORT": str(self.epmd_port)}
-        try:
-            subprocess.run([epmd, "-port", str(self.epmd_port), "-kill"], env=env, capture_output=True, timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            pass
+        self._epmd = subprocess.Popen(
+            [epmd, "-port", str(self.epmd_port), "-address", "127.0.0.1"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 10
+        while not port_open(self.epmd_port) and time.monotonic() < deadline:
+            if self._epmd.poll() is not None:
+                raise RuntimeError(f"epmd on port {self.epmd_port} exited with {self._epmd.returncode}")
+            time.sleep(0.05)
+
+    def _stop_epmd(self) -> None:
+        if self._epmd is not None and self._epmd.poll() is None:
+            self._epmd.kill()
+            self._epmd.wait(10)
 
 
 def _kill_node(node: ClusterNode) -> None:
