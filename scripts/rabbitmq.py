@@ -395,9 +395,10 @@ class Broker4(Broker):
             if not proc.name.isdigit():
                 continue
             try:
-                if b"beam" in (proc / "cmdline").read_bytes().split(b"\0", 1)[0] and needle in (
-                    proc / "environ"
-                ).read_bytes():
+                if (
+                    b"beam" in (proc / "cmdline").read_bytes().split(b"\0", 1)[0]
+                    and needle in (proc / "environ").read_bytes()
+                ):
                     return int(proc.name)
             except OSError:
                 continue
