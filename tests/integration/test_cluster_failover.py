@@ -12,7 +12,8 @@
    mail goes out under a task id the client was told failed. Those are counted, not hidden.
 
 2. What the operator can read while one node is down: every surviving node's management API and Prometheus
-   per-object endpoint, compared with the queues' depth.
+   per-object endpoint, compared with the queues' depth; and the operator's own reader, given every node, still
+   sees every queue's depth.
 
 Figures (cluster start, API latency p50/p99 in the 5 s after each kill, 503s, failover gap, lost/duplicate
 counts, per-node metric coverage) are printed (pytest -s) and written to bench/results/cluster-failover.json.
@@ -20,6 +21,7 @@ counts, per-node metric coverage) are printed (pytest -s) and written to bench/r
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import json
 import math
@@ -32,11 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import pika
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from qw_core.store import TaskStore, open_store
+from qw_operator.rabbitmq import BrokerPoller, ManagementReader, PrometheusReader
 from rabbitmq import SBIN
 from rabbitmq_cluster import Cluster, ClusterNode
 
@@ -407,6 +411,8 @@ def test_what_each_node_reports_while_one_node_is_down(cluster: Cluster) -> None
     moved = wait_until(new_leaders, 20, 0.3, "a new leader for obs.1")
     settled = _poll(lambda: views(up, want, moved), 20)  # stats of the new leader, the down node forgotten
     during = views(up, want, moved, check=False)
+    # The operator's own reader, given every node (the dead one first): still every queue's depth, from Prometheus
+    operator_view = asyncio.run(operator_reads([down, *up], want))
     observed = {"members": members, "expected_depth": want, "leaders_before": leaders, "killed": down.nodename,
                 "leaders_while_down": moved, "observed_after_seconds": round(time.monotonic() - t, 1),
                 "before_kill": before, "while_down": during}  # fmt: skip
@@ -416,6 +422,28 @@ def test_what_each_node_reports_while_one_node_is_down(cluster: Cluster) -> None
     # Then
     assert all(m == 3 for m in members.values()), members  # 3.10 puts a quorum queue on every node of a 3-node cluster
     assert settled, "a surviving node's management API or Prometheus endpoint did not show what the others did"
+    assert operator_view == {q: (d, "Prometheus") for q, d in want.items()}, operator_view
+
+
+async def operator_reads(nodes: list[ClusterNode], want: dict[str, int]) -> dict[str, tuple[int, str]]:
+    """What the operator's BrokerPoller reads from a cluster with a node down: management URLs and Prometheus
+    endpoints of every node, the dead one among them. Polls until every queue shows its depth (10 s at most)."""
+    async with aiohttp.ClientSession() as s:
+        poller = BrokerPoller(
+            "cluster",
+            ManagementReader([n.management_url for n in nodes], s, timeout=2),
+            depth_reader=PrometheusReader([n.prometheus_url for n in nodes], s, timeout=2),
+        )
+        poller.register("uid", "/", "obs.1", 1.0)
+        seen: dict[str, tuple[int, str]] = {}
+        for _ in range(20):
+            snap = await poller.poll_once()
+            assert snap.error is None, snap.error
+            seen = {k[1]: (m.ready, m.depth_source) for k, m in snap.queues.items() if k[1] in want}
+            if {q: d for q, (d, _) in seen.items()} == want:
+                break
+            await asyncio.sleep(0.5)
+        return seen
 
 
 def views(
