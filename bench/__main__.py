@@ -92,6 +92,13 @@ def _rows(results: dict[str, dict[str, Any]]) -> list[str]:
             f"| reaction | broker shows the burst, p50 s: Prometheus endpoint vs management API | {seen_p['p50']} | "
             f"{seen_m['p50']} | {round(seen_p['p50'] / max(seen_m['p50'], 1e-3), 2)} |"
         )
+        if "operator_rabbitmq4_prometheus_only" in rt:
+            r4 = rt["operator_rabbitmq4_prometheus_only"]
+            rows.append(
+                f"| reaction, RabbitMQ 4.x (collector off) | burst -> spec.replicas, p50 / p99 s | {r4['p50']} / "
+                f"{r4['p99']} | RabbitMQ 3.10, same operator {r['p50']} / {r['p99']} | "
+                f"{rt['ratios']['rabbitmq4_over_3_10_reaction_p50']} |"
+            )
     rp = results.get("policy-replay", {})
     for trace, runs in rp.get("traces", {}).items():
         base = runs[0]
@@ -112,7 +119,10 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, Any]] = {}
     for name, cmd in BENCHES.items():
-        if only and name not in only:
+        if only and name not in only:  # `python -m bench NAME...`: the others' latest results stay in the table
+            saved = RESULTS / f"{name}.json"
+            if saved.exists():
+                results[name] = json.loads(saved.read_text())
             continue
         print(f"== {name}", flush=True)
         results[name] = _run(name, cmd)
