@@ -126,23 +126,29 @@ class CounterRates:
     series (node, queue), resets treated as a restart from 0, then summed over nodes.
 
     A queue is unknown (None) until two samples of it span at least `min_span` seconds. A queue that appears on
-    a node already read before starts from 0 there (on a 4.x broker, no sample means nothing counted yet).
+    a node already read before (with the same vhost filter) starts from 0 there: on a 4.x broker, no sample means
+    nothing counted yet. The counters are the queue's, kept across channel closes (checked on 4.0.5).
     """
+
+    FORGET_NODE = 600.0  # a node not read for this long (gone for good) loses its series
 
     def __init__(self, window: float = RATE_WINDOW, min_span: float = 0.5) -> None:
         self.window = window
         self.min_span = min_span
         self._series: dict[tuple[str, QueueKey], collections.deque[tuple[float, float, float]]] = {}
-        self._nodes: dict[str, float] = {}  # node -> when it was last read
+        self._nodes: dict[tuple[str, str | None], float] = {}  # (node, vhost filter) -> when it was last read
 
-    def update(self, scrapes: Sequence[tuple[str, Scrape]], now: float) -> dict[QueueKey, tuple[float, float] | None]:
-        """(node id, scrape) pairs of one tick -> {queue: (publish/s, ack/s) or None while unknown}."""
+    def update(
+        self, scrapes: Sequence[tuple[str, Scrape]], now: float, vhost: str | None = None
+    ) -> dict[QueueKey, tuple[float, float] | None]:
+        """(node id, scrape) pairs of one tick (read with `vhost` as filter) -> {queue: (publish/s, ack/s) or None
+        while unknown}."""
         out: dict[QueueKey, tuple[float, float] | None] = {}
         seen: set[tuple[str, QueueKey]] = set()
         for node, s in scrapes:
             if not s.has_counters:
                 continue
-            before = self._nodes.get(node)
+            before = self._nodes.get((node, vhost))
             for key in set(s.depth) | set(s.published) | set(s.acked):
                 sid = (node, key)
                 seen.add(sid)
@@ -167,9 +173,12 @@ class CounterRates:
                     out[key] = (prev[0] + rate[0], prev[1] + rate[1])
                 else:
                     out[key] = rate
-            self._nodes[node] = now
-        for sid in [sid for sid in self._series if sid not in seen and sid[0] in {n for n, _ in scrapes}]:
-            del self._series[sid]  # the queue is gone from a node that answered
+            self._nodes[(node, vhost)] = now
+        answered = {n for n, _ in scrapes}
+        gone = {n for (n, _), t in self._nodes.items() if now - t > self.FORGET_NODE}
+        for sid in [sid for sid in self._series if sid[0] in gone or (sid not in seen and sid[0] in answered)]:
+            del self._series[sid]  # the queue is gone from a node that answered, or the node is gone
+        self._nodes = {k: t for k, t in self._nodes.items() if k[0] not in gone}
         return out
 
     def _rate(self, series: collections.deque[tuple[float, float, float]]) -> tuple[float, float] | None:

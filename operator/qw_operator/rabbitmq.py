@@ -274,9 +274,10 @@ class BrokerPoller:
         started = time.perf_counter()
         error: BaseException | None = None
         try:
-            management, scrapes = await self._read(self._vhost_filter())
+            vhost = self._vhost_filter()
+            management, scrapes = await self._read(vhost)
             now = self._clock()
-            queues, unknown = self._combine(management, scrapes, now)
+            queues, unknown = self._combine(management, scrapes, now, vhost)
             snap = Snapshot(seq, now, queues, None, self.calls - before, unknown)
         except BrokerError as exc:
             error = exc
@@ -335,6 +336,7 @@ class BrokerPoller:
         management: Mapping[QueueKey, QueueMetrics | None] | None,
         scrapes: list[tuple[str, Scrape]] | None,
         now: float,
+        vhost: str | None = None,
     ) -> tuple[dict[QueueKey, QueueMetrics], dict[QueueKey, str]]:
         """Per queue: depth from Prometheus, else the management API; rates from Prometheus counters, else the
         management API; neither -> unknown (with the reason), never zero."""
@@ -342,7 +344,7 @@ class BrokerPoller:
         self._rates = hold_rates(self._rates, with_depth, now)
         depth = merge_depth(s for _, s in scrapes or ())
         counters = bool(scrapes) and all(s.has_counters for _, s in scrapes or ())
-        rates = self._counters.update(scrapes or [], now) if counters else {}
+        rates = self._counters.update(scrapes or [], now, vhost) if counters else {}
         complete = counters and self.depth_reader is not None and not self.depth_reader.failed
         self._prometheus_complete = complete and (management is None or all(k in depth for k in management))
         queues: dict[QueueKey, QueueMetrics] = {}

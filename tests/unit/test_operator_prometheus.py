@@ -96,3 +96,17 @@ def test_rates_sum_over_nodes_and_a_node_going_away_is_not_negative() -> None:
 
 def test_3x_scrapes_give_no_counter_rates() -> None:
     assert CounterRates().update([("n", parse_scrape(REAL_3_10))], 0.0) == {}
+
+
+def test_a_queue_first_seen_under_a_new_vhost_filter_is_unknown_not_a_spike() -> None:
+    rates = CounterRates()
+    rates.update([("n1", s4(5, 5, ("/", "other")))], 0.0, vhost="/")
+    # The filter widens: a long-lived counter shows up for the first time; it must not count as 0 -> 5000 in 5 s
+    assert rates.update([("n1", s4(5000, 10, ("v2", "q")))], 5.0, vhost=None)[("v2", "q")] is None
+
+
+def test_a_node_gone_for_good_is_forgotten() -> None:
+    rates = CounterRates()
+    rates.update([("a", s4(1, 1)), ("b", s4(1, 1))], 0.0)
+    rates.update([("a", s4(2, 2))], 700.0)
+    assert {sid[0] for sid in rates._series} == {"a"}

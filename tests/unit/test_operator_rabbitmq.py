@@ -309,7 +309,11 @@ async def test_3x_depth_from_prometheus_rates_from_the_management_api(fake: tupl
     fm.items = [queue_item("v1", "jobs", ready=4)]
     app = web.Application()
     text = PROM_4X.replace("4.0.5", "3.10.8").split("rabbitmq_detailed_queue_exchange")[0]
-    app.router.add_get("/metrics/detailed", lambda _: web.Response(text=text))
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(text=text)
+
+    app.router.add_get("/metrics/detailed", metrics)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
