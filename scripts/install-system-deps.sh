@@ -3,6 +3,9 @@
 set -euo pipefail
 # mmdebstrap: the RabbitMQ 4.x test broker runs from a Debian trixie root it makes (scripts/rabbitmq.py, Broker4).
 want=(rabbitmq-server postgresql openssl chromium prometheus mmdebstrap)
+# containerd, runc, containernetworking-plugins, iptables: the test cluster's opt-in real node (tests/cluster/real_node.py);
+# busybox-static: the root filesystem of its pause image and of the real-node tests' image.
+want+=(containerd runc containernetworking-plugins iptables busybox-static)
 missing=()
 for p in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the test control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubectl, kwok, helm) from the pinned Go modules under tests/cluster/, into a cache outside the
+# kubectl, kubelet, kwok, helm) from the pinned Go modules under tests/cluster/, into a cache outside the
 # repo keyed by everything that decides the bytes, then links the binaries into <repo>/.cluster/bin.
 # A second run, or a fresh clone on the same machine, is a cache hit and takes about a second.
 #
@@ -13,7 +13,7 @@ repo="$(cd "$here/../.." && pwd)"
 cache_root="${QW_CLUSTER_CACHE:-${HOME:-/root}/.cache/queueworker/cluster}"
 bin_link_dir="${QW_CLUSTER_BIN:-$repo/.cluster/bin}"
 modules=(etcd k8s kwok helm)
-binaries=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm)
+binaries=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kwok helm)
 
 # Pinned versions; go.mod of each module must agree (checked below, so they cannot drift apart).
 K8S_VERSION=v1.36.3
@@ -92,7 +92,11 @@ total_start=$SECONDS
 build etcd "" .
 build kwok "" tool
 build helm "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean" tool
-build k8s "$version_ldflags" tool
+build k8s "$version_ldflags" k8s.io/kubernetes/cmd/{kube-apiserver,kube-controller-manager,kube-scheduler,kubectl}
+# The real node's kubelet (opt-in, real_node.py), timed on its own: what it adds to a build.
+kubelet_start=$SECONDS
+build k8s "$version_ldflags" k8s.io/kubernetes/cmd/kubelet
+kubelet_seconds=$((SECONDS - kubelet_start))
 # kwok's stages (fake node heartbeat, pod lifecycle) ship in its module zip, next to the code they fit.
 kwok_src="$(cd "$here/kwok" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)/kustomize/stage"
 mkdir -p "$tmp/bin/kwok-stages"
@@ -100,7 +104,8 @@ cp "$kwok_src/node/fast/node-initialize.yaml" "$kwok_src/node/heartbeat-with-lea
   "$kwok_src"/pod/fast/pod-{ready,complete,delete}.yaml "$tmp/bin/kwok-stages/"
 chmod 0644 "$tmp/bin/kwok-stages/"*
 for b in "${binaries[@]}"; do [[ -x "$tmp/bin/$b" ]] || { echo "build.sh: $b was not built" >&2; exit 1; }; done
-printf '%s\n' "k8s=$K8S_VERSION etcd=$ETCD_VERSION kwok=$KWOK_VERSION helm=$HELM_VERSION" "built $(date -u +%FT%TZ) in $((SECONDS - total_start))s" > "$tmp/BUILDINFO"
+printf '%s\n' "k8s=$K8S_VERSION etcd=$ETCD_VERSION kwok=$KWOK_VERSION helm=$HELM_VERSION" \
+  "built $(date -u +%FT%TZ) in $((SECONDS - total_start))s" "kubelet_build_seconds=$kubelet_seconds" > "$tmp/BUILDINFO"
 touch "$tmp/complete"
 rm -rf "$key_dir" && mv "$tmp" "$key_dir"
 trap - EXIT

@@ -1,12 +1,14 @@
 """A real Kubernetes control plane for tests: etcd, kube-apiserver, kube-controller-manager,
-kube-scheduler and kwok (one fake Node that turns scheduled pods Running), all on 127.0.0.1.
+kube-scheduler and kwok (one fake Node that turns scheduled pods Running), all on 127.0.0.1; opt-in, a real
+node beside it (containerd + kubelet, real_node.py).
 
 Standard library only (certificates come from the `openssl` CLI), so it runs before any venv exists.
 
-    python3 tests/cluster/cluster.py up   [--dir .cluster]   # leaves it running, kubeconfig in DIR
-    python3 tests/cluster/cluster.py down [--dir .cluster]
+    python3 tests/cluster/cluster.py up   [--dir .cluster] [--real-node]  # leaves it running, kubeconfig in DIR
+    python3 tests/cluster/cluster.py down [--dir .cluster]                # also stops the node, restores the host
+    python3 tests/cluster/cluster.py node-up|node-down [--dir .cluster]   # the real node alone, on a running one
 
-From Python: `start(cluster_dir, bin_dir)` returns a `Cluster`; `stop(cluster_dir)` ends it.
+From Python: `start(cluster_dir, bin_dir, real_node=False)` returns a `Cluster`; `stop(cluster_dir)` ends it.
 Each component logs to DIR/logs/<name>.log; a failed start raises ClusterError with the log tail.
 """
 
@@ -30,7 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import real_node
 from cluster_pki import PkiError, make_pki, write_kubeconfig
+from real_node import NodeError, RealNode
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -72,6 +76,7 @@ class Cluster:
     server: str
     dir: Path
     env: dict[str, str] = field(default_factory=dict)
+    node: RealNode | None = None  # the real node (containerd + kubelet), when started with one
 
     def _run(
         self, tool: str, args: tuple[str, ...], input: str | None, check: bool
@@ -95,6 +100,7 @@ def attach(kubeconfig: Path, bin_dir: Path) -> Cluster:
     probe = Cluster(kubeconfig, bin_dir, "", kubeconfig.parent, _helm_env(kubeconfig.parent))
     server = probe.kubectl("config", "view", "--minify", "-o", "jsonpath={.clusters[0].cluster.server}").stdout
     probe.server = server.strip()
+    probe.node = real_node.node_of(kubeconfig.parent)
     return probe
 
 
@@ -244,9 +250,12 @@ def _node_ready(api: _Api) -> bool:
     return ready and not tainted
 
 
-def start(cluster_dir: Path, bin_dir: Path, timeout: float = 180.0, die_with_parent: bool = False) -> Cluster:
+def start(
+    cluster_dir: Path, bin_dir: Path, timeout: float = 180.0, die_with_parent: bool = False, real_node: bool = False
+) -> Cluster:
     """Starts the control plane in cluster_dir and returns once pods can be scheduled and run.
-    die_with_parent: the components are killed when this process dies (a killed test run leaks nothing)."""
+    die_with_parent: the components are killed when this process dies (a killed test run leaks nothing).
+    real_node: also a real node (containerd + kubelet, see real_node.py), Ready before this returns."""
     started = time.monotonic()
     deadline = started + timeout
     cluster_dir = cluster_dir.resolve()
@@ -264,15 +273,30 @@ def start(cluster_dir: Path, bin_dir: Path, timeout: float = 180.0, die_with_par
     sup.state.update(ports=ports, server=server)
     for user in ("admin", "controller-manager", "scheduler", "kwok"):
         write_kubeconfig(cluster_dir / f"{user}.kubeconfig", pki, server, user)
+    node = None
     try:
         _start_components(sup, pki, ports, server, deadline)
+        if real_node:
+            node = start_node(cluster_dir, bin_dir, die_with_parent, max(30.0, deadline - time.monotonic()))
     except BaseException:
         stop(cluster_dir, remove=False)
         raise
     shutil.copy(cluster_dir / "admin.kubeconfig", cluster_dir / "kubeconfig")
     (cluster_dir / "kubeconfig").chmod(0o600)
     print(f"cluster: ready in {time.monotonic() - started:.1f}s at {server}", file=sys.stderr)
-    return Cluster(cluster_dir / "kubeconfig", bin_dir, server, cluster_dir, _helm_env(cluster_dir))
+    return Cluster(cluster_dir / "kubeconfig", bin_dir, server, cluster_dir, _helm_env(cluster_dir), node)
+
+
+def start_node(cluster_dir: Path, bin_dir: Path, die_with_parent: bool = False, timeout: float = 120.0) -> RealNode:
+    """Adds the real node to the control plane running in cluster_dir (see real_node.py)."""
+    cluster_dir = cluster_dir.resolve()
+    server = json.loads((cluster_dir / "state.json").read_text())["server"]
+    return real_node.start_node(cluster_dir, server, bin_dir, die_with_parent, timeout)
+
+
+def stop_node(cluster_dir: Path) -> list[str]:
+    """Stops the real node of cluster_dir and restores the host (the control plane keeps running)."""
+    return real_node.stop_node(cluster_dir)
 
 
 def _start_components(sup: _Supervisor, pki: Path, ports: dict[str, int], server: str, deadline: float) -> None:
@@ -317,6 +341,11 @@ def _start_components(sup: _Supervisor, pki: Path, ports: dict[str, int], server
             "--requestheader-extra-headers-prefix=X-Remote-Extra-",
             f"--proxy-client-cert-file={pki}/front-proxy-client.crt",
             f"--proxy-client-key-file={pki}/front-proxy-client.key",
+            # logs/exec/port-forward on a real node: its InternalIP is the node IP on the pod bridge.
+            f"--kubelet-client-certificate={pki}/apiserver-kubelet-client.crt",
+            f"--kubelet-client-key={pki}/apiserver-kubelet-client.key",
+            f"--kubelet-certificate-authority={pki}/ca.crt",
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
             # Endpoints may not point at loopback, and no pod here could reach the API server anyway.
             "--endpoint-reconciler-type=none",
         ],
@@ -410,6 +439,7 @@ def stop(cluster_dir: Path, remove: bool = True, grace: float = 10.0) -> None:
     """Ends every component, newest first and one at a time (the API server shuts down cleanly only while
     etcd still answers), each as a whole process group. Removes the state; keeps logs/ unless remove."""
     cluster_dir = cluster_dir.resolve()
+    real_node.stop_node(cluster_dir)  # first, while the API server still answers; restores the host
     for name, pid in reversed(list(_running(cluster_dir).items())):
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, grace)):
             try:
@@ -430,7 +460,7 @@ def stop(cluster_dir: Path, remove: bool = True, grace: float = 10.0) -> None:
         "state.json",
         "kubeconfig",
         *[f"{u}.kubeconfig" for u in ("admin", "controller-manager", "scheduler", "kwok")],
-        *(["logs"] if remove else []),
+        *(["logs", "node"] if remove else ["node/containerd", "node/kubelet"]),
     ):
         path = cluster_dir / item
         shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
@@ -445,16 +475,29 @@ def _reap() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("command", choices=["up", "down", "status", "node-up", "node-down"])
     parser.add_argument("--dir", type=Path, default=REPO / ".cluster", help="cluster state, logs and kubeconfig")
     parser.add_argument("--bin-dir", type=Path, default=None, help="binaries (default DIR/bin, built if needed)")
     parser.add_argument("--no-build", action="store_true", help="do not run build.sh first")
     parser.add_argument("--timeout", type=float, default=180.0)
+    parser.add_argument("--real-node", action="store_true", help="also a real node: containerd + kubelet (root)")
     args = parser.parse_args(argv)
     bin_dir = args.bin_dir or args.dir / "bin"
     if args.command == "down":
         stop(args.dir)
         print(f"cluster: stopped, {args.dir} cleaned (binaries kept)")
+        return 0
+    if args.command == "node-down":
+        for line in stop_node(args.dir):
+            print(f"node: {line}")
+        return 0
+    if args.command == "node-up":
+        try:
+            node = start_node(args.dir, bin_dir)
+        except NodeError as exc:
+            print(f"node: failed to start: {exc}", file=sys.stderr)
+            return 1
+        print(f"node: {node.name} Ready, node IP / pod gateway {node.gateway_ip}, containerd {node.containerd_address}")
         return 0
     if args.command == "status":
         alive = _running(args.dir.resolve())
@@ -466,8 +509,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_build:
         build(bin_dir)
     try:
-        cluster = start(args.dir, bin_dir, args.timeout)
-    except (ClusterError, PkiError) as exc:
+        cluster = start(args.dir, bin_dir, args.timeout, real_node=args.real_node)
+    except (ClusterError, PkiError, NodeError) as exc:
         print(f"cluster: failed to start: {exc}", file=sys.stderr)
         return 1
     print(
@@ -475,6 +518,12 @@ def main(argv: list[str] | None = None) -> int:
         f"  export PATH={bin_dir.resolve()}:$PATH KUBECONFIG={cluster.kubeconfig}\n"
         f"  logs in {cluster.dir}/logs; stop with: python3 {Path(__file__)} down --dir {args.dir}"
     )
+    if cluster.node:
+        print(
+            f"  real node {cluster.node.name}: node IP / pod gateway {cluster.node.gateway_ip}, "
+            f"containerd {cluster.node.containerd_address} (ctr -n k8s.io images import ARCHIVE), "
+            f"logs in {cluster.dir}/node/logs"
+        )
     return 0
 
 

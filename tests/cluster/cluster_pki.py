@@ -48,6 +48,8 @@ def make_pki(pki: Path) -> None:
     _leaf(pki, "ca", "scheduler", "/CN=system:kube-scheduler", "clientAuth")
     # kwok writes node and pod status for every fake node, as the Node authorizer would not allow.
     _leaf(pki, "ca", "kwok", "/O=system:masters/CN=kwok", "clientAuth")
+    # The API server's identity towards kubelets (logs, exec, port-forward), as kubeadm names it.
+    _leaf(pki, "ca", "apiserver-kubelet-client", f"/O={ADMIN_USER[1]}/CN=kube-apiserver-kubelet-client", "clientAuth")
     # The aggregation layer's own CA (as kubeadm does): the apiserver proxies to extension API servers
     # with this client cert, and the controller-manager and scheduler trust it for delegated authn.
     _ca(pki, "front-proxy-ca", "/CN=queueworker-test-front-proxy-ca")
@@ -104,3 +106,17 @@ def write_kubeconfig(path: Path, pki: Path, server: str, user: str) -> None:
     }
     path.write_text(json.dumps(config, indent=2))  # JSON is YAML: every client reads it
     path.chmod(0o600)
+
+
+def make_node_pki(pki: Path, node: str, node_ip: str) -> None:
+    """A kubelet's client cert (the Node authorizer's system:node:<name> in system:nodes), as kubelet.crt,
+    and its serving cert for the node IP, which the API server checks against the cluster CA."""
+    _leaf(pki, "ca", "kubelet", f"/O=system:nodes/CN=system:node:{node}", "clientAuth")
+    _leaf(
+        pki,
+        "ca",
+        "kubelet-serving",
+        f"/O=system:nodes/CN=system:node:{node}",
+        "serverAuth",
+        [f"IP:{node_ip}", f"DNS:{node}"],
+    )

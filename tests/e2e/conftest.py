@@ -2,7 +2,9 @@
 kwok fake node, built from pinned Go modules (tests/cluster/build.sh, cached) and started once per session.
 
 QW_KUBECONFIG=path reuses a running control plane (e.g. `make cluster-up`, then
-QW_KUBECONFIG=.cluster/kubeconfig). Nothing here skips: a control plane that cannot be built or started
+QW_KUBECONFIG=.cluster/kubeconfig). QW_REAL_NODE=1 starts it with the real node (containerd + kubelet,
+tests/cluster/real_node.py) for the whole session; without it, tests/e2e/test_real_node.py adds the node for
+its module only. Nothing here skips: a control plane that cannot be built or started
 fails the tests, with the failing component's log tail in the error.
 """
 
@@ -34,7 +36,8 @@ def k8s_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[control_pl
         yield control_plane.attach(Path(reuse), bin_dir)
         return
     cluster_dir = tmp_path_factory.mktemp("k8s")
-    cluster = control_plane.start(cluster_dir, bin_dir, die_with_parent=True)
+    real_node = os.environ.get("QW_REAL_NODE", "") not in ("", "0")
+    cluster = control_plane.start(cluster_dir, bin_dir, die_with_parent=True, real_node=real_node)
     try:
         yield cluster
     finally:
