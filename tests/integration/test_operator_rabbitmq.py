@@ -34,12 +34,14 @@ async def test_pagination_over_600_queues_on_the_real_broker(broker, vhost, amqp
         queues = await reader.fetch(vhost)
         assert reader.calls == 2  # 500 + 100
         assert len(queues) == 600
-        for _ in range(30):  # counts reach the management API with the next stats emission (1 s here)
-            if queues[(vhost, "q0042")].ready == 7:
+        for _ in range(30):  # counts reach the management API with the next stats emission (1 s here); until
+            # then a new queue is listed without depth: None (unknown), never 0
+            q42, q1 = queues[(vhost, "q0042")], queues[(vhost, "q0001")]
+            if q42 is not None and q42.ready == 7 and q1 is not None:
                 break
             await asyncio.sleep(0.2)
             queues = await reader.fetch(vhost)
-        assert queues[(vhost, "q0042")].ready == 7 and queues[(vhost, "q0001")].ready == 0
+        assert q42 is not None and q42.ready == 7 and q1 is not None and q1.ready == 0
         # The unfiltered read (every vhost) pages the same way
         everything = await reader.fetch()
         assert (vhost, "q0599") in everything
@@ -63,7 +65,8 @@ async def test_publish_rate_shows_up(broker, vhost, amqp_url) -> None:
             await asyncio.sleep(0.2)
             snap = await poller.poll_once()
             m = snap.queues.get((vhost, "rated"))
-            if m is not None and (m.publish_rate or 0) > 0:
+            # depth and rates reach the API on separate emissions (queue stats, channel stats): wait for both
+            if m is not None and (m.publish_rate or 0) > 0 and m.ready > 0:
                 break
     await publisher
     assert m is not None and m.ready > 0 and (m.publish_rate or 0) > 0 and snap.calls == 1
