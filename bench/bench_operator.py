@@ -119,8 +119,9 @@ async def run_size(broker: Broker, n: int, ticks: int) -> dict[str, Any]:
                 path = f"{base}/api/queues/{q}/{urllib.parse.quote(t.spec['queue'], safe='')}"
                 async with session.get(path, headers=headers) as resp:
                     item = await resp.json()
-                key, m = parse_queue(item)
-                await t.tick(Snapshot(seq, time.time(), {key: m}))
+                key, m = parse_queue(item)  # None: listed without depth (unknown), as the batched read treats it
+                queues, unknown = ({key: m}, {}) if m is not None else ({}, {key: "no depth"})
+                await t.tick(Snapshot(seq, time.time(), queues, unknown=unknown))
 
             async def per_queueworker() -> tuple[int, float]:
                 t0 = time.perf_counter()
