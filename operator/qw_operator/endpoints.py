@@ -27,6 +27,7 @@ def split_credentials(url: str) -> tuple[str, dict[str, str]]:
 
 
 def endpoint_list(raw: str | list[str]) -> list[str]:
-    """One broker's endpoints, one per node: `url1|url2` (or a list). A single URL is a list of one."""
+    """One broker's endpoints, one per node: `url1|url2` or `url1,url2` (or a list). A single URL is a list of
+    one. (A comma in a password is written %2C, as in any URL.)"""
     items = [raw] if isinstance(raw, str) else raw
-    return [u.strip() for item in items for u in item.split("|") if u.strip()]
+    return [u.strip() for item in items for u in item.replace(",", "|").split("|") if u.strip()]

@@ -23,7 +23,7 @@ import logging
 import re
 import socket
 import urllib.parse
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -190,10 +190,29 @@ class CounterRates:
         return (p1 - p0) / span, (a1 - a0) / span
 
 
+Resolve = Callable[[str, int], Awaitable[list[str]]]
+
+
+async def _resolve(host: str, port: int) -> list[str]:
+    """The host's addresses; [] when it does not resolve (the GET then reports the failure)."""
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return []
+    return sorted({str(i[4][0]) for i in infos})
+
+
 class PrometheusReader:
     """Reads `/metrics/detailed` of every configured node (a host with several addresses is read at each)."""
 
-    def __init__(self, urls: str | Sequence[str], session: aiohttp.ClientSession, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        session: aiohttp.ClientSession,
+        timeout: float = 10.0,
+        resolve: Resolve | None = None,
+    ) -> None:
+        self._resolve = resolve or _resolve
         self.urls = endpoint_list(list(urls) if not isinstance(urls, str) else urls)
         self._targets = [split_credentials(u) for u in self.urls]
         self._session = session
@@ -211,11 +230,7 @@ class PrometheusReader:
             return [base]
         except OSError:
             pass
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except OSError:
-            return [base]  # the GET reports the failure
-        addrs = sorted({str(i[4][0]) for i in infos})
+        addrs = await self._resolve(host, port)
         if len(addrs) <= 1:
             return [base]
         return [parts._replace(netloc=f"[{a}]:{port}" if ":" in a else f"{a}:{port}").geturl() for a in addrs]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from qw_operator.config import Settings
+from qw_operator.endpoints import endpoint_list
 
 
 def test_brokers_from_env_and_file(tmp_path: Path) -> None:
@@ -35,3 +36,22 @@ def test_prometheus_endpoints_per_broker() -> None:
 def test_prometheus_endpoint_for_an_unknown_broker_is_refused() -> None:
     with pytest.raises(ValueError, match="not in QW_BROKERS: us"):
         Settings(brokers_prometheus="us=http://us:15692").prometheus_urls()
+
+
+def test_a_cluster_is_listed_node_by_node() -> None:
+    s = Settings(
+        rabbitmq_management_url="http://a:b@rmq-0:15672, http://a:b@rmq-1:15672",
+        rabbitmq_prometheus_url="http://rmq-0:15692,http://rmq-1:15692",
+        brokers="eu=http://u:p@eu-0:15672|http://u:p@eu-1:15672",
+        brokers_prometheus="eu=http://eu-nodes:15692",
+    )
+    assert s.broker_urls() == {
+        "default": "http://a:b@rmq-0:15672|http://a:b@rmq-1:15672",
+        "eu": "http://u:p@eu-0:15672|http://u:p@eu-1:15672",
+    }
+    assert s.prometheus_urls() == {"default": "http://rmq-0:15692|http://rmq-1:15692", "eu": "http://eu-nodes:15692"}
+    assert endpoint_list(s.broker_urls()["default"]) == ["http://a:b@rmq-0:15672", "http://a:b@rmq-1:15672"]
+    assert endpoint_list("http://a:b@one:15672, http://a:b@two:15672") == [
+        "http://a:b@one:15672",
+        "http://a:b@two:15672",
+    ]

@@ -346,3 +346,33 @@ async def test_management_api_fails_over_to_the_next_node(fake: tuple[FakeManage
         assert len(await reader.fetch("v2")) == 1
         assert len(await reader.fetch("v2")) == 1  # sticks to the node that answered
         assert reader.calls == 3
+
+
+async def test_a_name_with_several_addresses_is_read_at_each() -> None:
+    """A headless Service name resolves to every broker pod; each reports the queues it leads. Two endpoints on
+    127.0.0.1 and 127.0.0.2 (same port) stand for two nodes; the resolver says the name has both addresses."""
+    nodes = {"127.0.0.1": ("a", 7), "127.0.0.2": ("b", 9)}
+
+    async def metrics(request: web.Request) -> web.Response:
+        queue, ready = nodes[request.transport.get_extra_info("sockname")[0]]  # type: ignore[union-attr]
+        return web.Response(text=f'rabbitmq_detailed_queue_messages_ready{{vhost="/",queue="{queue}"}} {ready}\n')
+
+    app = web.Application()
+    app.router.add_get("/metrics/detailed", metrics)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    first = web.TCPSite(runner, "127.0.0.1", 0)
+    await first.start()
+    port = first._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    await web.TCPSite(runner, "127.0.0.2", port).start()
+
+    async def resolve(host: str, p: int) -> list[str]:
+        return sorted(nodes) if host == "rmq-nodes" else []
+
+    try:
+        async with aiohttp.ClientSession() as s:
+            reader = PrometheusReader(f"http://rmq-nodes:{port}", s, resolve=resolve)
+            assert await reader.fetch() == {("/", "a"): (7, 0, 0), ("/", "b"): (9, 0, 0)}
+            assert reader.calls == 2
+    finally:
+        await runner.cleanup()
