@@ -19,6 +19,14 @@ class OperatorMetrics:
             subsystem=SUB,
             registry=registry,
         )
+        self.queue_metrics_available = Gauge(
+            "queue_metrics_available",
+            "1 when the last tick had the queue's depth; 0 while it is unknown (replicas held)",
+            qw,
+            namespace=NS,
+            subsystem=SUB,
+            registry=registry,
+        )
         self.replicas_desired = Gauge(
             "replicas_desired", "Replicas the policy asks for", qw, namespace=NS, subsystem=SUB, registry=registry
         )
@@ -63,7 +71,7 @@ class OperatorMetrics:
             self.broker_read_errors.labels(broker).inc()
 
     def forget(self, namespace: str, name: str) -> None:
-        for g in (self.replicas_desired, self.replicas_current, self.replicas_max):
+        for g in (self.replicas_desired, self.replicas_current, self.replicas_max, self.queue_metrics_available):
             try:
                 g.remove(namespace, name)
             except KeyError:

@@ -83,6 +83,7 @@ class Ticker:
         current = self.current_replicas(target, now)
         q, reachable, why = self.observe(snap)
         obs = None if q is None else Observation(q.ready, q.unacked, q.consumers, q.publish_rate, q.ack_rate)
+        self.metrics.queue_metrics_available.labels(self.namespace, self.name).set(0 if q is None else 1)
         prev_conditions = self.last_status.get("conditions") or []
         conds = [
             condition(

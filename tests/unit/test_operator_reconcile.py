@@ -171,6 +171,7 @@ async def test_metrics_per_queueworker() -> None:
     assert m.replicas_desired.labels("ns", "w")._value.get() == 5
     assert m.replicas_max.labels("ns", "w")._value.get() == 10
     assert m.queue_messages.labels("ns", "w", "ready")._value.get() == 45
+    assert m.queue_metrics_available.labels("ns", "w")._value.get() == 1
     assert m.scale_events.labels("up")._value.get() == 1
 
 
@@ -188,6 +189,7 @@ async def test_a_queue_listed_without_depth_holds_and_says_why() -> None:
     assert conds["MetricsAvailable"]["status"] == "False" and conds["MetricsAvailable"]["message"] == why
     assert conds["MetricsAvailable"]["reason"] == "NoDepth" and conds["BrokerReachable"]["status"] == "True"
     assert conds["Ready"]["status"] == "False" and conds["Ready"]["reason"] == "NoMetrics"
+    assert t.metrics.queue_metrics_available.labels("ns", "w")._value.get() == 0  # the alert's input
 
 
 async def test_status_names_the_sources_and_leaves_unknown_rates_out() -> None:
