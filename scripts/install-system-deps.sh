@@ -6,6 +6,9 @@ want=(rabbitmq-server postgresql openssl chromium prometheus mmdebstrap)
 # containerd, runc, containernetworking-plugins, iptables: the test cluster's opt-in real node (tests/cluster/real_node.py);
 # busybox-static: the root filesystem of its pause image and of the real-node tests' image.
 want+=(containerd runc containernetworking-plugins iptables busybox-static)
+# podman: builds and runs the container images (scripts/images.py; as root, so no uidmap/slirp4netns needed), with
+# runc as the runtime scripts/containers.conf names (podman alone would pull crun, which refuses this host).
+want+=(podman runc)
 missing=()
 for p in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
