@@ -48,10 +48,15 @@ class CommonSettings(BaseSettings):
         parse_urls(v.get_secret_value())
         return v
 
+    # Which broker URLs this service really uses: only those must not carry the guest account in prod (guest can
+    # log in from localhost only). The operator reads the management API and never opens AMQP.
+    _broker_urls_used: tuple[str, ...] = ("rabbitmq_url",)
+
     @model_validator(mode="after")
     def _no_default_credentials_in_prod(self) -> CommonSettings:
-        if self.env == "prod" and "guest:guest@" in self.rabbitmq_url.get_secret_value():
-            raise ValueError("QW_RABBITMQ_URL uses the guest account; set real credentials in prod")
+        for field in self._broker_urls_used if self.env == "prod" else ():
+            if "guest:guest@" in getattr(self, field).get_secret_value():
+                raise ValueError(f"QW_{field.upper()} uses the guest account; set real credentials in prod")
         return self
 
 
@@ -107,6 +112,7 @@ class WorkerSettings(CommonSettings):
 
 
 class OperatorSettings(CommonSettings):
+    _broker_urls_used = ("rabbitmq_management_url",)
     namespace: str = ""
     metrics_port: int = 9200
     health_port: int = 8080

@@ -41,3 +41,17 @@ def test_api_refuses_to_start_without_any_key(monkeypatch):
     monkeypatch.setenv("QW_API_KEYS", "")
     with pytest.raises(ValueError, match="QW_API_KEYS is empty"):
         create_app(ApiSettings())
+
+
+def test_the_operator_in_prod_needs_no_amqp_url_but_a_real_management_account(monkeypatch):
+    """The plain manifest's operator (QW_ENV=prod, management URL from a Secret, no QW_RABBITMQ_URL: it never
+    opens AMQP) crashed at start-up on the guest default of an URL it does not use."""
+    from qw_core.settings import OperatorSettings
+
+    monkeypatch.setenv("QW_ENV", "prod")
+    monkeypatch.delenv("QW_RABBITMQ_URL", raising=False)
+    monkeypatch.setenv("QW_RABBITMQ_MANAGEMENT_URL", "http://qw:s3cret-long@rabbit:15672")
+    assert OperatorSettings().env == "prod"
+    monkeypatch.setenv("QW_RABBITMQ_MANAGEMENT_URL", "http://guest:guest@rabbit:15672")
+    with pytest.raises(ValidationError, match="QW_RABBITMQ_MANAGEMENT_URL uses the guest account"):
+        OperatorSettings()
