@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -70,19 +71,30 @@ class FakeManagement:
         )
 
 
+@contextlib.asynccontextmanager
+async def serve(app: web.Application, *hosts: str) -> AsyncIterator[int]:
+    """`app` on a free port of 127.0.0.1 (and of each further host, same port) for the block; yields the port."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port: int = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    for host in hosts:
+        await web.TCPSite(runner, host, port).start()
+    try:
+        yield port
+    finally:
+        await runner.cleanup()
+
+
 @pytest.fixture
 async def fake() -> AsyncIterator[tuple[FakeManagement, str]]:
     fm = FakeManagement([queue_item("v1", f"q{i}", ready=i) for i in range(1201)] + [queue_item("v2", "other")])
     app = web.Application()
     app.router.add_get("/api/queues", fm.handle)
     app.router.add_get("/api/queues/{vhost}", fm.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield fm, f"http://user:p%40ss@127.0.0.1:{port}"
-    await runner.cleanup()
+    async with serve(app) as port:
+        yield fm, f"http://user:p%40ss@127.0.0.1:{port}"
 
 
 async def test_reads_every_page_following_page_count(fake: tuple[FakeManagement, str]) -> None:
@@ -255,13 +267,8 @@ async def broker4() -> AsyncIterator[tuple[FakeManagement, dict[str, Any], str, 
     app.router.add_get("/api/queues", fm.handle)
     app.router.add_get("/api/queues/{vhost}", fm.handle)
     app.router.add_get("/metrics/detailed", metrics)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield fm, prom, f"http://u:p@127.0.0.1:{port}", f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+    async with serve(app) as port:
+        yield fm, prom, f"http://u:p@127.0.0.1:{port}", f"http://127.0.0.1:{port}"
 
 
 async def test_collector_off_and_no_prometheus_endpoint_is_unknown_with_the_fix_in_the_reason(broker4) -> None:
@@ -314,21 +321,13 @@ async def test_3x_depth_from_prometheus_rates_from_the_management_api(fake: tupl
         return web.Response(text=text)
 
     app.router.add_get("/metrics/detailed", metrics)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        async with aiohttp.ClientSession() as s:
-            poller = BrokerPoller(
-                "b", ManagementReader(url, s), depth_reader=PrometheusReader(f"http://127.0.0.1:{port}", s)
-            )
-            poller.register("a", "v1", "jobs", 1.0)
-            for _ in range(2):  # no counters on 3.x: the management API is read every tick
-                snap = await poller.poll_once()
-    finally:
-        await runner.cleanup()
+    async with serve(app) as port, aiohttp.ClientSession() as s:
+        poller = BrokerPoller(
+            "b", ManagementReader(url, s), depth_reader=PrometheusReader(f"http://127.0.0.1:{port}", s)
+        )
+        poller.register("a", "v1", "jobs", 1.0)
+        for _ in range(2):  # no counters on 3.x: the management API is read every tick
+            snap = await poller.poll_once()
     jobs = snap.queues[("v1", "jobs")]
     assert (jobs.ready, jobs.depth_source, jobs.publish_rate, jobs.rate_source) == (
         100,
@@ -359,20 +358,11 @@ async def test_a_name_with_several_addresses_is_read_at_each() -> None:
 
     app = web.Application()
     app.router.add_get("/metrics/detailed", metrics)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    first = web.TCPSite(runner, "127.0.0.1", 0)
-    await first.start()
-    port = first._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    await web.TCPSite(runner, "127.0.0.2", port).start()
 
     async def resolve(host: str, p: int) -> list[str]:
         return sorted(nodes) if host == "rmq-nodes" else []
 
-    try:
-        async with aiohttp.ClientSession() as s:
-            reader = PrometheusReader(f"http://rmq-nodes:{port}", s, resolve=resolve)
-            assert await reader.fetch() == {("/", "a"): (7, 0, 0), ("/", "b"): (9, 0, 0)}
-            assert reader.calls == 2
-    finally:
-        await runner.cleanup()
+    async with serve(app, "127.0.0.2") as port, aiohttp.ClientSession() as s:
+        reader = PrometheusReader(f"http://rmq-nodes:{port}", s, resolve=resolve)
+        assert await reader.fetch() == {("/", "a"): (7, 0, 0), ("/", "b"): (9, 0, 0)}
+        assert reader.calls == 2
