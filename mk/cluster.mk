@@ -1,8 +1,8 @@
 # The test control plane (tests/cluster/): binaries built from pinned Go modules into a cache outside
 # the repo (~/.cache/queueworker/cluster, or QW_CLUSTER_CACHE), linked into .cluster/bin.
 #   make cluster-up    -> leaves it running; kubectl --kubeconfig .cluster/kubeconfig get nodes
-#   make cluster-up REAL_NODE=1 -> also a real node qw-node-0 (containerd + kubelet; root; changes the host,
-#                         see tests/cluster/README.md)
+#   make cluster-up REAL_NODE=1 -> also a real node qw-node-0 (containerd + kubelet + kube-proxy + CoreDNS; root;
+#                         changes the host, see tests/cluster/README.md)
 #   make cluster-down  -> stops it (and the real node), restores the host, removes its state (binaries stay cached)
 #   make test-real     -> the real-node suite alone (tests/e2e/test_real_node.py)
 # Reuse a running one in the e2e tests: QW_KUBECONFIG=.cluster/kubeconfig make test-e2e

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the test control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubectl, kubelet, kwok, helm) from the pinned Go modules under tests/cluster/, into a cache outside the
+# kubectl, kwok, helm; for the opt-in real node kubelet, kube-proxy and CoreDNS) from the pinned Go modules under tests/cluster/, into a cache outside the
 # repo keyed by everything that decides the bytes, then links the binaries into <repo>/.cluster/bin.
 # A second run, or a fresh clone on the same machine, is a cache hit and takes about a second.
 #
@@ -12,14 +12,15 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 cache_root="${QW_CLUSTER_CACHE:-${HOME:-/root}/.cache/queueworker/cluster}"
 bin_link_dir="${QW_CLUSTER_BIN:-$repo/.cluster/bin}"
-modules=(etcd k8s kwok helm)
-binaries=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kwok helm)
+modules=(etcd k8s kwok helm coredns)
+binaries=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy kwok helm coredns)
 
 # Pinned versions; go.mod of each module must agree (checked below, so they cannot drift apart).
 K8S_VERSION=v1.36.3
 ETCD_VERSION=v3.6.16
 KWOK_VERSION=v0.8.0
 HELM_VERSION=v3.22.0
+COREDNS_VERSION=v1.15.0
 
 export PATH="$PATH:/usr/local/go/bin" # where the Go tarball installs, if a non-login shell lacks it
 command -v go >/dev/null || { echo "build.sh: go not found on PATH (need Go >= 1.26)" >&2; exit 1; }
@@ -33,6 +34,7 @@ check_pin k8s k8s.io/kubernetes "$K8S_VERSION"
 check_pin etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
 check_pin kwok sigs.k8s.io/kwok "$KWOK_VERSION"
 check_pin helm helm.sh/helm/v3 "$HELM_VERSION"
+check_pin coredns github.com/coredns/coredns "$COREDNS_VERSION"
 
 # The key covers this script, each wrapper module's sources, the Go toolchain and the platform.
 key="$(
@@ -93,10 +95,17 @@ build etcd "" .
 build kwok "" tool
 build helm "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean" tool
 build k8s "$version_ldflags" k8s.io/kubernetes/cmd/{kube-apiserver,kube-controller-manager,kube-scheduler,kubectl}
-# The real node's kubelet (opt-in, real_node.py), timed on its own: what it adds to a build.
+# The real node's kubelet, kube-proxy and CoreDNS (opt-in, real_node.py), each timed on its own: what they
+# add to a build.
 kubelet_start=$SECONDS
 build k8s "$version_ldflags" k8s.io/kubernetes/cmd/kubelet
 kubelet_seconds=$((SECONDS - kubelet_start))
+kube_proxy_start=$SECONDS
+build k8s "$version_ldflags" k8s.io/kubernetes/cmd/kube-proxy
+kube_proxy_seconds=$((SECONDS - kube_proxy_start))
+coredns_start=$SECONDS
+build coredns "" .
+coredns_seconds=$((SECONDS - coredns_start))
 # kwok's stages (fake node heartbeat, pod lifecycle) ship in its module zip, next to the code they fit.
 kwok_src="$(cd "$here/kwok" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)/kustomize/stage"
 mkdir -p "$tmp/bin/kwok-stages"
@@ -104,8 +113,9 @@ cp "$kwok_src/node/fast/node-initialize.yaml" "$kwok_src/node/heartbeat-with-lea
   "$kwok_src"/pod/fast/pod-{ready,complete,delete}.yaml "$tmp/bin/kwok-stages/"
 chmod 0644 "$tmp/bin/kwok-stages/"*
 for b in "${binaries[@]}"; do [[ -x "$tmp/bin/$b" ]] || { echo "build.sh: $b was not built" >&2; exit 1; }; done
-printf '%s\n' "k8s=$K8S_VERSION etcd=$ETCD_VERSION kwok=$KWOK_VERSION helm=$HELM_VERSION" \
-  "built $(date -u +%FT%TZ) in $((SECONDS - total_start))s" "kubelet_build_seconds=$kubelet_seconds" > "$tmp/BUILDINFO"
+printf '%s\n' "k8s=$K8S_VERSION etcd=$ETCD_VERSION kwok=$KWOK_VERSION helm=$HELM_VERSION coredns=$COREDNS_VERSION" \
+  "built $(date -u +%FT%TZ) in $((SECONDS - total_start))s" "kubelet_build_seconds=$kubelet_seconds" \
+  "kube_proxy_build_seconds=$kube_proxy_seconds" "coredns_build_seconds=$coredns_seconds" > "$tmp/BUILDINFO"
 touch "$tmp/complete"
 rm -rf "$key_dir" && mv "$tmp" "$key_dir"
 trap - EXIT

@@ -1,6 +1,7 @@
 """A real Kubernetes control plane for tests: etcd, kube-apiserver, kube-controller-manager,
-kube-scheduler and kwok (one fake Node that turns scheduled pods Running), all on 127.0.0.1; opt-in, a real
-node beside it (containerd + kubelet, real_node.py).
+kube-scheduler and kwok (one fake Node that turns scheduled pods Running), all on 127.0.0.1 (the API server on
+every address, so the real node's pods reach it at the bridge gateway); opt-in, a real node beside it
+(containerd + kubelet + kube-proxy + CoreDNS, real_node.py).
 
 Standard library only (certificates come from the `openssl` CLI), so it runs before any venv exists.
 
@@ -41,7 +42,8 @@ REPO = HERE.parent.parent
 NODE_NAME = "kwok-node-0"
 # kwok manages only nodes carrying this annotation, so it never touches a real node by mistake.
 KWOK_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
-SERVICE_CIDR = "10.96.0.0/16"
+SERVICE_CIDR = real_node.SERVICE_CIDR
+NODE_GATEWAY_IP = real_node.GATEWAY_IP  # the real node's bridge address: where its pods reach the API server
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
 
@@ -266,7 +268,8 @@ def start(
         shutil.rmtree(cluster_dir / stale, ignore_errors=True)
         (cluster_dir / stale).unlink(missing_ok=True)
     pki = cluster_dir / "pki"
-    make_pki(pki)
+    # The real node's pods reach the API server at the bridge gateway (the `kubernetes` Service's endpoint).
+    make_pki(pki, extra_sans=[f"IP:{NODE_GATEWAY_IP}"])
     sup = _Supervisor(cluster_dir, bin_dir, die_with_parent)
     ports = {name: _free_port() for name in ("etcd", "etcd-peer", "apiserver", "kcm", "scheduler", "kwok")}
     server = f"https://127.0.0.1:{ports['apiserver']}"
@@ -321,8 +324,11 @@ def _start_components(sup: _Supervisor, pki: Path, ports: dict[str, int], server
         "kube-apiserver",
         [
             f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            # All addresses: 127.0.0.1 for us, and the real node's bridge gateway (once a node creates it) for
+            # pods. The advertised address is that gateway: the `kubernetes` Service's endpoint (reconciled by
+            # the API server's lease reconciler), where kube-proxy sends 10.96.0.1:443. Unused without a node.
+            "--bind-address=0.0.0.0",
+            f"--advertise-address={NODE_GATEWAY_IP}",
             f"--secure-port={ports['apiserver']}",
             f"--tls-cert-file={pki}/apiserver.crt",
             f"--tls-private-key-file={pki}/apiserver.key",
@@ -346,8 +352,6 @@ def _start_components(sup: _Supervisor, pki: Path, ports: dict[str, int], server
             f"--kubelet-client-key={pki}/apiserver-kubelet-client.key",
             f"--kubelet-certificate-authority={pki}/ca.crt",
             "--kubelet-preferred-address-types=InternalIP,Hostname",
-            # Endpoints may not point at loopback, and no pod here could reach the API server anyway.
-            "--endpoint-reconciler-type=none",
         ],
     )
     api = _Api(server, pki)

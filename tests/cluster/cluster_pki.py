@@ -39,10 +39,11 @@ def _openssl(*args: str) -> None:
 _EC_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
 
 
-def make_pki(pki: Path) -> None:
+def make_pki(pki: Path, extra_sans: list[str] | None = None) -> None:
+    """extra_sans: more names for the API server's serving cert (the real node's gateway IP, where pods reach it)."""
     pki.mkdir(parents=True, exist_ok=True)
     _ca(pki, "ca", "/CN=queueworker-test-ca")
-    _leaf(pki, "ca", "apiserver", "/CN=kube-apiserver", "serverAuth", APISERVER_SANS)
+    _leaf(pki, "ca", "apiserver", "/CN=kube-apiserver", "serverAuth", APISERVER_SANS + (extra_sans or []))
     _leaf(pki, "ca", "admin", f"/O={ADMIN_USER[1]}/CN={ADMIN_USER[0]}", "clientAuth")
     _leaf(pki, "ca", "controller-manager", "/CN=system:kube-controller-manager", "clientAuth")
     _leaf(pki, "ca", "scheduler", "/CN=system:kube-scheduler", "clientAuth")
@@ -106,6 +107,11 @@ def write_kubeconfig(path: Path, pki: Path, server: str, user: str) -> None:
     }
     path.write_text(json.dumps(config, indent=2))  # JSON is YAML: every client reads it
     path.chmod(0o600)
+
+
+def make_client_cert(pki: Path, name: str, user: str, group: str | None = None) -> None:
+    """A client cert NAME.crt/.key for USER (in GROUP), signed by the cluster CA, for write_kubeconfig(..., NAME)."""
+    _leaf(pki, "ca", name, (f"/O={group}" if group else "") + f"/CN={user}", "clientAuth")
 
 
 def make_node_pki(pki: Path, node: str, node_ip: str) -> None:

@@ -9,10 +9,15 @@ after (`stop_node`, also run by `cluster.stop`):
 
 - a bridge `qwbr0` with 10.123.0.1/16 (outside podman's 10.88/16 and the service CIDR 10.96/16): the node
   IP, and the gateway address pods use to reach servers on the host. Deleted at stop.
+- a route `10.96.0.0/16 dev qwbr0`: the Service CIDR stays on the bridge, so a packet to a Service IP that
+  kube-proxy has not DNAT-ed (yet) never takes the default route. Deleted at stop.
+- net.ipv4.ip_forward=1 (pod -> Service IP -> pod is routed through the host), and two FORWARD rules that
+  keep that forwarding on the bridge (nothing from a pod leaves through another interface, nothing from
+  elsewhere reaches the pods). Put back / deleted at stop.
 - sysctls the kubelet sets at start (vm.overcommit_memory, kernel.panic, kernel.panic_on_oops, ...): each is
   put back to its value from before the node started, unless someone else changed it since.
-- iptables/ip6tables chains and rules the kubelet or the CNI plugins add (KUBE-*, CNI-HOSTPORT-*, rules
-  naming our network): deleted; anything else in the tables is left alone.
+- iptables/ip6tables chains and rules the kubelet, kube-proxy or the CNI plugins add (KUBE-*, CNI-HOSTPORT-*,
+  rules naming our network): deleted; anything else in the tables is left alone.
 - cgroups /sys/fs/cgroup/<controller>/kubepods (cgroupfs driver): their processes killed, then removed.
 - /var/log/containers symlinks to our pod logs (the kubelet hard-codes that path), /var/lib/cni (libcni's
   cache) and /run/containerd/s (the shims' sockets, hard-coded in containerd 1.6): ours removed, and the
@@ -21,6 +26,12 @@ after (`stop_node`, also run by `cluster.stop`):
 One real node per host at a time (the sysctls, iptables chains and cgroup names are host-wide): an owner
 record in /run/queueworker-real-node serialises them, and a node whose processes died without a stop (a
 SIGKILLed test run) is cleaned up, from the record's host snapshot, by the next start or stop.
+
+Cluster networking on the node: kube-proxy (iptables mode, masquerading all Service traffic, so it works with
+or without br_netfilter) makes Service IPs work for pods and for the host; CoreDNS, a host process on the
+gateway IP :53 (udp+tcp), answers for cluster.local behind the Service kube-system/kube-dns (10.96.0.10, the
+kubelet's clusterDNS); pods reach the API server at `kubernetes.default.svc` (10.96.0.1:443 -> the API
+server on the gateway IP). Both start with the node and stop with it.
 
 Pods go to the real node only when they ask: it has the label `queueworker.dev/node=real` and the taint
 `queueworker.dev/real-node=true:NoSchedule`, so kwok's tests never land there (see POD_PLACEMENT).
@@ -35,11 +46,14 @@ import hashlib
 import io
 import json
 import os
+import re
+import secrets
 import shlex
 import shutil
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import tarfile
 import time
@@ -50,12 +64,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from cluster_pki import make_node_pki, write_kubeconfig
+from cluster_pki import make_client_cert, make_node_pki, write_kubeconfig
 
 NODE_NAME = "qw-node-0"
 BRIDGE = "qwbr0"
 SUBNET = "10.123.0.0/16"
 GATEWAY_IP = "10.123.0.1"
+SERVICE_CIDR = "10.96.0.0/16"  # the cluster's (cluster.py's --service-cluster-ip-range)
+KUBERNETES_SERVICE_IP = "10.96.0.1"  # default/kubernetes, the first address of SERVICE_CIDR
+DNS_SERVICE_IP = "10.96.0.10"  # kube-system/kube-dns -> CoreDNS on GATEWAY_IP:53
+CLUSTER_DOMAIN = "cluster.local"
 CNI_NETWORK = "qw-pods"
 NODE_LABEL = ("queueworker.dev/node", "real")
 NODE_TAINT = {"key": "queueworker.dev/real-node", "value": "true", "effect": "NoSchedule"}
@@ -80,6 +98,43 @@ SYSCTLS = [
     "net/ipv4/conf/all/route_localnet",
     "net/bridge/bridge-nf-call-iptables",
     "net/bridge/bridge-nf-call-ip6tables",
+    # kube-proxy's conntrack settings: its configuration leaves them alone (all 0), restored all the same.
+    "net/netfilter/nf_conntrack_max",
+    "net/netfilter/nf_conntrack_tcp_timeout_established",
+    "net/netfilter/nf_conntrack_tcp_timeout_close_wait",
+    "net/netfilter/nf_conntrack_tcp_be_liberal",
+    "net/netfilter/nf_conntrack_udp_timeout",
+    "net/netfilter/nf_conntrack_udp_timeout_stream",
+]
+# FORWARD rules (inserted first, deleted at stop): with ip_forward on, the host routes pod -> Service IP -> pod
+# on the bridge, and nothing else to or from the pods.
+FORWARD_GUARDS = [
+    [
+        "-i",
+        BRIDGE,
+        "!",
+        "-o",
+        BRIDGE,
+        "-m",
+        "comment",
+        "--comment",
+        "queueworker real node: pods stay on the bridge",
+        "-j",
+        "DROP",
+    ],
+    [
+        "!",
+        "-i",
+        BRIDGE,
+        "-o",
+        BRIDGE,
+        "-m",
+        "comment",
+        "--comment",
+        "queueworker real node: pods stay on the bridge",
+        "-j",
+        "DROP",
+    ],
 ]
 HOST_PATHS = ["/run/netns", "/run/containerd", "/var/lib/cni", "/var/log/containers", "/var/log/pods"]
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -240,7 +295,14 @@ def snapshot_host() -> dict[str, Any]:
         "paths": {p: os.path.lexists(p) for p in HOST_PATHS},
         "cgroups": sorted(str(p) for p in CGROUP_ROOT.glob("*/kubepods")),
         "bridge": os.path.exists(f"/sys/class/net/{BRIDGE}"),
+        "service_route": _service_route(),
     }
+
+
+def _service_route() -> str:
+    """The main table's route for exactly SERVICE_CIDR, if any ("" when none)."""
+    proc = subprocess.run(["ip", "-4", "route", "show", "exact", SERVICE_CIDR], capture_output=True, text=True)
+    return proc.stdout.strip()
 
 
 def _restore_iptables(before: dict[str, str], log: Callable[[str], None]) -> None:
@@ -249,16 +311,36 @@ def _restore_iptables(before: dict[str, str], log: Callable[[str], None]) -> Non
         now = parse_iptables(_iptables_save(tool))
         for table, content in now.items():
             was = old.get(table, {"chains": [], "rules": []})
-            for rule in reversed(content["rules"]):
-                if rule not in was["rules"] and _is_ours(rule):
-                    spec = shlex.split(rule)[1:]
-                    subprocess.run([tool, "-w", "-t", table, "-D", *spec], capture_output=True)
-                    log(f"{tool} -t {table}: deleted {rule}")
-            for chain in content["chains"]:
-                if chain not in was["chains"] and _is_ours(chain):
-                    subprocess.run([tool, "-w", "-t", table, "-F", chain], capture_output=True)
-                    proc = subprocess.run([tool, "-w", "-t", table, "-X", chain], capture_output=True, text=True)
-                    log(f"{tool} -t {table}: deleted chain {chain} {proc.stderr.strip()}")
+            chains = [c for c in content["chains"] if c not in was["chains"] and _is_ours(c)]
+            # Rules of ours in chains we do not delete (e.g. PREROUTING -> KUBE-SERVICES); the rest go with -F.
+            rules = [
+                r
+                for r in reversed(content["rules"])
+                if r not in was["rules"] and _is_ours(r) and r.split()[1] not in chains
+            ]
+            if not rules and not chains:
+                continue
+            # One iptables-restore per table (kube-proxy leaves hundreds of rules: one call each takes seconds).
+            # All chains are flushed before any is deleted: kube-proxy's chains jump to one another.
+            batch = [f"*{table}", *("-D" + r[2:] for r in rules), *(f"-F {c}" for c in chains)]
+            batch += [*(f"-X {c}" for c in chains), "COMMIT", ""]
+            proc = subprocess.run(
+                [f"{tool}-restore", "--noflush"], input="\n".join(batch), capture_output=True, text=True
+            )
+            if proc.returncode == 0:
+                log(f"{tool} -t {table}: deleted {len(rules)} rules and chains {' '.join(chains) or '-'}")
+                continue
+            # One by one, as far as it goes (someone changed the table meanwhile, or holds the legacy lock).
+            log(f"{tool}-restore -t {table}: {proc.stderr.strip()}; deleting one by one")
+            for rule in rules:
+                spec = shlex.split(rule)[1:]
+                subprocess.run([tool, "-w", "-t", table, "-D", *spec], capture_output=True)
+                log(f"{tool} -t {table}: deleted {rule}")
+            for chain in chains:
+                subprocess.run([tool, "-w", "-t", table, "-F", chain], capture_output=True)
+            for chain in chains:
+                proc = subprocess.run([tool, "-w", "-t", table, "-X", chain], capture_output=True, text=True)
+                log(f"{tool} -t {table}: deleted chain {chain} {proc.stderr.strip()}")
 
 
 def _restore_sysctls(
@@ -526,7 +608,9 @@ def _kubelet_config(d: Path, pki: Path, port: int, healthz_port: int) -> dict[st
         "imageGCLowThresholdPercent": 99,
         "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
         "makeIPTablesUtilChains": False,
-        "resolvConf": "",
+        "resolvConf": "",  # pods get the cluster's DNS only: nothing upstream of it
+        "clusterDNS": [DNS_SERVICE_IP],
+        "clusterDomain": CLUSTER_DOMAIN,
         "podLogsDir": str(d / "pod-logs"),
         "registerWithTaints": [NODE_TAINT],
         "maxPods": 50,
@@ -534,6 +618,201 @@ def _kubelet_config(d: Path, pki: Path, port: int, healthz_port: int) -> dict[st
         "shutdownGracePeriod": "0s",
         "syncFrequency": "10s",
     }
+
+
+def _kube_proxy_config(d: Path, healthz_port: int, metrics_port: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+        "kind": "KubeProxyConfiguration",
+        "clientConnection": {"kubeconfig": str(d / "kube-proxy.kubeconfig")},
+        "hostnameOverride": NODE_NAME,
+        "bindAddress": GATEWAY_IP,
+        "healthzBindAddress": f"127.0.0.1:{healthz_port}",
+        "metricsBindAddress": f"127.0.0.1:{metrics_port}",
+        "mode": "iptables",
+        "clusterCIDR": SUBNET,
+        # NodePorts on the bridge only, never on the host's other addresses (nor 127.0.0.1: that would set
+        # route_localnet=1 host-wide).
+        "nodePortAddresses": [f"{GATEWAY_IP}/32"],
+        "iptables": {
+            # SNAT all Service traffic to the gateway: a backend's reply then comes back through the host's
+            # conntrack whether or not bridged traffic passes iptables (br_netfilter), which we leave alone.
+            "masqueradeAll": True,
+            "localhostNodePorts": False,
+            "syncPeriod": "30s",
+            "minSyncPeriod": "0s",  # a test's new Service or endpoint is programmed at once
+        },
+        # 0 = leave the host's conntrack sysctls as they are (kube-proxy would otherwise raise them).
+        "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
+        "oomScoreAdj": 0,
+    }
+
+
+def _corefile(d: Path, health_port: int, ready_port: int) -> str:
+    # No forward plugin: names outside the cluster's zones are REFUSED, nothing is ever sent upstream.
+    return f"""{CLUSTER_DOMAIN}:53 in-addr.arpa:53 ip6.arpa:53 {{
+    bind {GATEWAY_IP}
+    errors
+    log
+    health 127.0.0.1:{health_port}
+    ready 127.0.0.1:{ready_port}
+    kubernetes {CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{
+        kubeconfig {d}/coredns.kubeconfig queueworker-test
+        fallthrough in-addr.arpa ip6.arpa
+        ttl 5
+    }}
+    cache 5
+}}
+"""
+
+
+COREDNS_USER = "system:coredns"
+COREDNS_RBAC: list[tuple[str, dict[str, Any]]] = [
+    (
+        "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": "queueworker:coredns"},
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "resources": ["endpoints", "services", "pods", "namespaces"],
+                    "verbs": ["list", "watch"],
+                },
+                {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
+            ],
+        },
+    ),
+    (
+        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "queueworker:coredns"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "queueworker:coredns"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": COREDNS_USER}],
+        },
+    ),
+]
+DNS_PORTS = [("dns", "UDP"), ("dns-tcp", "TCP")]
+# The Service pods' resolv.conf names, and its endpoint: CoreDNS on the host, at the gateway. Selectorless, so
+# the EndpointSlice is ours (a managed-by label no controller claims).
+KUBE_DNS: list[tuple[str, dict[str, Any]]] = [
+    (
+        "/api/v1/namespaces/kube-system/services",
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": {"k8s-app": "kube-dns"}},
+            "spec": {
+                "clusterIP": DNS_SERVICE_IP,
+                "ports": [{"name": n, "protocol": p, "port": 53, "targetPort": 53} for n, p in DNS_PORTS],
+            },
+        },
+    ),
+    (
+        "/apis/discovery.k8s.io/v1/namespaces/kube-system/endpointslices",
+        {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": "kube-dns-host",
+                "namespace": "kube-system",
+                "labels": {
+                    "kubernetes.io/service-name": "kube-dns",
+                    "endpointslice.kubernetes.io/managed-by": "real-node.queueworker.dev",
+                },
+            },
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [GATEWAY_IP], "conditions": {"ready": True}, "nodeName": NODE_NAME}],
+            "ports": [{"name": n, "protocol": p, "port": 53} for n, p in DNS_PORTS],
+        },
+    ),
+]
+
+
+def _api(server: str, pki: Path, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, bytes]:
+    """One request to the API server as the admin user; (status, body), or (0, b"") when it did not answer."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(  # noqa: S310 (our API server)
+        server + path, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, context=_admin_ctx(pki), timeout=5) as resp:  # noqa: S310
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+    except (OSError, ssl.SSLError):
+        return 0, b""
+
+
+def _create_objects(server: str, pki: Path) -> None:
+    for path, obj in COREDNS_RBAC + KUBE_DNS:
+        status, body = _api(server, pki, "POST", path, obj)
+        if status not in (201, 409):  # 409: left by an earlier node of this control plane; same content
+            raise NodeError(f"creating {obj['kind']} {obj['metadata']['name']}: HTTP {status} {body[:300]!r}")
+
+
+def _delete_objects(server: str, pki: Path, log: Callable[[str], None]) -> None:
+    for path, obj in reversed(COREDNS_RBAC + KUBE_DNS):
+        if _api(server, pki, "DELETE", f"{path}/{obj['metadata']['name']}")[0] == 200:
+            log(f"deleted {obj['kind']} {obj['metadata']['name']} from the API")
+
+
+def dns_query(name: str, server: str = GATEWAY_IP, qtype: int = 1, timeout: float = 2.0) -> tuple[int, list[str]]:
+    """One DNS question over UDP (stdlib): (rcode, addresses of the A (1) or AAAA (28) answers)."""
+    qid = secrets.randbits(16)
+    question = b"".join(bytes([len(p)]) + p.encode() for p in name.rstrip(".").split(".")) + b"\0"
+    packet = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0) + question + struct.pack(">HH", qtype, 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.sendto(packet, (server, 53))
+        while True:
+            reply = sock.recv(4096)
+            if reply[:2] == packet[:2]:
+                break
+
+    def skip_name(off: int) -> int:
+        while reply[off] != 0:
+            if reply[off] & 0xC0 == 0xC0:
+                return off + 2
+            off += reply[off] + 1
+        return off + 1
+
+    _, flags, qdcount, ancount, _, _ = struct.unpack(">HHHHHH", reply[:12])
+    off = 12
+    for _ in range(qdcount):
+        off = skip_name(off) + 4
+    addresses = []
+    for _ in range(ancount):
+        off = skip_name(off)
+        rtype, _, _, rdlen = struct.unpack(">HHIH", reply[off : off + 10])
+        off += 10
+        if rtype == qtype and rdlen in (4, 16):
+            family = socket.AF_INET if rdlen == 4 else socket.AF_INET6
+            addresses.append(socket.inet_ntop(family, reply[off : off + rdlen]))
+        off += rdlen
+    return flags & 0xF, addresses
+
+
+def _http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as resp:  # noqa: S310 (our components' 127.0.0.1 ports)
+            return int(resp.status)
+    except urllib.error.HTTPError as err:
+        return err.code
+    except OSError:
+        return 0
+
+
+def service_rules_present(service_ips: dict[str, str]) -> bool:
+    """Whether kube-proxy's nat rules send each ClusterIP -> protocol (e.g. {"10.96.0.1": "tcp"}) to endpoints."""
+    nat = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True).stdout
+    return all(
+        re.search(rf"^-A KUBE-SERVICES -d {re.escape(ip)}/32 -p {proto} .*-j KUBE-SVC-", nat, re.MULTILINE)
+        for ip, proto in service_ips.items()
+    )
 
 
 def start_node(
@@ -604,16 +883,27 @@ def _start(
         return proc
 
     def wait(what: str, proc: subprocess.Popen[bytes], name: str, ready: Callable[[], bool]) -> None:
+        wait_all({what: (proc, name, ready)})
+
+    def wait_all(checks: dict[str, tuple[subprocess.Popen[bytes], str, Callable[[], bool]]]) -> dict[str, float]:
+        """Polls every check until each has passed once; returns when each first passed (monotonic)."""
+        passed: dict[str, float] = {}
         while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                log = d / "logs" / f"{name}.log"
-                raise NodeError(f"{name} exited with {proc.returncode}; {log} ends:\n{_tail(log)}")
-            try:
-                if ready():
-                    return
-            except (OSError, ValueError, KeyError, ssl.SSLError):
-                pass
-            time.sleep(0.1)
+            for what, (proc, name, ready) in checks.items():
+                if proc.poll() is not None:
+                    log = d / "logs" / f"{name}.log"
+                    raise NodeError(f"{name} exited with {proc.returncode}; {log} ends:\n{_tail(log)}")
+                if what in passed:
+                    continue
+                try:
+                    if ready():
+                        passed[what] = time.monotonic()
+                except (OSError, ValueError, KeyError, ssl.SSLError):
+                    pass
+            if len(passed) == len(checks):
+                return passed
+            time.sleep(0.05)
+        what, (_, name, _) = next((w, c) for w, c in checks.items() if w not in passed)
         raise NodeError(f"timed out waiting for {what}; {d}/logs/{name}.log ends:\n{_tail(d / 'logs' / f'{name}.log')}")
 
     # The bridge first: its address is the node IP the kubelet binds to.
@@ -625,6 +915,7 @@ def _start(
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise NodeError(f"{' '.join(cmd)}: {proc.stderr.strip()}")
+    _route_services_and_forward()
     (d / "cni" / "net.d").mkdir(parents=True)
     (d / "cni" / "net.d" / "10-qw-pods.conflist").write_text(json.dumps(_cni_config(d), indent=2))
     (d / "containerd.toml").write_text(_containerd_config(d))
@@ -678,11 +969,67 @@ def _start(
     ctx = _admin_ctx(pki)
     wait(f"node {NODE_NAME} Ready", kubelet, "kubelet", ready)
     timings["node_ready_s"] = time.monotonic() - started
+
+    # Cluster networking: kube-proxy and CoreDNS, started together once the Node (kube-proxy's node IP) exists.
+    for binary in ("kube-proxy", "coredns"):
+        if not os.access(bin_dir / binary, os.X_OK):
+            raise NodeError(f"{bin_dir / binary} missing: run tests/cluster/build.sh")
+    _create_objects(server, pki)
+    make_client_cert(pki, "kube-proxy", "system:kube-proxy")  # the bootstrap policy's system:node-proxier
+    write_kubeconfig(d / "kube-proxy.kubeconfig", pki, server, "kube-proxy")
+    make_client_cert(pki, "coredns", COREDNS_USER)
+    write_kubeconfig(d / "coredns.kubeconfig", pki, server, "coredns")
+    proxy_healthz = _free_port()
+    (d / "kube-proxy.json").write_text(json.dumps(_kube_proxy_config(d, proxy_healthz, _free_port()), indent=2))
+    dns_health, dns_ready = _free_port(), _free_port()
+    (d / "Corefile").write_text(_corefile(d, dns_health, dns_ready))
+    net_started = time.monotonic()
+    kube_proxy = spawn("kube-proxy", [str(bin_dir / "kube-proxy"), f"--config={d}/kube-proxy.json", "--v=1"])
+    coredns = spawn("coredns", [str(bin_dir / "coredns"), "-conf", str(d / "Corefile")])
+    kubernetes_svc = f"kubernetes.default.svc.{CLUSTER_DOMAIN}"
+    passed = wait_all(
+        {
+            # Healthy and both Services programmed: no pod can use a Service IP before its DNAT rule exists.
+            "kube_proxy_ready_s": (
+                kube_proxy,
+                "kube-proxy",
+                lambda: (
+                    _http_status(f"http://127.0.0.1:{proxy_healthz}/healthz") == 200
+                    and service_rules_present({KUBERNETES_SERVICE_IP: "tcp", DNS_SERVICE_IP: "udp"})
+                ),
+            ),
+            "coredns_ready_s": (
+                coredns,
+                "coredns",
+                lambda: _http_status(f"http://127.0.0.1:{dns_ready}/ready") == 200,
+            ),
+            "first_dns_answer_s": (
+                coredns,
+                "coredns",
+                lambda: dns_query(kubernetes_svc, timeout=0.5) == (0, [KUBERNETES_SERVICE_IP]),
+            ),
+        }
+    )
+    timings.update({what: at - net_started for what, at in passed.items()})
+    timings["network_ready_s"] = time.monotonic() - started
     owner["sysctls_after_start"] = _sysctls()
     owner["node"] = asdict(node)
     owner["timings"] = timings
     _save_owner(owner)
     return node
+
+
+def _route_services_and_forward() -> None:
+    """The Service CIDR onto the bridge, the FORWARD guards, then ip_forward (in that order: no pod packet is
+    ever forwarded beyond the bridge)."""
+    cmds = [["ip", "route", "add", SERVICE_CIDR, "dev", BRIDGE, "scope", "link"]]
+    cmds += [["iptables", "-w", "-I", "FORWARD", "1", *rule] for rule in FORWARD_GUARDS]
+    for cmd in cmds:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise NodeError(f"{' '.join(cmd)}: {proc.stderr.strip()}")
+    if _read("/proc/sys/net/ipv4/ip_forward") != "1":
+        Path("/proc/sys/net/ipv4/ip_forward").write_text("1")
 
 
 def _admin_ctx(pki: Path) -> ssl.SSLContext:
@@ -740,11 +1087,13 @@ def _cleanup(owner: dict[str, Any], log: Callable[[str], None], grace: float = 5
     d = Path(owner["dir"])
     before = owner["host_before"]
     pids = owner.get("pids", {})
-    if "kubelet" in pids:
-        _terminate(pids["kubelet"], "kubelet", grace)
+    for name in ("kube-proxy", "coredns", "kubelet"):
+        if name in pids:
+            _terminate(pids[name], name, grace)
     pki = d.parent / "pki"
     if owner.get("server") and (pki / "admin.crt").exists() and _delete_node_object(owner["server"], pki):
         log(f"deleted Node {NODE_NAME} from the API")
+        _delete_objects(owner["server"], pki, log)
     # The containers: every process in the kubelet's cgroups (the shims are not in them).
     for top in CGROUP_ROOT.glob("*/kubepods"):
         if str(top) not in before["cgroups"]:
@@ -759,6 +1108,9 @@ def _cleanup(owner: dict[str, Any], log: Callable[[str], None], grace: float = 5
             pass
     _unmount_under([str(d)], log)
     _remove_cgroups(before["cgroups"], log)
+    if not before.get("service_route") and _service_route():
+        subprocess.run(["ip", "route", "del", SERVICE_CIDR], capture_output=True)
+        log(f"deleted route {SERVICE_CIDR}")
     if not before["bridge"] and os.path.exists(f"/sys/class/net/{BRIDGE}"):
         subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
         log(f"deleted bridge {BRIDGE}")

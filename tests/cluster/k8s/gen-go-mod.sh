@@ -17,7 +17,7 @@ upstream_mod="$(go mod download -json "k8s.io/kubernetes@${version}" | sed -n 's
   echo "require k8s.io/kubernetes ${version}"
   echo
   echo "tool ("
-  for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet; do
+  for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; do
     echo "	k8s.io/kubernetes/cmd/${cmd}"
   done
   echo ")"
