@@ -103,5 +103,10 @@ def rule_triples(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
 
 
 def operator_rules(objects: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
-    roles = [o for o in objects if o["kind"] in ("Role", "ClusterRole")]
+    """The operator's permissions: every Role but the uninstall hook's (a Helm hook, gone after it ran)."""
+    roles = [
+        o
+        for o in objects
+        if o["kind"] in ("Role", "ClusterRole") and "helm.sh/hook" not in o["metadata"].get("annotations", {})
+    ]
     return rule_triples([r for role in roles for r in role.get("rules", [])])

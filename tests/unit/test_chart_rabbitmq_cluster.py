@@ -45,8 +45,9 @@ def objects() -> list[dict[str, Any]]:
 
 
 def _containers(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """kind/name -> the first container, for the pods that talk to RabbitMQ (not the `helm test` pod)."""
-    return {name: pod["containers"][0] for name, pod in pod_specs(objects) if not name.startswith("Pod/")}
+    """kind/name -> the first container, for the pods that talk to RabbitMQ (not the `helm test` pod, nor the
+    uninstall hook's Job)."""
+    return {name: pod["containers"][0] for name, pod in pod_specs(objects) if not name.startswith(("Pod/", "Job/"))}
 
 
 def _env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
