@@ -4,7 +4,7 @@
 #   make cluster-up REAL_NODE=1 -> also a real node qw-node-0 (containerd + kubelet + kube-proxy + CoreDNS; root;
 #                         changes the host, see tests/cluster/README.md)
 #   make cluster-down  -> stops it (and the real node), restores the host, removes its state (binaries stay cached)
-#   make test-real     -> the real-node suite alone (tests/e2e/test_real_node.py)
+#   make test-real     -> the real-node suites alone (tests/e2e/test_real_node.py, test_helm_real.py)
 # Reuse a running one in the e2e tests: QW_KUBECONFIG=.cluster/kubeconfig make test-e2e
 CLUSTER_DIR ?= .cluster
 REAL_NODE ?=
@@ -26,5 +26,5 @@ cluster-status:
 test-e2e: deps cluster-bin rabbitmq4-root
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
-test-real: deps cluster-bin  # the real node's suite alone; `make test` runs it too
-	$(PY) -m pytest -p no:cacheprovider tests/e2e/test_real_node.py $(PYTEST_ARGS)
+test-real: deps cluster-bin  # the real node's suites alone (+ the chart and manifests on it); `make test` runs them too
+	$(PY) -m pytest -p no:cacheprovider tests/e2e/test_real_node.py tests/e2e/test_helm_real.py $(PYTEST_ARGS)

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 
 
@@ -35,8 +36,14 @@ def _port_open(port: int) -> bool:
 
 
 class Postgres:
-    def __init__(self, port: int = 55432, base: Path | None = None) -> None:
+    """`extra_ip` (with `allow_subnet`): also listen on that local address (e.g. a real node's bridge gateway,
+    for pods) and accept password (scram-sha-256) logins from that subnet; add_user() makes such a login. Local
+    connections stay `trust` as before."""
+
+    def __init__(self, port: int = 55432, base: Path | None = None, extra_ip: str = "", allow_subnet: str = "") -> None:
         self.port = port
+        self.extra_ip = extra_ip
+        self.allow_subnet = allow_subnet
         self.dir = (base or Path("/tmp")) / f"qw-postgres-{port}"
         self.data = self.dir / "data"
         self.marker = self.dir / "started-by-queueworker"
@@ -60,9 +67,15 @@ class Postgres:
             r = self._run(_bin("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
             if r.returncode:
                 raise SystemExit(f"initdb failed: {r.stderr}")
+        if self.allow_subnet:
+            hba = self.data / "pg_hba.conf"
+            line = f"host all all {self.allow_subnet} scram-sha-256"
+            if line not in hba.read_text().splitlines():
+                self._run("sh", "-c", f"echo '{line}' >> {hba}")
         r = self._run(
             _bin("pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "server.log"), "-w", "-t", "60",
-            "-o", f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.dir} -c fsync=off "
+            "-o", f"-c listen_addresses={','.join(['127.0.0.1', *([self.extra_ip] if self.extra_ip else [])])} "
+            f"-p {self.port} -k {self.dir} -c fsync=off "
             "-c max_connections=200",
             "start",
         )  # fmt: skip
@@ -74,6 +87,23 @@ class Postgres:
         while not _port_open(self.port) and time.monotonic() < deadline:
             time.sleep(0.2)
         return True
+
+    def psql(self, sql: str) -> str:
+        r = self._run(_bin("psql"), "-h", str(self.dir), "-p", str(self.port), "-U", "postgres", "-v",
+                      "ON_ERROR_STOP=1", "-Atc", sql)  # fmt: skip
+        if r.returncode:
+            raise RuntimeError(f"psql failed: {r.stderr}")
+        return r.stdout
+
+    def add_user(self, user: str, password: str, database: str) -> str:
+        """A password login owning a new database; returns its URL on extra_ip (or 127.0.0.1). `user`,
+        `database` are plain identifiers, `password` has no single quote."""
+        if not (user.isidentifier() and database.isidentifier()) or "'" in password:
+            raise ValueError("plain identifiers and a password without quotes, please")
+        self.psql(f"CREATE ROLE {user} LOGIN PASSWORD '{password}'")
+        self.psql(f"CREATE DATABASE {database} OWNER {user}")
+        host = self.extra_ip or "127.0.0.1"
+        return f"postgresql://{user}:{urllib.parse.quote(password, safe='')}@{host}:{self.port}/{database}"
 
     def stop(self) -> None:
         if not self.marker.exists():

@@ -22,12 +22,14 @@ import base64
 import json
 import os
 import random
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +75,12 @@ class Broker:
     prom_port: int = 15692
     base: Path = field(default_factory=lambda: ROOT / ".run")
     extra_config: str = ""
+    # Another local address to serve on besides 127.0.0.1 (e.g. a real node's bridge gateway, for pods): AMQP
+    # listens on both; the management and Prometheus listeners take one address each in RabbitMQ, so they move
+    # there (this host reaches it all the same). guest only logs in over loopback, so api() and management_url
+    # then use an administrator made with rabbitmqctl at start (password in DIR/admin-password); add_user()
+    # makes the users pods log in as.
+    extra_ip: str = ""
 
     @property
     def dir(self) -> Path:
@@ -88,7 +96,31 @@ class Broker:
 
     @property
     def management_url(self) -> str:
-        return f"http://guest:guest@127.0.0.1:{self.mgmt_port}"
+        user, password = self._api_login()
+        return f"http://{user}:{password}@{self.http_ip}:{self.mgmt_port}"
+
+    def _api_login(self) -> tuple[str, str]:
+        if not self.extra_ip:
+            return ("guest", "guest")
+        return ("qw-admin", (self.dir / "admin-password").read_text().strip())
+
+    def _ensure_admin(self) -> None:
+        """The administrator api() uses when guest cannot log in (extra_ip), through rabbitmqctl (no HTTP)."""
+        pw_file = self.dir / "admin-password"
+        if not pw_file.exists():
+            pw_file.write_text(secrets.token_hex(16))
+            pw_file.chmod(0o600)
+        password = pw_file.read_text().strip()
+        self.ctl("await_startup", timeout=120)
+        if self.ctl("add_user", "qw-admin", password).returncode != 0:  # there already: same password
+            self.ctl("change_password", "qw-admin", password)
+        self.ctl("set_user_tags", "qw-admin", "administrator")
+        self.ctl("set_permissions", "-p", "/", "qw-admin", ".*", ".*", ".*")
+
+    @property
+    def http_ip(self) -> str:
+        """Where the management and Prometheus listeners are."""
+        return self.extra_ip or "127.0.0.1"
 
     @property
     def _marker(self) -> Path:
@@ -121,9 +153,10 @@ class Broker:
                 [
                     *self._config_lines(),
                     f"listeners.tcp.default = 127.0.0.1:{self.port}",
-                    "management.tcp.ip = 127.0.0.1",
+                    *([f"listeners.tcp.extra = {self.extra_ip}:{self.port}"] if self.extra_ip else []),
+                    f"management.tcp.ip = {self.http_ip}",
                     f"management.tcp.port = {self.mgmt_port}",
-                    "prometheus.tcp.ip = 127.0.0.1",
+                    f"prometheus.tcp.ip = {self.http_ip}",
                     f"prometheus.tcp.port = {self.prom_port}",
                     # Rates in /api/queues: sample often so the operator sees fresh rates.
                     "collect_statistics_interval = 1000",
@@ -153,15 +186,15 @@ class Broker:
 
     def api(self, path: str, method: str = "GET", body: object | None = None) -> object:
         req = urllib.request.Request(
-            f"http://127.0.0.1:{self.mgmt_port}{path}",
+            f"http://{self.http_ip}:{self.mgmt_port}{path}",
             method=method,
             data=None if body is None else json.dumps(body).encode(),
             headers={
-                "Authorization": "Basic " + base64.b64encode(b"guest:guest").decode(),
+                "Authorization": "Basic " + base64.b64encode(":".join(self._api_login()).encode()).decode(),
                 "Content-Type": "application/json",
             },
         )
-        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback only
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback or extra_ip only
             raw = resp.read()
         return json.loads(raw) if raw else None
 
@@ -206,8 +239,12 @@ class Broker:
 
     def wait_ready(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
+        admin = not self.extra_ip
         while time.monotonic() < deadline:
-            if self.running() and port_open(self.mgmt_port):
+            if self.running() and port_open(self.mgmt_port, self.http_ip):
+                if not admin:
+                    self._ensure_admin()
+                    admin = True
                 try:
                     self.api("/api/overview")
                     return
@@ -215,6 +252,16 @@ class Broker:
                     pass
             time.sleep(0.3)
         raise TimeoutError(f"RabbitMQ {self.name} not ready after {timeout}s")
+
+    def add_user(self, user: str, password: str, vhost: str = "/", tags: str = "monitoring") -> str:
+        """A user with full permissions on vhost (and the management `tags`, monitoring by default: the operator
+        reads every queue's depth); returns its AMQP URL on extra_ip (or 127.0.0.1), user and password quoted."""
+        quote = urllib.parse.quote
+        self.api(f"/api/users/{quote(user, safe='')}", "PUT", {"password": password, "tags": tags})
+        perms = {"configure": ".*", "write": ".*", "read": ".*"}
+        self.api(f"/api/permissions/{quote(vhost, safe='')}/{quote(user, safe='')}", "PUT", perms)
+        auth = f"{quote(user, safe='')}:{quote(password, safe='')}"
+        return f"amqp://{auth}@{self.extra_ip or '127.0.0.1'}:{self.port}/{quote(vhost, safe='')}"
 
     def _pid(self) -> int | None:
         for f in (self.dir / "pid", self._marker):

@@ -1,4 +1,5 @@
-"""A real SMTP server (aiosmtpd) on 127.0.0.1 for tests: it collects what it accepts and can answer 451/550.
+"""A real SMTP server (aiosmtpd) on 127.0.0.1 (or another local address) for tests: it collects what it accepts
+and can answer 451/550.
 
 Failures are scripted server behaviour (a real server answering so over a real socket), not mocks.
 """
@@ -58,11 +59,12 @@ class Recorder:
 
 
 @contextmanager
-def smtp_server(**recorder: Any) -> Iterator[tuple[int, Recorder]]:
-    """Yields (port, recorder) of a running server; stops it afterwards."""
+def smtp_server(host: str = "127.0.0.1", **recorder: Any) -> Iterator[tuple[int, Recorder]]:
+    """Yields (port, recorder) of a running server on host (a local address: 127.0.0.1, or e.g. a real node's
+    bridge gateway for pods); stops it afterwards."""
     handler = Recorder(**recorder)
     port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller = Controller(handler, hostname=host, port=port)
     controller.start()
     try:
         yield port, handler
