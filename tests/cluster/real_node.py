@@ -357,9 +357,19 @@ def _restore_sysctls(
                 log(f"sysctl {key}: could not restore {value}: {exc}")
 
 
+def _cgroup_pids(top: Path) -> set[int]:
+    """Every process in the cgroup tree. os.walk, not Path.rglob: a pod's cgroup may vanish mid-walk, which
+    os.walk skips and rglob raises on."""
+    pids: set[int] = set()
+    for d, _, files in os.walk(top):
+        if "cgroup.procs" in files:
+            pids.update(int(p) for p in (_read(Path(d) / "cgroup.procs") or "").split())
+    return pids
+
+
 def _kill_cgroup_tree(top: Path) -> None:
     for _ in range(50):
-        pids = {int(p) for f in top.rglob("cgroup.procs") for p in (_read(f) or "").split()}
+        pids = _cgroup_pids(top)
         if not pids:
             return
         for pid in pids:
@@ -375,7 +385,7 @@ def _remove_cgroups(keep: list[str], log: Callable[[str], None]) -> None:
         if str(top) in keep:
             continue
         _kill_cgroup_tree(top)
-        for d in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)) + [top]:
+        for d in (Path(d) for d, _, _ in os.walk(top, topdown=False)):  # deepest first, top last
             for _ in range(20):
                 try:
                     d.rmdir()
