@@ -16,13 +16,11 @@ Each component logs to DIR/logs/<name>.log; a failed start raises ClusterError w
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import re
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -35,6 +33,7 @@ from typing import Any
 
 import real_node
 from cluster_pki import PkiError, make_pki, write_kubeconfig
+from procs import free_port, kill_with_parent, tail
 from real_node import NodeError, RealNode
 
 HERE = Path(__file__).resolve().parent
@@ -114,26 +113,6 @@ def _helm_env(cluster_dir: Path) -> dict[str, str]:
 # ---------------------------------------------------------------- processes
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: the kernel kills it when the test process dies, however that dies.
-    SIGKILL, not SIGTERM: the API server's graceful shutdown hangs while etcd is going away too."""
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
 class _Supervisor:
     """Starts components in their own process groups and records them in DIR/state.json."""
 
@@ -158,7 +137,7 @@ class _Supervisor:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
                 cwd=self.dir,
-                preexec_fn=_die_with_parent if self.die_with_parent else None,
+                preexec_fn=kill_with_parent if self.die_with_parent else None,
             )
         self.state["pids"][name] = self.procs[name].pid
         _CHILDREN[self.procs[name].pid] = self.procs[name]
@@ -172,7 +151,7 @@ class _Supervisor:
             if proc.poll() is not None:
                 raise ClusterError(
                     f"{name} exited with {proc.returncode}; {self.logs}/{name}.log ends:\n"
-                    + _tail(self.logs / f"{name}.log")
+                    + tail(self.logs / f"{name}.log")
                 )
 
     def wait(self, what: str, component: str, ready: Any, deadline: float) -> None:
@@ -186,7 +165,7 @@ class _Supervisor:
                 last_error = repr(exc)
             time.sleep(0.25)
         log = self.logs / f"{component}.log"
-        raise ClusterError(f"timed out waiting for {what} (last error: {last_error}); {log} ends:\n{_tail(log)}")
+        raise ClusterError(f"timed out waiting for {what} (last error: {last_error}); {log} ends:\n{tail(log)}")
 
 
 class _Api:
@@ -271,7 +250,7 @@ def start(
     # The real node's pods reach the API server at the bridge gateway (the `kubernetes` Service's endpoint).
     make_pki(pki, extra_sans=[f"IP:{NODE_GATEWAY_IP}"])
     sup = _Supervisor(cluster_dir, bin_dir, die_with_parent)
-    ports = {name: _free_port() for name in ("etcd", "etcd-peer", "apiserver", "kcm", "scheduler", "kwok")}
+    ports = {name: free_port() for name in ("etcd", "etcd-peer", "apiserver", "kcm", "scheduler", "kwok")}
     server = f"https://127.0.0.1:{ports['apiserver']}"
     sup.state.update(ports=ports, server=server)
     for user in ("admin", "controller-manager", "scheduler", "kwok"):

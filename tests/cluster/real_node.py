@@ -65,6 +65,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster_pki import make_client_cert, make_node_pki, write_kubeconfig
+from procs import free_port, kill_with_parent, tail
 
 NODE_NAME = "qw-node-0"
 BRIDGE = "qwbr0"
@@ -419,24 +420,6 @@ def _unmount_under(prefixes: list[str], log: Callable[[str], None]) -> None:
 
 
 # ---------------------------------------------------------------- processes
-
-
-def _die_with_parent() -> None:
-    PR_SET_PDEATHSIG = 1
-    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 def _alive(pid: int, name: str) -> bool:
@@ -886,7 +869,7 @@ def _start(
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
                 cwd=d,
-                preexec_fn=_die_with_parent if die_with_parent else None,
+                preexec_fn=kill_with_parent if die_with_parent else None,
             )
         owner["pids"][name] = proc.pid
         _save_owner(owner)
@@ -902,7 +885,7 @@ def _start(
             for what, (proc, name, ready) in checks.items():
                 if proc.poll() is not None:
                     log = d / "logs" / f"{name}.log"
-                    raise NodeError(f"{name} exited with {proc.returncode}; {log} ends:\n{_tail(log)}")
+                    raise NodeError(f"{name} exited with {proc.returncode}; {log} ends:\n{tail(log)}")
                 if what in passed:
                     continue
                 try:
@@ -914,7 +897,7 @@ def _start(
                 return passed
             time.sleep(0.05)
         what, (_, name, _) = next((w, c) for w, c in checks.items() if w not in passed)
-        raise NodeError(f"timed out waiting for {what}; {d}/logs/{name}.log ends:\n{_tail(d / 'logs' / f'{name}.log')}")
+        raise NodeError(f"timed out waiting for {what}; {d}/logs/{name}.log ends:\n{tail(d / 'logs' / f'{name}.log')}")
 
     # The bridge first: its address is the node IP the kubelet binds to.
     for cmd in (
@@ -947,7 +930,7 @@ def _start(
     _delete_node_object(server, pki)
     make_node_pki(pki, NODE_NAME, GATEWAY_IP)
     write_kubeconfig(d / "kubelet.kubeconfig", pki, server, "kubelet")
-    config = _kubelet_config(d, pki, _free_port(), _free_port())
+    config = _kubelet_config(d, pki, free_port(), free_port())
     (d / "kubelet.json").write_text(json.dumps(config, indent=2))
     kubelet = spawn(
         "kubelet",
@@ -989,9 +972,9 @@ def _start(
     write_kubeconfig(d / "kube-proxy.kubeconfig", pki, server, "kube-proxy")
     make_client_cert(pki, "coredns", COREDNS_USER)
     write_kubeconfig(d / "coredns.kubeconfig", pki, server, "coredns")
-    proxy_healthz = _free_port()
-    (d / "kube-proxy.json").write_text(json.dumps(_kube_proxy_config(d, proxy_healthz, _free_port()), indent=2))
-    dns_health, dns_ready = _free_port(), _free_port()
+    proxy_healthz = free_port()
+    (d / "kube-proxy.json").write_text(json.dumps(_kube_proxy_config(d, proxy_healthz, free_port()), indent=2))
+    dns_health, dns_ready = free_port(), free_port()
     (d / "Corefile").write_text(_corefile(d, dns_health, dns_ready))
     net_started = time.monotonic()
     kube_proxy = spawn("kube-proxy", [str(bin_dir / "kube-proxy"), f"--config={d}/kube-proxy.json", "--v=1"])
