@@ -16,10 +16,11 @@ from __future__ import annotations
 import ipaddress
 import random
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 SCHEMES = {"amqp": 5672, "amqps": 5671}
+PLAIN = {"amqp": 5672}  # what expand() expands by default: not amqps, whose certificate names the host
 
 Resolver = Callable[[str, int], list[str]]
 
@@ -56,18 +57,20 @@ def resolve(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
-def expand(urls: Sequence[str], resolver: Resolver = resolve) -> list[str]:
-    """One URL per node: an amqp:// URL whose host name has several addresses becomes one URL per address (same
-    credentials, vhost and options). IP literals, amqps:// and names with one address (or none: the client then
-    reports the failure when it connects) stay as they are. Repeats are dropped."""
+def expand(urls: Sequence[str], resolver: Resolver = resolve, schemes: Mapping[str, int] = PLAIN) -> list[str]:
+    """One URL per node: a URL of a plain-text scheme (`schemes`: name -> default port; amqp:// unless told, the
+    operator passes http://) whose host name has several addresses becomes one URL per address (same
+    credentials, path and options). IP literals, TLS schemes (the certificate names the host) and names with one
+    address (or none: the client then reports the failure when it connects) stay as they are. Repeats are
+    dropped."""
     out: list[str] = []
     for url in urls:
         parts = urlsplit(url)
         host = parts.hostname or ""
-        if parts.scheme != "amqp" or _is_ip(host):
+        if parts.scheme not in schemes or _is_ip(host):
             out.append(url)
             continue
-        addresses = resolver(host, parts.port or SCHEMES["amqp"])
+        addresses = resolver(host, parts.port or schemes[parts.scheme])
         if len(addresses) < 2:
             out.append(url)
             continue

@@ -21,12 +21,12 @@ import asyncio
 import collections
 import logging
 import re
-import socket
-import urllib.parse
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
+from qw_core import brokers
+from qw_core.brokers import Resolver
 
 from qw_operator.endpoints import BrokerError, endpoint_list, split_credentials
 
@@ -165,14 +165,11 @@ class CounterRates:
                 while len(series) > 2 and series[1][0] <= now - self.window:
                     series.popleft()
                 rate = self._rate(series)
-                if key in out and (out[key] is None or rate is None):
-                    out[key] = None
-                elif key in out:
-                    prev = out[key]
-                    assert prev is not None and rate is not None
-                    out[key] = (prev[0] + rate[0], prev[1] + rate[1])
-                else:
+                if key not in out:
                     out[key] = rate
+                else:  # the same queue counted on another node: the sum, unknown if either part is
+                    prev = out[key]
+                    out[key] = None if prev is None or rate is None else (prev[0] + rate[0], prev[1] + rate[1])
             self._nodes[(node, vhost)] = now
         answered = {n for n, _ in scrapes}
         gone = {n for (n, _), t in self._nodes.items() if now - t > self.FORGET_NODE}
@@ -190,50 +187,23 @@ class CounterRates:
         return (p1 - p0) / span, (a1 - a0) / span
 
 
-Resolve = Callable[[str, int], Awaitable[list[str]]]
-
-
-async def _resolve(host: str, port: int) -> list[str]:
-    """The host's addresses; [] when it does not resolve (the GET then reports the failure)."""
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError:
-        return []
-    return sorted({str(i[4][0]) for i in infos})
-
-
 class PrometheusReader:
-    """Reads `/metrics/detailed` of every configured node (a host with several addresses is read at each)."""
+    """Reads `/metrics/detailed` of every configured node (an http:// host with several addresses is read at
+    each, through qw_core.brokers.expand, as the AMQP clients spread over a cluster)."""
 
     def __init__(
         self,
         urls: str | Sequence[str],
         session: aiohttp.ClientSession,
         timeout: float = 10.0,
-        resolve: Resolve | None = None,
+        resolve: Resolver = brokers.resolve,
     ) -> None:
-        self._resolve = resolve or _resolve
-        self.urls = endpoint_list(list(urls) if not isinstance(urls, str) else urls)
-        self._targets = [split_credentials(u) for u in self.urls]
+        self._resolve = resolve
+        self.urls = endpoint_list(urls)
         self._session = session
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self.calls = 0
         self.failed: dict[str, str] = {}  # endpoint -> error, from the last fetch
-
-    async def _addresses(self, base: str) -> list[str]:
-        """`http://rabbitmq-nodes:15692` -> one base URL per address the name resolves to (a headless Service
-        gives each broker pod's); a literal address or a name with one address stays as it is."""
-        parts = urllib.parse.urlsplit(base)
-        host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
-        try:
-            socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
-            return [base]
-        except OSError:
-            pass
-        addrs = await self._resolve(host, port)
-        if len(addrs) <= 1:
-            return [base]
-        return [parts._replace(netloc=f"[{a}]:{port}" if ":" in a else f"{a}:{port}").geturl() for a in addrs]
 
     async def _get(self, base: str, auth: Mapping[str, str], vhost: str | None) -> Scrape:
         params = [("family", f) for f in FAMILIES]
@@ -254,8 +224,10 @@ class PrometheusReader:
     async def fetch_all(self, vhost: str | None = None) -> list[tuple[str, Scrape]]:
         """(endpoint, scrape) of every node that answered; BrokerError when none did. Failures of some nodes
         are kept in `failed` (their queues fall back to the management API's figures, if it has any)."""
-        expanded = await asyncio.gather(*(self._addresses(base) for base, _ in self._targets))
-        jobs = [(b, auth) for bases, (_, auth) in zip(expanded, self._targets, strict=True) for b in bases]
+        # A name with several addresses (a headless Service: every broker pod) is read at each; resolved every
+        # tick, as pods come and go. The resolver blocks, hence the thread.
+        nodes = await asyncio.to_thread(brokers.expand, self.urls, self._resolve, {"http": 80})
+        jobs = [split_credentials(u) for u in nodes]
         got = await asyncio.gather(*(self._get(b, auth, vhost) for b, auth in jobs), return_exceptions=True)
         ok: list[tuple[str, Scrape]] = []
         self.failed = {}

@@ -359,7 +359,7 @@ async def test_a_name_with_several_addresses_is_read_at_each() -> None:
     app = web.Application()
     app.router.add_get("/metrics/detailed", metrics)
 
-    async def resolve(host: str, p: int) -> list[str]:
+    def resolve(host: str, p: int) -> list[str]:
         return sorted(nodes) if host == "rmq-nodes" else []
 
     async with serve(app, "127.0.0.2") as port, aiohttp.ClientSession() as s:
