@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import urllib.parse
+from collections.abc import Sequence
 
 
 class BrokerError(Exception):
@@ -26,7 +27,7 @@ def split_credentials(url: str) -> tuple[str, dict[str, str]]:
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", "")), auth
 
 
-def endpoint_list(raw: str | list[str]) -> list[str]:
+def endpoint_list(raw: str | Sequence[str]) -> list[str]:
     """One broker's endpoints, one per node: `url1|url2` or `url1,url2` (or a list). A single URL is a list of
     one. (A comma in a password is written %2C, as in any URL.)"""
     items = [raw] if isinstance(raw, str) else raw

@@ -141,7 +141,7 @@ class ManagementReader:
         timeout: float = 10.0,
         page_size: int = PAGE_SIZE,
     ) -> None:
-        self._targets = [split_credentials(u) for u in endpoint_list(url if isinstance(url, str) else list(url))]
+        self._targets = [split_credentials(u) for u in endpoint_list(url)]
         if not self._targets:
             raise ValueError("ManagementReader needs at least one URL")
         self._current = 0
