@@ -414,11 +414,7 @@ class Broker4(Broker):
         return ["chroot", f"--userspec={uid}:{gid}", str(self.root), "env", "-i", *self._inner_env(), *argv]
 
     def _server_argv(self) -> list[str]:
-        ensure_rabbitmq4_root(self.root)
-        uid, gid = self._user()
-        self.dir.mkdir(parents=True, exist_ok=True)
-        for path in (self.dir, *self.dir.rglob("*")):
-            os.chown(path, uid, gid)
+        ensure_rabbitmq4_root(self.root)  # the node's directory is made and handed to its user by _write_config
         r, d = str(self.root), str(self.dir)
         inner = (
             "set -e; mount --make-rprivate /; "
