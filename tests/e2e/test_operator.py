@@ -3,6 +3,7 @@ bound to exactly manifests/rbac.yaml (not cluster-admin): scale up, down, to zer
 (CEL) rejections; pause; broker unreachable; restart without flapping; two operators do not both act."""
 
 import json
+import re
 import signal
 import time
 from typing import Any
@@ -169,14 +170,15 @@ def test_two_operators_do_not_both_act(env: Env) -> None:
         env.publish("peer", 20)
         # Then only the first one acts; the second stays paused
         wait_for("scale up", lambda: env.replicas("peered") == 2, 30)
-        assert "peered 0 -> 2" in env.log("peer-a")
-        assert "peered 0 -> 2" not in env.log("peer-b") and "Resuming operations" not in env.log("peer-b")
+        # (the operator patches the Deployment before it logs the change: wait for the line, do not race it)
+        wait_for("the first operator's scale-up line", lambda: "peered 0 -> " in env.log("peer-a"), 10)
+        assert ": peered " not in env.log("peer-b") and "Resuming operations" not in env.log("peer-b")
         # When the first stops, the second takes over (it resumes once the first left the peering)
         stop(first)
         wait_for("the second to resume", lambda: "Resuming operations" in env.log("peer-b"), 30)
         env.purge("peer")
         wait_for("the second to scale", lambda: env.replicas("peered") == 0, 30)
-        assert "peered 2 -> 0" in env.log("peer-b") or "peered 1 -> 0" in env.log("peer-b")
+        wait_for("the second operator's scale-down line", lambda: re.search(r"peered [12] -> 0", env.log("peer-b")), 10)
     finally:
         stop(first)
         if second is not None:
