@@ -76,20 +76,10 @@ class ApiSettings(CommonSettings):
     sse_poll_interval: float = 0.2
 
     def tenant_keys(self) -> dict[str, str]:
-        raw = self.api_keys.get_secret_value().strip()
-        if raw.startswith("@"):
-            raw = Path(raw[1:]).read_text()
-        keys: dict[str, str] = {}
-        for item in raw.replace("\n", ",").split(","):
-            item = item.strip()
-            if not item or item.startswith("#"):
-                continue
-            key, sep, tenant = item.partition(":")
-            if not sep or not key or not tenant:
-                raise ValueError("QW_API_KEYS entries must look like key:tenant")
+        keys = parse_pairs(self.api_keys.get_secret_value(), ":", "QW_API_KEYS", "key:tenant")
+        for key in keys:
             if self.env == "prod" and (key.lower() in PLACEHOLDER_SECRETS or len(key) < 16):
                 raise ValueError("QW_API_KEYS holds a placeholder or short key; use at least 16 random chars")
-            keys[key] = tenant
         return keys
 
 
@@ -112,8 +102,75 @@ class WorkerSettings(CommonSettings):
 
 
 class OperatorSettings(CommonSettings):
+    """The operator's settings, `python -m qw_operator` and `python -m qw_operator.local` alike.
+
+    Brokers are configured for the operator, not in the QueueWorker: the CR names one (`spec.broker: default`)
+    and the operator holds the management URLs (with credentials) from its own Secret-fed env or file. That keeps
+    the operator's RBAC free of `secrets` and stops a namespace user from pointing the operator at any URL.
+    """
+
     _broker_urls_used = ("rabbitmq_management_url",)
     namespace: str = ""
     metrics_port: int = 9200
     health_port: int = 8080
     default_interval: float = 5.0
+    # "name=url,name2=url2" or "@/path/to/file" (one name=url per line). `default` is QW_RABBITMQ_MANAGEMENT_URL
+    # unless listed here.
+    brokers: SecretStr = SecretStr("")
+    health_host: str = "0.0.0.0"
+    metrics_host: str = "0.0.0.0"
+    management_timeout: float = 10.0
+    # kopf peering object (KopfPeering in the watched namespace); empty = standalone (one operator only).
+    peering: str = ""
+    peering_lifetime: int = 20
+    # Watch requests: the server ends each after this long; the client gives up a bit later (stalled watches).
+    watch_server_timeout: int = 300
+    watch_client_timeout: int = 330
+
+    # Optional, per broker: its rabbitmq_prometheus endpoint (e.g. http://rabbitmq:15692). When set, queue depth
+    # comes from the per-object metrics there (~2.5 s fresher than the management API), and on RabbitMQ 4.x the
+    # rates too (its per-queue counters), so a 4.x broker with the management metrics collector off (the official
+    # image) needs it. On a cluster, every node's endpoint: comma-separated here, `|`-separated in
+    # QW_BROKERS_PROMETHEUS, or one name that resolves to every node (a headless Service).
+    rabbitmq_prometheus_url: str = ""  # the `default` broker's
+    brokers_prometheus: str = ""  # "name=url,..." or "@/path", like QW_BROKERS
+
+    def broker_urls(self) -> dict[str, str]:
+        """Management URLs per broker; several nodes of one broker as `url1|url2` (read through the first that
+        answers). QW_RABBITMQ_MANAGEMENT_URL may list them comma-separated."""
+        urls = {"default": _nodes(self.rabbitmq_management_url.get_secret_value())}
+        urls.update(parse_pairs(self.brokers.get_secret_value(), "=", "QW_BROKERS", "name=http://user:pass@host:15672"))
+        return urls
+
+    def prometheus_urls(self) -> dict[str, str]:
+        prom = _nodes(self.rabbitmq_prometheus_url)
+        urls = {"default": prom} if prom else {}
+        urls.update(parse_pairs(self.brokers_prometheus, "=", "QW_BROKERS_PROMETHEUS", "name=http://host:15692"))
+        unknown = set(urls) - set(self.broker_urls())
+        if unknown:
+            raise ValueError(f"QW_BROKERS_PROMETHEUS names brokers not in QW_BROKERS: {', '.join(sorted(unknown))}")
+        return urls
+
+
+def _nodes(raw: str) -> str:
+    """`url1, url2` -> `url1|url2`: the nodes of one broker."""
+    return "|".join(u.strip() for u in raw.replace("|", ",").split(",") if u.strip())
+
+
+def parse_pairs(raw: str, sep: str, setting: str, example: str) -> dict[str, str]:
+    """`a<sep>b,c<sep>d`, or `@/path/to/file` (a mounted Secret) with one pair per line and `#` comments: the format
+    of QW_API_KEYS and QW_BROKERS. An entry without the separator or with an empty side is refused, naming the
+    setting and an `example` of a good entry."""
+    raw = raw.strip()
+    if raw.startswith("@"):
+        raw = Path(raw[1:]).read_text()
+    pairs: dict[str, str] = {}
+    for item in raw.replace("\n", ",").split(","):
+        item = item.strip()
+        if not item or item.startswith("#"):
+            continue
+        name, found, value = item.partition(sep)
+        if not found or not name.strip() or not value.strip():
+            raise ValueError(f"{setting} entries must look like {example}")
+        pairs[name.strip()] = value.strip()
+    return pairs

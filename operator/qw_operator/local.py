@@ -22,7 +22,7 @@ from typing import Any
 
 import aiohttp
 from qw_core.logs import configure_logging
-from qw_core.settings import CommonSettings
+from qw_core.settings import OperatorSettings
 from qw_core.topology import queue_name
 
 from .policy import Decision, History, Observation, Policy, decide
@@ -88,7 +88,7 @@ def local_spec(env: dict[str, str]) -> dict[str, Any]:
 
 
 async def run(kinds: list[str], interval: float, stop: asyncio.Event) -> None:
-    settings = CommonSettings()
+    settings = OperatorSettings()
     vhost = settings.rabbitmq_url.get_secret_value().rsplit("/", 1)[-1] or "/"
     from urllib.parse import unquote
 
@@ -100,7 +100,7 @@ async def run(kinds: list[str], interval: float, stop: asyncio.Event) -> None:
     async with aiohttp.ClientSession() as session:
         # The operator's own poller: one batched read per tick, Prometheus depth when configured (falling back to
         # the management API's), rates held between stats emissions.
-        prom = env.get("QW_RABBITMQ_PROMETHEUS_URL", "").strip()
+        prom = settings.rabbitmq_prometheus_url.strip()
         poller = BrokerPoller(
             "local",
             ManagementReader(settings.rabbitmq_management_url.get_secret_value(), session),

@@ -11,9 +11,9 @@ import kopf
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from prometheus_client import start_http_server
+from qw_core.settings import OperatorSettings
 
 from qw_operator import reconcile
-from qw_operator.config import Settings
 from qw_operator.crd import GROUP, PLURAL, VERSION
 from qw_operator.metrics import OperatorMetrics
 from qw_operator.rabbitmq import BrokerPoller, Brokers, ManagementReader, PrometheusReader
@@ -33,7 +33,7 @@ def _kube_client() -> k8s.ApiClient:
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    cfg = Settings()
+    cfg = OperatorSettings()
     settings.watching.server_timeout = cfg.watch_server_timeout
     settings.watching.client_timeout = cfg.watch_client_timeout
     settings.watching.connect_timeout = 10

@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 import yaml
 from pydantic import ValidationError
-from qw_core.settings import ApiSettings, WorkerSettings
-from qw_operator.config import Settings as OperatorSettings
+from qw_core.settings import ApiSettings, OperatorSettings, WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 # What a user puts in the Secrets kustomization.yaml and operator.yaml name (never the guest account).
