@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from qw_operator.metrics import OperatorMetrics
 from qw_operator.policy import History
 from qw_operator.rabbitmq import QueueMetrics, Snapshot
-from qw_operator.reconcile import Ticker
+from qw_operator.reconcile import Ticker, run
 from qw_operator.status import condition, history_from_status, history_to_status
 
 
@@ -202,3 +202,145 @@ async def test_status_names_the_sources_and_leaves_unknown_rates_out() -> None:
     metrics = next(c for c in st["conditions"] if c["type"] == "MetricsAvailable")
     assert metrics["status"] == "True" and metrics["reason"] == "DepthPrometheus"
     assert "rates from no source yet" in metrics["message"]
+
+
+T0 = "1970-01-01T00:16:40Z"  # the fake clock's 1000.0
+
+
+def cond(type_: str, status: str, reason: str, message: str = "", **extra: Any) -> dict[str, Any]:
+    return {"type": type_, "status": status, "reason": reason, "message": message, "lastTransitionTime": T0, **extra}
+
+
+async def test_a_scaling_tick_writes_the_whole_status_once(no_events: list[tuple[str, str]]) -> None:
+    """Pins the status patch field by field (order included): the status builder must write the same."""
+    t, kube, _ = make()
+    await t.tick(snap(ready=45))
+    why = "ScaleUp: backlog 45 / 10 per replica -> 5"
+    assert kube.status_patches == [
+        {
+            "lastScaleTime": T0,
+            "lastScaleReason": why,
+            "queue": {
+                "ready": 45,
+                "unacked": 0,
+                "consumers": 1,
+                "publishRate": 0.0,
+                "ackRate": 0.0,
+                "depthSource": "ManagementAPI",
+                "rateSource": "ManagementAPI",
+            },
+            "replicas": 5,
+            "desiredReplicas": 5,
+            "reason": why,
+            "observedGeneration": 3,
+            "consecutiveFailures": 0,
+            "conditions": [
+                cond("BrokerReachable", "True", "Reachable"),
+                cond(
+                    "MetricsAvailable",
+                    "True",
+                    "DepthManagementAPI",
+                    "depth from ManagementAPI, rates from ManagementAPI",
+                ),
+                cond("Ready", "True", "Scaling", why, observedGeneration=3),
+                cond("Active", "True", "QueueActive"),
+                cond("ScalingLimited", "False", "DesiredWithinRange"),
+            ],
+            "history": {
+                "recommendations": [{"time": 1000.0, "replicas": 1}, {"time": 1000.0, "replicas": 5}],
+                "lastActiveTime": 1000.0,
+                "perReplicaAckRate": None,
+            },
+        }
+    ]
+    assert list(kube.status_patches[0]) == [
+        "lastScaleTime",
+        "lastScaleReason",
+        "queue",
+        "replicas",
+        "desiredReplicas",
+        "reason",
+        "observedGeneration",
+        "consecutiveFailures",
+        "conditions",
+        "history",
+    ]
+    assert no_events == [("ScaledUp", f"dep: 1 -> 5: {why}")]
+
+
+async def test_a_missing_target_writes_two_conditions_and_warns_once(no_events: list[tuple[str, str]]) -> None:
+    t, kube, clock = make(replicas=None)
+    await t.tick(snap(ready=45))
+    assert kube.status_patches == [
+        {
+            "conditions": [
+                cond("BrokerReachable", "True", "Reachable"),
+                cond("Ready", "False", "TargetNotFound", "Deployment dep"),
+            ],
+            "observedGeneration": 3,
+        }
+    ]
+    clock[0] += 5
+    await t.tick(snap(2, ready=45))
+    assert no_events == [("TargetNotFound", "Deployment dep not found")] and len(kube.status_patches) == 1
+
+
+async def test_paused_is_ready_with_reason_paused() -> None:
+    meta = {"name": "w", "generation": 4, "annotations": {"queueworker.dev/paused": "true"}}
+    t, kube, _ = make({"metadata": meta}, replicas=4)
+    await t.tick(snap(ready=0))
+    st = kube.status_patches[-1]
+    assert "lastScaleTime" not in st and st["replicas"] == 4
+    assert st["conditions"][2] == cond(
+        "Ready", "True", "Paused", "Paused: queueworker.dev/paused holds 4", observedGeneration=4
+    )
+    assert st["conditions"][3] == cond("Active", "False", "QueueIdle")
+
+
+async def test_fallback_scales_and_warns_in_order(no_events: list[tuple[str, str]]) -> None:
+    """Given fallback after one failure, when no snapshot comes: the events keep their order and Ready says why."""
+    t, kube, clock = make(replicas=3)
+    t.body["spec"]["fallback"] = {"failureThreshold": 1, "replicas": 2}
+    d = await t.tick(None)
+    why = "Fallback: 1 consecutive metric failures, using 2"
+    assert d is not None and d.fallback and kube.replica_patches == [("dep", 2)]
+    assert no_events == [
+        ("BrokerUnreachable", "no fresh metrics from the broker"),
+        ("ScaledDown", f"dep: 3 -> 2: {why}"),
+        ("FallbackActive", why),
+    ]
+    st = kube.status_patches[-1]
+    assert "queue" not in st and st["lastScaleReason"] == why and st["consecutiveFailures"] == 1
+    assert st["conditions"] == [
+        cond("BrokerReachable", "False", "MetricsReadError", "no fresh metrics from the broker"),
+        cond("MetricsAvailable", "False", "Unreachable", "no fresh metrics from the broker"),
+        cond("Ready", "False", "Fallback", "no fresh metrics from the broker", observedGeneration=3),
+        cond("Active", "True", "QueueIdle"),  # no observation: active means "has replicas"
+        cond("ScalingLimited", "False", "DesiredWithinRange"),
+    ]
+    clock[0] += 5
+    await t.tick(None)  # still falling back: no second FallbackActive
+    assert [e[0] for e in no_events].count("FallbackActive") == 1
+
+
+class OneLoop:
+    """A kopf.DaemonStopped that lets run() go round once."""
+
+    def __init__(self) -> None:
+        self.rounds = 0
+
+    def __bool__(self) -> bool:
+        self.rounds += 1
+        return self.rounds > 1
+
+    async def wait(self, seconds: float) -> None:
+        pass
+
+
+async def test_an_unknown_broker_is_reported_as_not_ready() -> None:
+    t, kube, _ = make({"status": {}})
+    t.body["spec"]["broker"] = "eu"
+    await run(t, {}, "uid-1", OneLoop(), 5.0)
+    assert kube.status_patches == [
+        {"conditions": [cond("Ready", "False", "UnknownBroker", "broker 'eu' is not configured in the operator")]}
+    ]
