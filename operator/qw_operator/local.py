@@ -25,7 +25,8 @@ from qw_core.logs import configure_logging
 from qw_core.settings import OperatorSettings
 from qw_core.topology import queue_name
 
-from .policy import Decision, History, Observation, Policy, decide
+from .observe import read_queue
+from .policy import Decision, History, Policy, decide
 from .rabbitmq import BrokerPoller, ManagementReader, PrometheusReader
 
 log = logging.getLogger("qw_operator.local")
@@ -112,12 +113,9 @@ async def run(kinds: list[str], interval: float, stop: asyncio.Event) -> None:
         try:
             while not stop.is_set():
                 snap = await poller.poll_once()
-                queues = None if snap.error else snap.queues  # a failed read holds replicas, as the operator does
                 for kind, pool in pools.items():
-                    m = queues.get((vhost, queue_name(kind))) if queues is not None else None
-                    obs = (
-                        None if m is None else Observation(m.ready, m.unacked, m.consumers, m.publish_rate, m.ack_rate)
-                    )
+                    # A failed read or a queue without depth holds the replicas, as in the operator.
+                    obs = read_queue(snap, vhost, queue_name(kind)).observation
                     d: Decision = decide(policy, obs, history[kind], pool.replicas, time.time())
                     history[kind] = d.history
                     if d.replicas != pool.replicas:

@@ -1,4 +1,6 @@
-"""One QueueWorker's tick: shared snapshot -> decide() -> patch replicas only on change -> status, events, metrics.
+"""One QueueWorker's tick, one way: observe (the broker's shared snapshot) -> decide (`policy.decide`) -> act (patch
+replicas only on change) -> report (events, metrics, and the status `status.build_status` makes; written only when
+it changed).
 
 `Ticker` holds what one QueueWorker carries between ticks (history from its status at start, the last status it
 wrote, a replica count it just wrote that the Deployment index may not show yet). `run()` is the loop a kopf
@@ -18,10 +20,11 @@ import kopf
 
 from qw_operator.crd import PAUSED_ANNOTATION
 from qw_operator.metrics import OperatorMetrics
-from qw_operator.policy import Decision, Observation, Policy, decide
-from qw_operator.rabbitmq import BrokerPoller, QueueMetrics, Snapshot
+from qw_operator.observe import Reading, read_queue
+from qw_operator.policy import Decision, History, Policy, decide
+from qw_operator.rabbitmq import BrokerPoller, Snapshot
 from qw_operator.scaler import Kube, target_name
-from qw_operator.status import condition, condition_status, history_from_status, history_to_status, rfc3339
+from qw_operator.status import Conditions, build_status, condition_status, history_from_status, unknown_broker_status
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +41,7 @@ class Ticker:
     metrics: OperatorMetrics
     lookup: ReplicaLookup
     clock: Callable[[], float] = time.time
-    history: Any = None
+    history: History = field(default_factory=History)
     last_status: dict[str, Any] = field(default_factory=dict)
     pending: tuple[int, float] | None = None
     fallback_active: bool = False
@@ -52,6 +55,11 @@ class Ticker:
     def spec(self) -> Mapping[str, Any]:
         return self.body.get("spec") or {}
 
+    @property
+    def paused(self) -> bool:
+        meta = self.body.get("metadata") or {}
+        return (meta.get("annotations") or {}).get(PAUSED_ANNOTATION) == "true"
+
     def current_replicas(self, target: str, now: float) -> int | None:
         seen = self.lookup(self.namespace, target)
         if self.pending is not None:
@@ -62,145 +70,87 @@ class Ticker:
                 return value
         return seen
 
-    def observe(self, snap: Snapshot | None) -> tuple[QueueMetrics | None, bool, str]:
-        """(the queue's metrics or None, broker reachable, why not). A queue the broker lists without depth is
-        None with the reason: unknown, never empty."""
-        if snap is None:
-            return None, False, "no fresh metrics from the broker"
-        if snap.error:
-            return None, False, snap.error
-        key = (str(self.spec.get("vhost", "/")), str(self.spec["queue"]))
-        q = snap.queues.get(key)
-        if q is None:
-            return None, True, snap.unknown.get(key) or f"queue {key[1]!r} not found in vhost {key[0]!r}"
-        return q, True, ""
-
     async def tick(self, snap: Snapshot | None) -> Decision | None:
+        """The decision made (None: the target Deployment is missing, nothing decided)."""
         now = self.clock()
-        meta = self.body.get("metadata") or {}
-        generation = meta.get("generation")
         target = target_name(self.name, self.spec)
         current = self.current_replicas(target, now)
-        q, reachable, why = self.observe(snap)
-        obs = None if q is None else Observation(q.ready, q.unacked, q.consumers, q.publish_rate, q.ack_rate)
-        self.metrics.queue_metrics_available.labels(self.namespace, self.name).set(0 if q is None else 1)
-        prev_conditions = self.last_status.get("conditions") or []
-        conds = [
-            condition(
-                prev_conditions,
-                "BrokerReachable",
-                reachable,
-                "Reachable" if reachable else "MetricsReadError",
-                why if not reachable else "",
-                now,
-            )
-        ]
-        if reachable is False and condition_status(prev_conditions, "BrokerReachable") != "False":
-            kopf.warn(self.body, reason="BrokerUnreachable", message=why)
-
-        if current is None:
-            conds.append(condition(prev_conditions, "Ready", False, "TargetNotFound", f"Deployment {target}", now))
-            if condition_status(prev_conditions, "Ready") != "False":
-                kopf.warn(self.body, reason="TargetNotFound", message=f"Deployment {target} not found")
-            await self._write_status({"conditions": conds, "observedGeneration": generation})
-            return None
-
-        paused = (meta.get("annotations") or {}).get(PAUSED_ANNOTATION) == "true"
-        if paused:
-            decision = Decision(current, f"Paused: {PAUSED_ANNOTATION} holds {current}", False, self.history)
-        else:
-            decision = decide(Policy.from_spec(self.spec), obs, self.history, current, now)
-        self.history = decision.history
-
-        status: dict[str, Any] = {}
-        if decision.replicas != current:
+        reading = read_queue(snap, str(self.spec.get("vhost", "/")), str(self.spec["queue"]))
+        decision = None if current is None else self.decide(reading, current, now)
+        if decision is not None and decision.replicas != current:
             await self.kube.set_replicas(self.namespace, target, decision.replicas)
             self.pending = (decision.replicas, now + PENDING_SECONDS)
+        await self.report(reading, decision, current, target, now)
+        return decision
+
+    def decide(self, reading: Reading, current: int, now: float) -> Decision:
+        if self.paused:
+            decision = Decision(current, f"Paused: {PAUSED_ANNOTATION} holds {current}", False, self.history)
+        else:
+            decision = decide(Policy.from_spec(self.spec), reading.observation, self.history, current, now)
+        self.history = decision.history
+        return decision
+
+    async def report(
+        self, reading: Reading, decision: Decision | None, current: int | None, target: str, now: float
+    ) -> None:
+        previous = self.last_status.get("conditions") or []
+        self._post_events(previous, reading, decision, current, target)
+        self._record_metrics(reading, decision, current)
+        generation = (self.body.get("metadata") or {}).get("generation")
+        status = build_status(
+            previous,
+            reading,
+            decision,
+            current=current,
+            target=target,
+            paused=self.paused,
+            generation=generation,
+            now=now,
+        )
+        await self.write_status(status)
+
+    def _post_events(
+        self, previous: Conditions, reading: Reading, decision: Decision | None, current: int | None, target: str
+    ) -> None:
+        """Events on a change only: the broker lost, the target lost, a scale, a fallback begun."""
+        if not reading.reachable and condition_status(previous, "BrokerReachable") != "False":
+            kopf.warn(self.body, reason="BrokerUnreachable", message=reading.why)
+        if current is None or decision is None:
+            if condition_status(previous, "Ready") != "False":
+                kopf.warn(self.body, reason="TargetNotFound", message=f"Deployment {target} not found")
+            return
+        if decision.replicas != current:
             up = decision.replicas > current
-            self.metrics.scale_events.labels("up" if up else "down").inc()
-            kopf.info(
-                self.body,
-                reason="ScaledUp" if up else "ScaledDown",
-                message=f"{target}: {current} -> {decision.replicas}: {decision.reason}",
-            )
-            status.update(lastScaleTime=rfc3339(now), lastScaleReason=decision.reason)
+            message = f"{target}: {current} -> {decision.replicas}: {decision.reason}"
+            kopf.info(self.body, reason="ScaledUp" if up else "ScaledDown", message=message)
             log.info(
                 "%s/%s: %s %d -> %d: %s", self.namespace, self.name, target, current, decision.replicas, decision.reason
             )
-
-        if q is not None:
-            status["queue"] = {
-                "ready": q.ready,
-                "unacked": q.unacked,
-                "consumers": q.consumers,
-                # Explicit None removes a rate no source has (merge patch): unknown is not shown as 0.
-                "publishRate": None if q.publish_rate is None else round(q.publish_rate, 1),
-                "ackRate": None if q.ack_rate is None else round(q.ack_rate, 1),
-                "depthSource": q.depth_source,
-                "rateSource": q.rate_source,
-            }
-            self.metrics.queue_messages.labels(self.namespace, self.name, "ready").set(q.ready)
-            self.metrics.queue_messages.labels(self.namespace, self.name, "unacked").set(q.unacked)
         if decision.fallback and not self.fallback_active:
             kopf.warn(self.body, reason="FallbackActive", message=decision.reason)
         self.fallback_active = decision.fallback
 
-        ready_reason = "Paused" if paused else "Fallback" if decision.fallback else "Scaling" if obs else "NoMetrics"
-        active = obs is not None and (obs.ready > 0 or obs.unacked > 0 or (obs.publish_rate or 0) > 0)
-        conds += [
-            condition(
-                prev_conditions,
-                "MetricsAvailable",
-                q is not None,
-                "Depth" + q.depth_source if q is not None else "NoDepth" if reachable else "Unreachable",
-                f"depth from {q.depth_source}, rates from {q.rate_source or 'no source yet'}" if q is not None else why,
-                now,
-            ),
-            condition(
-                prev_conditions,
-                "Ready",
-                paused or obs is not None,
-                ready_reason,
-                why or decision.reason,
-                now,
-                generation,
-            ),
-            condition(
-                prev_conditions,
-                "Active",
-                active if obs else decision.replicas > 0,
-                "QueueActive" if active else "QueueIdle",
-                "",
-                now,
-            ),
-            condition(
-                prev_conditions,
-                "ScalingLimited",
-                decision.limited,
-                "Limited" if decision.limited else "DesiredWithinRange",
-                decision.reason if decision.limited else "",
-                now,
-            ),
-        ]
-        status.update(
-            replicas=decision.replicas,
-            desiredReplicas=decision.replicas,
-            reason=decision.reason,
-            observedGeneration=generation,
-            consecutiveFailures=decision.history.consecutive_failures,
-            conditions=conds,
-            history=history_to_status(decision.history),
-        )
-        self.metrics.replicas_desired.labels(self.namespace, self.name).set(decision.replicas)
-        self.metrics.replicas_current.labels(self.namespace, self.name).set(decision.replicas)
-        self.metrics.replicas_max.labels(self.namespace, self.name).set(int(self.spec.get("maxReplicas", 0)))
-        await self._write_status(status)
-        return decision
+    def _record_metrics(self, reading: Reading, decision: Decision | None, current: int | None) -> None:
+        m, qw = self.metrics, (self.namespace, self.name)
+        q = reading.queue
+        m.queue_metrics_available.labels(*qw).set(0 if q is None else 1)
+        if current is None or decision is None:
+            return
+        if decision.replicas != current:
+            m.scale_events.labels("up" if decision.replicas > current else "down").inc()
+        if q is not None:
+            m.queue_messages.labels(*qw, "ready").set(q.ready)
+            m.queue_messages.labels(*qw, "unacked").set(q.unacked)
+        m.replicas_desired.labels(*qw).set(decision.replicas)
+        m.replicas_current.labels(*qw).set(decision.replicas)
+        m.replicas_max.labels(*qw).set(int(self.spec.get("maxReplicas", 0)))
 
-    async def _write_status(self, patch: dict[str, Any]) -> None:
+    async def write_status(self, patch: dict[str, Any]) -> None:
+        """Patch the status only when the patch changes it."""
         merged = {**self.last_status, **patch}
         if merged == self.last_status:
-            return  # nothing changed: no write
+            return
         await self.kube.patch_status(self.namespace, self.name, patch)
         self.last_status = merged
 
@@ -226,20 +176,8 @@ async def run(
                 broker_name = str(spec.get("broker", "default"))
                 poller, seq = pollers.get(broker_name), 0
             if poller is None:
-                await ticker._write_status(
-                    {
-                        "conditions": [
-                            condition(
-                                ticker.last_status.get("conditions"),
-                                "Ready",
-                                False,
-                                "UnknownBroker",
-                                f"broker {broker_name!r} is not configured in the operator",
-                                ticker.clock(),
-                            )
-                        ]
-                    }
-                )
+                previous = ticker.last_status.get("conditions")
+                await ticker.write_status(unknown_broker_status(previous, broker_name, ticker.clock()))
                 await stopped.wait(interval)
                 continue
             poller.register(uid, str(spec.get("vhost", "/")), str(spec["queue"]), interval)

@@ -1,12 +1,20 @@
-"""QueueWorker status: conditions with stable transition times, and the policy history carried across restarts."""
+"""QueueWorker status: the report step of a tick, pure.
+
+`build_status` turns what a tick observed and decided into the whole status patch (conditions with stable
+transition times, the queue as read, the policy history carried across restarts); the tick only writes it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from qw_operator.policy import History
+from qw_operator.observe import Reading
+from qw_operator.policy import Decision, History
+from qw_operator.rabbitmq import QueueMetrics
+
+Conditions = Sequence[Mapping[str, Any]]
 
 CONDITION_TYPES = ("Ready", "Active", "BrokerReachable", "MetricsAvailable", "ScalingLimited")
 
@@ -41,7 +49,7 @@ def history_to_status(h: History) -> dict[str, Any]:
 
 
 def condition(
-    previous: list[Mapping[str, Any]] | None,
+    previous: Conditions | None,
     type_: str,
     ok: bool,
     reason: str,
@@ -65,8 +73,108 @@ def condition(
     return out
 
 
-def condition_status(conditions: list[Mapping[str, Any]] | None, type_: str) -> str | None:
+def condition_status(conditions: Conditions | None, type_: str) -> str | None:
     for c in conditions or ():
         if c.get("type") == type_:
             return str(c.get("status"))
     return None
+
+
+def build_status(
+    previous: Conditions | None,
+    reading: Reading,
+    decision: Decision | None,
+    *,
+    current: int | None,
+    target: str,
+    paused: bool,
+    generation: int | None,
+    now: float,
+) -> dict[str, Any]:
+    """One tick's status patch, from the conditions last written, what it read and what it decided.
+
+    `current` is the replica count the tick started from (a decision that differs is a scale: lastScaleTime);
+    None, with `decision` None, is a missing target Deployment: then only BrokerReachable, Ready
+    (TargetNotFound) and observedGeneration. Unknown values are written as None (a merge patch removes them).
+    """
+    reachable = condition(
+        previous,
+        "BrokerReachable",
+        reading.reachable,
+        "Reachable" if reading.reachable else "MetricsReadError",
+        "" if reading.reachable else reading.why,
+        now,
+    )
+    if current is None or decision is None:
+        missing = condition(previous, "Ready", False, "TargetNotFound", f"Deployment {target}", now)
+        return {"conditions": [reachable, missing], "observedGeneration": generation}
+    status: dict[str, Any] = {}
+    if decision.replicas != current:
+        status.update(lastScaleTime=rfc3339(now), lastScaleReason=decision.reason)
+    if reading.queue is not None:
+        status["queue"] = queue_status(reading.queue)
+    status.update(
+        replicas=decision.replicas,
+        desiredReplicas=decision.replicas,
+        reason=decision.reason,
+        observedGeneration=generation,
+        consecutiveFailures=decision.history.consecutive_failures,
+        conditions=[reachable, *_decided_conditions(previous, reading, decision, paused, generation, now)],
+        history=history_to_status(decision.history),
+    )
+    return status
+
+
+def queue_status(q: QueueMetrics) -> dict[str, Any]:
+    return {
+        "ready": q.ready,
+        "unacked": q.unacked,
+        "consumers": q.consumers,
+        # Explicit None removes a rate no source has (merge patch): unknown is not shown as 0.
+        "publishRate": None if q.publish_rate is None else round(q.publish_rate, 1),
+        "ackRate": None if q.ack_rate is None else round(q.ack_rate, 1),
+        "depthSource": q.depth_source,
+        "rateSource": q.rate_source,
+    }
+
+
+def _decided_conditions(
+    previous: Conditions | None, reading: Reading, decision: Decision, paused: bool, generation: int | None, now: float
+) -> list[dict[str, Any]]:
+    """MetricsAvailable, Ready, Active and ScalingLimited, for a tick that reached a decision."""
+    q, obs, why = reading.queue, reading.observation, reading.why
+    ready_reason = "Paused" if paused else "Fallback" if decision.fallback else "Scaling" if obs else "NoMetrics"
+    active = obs is not None and (obs.ready > 0 or obs.unacked > 0 or (obs.publish_rate or 0) > 0)
+    if q is not None:
+        metrics_reason = "Depth" + q.depth_source
+        metrics_message = f"depth from {q.depth_source}, rates from {q.rate_source or 'no source yet'}"
+    else:
+        metrics_reason, metrics_message = "NoDepth" if reading.reachable else "Unreachable", why
+    limited = decision.limited
+    return [
+        condition(previous, "MetricsAvailable", q is not None, metrics_reason, metrics_message, now),
+        condition(previous, "Ready", paused or obs is not None, ready_reason, why or decision.reason, now, generation),
+        # Without an observation, Active says whether there are replicas.
+        condition(
+            previous,
+            "Active",
+            active if obs else decision.replicas > 0,
+            "QueueActive" if active else "QueueIdle",
+            "",
+            now,
+        ),
+        condition(
+            previous,
+            "ScalingLimited",
+            limited,
+            "Limited" if limited else "DesiredWithinRange",
+            decision.reason if limited else "",
+            now,
+        ),
+    ]
+
+
+def unknown_broker_status(previous: Conditions | None, broker: str, now: float) -> dict[str, Any]:
+    """The QueueWorker names a broker the operator has no URL for: not ready, nothing read."""
+    message = f"broker {broker!r} is not configured in the operator"
+    return {"conditions": [condition(previous, "Ready", False, "UnknownBroker", message, now)]}

@@ -1,0 +1,42 @@
+"""Observe: one queue in a broker's snapshot, as the policy and the status read it.
+
+The operator's tick (`reconcile.py`) and the local autoscaler (`local.py`) both start here, so for both a queue
+the broker lists without depth, or a failed read, is unknown (replicas held), never an empty queue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qw_operator.policy import Observation
+from qw_operator.rabbitmq import QueueMetrics, Snapshot
+
+NO_SNAPSHOT = "no fresh metrics from the broker"
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One queue in one snapshot: its metrics, or None with why; and whether the broker answered at all."""
+
+    queue: QueueMetrics | None
+    reachable: bool
+    why: str = ""
+
+    @property
+    def observation(self) -> Observation | None:
+        """What the policy decides on; None while the depth is unknown."""
+        q = self.queue
+        return None if q is None else Observation(q.ready, q.unacked, q.consumers, q.publish_rate, q.ack_rate)
+
+
+def read_queue(snap: Snapshot | None, vhost: str, queue: str) -> Reading:
+    """`snap` None: no fresh snapshot came (a stalled or failing poller)."""
+    if snap is None:
+        return Reading(None, False, NO_SNAPSHOT)
+    if snap.error:
+        return Reading(None, False, snap.error)
+    key = (vhost, queue)
+    q = snap.queues.get(key)
+    if q is None:
+        return Reading(None, True, snap.unknown.get(key) or f"queue {queue!r} not found in vhost {vhost!r}")
+    return Reading(q, True)
