@@ -20,16 +20,15 @@ Schema = dict[str, Any]
 
 
 def _int(desc: str, minimum: int | None = 0, default: int | None = None) -> Schema:
-    s: Schema = {"type": "integer", "description": desc}
-    if minimum is not None:
-        s["minimum"] = minimum
-    if default is not None:
-        s["default"] = default
-    return s
+    return _number("integer", desc, minimum, default)
 
 
 def _num(desc: str, minimum: float | None = 0, default: float | None = None) -> Schema:
-    s: Schema = {"type": "number", "description": desc}
+    return _number("number", desc, minimum, default)
+
+
+def _number(type_: str, desc: str, minimum: float | None, default: float | None) -> Schema:
+    s: Schema = {"type": type_, "description": desc}
     if minimum is not None:
         s["minimum"] = minimum
     if default is not None:

@@ -15,7 +15,7 @@ from qw_core.settings import OperatorSettings
 
 from qw_operator import reconcile
 from qw_operator.crd import GROUP, PLURAL, VERSION
-from qw_operator.metrics import OperatorMetrics
+from qw_operator.metrics import OperatorMetrics, process_registry
 from qw_operator.rabbitmq import BrokerPoller, Brokers, ManagementReader, PrometheusReader
 from qw_operator.scaler import Kube, owned_deployment
 
@@ -46,8 +46,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     # Namespaced: no cluster-wide listing of namespaces or CRDs, hence no cluster-scoped RBAC at all. The CRD
     # must exist before the operator starts (checked below; a missing one fails startup, so the pod restarts).
     settings.scanning.disabled = not settings.peering.clusterwide
-    metrics = OperatorMetrics()
-    start_http_server(cfg.metrics_port, addr=cfg.metrics_host)
+    metrics = OperatorMetrics(process_registry())
+    start_http_server(cfg.metrics_port, addr=cfg.metrics_host, registry=metrics.registry)
     session = aiohttp.ClientSession()
     prom = cfg.prometheus_urls()
     pollers = {

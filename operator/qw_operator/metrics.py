@@ -3,67 +3,59 @@ namespace and name (one series per CR, removed when the CR goes), a broker's con
 
 from __future__ import annotations
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 NS, SUB = "queueworker", "operator"
 
 
+def process_registry() -> CollectorRegistry:
+    """A registry of the operator's own with the process_*, python_gc_* and python_info series that the
+    prometheus_client global registry carried when the operator served that one (kept for whoever scrapes them)."""
+    registry = CollectorRegistry()
+    GCCollector(registry=registry)  # in the global registry's order
+    PlatformCollector(registry=registry)
+    ProcessCollector(registry=registry)
+    return registry
+
+
 class OperatorMetrics:
-    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+    """On the registry passed in (a new one when none is), never the global one: tests build many."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        on: dict[str, Any] = {"namespace": NS, "subsystem": SUB, "registry": self.registry}
         qw = ["namespace", "name"]
-        self.queue_messages = Gauge(
-            "queue_messages",
-            "Messages in the QueueWorker's queue as last read",
-            [*qw, "state"],
-            namespace=NS,
-            subsystem=SUB,
-            registry=registry,
-        )
+        self.queue_messages = Gauge("queue_messages", "Messages in the QueueWorker's queue as last read",
+                                    [*qw, "state"], **on)  # fmt: skip
         self.queue_metrics_available = Gauge(
             "queue_metrics_available",
             "1 when the last tick had the queue's depth; 0 while it is unknown (replicas held)",
             qw,
-            namespace=NS,
-            subsystem=SUB,
-            registry=registry,
+            **on,
         )
-        self.replicas_desired = Gauge(
-            "replicas_desired", "Replicas the policy asks for", qw, namespace=NS, subsystem=SUB, registry=registry
-        )
-        self.replicas_max = Gauge(
-            "replicas_max",
-            "spec.maxReplicas (alerts compare current to it)",
-            qw,
-            namespace=NS,
-            subsystem=SUB,
-            registry=registry,
-        )
-        self.replicas_current = Gauge(
-            "replicas_current", "The Deployment's spec.replicas", qw, namespace=NS, subsystem=SUB, registry=registry
-        )
-        self.scale_events = Counter(
-            "scale_events_total", "Replica changes made", ["direction"], namespace=NS, subsystem=SUB, registry=registry
-        )
+        self.replicas_desired = Gauge("replicas_desired", "Replicas the policy asks for", qw, **on)
+        self.replicas_max = Gauge("replicas_max", "spec.maxReplicas (alerts compare current to it)", qw, **on)
+        self.replicas_current = Gauge("replicas_current", "The Deployment's spec.replicas", qw, **on)
+        self.scale_events = Counter("scale_events_total", "Replica changes made", ["direction"], **on)
         self.broker_read_seconds = Histogram(
             "broker_read_duration_seconds",
             "One batched management API read (all pages)",
             ["broker"],
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-            namespace=NS,
-            subsystem=SUB,
-            registry=registry,
+            **on,
         )
-        self.broker_read_errors = Counter(
-            "broker_read_errors_total",
-            "Failed management API reads",
-            ["broker"],
-            namespace=NS,
-            subsystem=SUB,
-            registry=registry,
-        )
-        self.reconcile_errors = Counter(
-            "reconcile_errors_total", "Ticks that failed with an error", namespace=NS, subsystem=SUB, registry=registry
-        )
+        self.broker_read_errors = Counter("broker_read_errors_total", "Failed management API reads", ["broker"], **on)
+        self.reconcile_errors = Counter("reconcile_errors_total", "Ticks that failed with an error", **on)
 
     def broker_result(self, broker: str, seconds: float, error: BaseException | None) -> None:
         self.broker_read_seconds.labels(broker).observe(seconds)

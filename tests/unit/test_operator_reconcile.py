@@ -167,12 +167,16 @@ def test_condition_transition_time_moves_only_on_status_change() -> None:
 async def test_metrics_per_queueworker() -> None:
     t, _, _ = make()
     await t.tick(snap(ready=45))
-    m = t.metrics
-    assert m.replicas_desired.labels("ns", "w")._value.get() == 5
-    assert m.replicas_max.labels("ns", "w")._value.get() == 10
-    assert m.queue_messages.labels("ns", "w", "ready")._value.get() == 45
-    assert m.queue_metrics_available.labels("ns", "w")._value.get() == 1
-    assert m.scale_events.labels("up")._value.get() == 1
+    qw = {"namespace": "ns", "name": "w"}
+
+    def sample(metric: str, **labels: str) -> float | None:
+        return t.metrics.registry.get_sample_value(f"queueworker_operator_{metric}", labels)
+
+    assert sample("replicas_desired", **qw) == 5
+    assert sample("replicas_max", **qw) == 10
+    assert sample("queue_messages", **qw, state="ready") == 45
+    assert sample("queue_metrics_available", **qw) == 1
+    assert sample("scale_events_total", direction="up") == 1
 
 
 async def test_a_queue_listed_without_depth_holds_and_says_why() -> None:
@@ -189,7 +193,10 @@ async def test_a_queue_listed_without_depth_holds_and_says_why() -> None:
     assert conds["MetricsAvailable"]["status"] == "False" and conds["MetricsAvailable"]["message"] == why
     assert conds["MetricsAvailable"]["reason"] == "NoDepth" and conds["BrokerReachable"]["status"] == "True"
     assert conds["Ready"]["status"] == "False" and conds["Ready"]["reason"] == "NoMetrics"
-    assert t.metrics.queue_metrics_available.labels("ns", "w")._value.get() == 0  # the alert's input
+    available = t.metrics.registry.get_sample_value(
+        "queueworker_operator_queue_metrics_available", {"namespace": "ns", "name": "w"}
+    )
+    assert available == 0  # the alert's input
 
 
 async def test_status_names_the_sources_and_leaves_unknown_rates_out() -> None:
