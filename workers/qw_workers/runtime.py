@@ -1,11 +1,11 @@
 """The worker runtime: one pika BlockingConnection on the I/O (main) thread, task bodies on a thread pool.
 
 The I/O thread only does AMQP: it receives deliveries and hands them to the pool, and it runs whatever
-the worker threads ask of it (publish with confirms, ack, nack) through `add_callback_threadsafe`, so
-heartbeats keep flowing however long a task runs and the connection is only touched from its thread.
-A worker thread settles its delivery in this order: publish retry/dead copy (confirmed) -> status write ->
-ack. Deliveries carry the connection generation; after a reconnect, stale tags are never acked (the
-broker redelivers those messages, and the store turns the repeat into a duplicate).
+the worker threads ask of it (publish with confirms, ack, nack) through qw_workers.bridge, so heartbeats keep
+flowing however long a task runs and the connection is only touched from its thread. A worker thread settles
+its delivery through qw_workers.settle (publish retry/dead copy (confirmed) -> status write -> ack).
+Deliveries carry the connection generation; after a reconnect, stale tags are never acked (the broker
+redelivers those messages, and the store turns the repeat into a duplicate).
 On a cluster each (re)connect tries the nodes in qw_core.brokers' order (per-process random, the node just lost
 last), so workers spread over the nodes and fail over to a live one at the first reconnect.
 """
@@ -16,45 +16,36 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any, Literal, TypeVar
+from typing import Any
 
 import pika
 import pika.exceptions
 from qw_core import brokers
-from qw_core.messages import TaskMessage
 from qw_core.settings import WorkerSettings
 from qw_core.storage import LocalStorage
 from qw_core.store import TaskStore
-from qw_core.topology import (
-    DEAD_EXCHANGE,
-    H_ATTEMPT,
-    H_ERROR,
-    H_REASON,
-    RETRY_EXCHANGE,
-    Topology,
-    build_topology,
-    declare_with_pika,
-    queue_name,
-    retry_routing_key,
-)
+from qw_core.topology import Topology, build_topology, declare_with_pika, queue_name
 
-from qw_workers.context import Handler, TaskContext
-from qw_workers.middleware import Delivery, Middleware, Result
-from qw_workers.policy import attempt_of, decide_failure, describe, reconnect_delay
+from qw_workers.bridge import IoBridge
+from qw_workers.context import Handler
+from qw_workers.middleware import Delivery, Middleware
+from qw_workers.policy import describe, reconnect_delay
+from qw_workers.settle import ConnectionLost, Settler
 
 log = logging.getLogger("qw_workers.runtime")
-T = TypeVar("T")
-IO_TIMEOUT = 60.0
 
-
-class ConnectionLost(Exception):
-    """The connection a delivery came on is gone; the broker will redeliver the message."""
+__all__ = ["ConnectionLost", "Worker"]
 
 
 class Worker:
+    """Orchestrates one kind's consumer: the connection and its reconnects, the pool, a graceful stop.
+
+    What is said to the broker about each delivery is decided by `Settler` and carried by `IoBridge`.
+    """
+
     def __init__(
         self,
         kind: str,
@@ -66,21 +57,18 @@ class Worker:
         kinds: Iterable[str] = ("image", "email"),
     ) -> None:
         self.kind = kind
-        self.handler = handler
         self.settings = settings
-        self.store = store
-        self.storage = storage
         self.middleware = list(middleware)
         self.topology: Topology = build_topology(tuple(kinds), settings.retry_delays, settings.delivery_limit)
+        self._bridge = IoBridge()
+        self._settler = Settler(kind, handler, settings, store, storage, self._bridge)
         self._stop = threading.Event()
         self._ready = threading.Event()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _inflight
         self._inflight = 0
-        self._gen = 0
-        self._conn: pika.BlockingConnection | None = None
-        self._ch: Any = None
-        self._pending: set[Future[Any]] = set()
         self._broker_cancelled = False
+        self._was_consuming = False  # the connection that just failed had been consuming: reconnect at once
+        self._grace_deadline: float | None = None  # set when a stop begins; bounds the wait for tasks in hand
         self._rng = random.Random()  # spreads processes over the broker nodes
         self._node: str | None = None  # the broker node of the current connection
         self._lost: str | None = None  # the node whose connection just failed: tried last on the next connect
@@ -123,16 +111,16 @@ class Worker:
                     extra={"kind": self.kind},
                 )
                 self._stop.wait(delay)
-        # Stopped while disconnected: threads still working cannot ack; they get what is left of the grace period.
-        grace_deadline = self._grace_deadline or time.monotonic() + self.settings.grace_period
-        while self.inflight and time.monotonic() < grace_deadline:
-            time.sleep(0.05)
+        self._wait_for_stragglers()
         self.abandoned = self.inflight
         self._pool.shutdown(wait=False, cancel_futures=True)
         return 0 if self.abandoned == 0 else 1
 
-    _was_consuming = False
-    _grace_deadline: float | None = None
+    def _wait_for_stragglers(self) -> None:
+        """Stopped while disconnected: threads still working cannot ack; they get what is left of the grace period."""
+        grace_deadline = self._grace_deadline or time.monotonic() + self.settings.grace_period
+        while self.inflight and time.monotonic() < grace_deadline:
+            time.sleep(0.05)
 
     def _params(self, url: str) -> pika.URLParameters:
         params = pika.URLParameters(url)
@@ -173,13 +161,20 @@ class Worker:
     def _consume_until_stopped(self) -> None:
         self._was_consuming = False
         conn, ch = self._connect()
-        with self._lock:
-            self._gen += 1
-            gen = self._gen
-            self._conn, self._ch = conn, ch
+        tag = self._start_consuming(conn, ch)
+        self._serve(conn, ch, tag)
+        self._disconnected()
+        try:
+            conn.close()
+        except Exception:  # noqa: S110 - closing a broken connection; nothing left to save
+            pass
+        log.info("stopped", extra={"kind": self.kind})
+
+    def _start_consuming(self, conn: pika.BlockingConnection, ch: Any) -> str:
+        gen = self._bridge.attach(conn, ch)
         self._broker_cancelled = False
         ch.add_on_cancel_callback(self._on_broker_cancel)
-        tag = ch.basic_consume(queue_name(self.kind), partial(self._on_message, gen), auto_ack=False)
+        tag: str = ch.basic_consume(queue_name(self.kind), partial(self._on_message, gen), auto_ack=False)
         self._was_consuming = True
         self._ready.set()
         self._hook_connection(True)
@@ -190,49 +185,42 @@ class Worker:
             self.settings.concurrency,
             extra={"kind": self.kind, "queue": queue_name(self.kind)},
         )
-        consuming = True
-        deadline = 0.0
+        return tag
+
+    def _serve(self, conn: pika.BlockingConnection, ch: Any, tag: str) -> None:
+        """Pump AMQP until stopped and the tasks in hand are settled, or the grace period is over."""
+        deadline: float | None = None
         while True:
             conn.process_data_events(time_limit=0.2)
             if self._broker_cancelled:
                 raise ConnectionLost("the broker cancelled the consumer (queue deleted?)")
-            if self._stop.is_set():
-                if consuming:
-                    # No new deliveries; unstarted prefetched ones go back to the queue (pika nacks them).
-                    self._ready.clear()
-                    self._hook_connection(False)
-                    ch.basic_cancel(tag)
-                    consuming = False
-                    deadline = self._grace_deadline = time.monotonic() + self.settings.grace_period
-                    log.info("stopping: finishing %d task(s) in hand", self.inflight, extra={"kind": self.kind})
-                if self.inflight == 0:
-                    break
-                if time.monotonic() >= deadline:
-                    log.warning(
-                        "grace period over with %d task(s) unfinished; the broker will redeliver them",
-                        self.inflight,
-                        extra={"kind": self.kind},
-                    )
-                    break
-        self._disconnected()
-        try:
-            conn.close()
-        except Exception:  # noqa: S110 - closing a broken connection; nothing left to save
-            pass
-        log.info("stopped", extra={"kind": self.kind})
+            if not self._stop.is_set():
+                continue
+            if deadline is None:
+                deadline = self._stop_consuming(ch, tag)
+            if self.inflight == 0:
+                return
+            if time.monotonic() >= deadline:
+                log.warning(
+                    "grace period over with %d task(s) unfinished; the broker will redeliver them",
+                    self.inflight,
+                    extra={"kind": self.kind},
+                )
+                return
+
+    def _stop_consuming(self, ch: Any, tag: str) -> float:
+        """No new deliveries; unstarted prefetched ones go back to the queue (pika nacks them). Returns the deadline."""
+        self._ready.clear()
+        self._hook_connection(False)
+        ch.basic_cancel(tag)
+        deadline = self._grace_deadline = time.monotonic() + self.settings.grace_period
+        log.info("stopping: finishing %d task(s) in hand", self.inflight, extra={"kind": self.kind})
+        return deadline
 
     def _disconnected(self) -> None:
         self._ready.clear()
         self._hook_connection(False)
-        with self._lock:
-            self._conn = self._ch = None
-            pending, self._pending = self._pending, set()
-        for fut in pending:
-            if not fut.done():
-                try:
-                    fut.set_exception(ConnectionLost("connection closed"))
-                except Exception:  # noqa: S110 - resolved concurrently by the I/O thread
-                    pass
+        self._bridge.detach()
 
     def _on_broker_cancel(self, _frame: Any) -> None:
         self._broker_cancelled = True
@@ -256,68 +244,16 @@ class Worker:
         for m in self.middleware:
             m.on_connection(connected)
 
-    # --- bridging worker threads to the I/O thread ----------------------------------------------------
-
-    def _io(self, gen: int, fn: Callable[[Any], T]) -> T:
-        """Run fn(channel) on the I/O thread and wait for its result (raises ConnectionLost if it is gone)."""
-        fut: Future[T] = Future()
-
-        def run() -> None:
-            if gen != self._gen or self._ch is None or not self._ch.is_open:
-                fut.set_exception(ConnectionLost("connection replaced"))
-                return
-            try:
-                fut.set_result(fn(self._ch))
-            except BaseException as exc:  # handed to the waiting worker thread
-                fut.set_exception(exc)
-
-        with self._lock:
-            conn = self._conn
-            if gen != self._gen or conn is None:
-                raise ConnectionLost("connection replaced")
-            self._pending.add(fut)
-        try:
-            conn.add_callback_threadsafe(run)
-            return fut.result(timeout=IO_TIMEOUT)
-        except pika.exceptions.ConnectionWrongStateError as exc:
-            raise ConnectionLost(str(exc)) from exc
-        except TimeoutError as exc:
-            raise ConnectionLost("the I/O thread did not answer in time") from exc
-        finally:
-            with self._lock:
-                self._pending.discard(fut)
-
-    def _ack(self, d: Delivery) -> None:
-        self._io(d.generation, lambda ch: ch.basic_ack(d.delivery_tag))
-
-    def _requeue(self, d: Delivery) -> None:
-        self._io(d.generation, lambda ch: ch.basic_nack(d.delivery_tag, requeue=True))
-
-    def _publish_copy(self, d: Delivery, exchange: str, routing_key: str, headers: dict[str, Any]) -> None:
-        """Same body and message_id, new headers; returns once the broker confirmed it (routed)."""
-        props = pika.BasicProperties(
-            message_id=d.message_id,
-            content_type=d.content_type or "application/json",
-            delivery_mode=pika.DeliveryMode.Persistent,
-            headers={**d.headers, **headers},
-        )
-        self._io(d.generation, lambda ch: ch.basic_publish(exchange, routing_key, d.body, props, mandatory=True))
-
-    def _dead_letter(self, d: Delivery, reason: str, error: str, attempt: int) -> None:
-        headers = {H_REASON: reason, H_ERROR: error, H_ATTEMPT: attempt}
-        self._publish_copy(d, DEAD_EXCHANGE, self.kind, headers)
-
     # --- a worker thread -------------------------------------------------------------------------------
 
     def _process(self, d: Delivery) -> None:
         try:
             if self._stop.is_set():
-                self._requeue(d)  # not started before the stop: leave it for another worker
+                self._bridge.requeue(d)  # not started before the stop: leave it for another worker
                 return
             for m in self.middleware:
                 m.before_process(d)
-            started = time.monotonic()
-            result = self._settle(d, started)
+            result = self._settler.settle(d)
             for m in reversed(self.middleware):
                 m.after_process(d, result)
         except ConnectionLost as exc:
@@ -331,97 +267,3 @@ class Worker:
         finally:
             with self._lock:
                 self._inflight -= 1
-
-    def _settle(self, d: Delivery, started: float) -> Result:
-        def done(
-            outcome: str, task_id: str | None, attempt: int, reason: str | None = None, error: str | None = None
-        ) -> Result:
-            return Result(outcome, task_id, attempt, time.monotonic() - started, reason, error)
-
-        attempt = attempt_of(d.headers)
-        try:
-            task = TaskMessage.from_bytes(d.body)
-            if task.kind != self.kind:
-                raise ValueError(f"a {task.kind} task on the {self.kind} queue")
-        except Exception as exc:
-            error = describe(exc)
-            self._dead_letter(d, "undecodable", error, attempt)
-            if d.message_id:
-                self._best_effort(lambda: self.store.finish_failed(str(d.message_id), "failed", error, attempt))
-            self._ack(d)
-            return done("failed", d.message_id, attempt, "undecodable", error)
-
-        task_id = task.task_id
-        try:
-            if self._last_delivery(d):
-                # Every earlier delivery died with its worker (crash loop, OOM kill). If this one dies too the
-                # broker dead-letters it behind our back and the status would say "processing" for ever.
-                error = f"the task was delivered {self.settings.delivery_limit} times without finishing"
-                self._dead_letter(d, "delivery-limit", error, attempt)
-                self.store.finish_failed(task_id, "dead", error, attempt)
-                self._ack(d)
-                return done("dead", task_id, attempt, "delivery-limit", error)
-            if not self.store.start_attempt(task_id, attempt):
-                if self.store.get(task_id) is None:
-                    error = "no status record for this task"
-                    self._dead_letter(d, "permanent", error, attempt)
-                    self._ack(d)
-                    return done("failed", task_id, attempt, "permanent", error)
-                self._ack(d)
-                return done("duplicate", task_id, attempt)
-            ctx = TaskContext(
-                self.settings,
-                self.store,
-                self.storage,
-                attempt,
-                logging.LoggerAdapter(
-                    logging.getLogger(f"qw_workers.{self.kind}"),
-                    {"task_id": task_id, "kind": self.kind, "attempt": attempt},
-                ),
-            )
-            try:
-                result_key = self.handler(task, ctx)
-            except Exception as exc:
-                return self._failed(d, task_id, attempt, exc, done)
-            if not self.store.succeed(task_id, result_key):
-                # Another delivery of the same task finished first (it ran side by side with this one).
-                self._ack(d)
-                return done("duplicate", task_id, attempt)
-            self._ack(d)
-            return done("succeeded", task_id, attempt)
-        except ConnectionLost:
-            raise
-        except Exception as exc:
-            # The status write (or the publish of a copy) failed: hand the message back, try again later.
-            log.exception("could not settle the task; requeueing it", extra={"task_id": task_id, "kind": self.kind})
-            self._requeue(d)
-            return done("requeued", task_id, attempt, error=describe(exc))
-
-    def _failed(self, d: Delivery, task_id: str, attempt: int, exc: Exception, done: Callable[..., Result]) -> Result:
-        error = describe(exc)
-        s = self.settings
-        decision = decide_failure(exc, attempt, s.max_attempts, s.retry_delays)
-        if decision.action == "retry":
-            rk = retry_routing_key(self.kind, decision.delay_ms)
-            self._publish_copy(d, RETRY_EXCHANGE, rk, {H_ATTEMPT: attempt, H_ERROR: error})
-            self.store.schedule_retry(task_id, attempt, error)
-            self._ack(d)
-            return done("retried", task_id, attempt, error=error)
-        assert decision.reason is not None
-        self._dead_letter(d, decision.reason, error, attempt)
-        status: Literal["dead", "failed"] = "dead" if decision.action == "dead" else "failed"
-        self.store.finish_failed(task_id, status, error, attempt)
-        self._ack(d)
-        return done(status, task_id, attempt, decision.reason, error)
-
-    def _last_delivery(self, d: Delivery) -> bool:
-        """Quorum queues count returns in x-delivery-count; past the limit the broker dead-letters the message."""
-        count = d.headers.get("x-delivery-count")
-        return isinstance(count, int) and count >= self.settings.delivery_limit
-
-    @staticmethod
-    def _best_effort(fn: Callable[[], object]) -> None:
-        try:
-            fn()
-        except Exception:
-            log.warning("status write failed (best effort)", exc_info=True)
