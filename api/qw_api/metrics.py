@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from qw_core.messages import KINDS
@@ -15,38 +16,25 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 class ApiMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        r = self.registry
+        on: dict[str, Any] = {"namespace": NS, "subsystem": SUB, "registry": self.registry}
         self.requests = Counter(
-            "requests", "HTTP requests by route template and status code.", ["method", "route", "status"],
-            namespace=NS, subsystem=SUB, registry=r,
-        )  # fmt: skip
-        self.request_duration = Histogram(
-            "request_duration_seconds", "HTTP request latency.", ["method", "route"],
-            namespace=NS, subsystem=SUB, registry=r, buckets=LATENCY_BUCKETS,
-        )  # fmt: skip
-        self.tasks_submitted = Counter(
-            "tasks_submitted", "Tasks accepted (broker-confirmed) by kind.", ["kind"],
-            namespace=NS, subsystem=SUB, registry=r,
-        )  # fmt: skip
-        self.publish_failures = Counter(
-            "publish_failures", "Publishes the broker did not confirm, by kind.", ["kind"],
-            namespace=NS, subsystem=SUB, registry=r,
-        )  # fmt: skip
-        self.publish_duration = Histogram(
-            "publish_duration_seconds", "Publish-to-confirm latency.", ["kind"],
-            namespace=NS, subsystem=SUB, registry=r, buckets=LATENCY_BUCKETS,
-        )  # fmt: skip
-        self.rejected_uploads = Counter(
-            "rejected_uploads", "Uploads refused by validation, by reason.", ["reason"],
-            namespace=NS, subsystem=SUB, registry=r,
-        )  # fmt: skip
-        self.broker_connected = Gauge(
-            "broker_connected", "1 while the publisher holds a broker connection.",
-            namespace=NS, subsystem=SUB, registry=r,
-        )  # fmt: skip
-        self.sse_streams = Gauge(
-            "sse_streams", "Open server-sent-event streams.", namespace=NS, subsystem=SUB, registry=r
+            "requests", "HTTP requests by route template and status code.", ["method", "route", "status"], **on
         )
+        self.request_duration = Histogram(
+            "request_duration_seconds", "HTTP request latency.", ["method", "route"], buckets=LATENCY_BUCKETS, **on
+        )
+        self.tasks_submitted = Counter("tasks_submitted", "Tasks accepted (broker-confirmed) by kind.", ["kind"], **on)
+        self.publish_failures = Counter(
+            "publish_failures", "Publishes the broker did not confirm, by kind.", ["kind"], **on
+        )
+        self.publish_duration = Histogram(
+            "publish_duration_seconds", "Publish-to-confirm latency.", ["kind"], buckets=LATENCY_BUCKETS, **on
+        )
+        self.rejected_uploads = Counter(
+            "rejected_uploads", "Uploads refused by validation, by reason.", ["reason"], **on
+        )
+        self.broker_connected = Gauge("broker_connected", "1 while the publisher holds a broker connection.", **on)
+        self.sse_streams = Gauge("sse_streams", "Open server-sent-event streams.", **on)
         # Zero series for every kind, so dashboards and rate() see 0 rather than no data before the first event.
         for kind in KINDS:
             self.tasks_submitted.labels(kind)

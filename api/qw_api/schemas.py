@@ -40,3 +40,11 @@ class NotificationAccepted(BaseModel):
 
 class Problem(BaseModel):
     detail: Any
+
+
+def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` of a route for the error codes it answers, each with a Problem body."""
+    return {code: {"model": Problem} for code in codes}
+
+
+SUBMIT_ERRORS = problems(401, 413, 422, 503)  # what a route that queues work answers besides 202

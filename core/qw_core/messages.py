@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -21,6 +21,8 @@ SCHEMA_VERSION: Literal[1] = 1
 TaskKind = Literal["image", "email"]
 KINDS: tuple[TaskKind, ...] = ("image", "email")
 ImageFormat = Literal["JPEG", "PNG", "WEBP", "GIF"]
+# The one list of image formats: what the API accepts and workers write (settings, storage and the form read it).
+IMAGE_FORMATS: tuple[ImageFormat, ...] = get_args(ImageFormat)
 
 _HEADER_BREAK = re.compile(r"[\r\n\x00]")
 

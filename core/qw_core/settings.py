@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from qw_core.brokers import parse_urls
+from qw_core.messages import IMAGE_FORMATS
 
 PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "password", "example", "xxx"}
 
@@ -67,13 +68,19 @@ class ApiSettings(CommonSettings):
     api_keys: SecretStr = SecretStr("")
     max_upload_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 40_000_000
-    allowed_formats: list[str] = ["JPEG", "PNG", "WEBP", "GIF"]
+    allowed_formats: list[str] = Field(default_factory=lambda: list[str](IMAGE_FORMATS))
     publish_timeout: float = 5.0
     # Largest AMQP message body the API publishes. RabbitMQ 4.x refuses bodies over its max_message_size (16 MiB
     # by default; 3.10: 128 MiB; 512 MiB at most) by closing the whole channel, failing every publish in flight.
     max_message_bytes: int = Field(default=16 * 1024 * 1024, gt=0, le=512 * 1024 * 1024)
     retry_after_seconds: int = 5
     sse_poll_interval: float = 0.2
+    # What image uploads may hold at once in one API process (qw_api/uploads.py): bodies being received and read
+    # (their Content-Length), and images being decoded (width x height x bands); a request that waits longer than
+    # upload_wait_seconds for room gets 503 + Retry-After. Sized for the chart's 512Mi API limit.
+    upload_body_budget_bytes: int = Field(default=48 * 1024 * 1024, gt=0)
+    decode_budget_bytes: int = Field(default=192 * 1024 * 1024, gt=0)
+    upload_wait_seconds: float = Field(default=10.0, gt=0)
 
     def tenant_keys(self) -> dict[str, str]:
         keys = parse_pairs(self.api_keys.get_secret_value(), ":", "QW_API_KEYS", "key:tenant")

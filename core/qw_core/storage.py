@@ -7,7 +7,12 @@ import tempfile
 import uuid
 from pathlib import Path
 
-_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif"}
+from qw_core.messages import IMAGE_FORMATS
+
+# A format's file extension is its name in lower case, except JPEG's: .jpg is what people expect.
+_EXT: dict[str, str] = {fmt: "jpg" if fmt == "JPEG" else fmt.lower() for fmt in IMAGE_FORMATS}
+# What a stored image is served as, by its file extension.
+MEDIA_TYPES = {ext: f"image/{fmt.lower()}" for fmt, ext in _EXT.items()}
 
 
 def extension_for(fmt: str) -> str:

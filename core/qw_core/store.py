@@ -45,6 +45,9 @@ SCHEMA = (
 )
 
 _COLUMNS = "task_id, tenant, kind, status, attempts, error, source_key, result_key, completions, created_at, updated_at"
+_INSERT_PENDING = f"INSERT INTO tasks ({_COLUMNS}) VALUES (?, ?, ?, 'pending', 0, NULL, ?, NULL, 0, ?, ?)"
+_CONFIRM_QUEUED = "UPDATE tasks SET status='queued', updated_at=? WHERE task_id=? AND status='pending'"
+_NOT_ENDED = f"status NOT IN ({', '.join(repr(s) for s in sorted(TERMINAL))})"
 
 
 @dataclass(frozen=True)
@@ -116,36 +119,23 @@ class TaskStore:
     ) -> None:
         """A task the broker has not confirmed yet: invisible to clients until `confirm_queued`."""
         now = time.time() if now is None else now
-        self._execute(
-            f"INSERT INTO tasks ({_COLUMNS}) VALUES (?, ?, ?, 'pending', 0, NULL, ?, NULL, 0, ?, ?)",
-            (task_id, tenant, kind, source_key, now, now),
-        )
+        self._execute(_INSERT_PENDING, (task_id, tenant, kind, source_key, now, now))
 
     def create_pending_many(self, rows: Sequence[tuple[str, str, str, str | None]], now: float | None = None) -> None:
         """Many `create_pending` in one transaction: (task_id, tenant, kind, source_key) each."""
         now = time.time() if now is None else now
         with self._tx() as cur:
             cur.executemany(
-                self._sql(f"INSERT INTO tasks ({_COLUMNS}) VALUES (?, ?, ?, 'pending', 0, NULL, ?, NULL, 0, ?, ?)"),
-                [(t, tenant, kind, key, now, now) for t, tenant, kind, key in rows],
+                self._sql(_INSERT_PENDING), [(t, tenant, kind, key, now, now) for t, tenant, kind, key in rows]
             )
 
     def confirm_queued_many(self, task_ids: Sequence[str]) -> None:
         with self._tx() as cur:
-            cur.executemany(
-                self._sql("UPDATE tasks SET status='queued', updated_at=? WHERE task_id=? AND status='pending'"),
-                [(time.time(), t) for t in task_ids],
-            )
+            cur.executemany(self._sql(_CONFIRM_QUEUED), [(time.time(), t) for t in task_ids])
 
     def confirm_queued(self, task_id: str) -> bool:
         """After the broker's confirm. A worker may already have moved it on; then nothing changes."""
-        return (
-            self._execute(
-                "UPDATE tasks SET status='queued', updated_at=? WHERE task_id=? AND status='pending'",
-                (time.time(), task_id),
-            )
-            == 1
-        )
+        return self._execute(_CONFIRM_QUEUED, (time.time(), task_id)) == 1
 
     def discard_pending(self, task_id: str) -> bool:
         """The publish failed: remove the row so nothing claims the task is queued."""
@@ -167,46 +157,25 @@ class TaskStore:
 
     # --- the workers' side -------------------------------------------------------------------
 
+    def _advance(self, assignments: str, params: Sequence[Any], task_id: str) -> bool:
+        """One conditional UPDATE that never touches a task that already ended. False: it had (or is unknown)."""
+        sql = f"UPDATE tasks SET {assignments}, updated_at=? WHERE task_id=? AND {_NOT_ENDED}"
+        return self._execute(sql, (*params, time.time(), task_id)) == 1
+
     def start_attempt(self, task_id: str, attempt: int) -> bool:
         """Mark processing unless the task already ended. False: finished before (a duplicate)."""
-        return (
-            self._execute(
-                "UPDATE tasks SET status='processing', attempts=?, updated_at=? "
-                "WHERE task_id=? AND status NOT IN ('succeeded', 'failed', 'dead')",
-                (attempt, time.time(), task_id),
-            )
-            == 1
-        )
+        return self._advance("status='processing', attempts=?", (attempt,), task_id)
 
     def succeed(self, task_id: str, result_key: str | None = None) -> bool:
-        return (
-            self._execute(
-                "UPDATE tasks SET status='succeeded', result_key=?, error=NULL, completions=completions+1, "
-                "updated_at=? WHERE task_id=? AND status NOT IN ('succeeded', 'failed', 'dead')",
-                (result_key, time.time(), task_id),
-            )
-            == 1
+        return self._advance(
+            "status='succeeded', result_key=?, error=NULL, completions=completions+1", (result_key,), task_id
         )
 
     def schedule_retry(self, task_id: str, attempt: int, error: str) -> bool:
-        return (
-            self._execute(
-                "UPDATE tasks SET status='queued', attempts=?, error=?, updated_at=? "
-                "WHERE task_id=? AND status NOT IN ('succeeded', 'failed', 'dead')",
-                (attempt, error[:2000], time.time(), task_id),
-            )
-            == 1
-        )
+        return self._advance("status='queued', attempts=?, error=?", (attempt, error[:2000]), task_id)
 
     def finish_failed(self, task_id: str, status: Literal["failed", "dead"], error: str, attempt: int) -> bool:
-        return (
-            self._execute(
-                "UPDATE tasks SET status=?, error=?, attempts=?, updated_at=? "
-                "WHERE task_id=? AND status NOT IN ('succeeded', 'failed', 'dead')",
-                (status, error[:2000], attempt, time.time(), task_id),
-            )
-            == 1
-        )
+        return self._advance("status=?, error=?, attempts=?", (status, error[:2000], attempt), task_id)
 
     def claim_effect(self, task_id: str, effect: str, lease_seconds: float, now: float | None = None) -> EffectClaim:
         """Guard a side effect (sending an email) against duplicate deliveries.

@@ -6,13 +6,12 @@ import io
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 from qw_core.images import ImageRejected, open_image
-from qw_core.messages import ImageOptions, TaskMessage
+from qw_core.messages import IMAGE_FORMATS, ImageOptions, TaskMessage
 from qw_core.storage import StorageError
 
 from qw_workers.context import TaskContext
 from qw_workers.errors import PermanentError
 
-ACCEPTED = ("JPEG", "PNG", "WEBP", "GIF")
 THUMBNAIL_SIDE = 256
 
 
@@ -73,7 +72,7 @@ def transform_image(
     Animated images keep their first frame only.
     """
     box = target_box(options, max_side)
-    img = open_image(data, ACCEPTED, max_pixels, shrink_to=box)
+    img = open_image(data, IMAGE_FORMATS, max_pixels, shrink_to=box)
     fmt = options.format or img.format or source_format
     ImageOps.exif_transpose(img, in_place=True)  # the orientation tag becomes pixels (no copy when upright)
     img = _fit(img, box)

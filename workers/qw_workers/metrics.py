@@ -6,6 +6,8 @@ dead-letter reason (undecodable|permanent|exhausted): never task ids or tenants.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 NS, SUB = "queueworker", "worker"
@@ -18,39 +20,20 @@ class WorkerMetrics:
     def __init__(self, kind: str, registry: CollectorRegistry | None = None) -> None:
         self.kind = kind
         self.registry = registry if registry is not None else CollectorRegistry()
-        r = self.registry
-        self.tasks = Counter(
-            "tasks_processed", "Tasks handled, by outcome", ["kind", "outcome"], namespace=NS, subsystem=SUB, registry=r
-        )
+        on: dict[str, Any] = {"namespace": NS, "subsystem": SUB, "registry": self.registry}
+        self.tasks = Counter("tasks_processed", "Tasks handled, by outcome", ["kind", "outcome"], **on)
         self.duration = Histogram(
             "task_duration_seconds",
             "Time spent in the handler and its status write",
-            ["kind"],
-            namespace=NS,
-            subsystem=SUB,
-            registry=r,
+            _KIND,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            **on,
         )
-        self.in_progress = Gauge(
-            "tasks_in_progress", "Tasks being handled now", ["kind"], namespace=NS, subsystem=SUB, registry=r
-        )
-        self.retries = Counter(
-            "retries", "Tasks sent to a retry delay queue", ["kind"], namespace=NS, subsystem=SUB, registry=r
-        )
-        self.dead_letters = Counter(
-            "dead_letters", "Dead-lettered messages", [*_KIND, "reason"], namespace=NS, subsystem=SUB, registry=r
-        )
-        self.last_success = Gauge(
-            "last_success_timestamp_seconds",
-            "Unix time of the last succeeded task",
-            ["kind"],
-            namespace=NS,
-            subsystem=SUB,
-            registry=r,
-        )
-        self.connected = Gauge(
-            "broker_connected", "1 when connected and consuming", _KIND, namespace=NS, subsystem=SUB, registry=r
-        )
+        self.in_progress = Gauge("tasks_in_progress", "Tasks being handled now", _KIND, **on)
+        self.retries = Counter("retries", "Tasks sent to a retry delay queue", _KIND, **on)
+        self.dead_letters = Counter("dead_letters", "Dead-lettered messages", [*_KIND, "reason"], **on)
+        self.last_success = Gauge("last_success_timestamp_seconds", "Unix time of the last succeeded task", _KIND, **on)
+        self.connected = Gauge("broker_connected", "1 when connected and consuming", _KIND, **on)
         # Initialise every bounded series so dashboards and rate() see zeros, not gaps.
         for outcome in OUTCOMES:
             self.tasks.labels(kind, outcome)

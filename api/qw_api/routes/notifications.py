@@ -8,18 +8,13 @@ from qw_core.topology import NOTIFICATIONS_EXCHANGE
 
 from ..deps import ServicesDep, TenantDep
 from ..publisher import PublishUnavailable
-from ..schemas import NotificationAccepted, NotificationRequest, Problem
+from ..schemas import SUBMIT_ERRORS, NotificationAccepted, NotificationRequest
 from ..service import unavailable
 
 router = APIRouter(prefix="/v1", tags=["notifications"])
 
 
-@router.post(
-    "/notifications",
-    status_code=202,
-    response_model=NotificationAccepted,
-    responses={401: {"model": Problem}, 413: {"model": Problem}, 422: {"model": Problem}, 503: {"model": Problem}},
-)
+@router.post("/notifications", status_code=202, response_model=NotificationAccepted, responses=SUBMIT_ERRORS)
 async def publish_notification(
     body: NotificationRequest, tenant: TenantDep, services: ServicesDep
 ) -> NotificationAccepted:

@@ -7,16 +7,16 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, StreamingResponse
+from qw_core.storage import MEDIA_TYPES
 from qw_core.store import TERMINAL, StoreUnavailable, TaskRecord
 from starlette.concurrency import run_in_threadpool
 
 from ..deps import Services, ServicesDep, TenantDep
-from ..schemas import Problem, TaskView
+from ..schemas import TaskView, problems
 from ..service import unavailable
 
 router = APIRouter(prefix="/v1", tags=["tasks"])
 NOT_FOUND = "no such task"  # the same answer for another tenant's task: never reveal it exists
-MEDIA = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp", "gif": "image/gif"}
 SSE_KEEPALIVE_SECONDS = 15.0
 SSE_MAX_SECONDS = 900.0
 
@@ -39,7 +39,7 @@ def _view(rec: TaskRecord, request: Request) -> TaskView:
     )  # fmt: skip
 
 
-@router.get("/tasks/{task_id}", response_model=TaskView, responses={401: {"model": Problem}, 404: {"model": Problem}})
+@router.get("/tasks/{task_id}", response_model=TaskView, responses=problems(401, 404))
 async def get_task(task_id: str, tenant: TenantDep, services: ServicesDep, request: Request) -> TaskView:
     rec = await _load(services, task_id, tenant)
     if rec is None:
@@ -49,7 +49,7 @@ async def get_task(task_id: str, tenant: TenantDep, services: ServicesDep, reque
 
 @router.get(
     "/tasks/{task_id}/events",
-    responses={200: {"content": {"text/event-stream": {}}}, 401: {"model": Problem}, 404: {"model": Problem}},
+    responses={200: {"content": {"text/event-stream": {}}}, **problems(401, 404)},
 )
 async def task_events(task_id: str, tenant: TenantDep, services: ServicesDep, request: Request) -> StreamingResponse:
     """Server-sent events: one `status` event per change, ending after a final status."""
@@ -92,8 +92,8 @@ async def task_events(task_id: str, tenant: TenantDep, services: ServicesDep, re
     "/tasks/{task_id}/result",
     response_class=FileResponse,
     responses={
-        200: {"content": {m: {} for m in MEDIA.values()}},
-        401: {"model": Problem}, 404: {"model": Problem}, 409: {"model": Problem},
+        200: {"content": {m: {} for m in MEDIA_TYPES.values()}},
+        **problems(401, 404, 409),
     },
 )  # fmt: skip
 async def get_task_result(task_id: str, tenant: TenantDep, services: ServicesDep) -> FileResponse:
@@ -106,4 +106,4 @@ async def get_task_result(task_id: str, tenant: TenantDep, services: ServicesDep
     if not path.is_file():
         raise HTTPException(404, "the result file is gone")
     ext = path.suffix.lstrip(".")
-    return FileResponse(path, media_type=MEDIA.get(ext, "application/octet-stream"), filename=f"{task_id}.{ext}")
+    return FileResponse(path, media_type=MEDIA_TYPES.get(ext, "application/octet-stream"), filename=f"{task_id}.{ext}")
