@@ -7,7 +7,7 @@ import logging
 import sys
 from datetime import UTC, datetime
 
-_FIELDS = ("task_id", "kind", "tenant", "attempt", "outcome", "duration_s", "error", "queue", "replicas")
+_FIELDS = ("task_id", "kind", "tenant", "attempt", "outcome", "duration_s", "reason", "error", "queue", "replicas")
 
 
 class JsonFormatter(logging.Formatter):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from prometheus_client import CollectorRegistry
 from qw_core.topology import H_ATTEMPT
 from qw_workers.errors import PermanentError, RetryableError
 from qw_workers.metrics import WorkerMetrics
-from qw_workers.middleware import Delivery, MetricsMiddleware, Result
+from qw_workers.middleware import Delivery, LoggingMiddleware, MetricsMiddleware, Result
 from qw_workers.policy import Decision, attempt_of, decide_failure, describe, reconnect_delay
 
 DELAYS = [200, 400]
@@ -74,3 +76,33 @@ def test_metrics_names_units_and_labels():
     for metric in reg.collect():
         for sample in metric.samples:
             assert "task_id" not in sample.labels and "tenant" not in sample.labels
+
+
+@pytest.mark.parametrize(
+    ("result", "line"),
+    [
+        (Result("succeeded", "t1", 1, 0.25), "task t1 succeeded (email, attempt 1, 0.250s)"),
+        (
+            Result("failed", "t1", 2, 0.5, "permanent", "PermanentError: 550 no such user"),
+            "task t1 failed (email, attempt 2, 0.500s): permanent: PermanentError: 550 no such user",
+        ),
+        (
+            Result("retried", "t1", 1, 0.1, None, "RetryableError: 451"),
+            "task t1 retried (email, attempt 1, 0.100s): RetryableError: 451",
+        ),
+        (
+            Result("failed", None, 1, 0.0, "undecodable", "ValueError: x"),
+            "task m1 failed (email, attempt 1, 0.000s): undecodable: ValueError: x",
+        ),
+    ],
+)
+def test_task_log_line_names_the_task_and_says_why_in_plain_text(result, line, caplog):
+    """The text log format shows only the message (no extra fields): the message itself must say which task, why."""
+    caplog.set_level(logging.INFO, logger="test.tasks")
+    LoggingMiddleware(logging.getLogger("test.tasks")).after_process(
+        Delivery("email", 1, 1, b"", "m1", {}, False), result
+    )
+    (record,) = caplog.records
+    assert record.getMessage() == line
+    fields = (record.task_id, getattr(record, "reason", None), getattr(record, "error", None))  # type: ignore[attr-defined]
+    assert fields == (result.task_id or "m1", result.reason, result.error)

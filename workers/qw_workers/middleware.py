@@ -80,17 +80,33 @@ class LoggingMiddleware(Middleware):
         self.log = logger or logging.getLogger("qw_workers.tasks")
 
     def after_process(self, delivery: Delivery, result: Result) -> None:
+        """One line a task: the JSON format carries the fields; the text format shows only the message, so the
+        message itself names the task and says why it did not succeed."""
         level = logging.INFO if result.outcome in ("succeeded", "duplicate", "retried") else logging.WARNING
+        task_id = result.task_id or delivery.message_id
         fields: dict[str, Any] = {
-            "task_id": result.task_id or delivery.message_id,
+            "task_id": task_id,
             "kind": delivery.kind,
             "attempt": result.attempt,
             "outcome": result.outcome,
             "duration_s": round(result.duration_s, 4),
         }
+        if result.reason:
+            fields["reason"] = result.reason
         if result.error:
             fields["error"] = result.error
-        self.log.log(level, "task %s", result.outcome, extra=fields)
+        why = ": ".join(text for text in (result.reason, result.error) if text)
+        self.log.log(
+            level,
+            "task %s %s (%s, attempt %d, %.3fs)%s",
+            task_id,
+            result.outcome,
+            delivery.kind,
+            result.attempt,
+            result.duration_s,
+            f": {why}" if why else "",
+            extra=fields,
+        )
 
 
 def slowed(handler: Handler, seconds: float) -> Handler:
