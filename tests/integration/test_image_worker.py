@@ -62,7 +62,9 @@ def test_images_processed_to_size_format_orientation_without_metadata(rig):
     thumb = pub.publish(pub.image(TENANT, src, "JPEG", thumbnail=True, format="WEBP"))
     with running_worker("image", env, tmp) as w:
         recs = {t: wait_until(lambda t=t: settled(store, t), 15, what="settled") for t in (plain, marked, thumb)}
-        assert w.metric("queueworker_worker_tasks_processed_total", kind="image", outcome="succeeded") == 3
+        # The status is written before the ack, and the metric counts the outcome after it: wait for the metric too.
+        succeeded = lambda: w.metric("queueworker_worker_tasks_processed_total", kind="image", outcome="succeeded")  # noqa: E731
+        wait_until(lambda: succeeded() == 3, 10, what="3 successes counted")
     for rec in recs.values():
         assert rec.status == "succeeded" and rec.completions == 1 and rec.attempts == 1
         assert rec.result_key and rec.result_key.startswith(f"results/{TENANT}/")
@@ -93,8 +95,8 @@ def test_poison_and_permanent_are_dead_lettered_while_good_ones_flow(rig):
         for t in [*good, missing, corrupt]:
             wait_until(lambda t=t: settled(store, t), 15, what="task settled")
         wait_until(lambda: pub.depth(dead_queue_name("image")) == 4, 10, what="4 dead letters")
-        assert w.metric("queueworker_worker_dead_letters_total", kind="image", reason="undecodable") == 2
-        assert w.metric("queueworker_worker_dead_letters_total", kind="image", reason="permanent") == 2
+        dead = lambda reason: w.metric("queueworker_worker_dead_letters_total", kind="image", reason=reason)  # noqa: E731
+        wait_until(lambda: (dead("undecodable"), dead("permanent")) == (2, 2), 10, what="4 dead letters counted")
     assert all(store.get(t).status == "succeeded" for t in good)
     for t in (missing, corrupt):
         rec = store.get(t)
