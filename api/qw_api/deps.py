@@ -16,6 +16,7 @@ from qw_core.store import TaskStore
 from .batching import WriteBatcher
 from .metrics import ApiMetrics
 from .publisher import Publisher
+from .uploads import UploadLimits
 
 
 @dataclass
@@ -28,10 +29,15 @@ class Services:
     key_hashes: dict[bytes, str]  # sha256(key) -> tenant
     pending_writes: WriteBatcher[tuple[str, str, str, str | None]] = field(init=False)
     queued_writes: WriteBatcher[str] = field(init=False)
+    uploads: UploadLimits = field(init=False)
 
     def __post_init__(self) -> None:
         self.pending_writes = WriteBatcher(self.store.create_pending_many)
         self.queued_writes = WriteBatcher(self.store.confirm_queued_many)
+        s = self.settings
+        self.uploads = UploadLimits(
+            s.upload_body_budget_bytes, s.decode_budget_bytes, s.upload_wait_seconds, s.max_upload_bytes
+        )
 
 
 def hash_key(key: str) -> bytes:

@@ -75,6 +75,12 @@ class ApiSettings(CommonSettings):
     max_message_bytes: int = Field(default=16 * 1024 * 1024, gt=0, le=512 * 1024 * 1024)
     retry_after_seconds: int = 5
     sse_poll_interval: float = 0.2
+    # What image uploads may hold at once in one API process (qw_api/uploads.py): bodies being received and read
+    # (their Content-Length), and images being decoded (width x height x bands); a request that waits longer than
+    # upload_wait_seconds for room gets 503 + Retry-After. Sized for the chart's 512Mi API limit.
+    upload_body_budget_bytes: int = Field(default=48 * 1024 * 1024, gt=0)
+    decode_budget_bytes: int = Field(default=192 * 1024 * 1024, gt=0)
+    upload_wait_seconds: float = Field(default=10.0, gt=0)
 
     def tenant_keys(self) -> dict[str, str]:
         keys = parse_pairs(self.api_keys.get_secret_value(), ":", "QW_API_KEYS", "key:tenant")

@@ -15,31 +15,33 @@ Storage: the chart's default is a ReadWriteMany claim of the cluster's default S
 provisioner at all (nor a default class), so the test creates what an administrator would, a hostPath
 PersistentVolume without a class bound to the claim's name (claimRef), for each of the two claims.
 
-The chart: operator Ready and leading (kopf peering: its log and the KopfPeering's status), the API serving
-/readyz through its Service, `helm test` passing, an image uploaded through the Service processed by a worker
-pod and the result downloaded, a burst of emails scaling the email workers up (real pods; every mail received
-once) and back to their minimum. The plain manifests: operator Ready and leading, the example QueueWorker (min 0)
-scaling a worker pod up for an uploaded image, the result downloaded. Figures (helm install -> all pods Ready,
-burst -> first new worker pod Running, ...) go into bench/results/real-node.json under "helm" and "manifests".
+The chart (one release for the class TestHelmRelease): operator Ready and leading (kopf peering: its log and the
+KopfPeering's status), the API serving /readyz through its Service, `helm test` passing, an image uploaded through
+the Service processed by a worker pod and the result downloaded, a burst of emails scaling the email workers up
+(real pods; every mail received once) and back to their minimum. Then the closed loop of
+tests/e2e/test_closed_loop.py on real pods (same burst, same scaling, same per-worker settings: its drain time
+beside the process-level one), and again with a worker pod deleted mid-task and a scale-in while the workers are
+busy (the kubelet's SIGTERM within the chart's grace period): every task done once, every mail sent once. The
+probes: a broker outage makes every worker pod unready (and back), while the API keeps answering through its
+Service (503 + Retry-After for new work, task status still served). The memory limits: the largest image the API
+accepts, uploaded by many clients at once, stays inside the API's and the image workers' limits (cgroup peaks).
+The plain manifests: operator Ready and leading, the example QueueWorker (min 0) scaling a worker pod up for an
+uploaded image, the result downloaded. Figures go into bench/results/real-node.json under "helm_and_manifests".
 """
 
 from __future__ import annotations
 
+import collections
 import io
 import json
 import os
-import re
 import secrets
-import shlex
 import shutil
 import subprocess
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import cluster as control_plane
@@ -50,142 +52,51 @@ import real_node
 import yaml
 from PIL import Image
 from postgres import Postgres
+from qw_core.settings import ApiSettings
+from qw_core.store import open_store
 from rabbitmq import Broker, free_broker_ports
 
-from tests.support.images import image_bytes
-from tests.support.smtp import Recorder, smtp_server
+from tests.e2e.real_stack import (
+    FULLNAME,
+    NAMESPACE,
+    RELEASE,
+    RssPeaks,
+    Stack,
+    api_client,
+    container_problems,
+    ctr,
+    first_new_running,
+    image_roundtrip,
+    memory_peak_mib,
+    operator_leads,
+    parts,
+    pod_state,
+    readme_block,
+    ready,
+    reset_memory_peak,
+    wait_for,
+    worker_in_progress,
+    write_figures,
+)
+from tests.support.smtp import smtp_server
 from tests.support.util import free_port
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
-README = REPO / "README.md"
-RESULTS = REPO / "bench" / "results" / "real-node.json"
-NAMESPACE = "queueworker"  # the README's (and manifests/kustomization.yaml's)
-RELEASE = "qw"
-FULLNAME = f"{RELEASE}-queueworker"
 MANIFEST_IMAGES = {t: f"ghcr.io/queueworker/{t}:0.1.0" for t in images.TARGETS}  # what manifests/ reference
 BURST = 200  # emails; the SMTP server answers each DATA after SMTP_DELAY s, so one replica needs ~15 s
 SMTP_DELAY = 0.3
 STABILIZATION_S = 10  # the test's scale-down window (the CRD default is HPA's 300 s)
-
-
-def readme_block() -> list[str]:
-    """The commands of README.md's "On Kubernetes" bash block, continuation lines joined, comments dropped."""
-    text = README.read_text()
-    section = text[text.index("## On Kubernetes") :]
-    block = re.search(r"```bash\n(.*?)```", section, re.S)
-    assert block, "README's On Kubernetes section has no bash block"
-    joined = block.group(1).replace("\\\n", " ")
-    return [line.strip() for line in joined.splitlines() if line.strip() and not line.strip().startswith("#")]
-
-
-def parts(commands: list[str]) -> dict[str, list[str]]:
-    """secrets (namespace and Secrets), helm (install and test), plain (kubectl apply and what follows)."""
-    out: dict[str, list[str]] = {"secrets": [], "helm": [], "plain": []}
-    for cmd in commands:
-        if cmd.startswith("helm "):
-            out["helm"].append(cmd)
-        elif out["helm"] or "apply" in cmd:
-            out["plain"].append(cmd)
-        else:
-            out["secrets"].append(cmd)
-    return out
-
-
-@dataclass
-class Stack:
-    cluster: control_plane.Cluster
-    node: real_node.RealNode
-    built: images.Built
-    broker: Broker
-    postgres: Postgres
-    smtp_port: int
-    smtp: Recorder
-    host_dir: Path
-    subs: dict[str, str]  # README placeholder -> value
-    api_key: str
-    figures: dict[str, Any] = field(default_factory=dict)
-    volumes: list[str] = field(default_factory=list)
-
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return self.cluster.kubectl(*args, input=input, check=check)
-
-    def run_readme(self, cmd: str, *extra: str) -> subprocess.CompletedProcess[str]:
-        for placeholder, value in self.subs.items():
-            cmd = cmd.replace(placeholder, value)
-        argv = [*shlex.split(cmd, comments=True), *extra]
-        assert argv[0] in ("kubectl", "helm"), cmd
-        print("$", shlex.join(argv))
-        # As a user runs it: from the repository's root (relative paths), against the test cluster.
-        c = self.cluster
-        full = [str(c.bin_dir / argv[0]), "--kubeconfig", str(c.kubeconfig), *argv[1:]]
-        proc = subprocess.run(full, capture_output=True, text=True, cwd=REPO, env={**os.environ, **c.env})
-        if proc.returncode != 0:
-            raise control_plane.ClusterError(
-                f"{shlex.join(argv)} exited {proc.returncode}:\n{proc.stdout}{proc.stderr}"
-            )
-        return proc
-
-    def get(self, *args: str) -> dict[str, Any]:
-        return dict(json.loads(self.kubectl("-n", NAMESPACE, "get", *args, "-o", "json").stdout))
-
-    def pods(self, selector: str) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = self.get("pods", "-l", selector)["items"]
-        return [p for p in items if not p["metadata"].get("deletionTimestamp")]
-
-    def volume_for(self, claim: str) -> None:
-        """A hostPath PersistentVolume (no class, like a claim of a cluster without a default class) for the claim
-        `claim` in NAMESPACE, owned by the workers' uid."""
-        path = self.host_dir / f"pv-{claim}"
-        path.mkdir()
-        shutil.chown(path, 10001, 10001)
-        name = f"{NAMESPACE}-{claim}-{uuid.uuid4().hex[:6]}"
-        pv = {
-            "apiVersion": "v1",
-            "kind": "PersistentVolume",
-            "metadata": {"name": name},
-            "spec": {
-                "capacity": {"storage": "10Gi"},
-                "accessModes": ["ReadWriteMany"],
-                "persistentVolumeReclaimPolicy": "Retain",
-                "claimRef": {"namespace": NAMESPACE, "name": claim},
-                "hostPath": {"path": str(path), "type": "Directory"},
-            },
-        }
-        self.kubectl("apply", "-f", "-", input=json.dumps(pv))
-        self.volumes.append(name)
-
-
-def wait_for(what: str, probe: Callable[[], Any], timeout: float, state: Callable[[], Any] | None = None) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = probe()
-        except (httpx.HTTPError, subprocess.SubprocessError, control_plane.ClusterError) as exc:
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(0.2)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}; last seen: {state() if state else last!r}")
-
-
-def ready(pod: dict[str, Any]) -> bool:
-    conds = pod["status"].get("conditions", [])
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
-
-
-def pod_state(s: Stack) -> str:
-    out = s.kubectl("-n", NAMESPACE, "get", "pods,qw,pvc", "-o", "wide", check=False).stdout
-    events = s.kubectl("-n", NAMESPACE, "get", "events", "--sort-by=.lastTimestamp", check=False).stdout
-    return out + "\n" + events[-3000:]
-
-
-def ctr(node: real_node.RealNode, *args: str) -> None:
-    subprocess.run(
-        ["ctr", "--address", node.containerd_address, "-n", "k8s.io", *args], check=True, capture_output=True
-    )
+# The process-level closed loop's burst and settings (tests/e2e/test_closed_loop.py), for a like-for-like figure.
+LOOP_TASKS = int(os.environ.get("QW_CLOSED_LOOP_TASKS", 2000))
+LOOP_SMTP_LATENCY = 0.05
+LOOP_MIN, LOOP_MAX = 1, 5
+LOOP_SCALING = {"messagesPerReplica": 20, "scaleDownStabilizationSeconds": 5, "cooldownSeconds": 5}
+LOOP_WORKER_ENV = {"QW_CONCURRENCY": "1", "QW_PREFETCH": "4"}  # the process-level loop's (4: the default)
+FINAL = ("succeeded", "dead", "failed")
+TENANT = "tenant"  # the README's API key line names it
+EMAIL_WORKERS = "app.kubernetes.io/component=worker-email"
+IMAGE_WORKERS = "app.kubernetes.io/component=worker-image"
 
 
 # ---------------------------------------------------------------- fixtures
@@ -259,81 +170,118 @@ def stack(k8s_cluster: control_plane.Cluster, tmp_path_factory: pytest.TempPathF
             if ours:
                 control_plane.stop_node(k8s_cluster.dir)
             figures["module_s"] = round(time.monotonic() - started, 1)
-            _write_figures(figures)
+            write_figures(figures)
 
 
-def _write_figures(figures: dict[str, Any]) -> None:
-    """Merged into bench/results/real-node.json: other suites' keys stay."""
-    figures["measured"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    print("\nhelm/manifests on the real node:", json.dumps(figures, indent=2))
-    try:
-        data = json.loads(RESULTS.read_text())
-    except (OSError, ValueError):
-        data = {}
-    data["helm_and_manifests"] = figures
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(data, indent=2) + "\n")
+# ---------------------------------------------------------------- helpers of the closed loop on real pods
 
 
-# ---------------------------------------------------------------- the API, through its Service from the host
+def submit_emails(client: httpx.Client, n: int, prefix: str, clients: int = 16) -> list[str]:
+    """n emails through the API's Service from `clients` threads; a 503 (backpressure) is retried as a client
+    would. Returns the task ids."""
+    base, headers = str(client.base_url), dict(client.headers)
+    local = threading.local()
+
+    def one(i: int) -> str:
+        if not hasattr(local, "c"):
+            local.c = httpx.Client(base_url=base, headers=headers, timeout=30, trust_env=False)
+        body = {"to": f"user{i}@example.com", "subject": f"{prefix} {i}", "text": f"task {i}"}
+        for _ in range(60):
+            r = local.c.post("/v1/emails", json=body)
+            if r.status_code == 202:
+                return str(r.json()["task_id"])
+            assert r.status_code == 503, r.text
+            time.sleep(float(r.headers.get("Retry-After", "0.5")))
+        raise AssertionError(f"email {i}: the API kept answering 503")
+
+    with ThreadPoolExecutor(clients) as pool:
+        return list(pool.map(one, range(n)))
 
 
-def api_client(s: Stack, service: str) -> httpx.Client:
-    ip = s.get("service", service)["spec"]["clusterIP"]
-    port = s.get("service", service)["spec"]["ports"][0]["port"]
-    return httpx.Client(
-        base_url=f"http://{ip}:{port}", headers={"Authorization": f"Bearer {s.api_key}"}, timeout=30, trust_env=False
-    )
+def final_count(store: Any) -> int:
+    counts = store.counts(TENANT)
+    return sum(counts.get(s, 0) for s in FINAL)
 
 
-def image_roundtrip(client: httpx.Client, timeout: float) -> dict[str, Any]:
-    """Uploads a PNG (to 32 px wide WebP), waits for the task to succeed, downloads and checks the result."""
-    files = {"file": ("photo.png", image_bytes("PNG", (160, 120), "navy"), "image/png")}
-    resp = client.post("/v1/images", files=files, data={"width": "32", "format": "WEBP"})
-    assert resp.status_code == 202, resp.text
-    task_id = resp.json()["task_id"]
-    status = wait_for(
-        f"image task {task_id} to succeed",
-        lambda: (t := client.get(f"/v1/tasks/{task_id}").json())["status"] in ("succeeded", "failed", "dead") and t,
-        timeout,
-    )
-    assert status["status"] == "succeeded", status
-    result = client.get(f"/v1/tasks/{task_id}/result")
-    assert result.status_code == 200
-    img = Image.open(io.BytesIO(result.content))
-    assert (img.format, img.width) == ("WEBP", 32)
-    return dict(status)
+def loop_settings(s: Stack) -> None:
+    """The process-level loop's settings on the shipped email QueueWorker and its Deployment (a rollout), and the
+    SMTP server's latency; idempotent."""
+    spec = {"minReplicas": LOOP_MIN, "maxReplicas": LOOP_MAX, "scaling": LOOP_SCALING}
+    s.kubectl("-n", NAMESPACE, "patch", "qw", f"{FULLNAME}-email", "--type=merge", "-p", json.dumps({"spec": spec}))
+    deployment = f"deployment/{FULLNAME}-email-worker"
+    s.kubectl("-n", NAMESPACE, "set", "env", deployment, *(f"{k}={v}" for k, v in LOOP_WORKER_ENV.items()))
+    s.kubectl("-n", NAMESPACE, "rollout", "status", deployment, "--timeout=120s")
+    wait_for("one email worker (the rollout's old pod gone)", lambda: len(s.pods(EMAIL_WORKERS)) == LOOP_MIN, 60,
+             lambda: pod_state(s))  # fmt: skip
+    s.smtp.delay = LOOP_SMTP_LATENCY
 
 
-def first_new_running(s: Stack, selector: str, before: set[str]) -> Callable[[], bool]:
-    def probe() -> bool:
-        return any(
-            p["metadata"]["name"] not in before and p["status"].get("phase") == "Running" for p in s.pods(selector)
-        )
-
-    return probe
+def mails_by_task(s: Stack, ids: list[str]) -> collections.Counter[str]:
+    wanted = set(ids)
+    return collections.Counter(t for m in s.smtp.messages() if (t := m["X-QW-Task-Id"]) in wanted)
 
 
-def operator_leads(s: Stack, selector: str, peering: str) -> str:
-    """The operator's pod is Ready, its log says it resumed (kopf peering: it leads) and the KopfPeering lists it."""
-    pod = wait_for("the operator pod Ready", lambda: next((p for p in s.pods(selector) if ready(p)), None), 90,
-                   lambda: pod_state(s))  # fmt: skip
-    name = pod["metadata"]["name"]
-    wait_for(
-        "the operator to lead",
-        lambda: "Resuming operations" in s.kubectl("-n", NAMESPACE, "logs", name).stdout,
-        60,
-        lambda: s.kubectl("-n", NAMESPACE, "logs", name, check=False).stdout[-3000:],
-    )
-    status = s.get("kopfpeering", peering).get("status", {})
-    assert name in status, status
-    return str(name)
+def assert_exactly_once(s: Stack, store: Any, ids: list[str]) -> None:
+    records = {t: store.get(t) for t in ids}
+    assert all(r is not None for r in records.values()), "a task the API accepted has no record"
+    statuses = collections.Counter(r.status for r in records.values())
+    assert statuses == {"succeeded": len(ids)}, statuses
+    assert all(r.completions == 1 for r in records.values()), "a task completed twice"
+    sent = mails_by_task(s, ids)
+    assert set(sent) == set(ids) and max(sent.values()) == 1, sent.most_common(3)
 
 
-# ---------------------------------------------------------------- tests
+class Peaks:
+    """The highest number of Running pods matching a selector, and when the first new one ran, polled in the
+    background."""
+
+    def __init__(self, s: Stack, selector: str) -> None:
+        self.s, self.selector = s, selector
+        self.before = {p["metadata"]["name"] for p in s.pods(selector)}
+        self.peak = 0
+        self.first_new_running: float | None = None
+        self.t0 = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                running = [p for p in self.s.pods(self.selector) if p["status"].get("phase") == "Running"]
+            except (subprocess.SubprocessError, control_plane.ClusterError):
+                continue
+            self.peak = max(self.peak, len(running))
+            if self.first_new_running is None and any(p["metadata"]["name"] not in self.before for p in running):
+                self.first_new_running = round(time.monotonic() - self.t0, 1)
+            self._stop.wait(0.3)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
-def test_helm_install_as_the_readme_says(stack: Stack) -> None:
+def largest_accepted_png(max_pixels: int, max_bytes: int) -> bytes:
+    """An RGBA PNG of exactly `max_pixels` pixels (decoded: 4 bytes each) that is as close to `max_bytes` as a
+    quick encode gets: random rows (incompressible) on top of a flat rest."""
+    width = 8000
+    height = max_pixels // width
+    img = Image.new("RGBA", (width, height), (40, 90, 160, 255))
+    noisy_rows = int(max_bytes * 0.9) // (width * 4)
+    img.paste(Image.frombytes("RGBA", (width, noisy_rows), os.urandom(width * noisy_rows * 4)), (0, 0))
+    buf = io.BytesIO()
+    img.save(buf, "PNG", compress_level=1)
+    data = buf.getvalue()
+    assert width * height == max_pixels and len(data) <= max_bytes, (width * height, len(data))
+    return data
+
+
+# ---------------------------------------------------------------- the chart, one release for the class
+
+
+@pytest.fixture(scope="class")
+def release(stack: Stack) -> Iterator[Stack]:
+    """README's `helm install` (plus the printed values file), every pod Ready; `helm uninstall` after."""
     s = stack
     values = {
         t: {
@@ -349,8 +297,8 @@ def test_helm_install_as_the_readme_says(stack: Stack) -> None:
     values_file.write_text(yaml.safe_dump(values))
     print("\nvalues added to the README's helm install:\n" + values_file.read_text())
     s.volume_for(f"{FULLNAME}-storage")
-    helm = parts(readme_block())["helm"]
-    install = next(c for c in helm if c.startswith("helm install"))
+    install = next(c for c in parts(readme_block())["helm"] if c.startswith("helm install"))
+    s.figures["helm"] = {}
     try:
         t0 = time.monotonic()
         s.run_readme(install, "-f", str(values_file))
@@ -359,9 +307,8 @@ def test_helm_install_as_the_readme_says(stack: Stack) -> None:
         expected = {"operator": 1, "api": 2, "worker-image": 1, "worker-email": 1}
 
         def all_ready() -> bool:
-            pods = s.pods(f"app.kubernetes.io/instance={RELEASE}")
             by: dict[str, int] = {}
-            for p in pods:
+            for p in s.pods(f"app.kubernetes.io/instance={RELEASE}"):
                 assert p["spec"].get("nodeName") in (None, real_node.NODE_NAME), p["metadata"]["name"]
                 if ready(p):
                     comp = p["metadata"]["labels"]["app.kubernetes.io/component"]
@@ -369,74 +316,258 @@ def test_helm_install_as_the_readme_says(stack: Stack) -> None:
             return by == expected
 
         wait_for("every pod of the release Ready", all_ready, 180, lambda: pod_state(s))
-        s.figures["helm"] = {"install_to_all_pods_ready_s": round(time.monotonic() - t0, 1)}
-        operator_leads(s, "app.kubernetes.io/component=operator", FULLNAME)
+        s.figures["helm"]["install_to_all_pods_ready_s"] = round(time.monotonic() - t0, 1)
+        yield s
+    finally:
+        t = time.monotonic()
+        s.cluster.helm("uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--timeout", "120s", check=False)
+        wait_for("every pod of the release gone", lambda: not s.pods(f"app.kubernetes.io/instance={RELEASE}"), 120)
+        s.figures["helm"]["uninstall_s"] = round(time.monotonic() - t, 1)
 
+
+class TestHelmRelease:
+    def test_operator_leads_api_serves_helm_test_passes_an_image_is_processed(self, release: Stack) -> None:
+        s = release
+        operator_leads(s, "app.kubernetes.io/component=operator", FULLNAME)
         client = api_client(s, f"{FULLNAME}-api")
         resp = client.get("/readyz")
         assert (resp.status_code, resp.json()) == (200, {"broker": True, "store": True})
-        for cmd in helm[1:]:  # helm test: /healthz and /readyz from a pod, through the Service's DNS name
+        for cmd in parts(readme_block())["helm"][1:]:  # helm test: /healthz and /readyz from a pod, by DNS name
             t = time.monotonic()
             out = s.run_readme(cmd, "--timeout", "120s")  # exits non-zero unless the test pod succeeded
             assert "Succeeded" in out.stdout, out.stdout
             s.figures["helm"]["helm_test_s"] = round(time.monotonic() - t, 1)
-
         t = time.monotonic()
         image_roundtrip(client, 60)
         s.figures["helm"]["image_task_roundtrip_s"] = round(time.monotonic() - t, 1)
 
-        # A burst of emails: the operator scales the email workers up (real pods), then back to 1.
+    def test_an_email_burst_scales_real_worker_pods_up_and_back(self, release: Stack) -> None:
+        """The shipped email QueueWorker (only its scale-down window shortened): a burst through the API's
+        Service, new worker pods Running, every mail once, back to the minimum."""
+        s = release
+        client = api_client(s, f"{FULLNAME}-api")
         for kind in ("email", "image"):
             patch = {"spec": {"scaling": {"scaleDownStabilizationSeconds": STABILIZATION_S}}}
             s.kubectl("-n", NAMESPACE, "patch", "qw", f"{FULLNAME}-{kind}", "--type=merge", "-p", json.dumps(patch))
-        selector = "app.kubernetes.io/component=worker-email"
-        before = {p["metadata"]["name"] for p in s.pods(selector)}
-        errors: list[str] = []
-
-        def send(i: int) -> None:
-            try:
-                body = {"to": f"user{i}@example.com", "subject": f"burst {i}", "text": "hello"}
-                r = client.post("/v1/emails", json=body)
-                if r.status_code != 202:
-                    errors.append(r.text)
-            except Exception as exc:  # noqa: BLE001 - reported by the test's thread
-                errors.append(repr(exc))
-
-        posted: list[float] = []
-
-        def burst() -> None:  # 8 clients at once
-            with ThreadPoolExecutor(8) as pool:
-                list(pool.map(send, range(BURST)))
-            posted.append(time.monotonic())
-
+        before = {p["metadata"]["name"] for p in s.pods(EMAIL_WORKERS)}
+        ids: list[str] = []
         t = time.monotonic()
-        sender = threading.Thread(target=burst)
+        sender = threading.Thread(target=lambda: ids.extend(submit_emails(client, BURST, "burst", clients=8)))
         sender.start()
-        wait_for("a new email worker pod Running", first_new_running(s, selector, before), 90, lambda: pod_state(s))
+        wait_for("a new email worker pod Running", first_new_running(s, EMAIL_WORKERS, before), 90,
+                 lambda: pod_state(s))  # fmt: skip
         s.figures["helm"]["burst_to_first_new_worker_running_s"] = round(time.monotonic() - t, 1)
         sender.join()
-        s.figures["helm"]["burst_posted_s"] = round(posted[0] - t, 1)  # all 202s (BURST emails, 8 clients)
-        assert not errors, errors[:3]
-        peak = max(len(s.pods(selector)), 2)
-        wait_for(f"{BURST} mails received", lambda: len(s.smtp.accepted) >= BURST, 120, lambda: len(s.smtp.accepted))
+        assert len(ids) == BURST
+        s.figures["helm"]["burst_posted_s"] = round(time.monotonic() - t, 1)
+        peak = max(len(s.pods(EMAIL_WORKERS)), 2)
+        wait_for(f"{BURST} mails received", lambda: len(mails_by_task(s, ids)) >= BURST, 120,
+                 lambda: len(s.smtp.accepted))  # fmt: skip
         s.figures["helm"]["burst_drained_s"] = round(time.monotonic() - t, 1)
-        subjects = [m["Subject"] for m in s.smtp.messages()]
-        assert sorted(subjects) == sorted(f"burst {i}" for i in range(BURST))  # each mail once
+        sent = mails_by_task(s, ids)
+        assert set(sent) == set(ids) and max(sent.values()) == 1, sent.most_common(3)  # each mail once
         wait_for(
             "the email workers back to their minimum (1)",
             lambda: (
-                s.get("deployment", f"{FULLNAME}-email-worker")["spec"]["replicas"] == 1 and len(s.pods(selector)) == 1
+                s.get("deployment", f"{FULLNAME}-email-worker")["spec"]["replicas"] == 1
+                and len(s.pods(EMAIL_WORKERS)) == 1
             ),
             STABILIZATION_S + 90,
             lambda: pod_state(s),
         )
         s.figures["helm"]["burst_peak_email_pods"] = peak
         s.figures["helm"]["burst_to_back_at_minimum_s"] = round(time.monotonic() - t, 1)
-    finally:
+
+    def test_closed_loop_on_real_pods(self, release: Stack) -> None:
+        """tests/e2e/test_closed_loop.py's burst and settings, with worker pods instead of its stand-in kubelet:
+        every task done once, every mail once; the figures sit beside the process-level ones."""
+        s = release
+        loop_settings(s)
+        client = api_client(s, f"{FULLNAME}-api")
+        store = open_store(s.store_url)
+        try:
+            base = final_count(store)
+            peaks = Peaks(s, EMAIL_WORKERS)
+            t0 = time.monotonic()
+            ids = submit_emails(client, LOOP_TASKS, "loop")
+            submitted = time.monotonic() - t0
+            wait_for("every task final", lambda: final_count(store) - base >= len(ids), 60 + LOOP_TASKS / 5,
+                     lambda: store.counts(TENANT))  # fmt: skip
+            drained = time.monotonic() - t0
+            wait_for("back to one worker pod", lambda: len(s.pods(EMAIL_WORKERS)) == LOOP_MIN, 90,
+                     lambda: pod_state(s))  # fmt: skip
+            back = time.monotonic() - t0
+            peaks.stop()
+            assert_exactly_once(s, store, ids)
+            assert peaks.peak > LOOP_MIN, peaks.peak  # it scaled out...
+            s.figures["closed_loop_real_pods"] = {
+                "tasks": LOOP_TASKS,
+                "submit_s": round(submitted, 1),
+                "burst_to_first_new_worker_pod_running_s": peaks.first_new_running,
+                "drain_s": round(drained, 1),
+                "back_to_min_s": round(back, 1),
+                "peak_running_worker_pods": peaks.peak,
+            }
+        finally:
+            store.close()
+
+    def test_closed_loop_with_a_pod_deleted_mid_task_and_a_busy_scale_in(self, release: Stack) -> None:
+        """While the backlog drains: `kubectl delete pod` of a worker with a task in hand, then maxReplicas
+        lowered to 1 while the workers are busy (the Deployment controller removes pods; the kubelet sends
+        SIGTERM and allows the chart's grace period). Each stopping worker finishes what it holds and returns its
+        unstarted prefetch: every task succeeds once, every mail goes out once."""
+        s = release
+        loop_settings(s)
+        client = api_client(s, f"{FULLNAME}-api")
+        store = open_store(s.store_url)
+        n = max(1000, LOOP_TASKS // 2)
+        grace = s.get("deployment", f"{FULLNAME}-email-worker")["spec"]["template"]["spec"]
+        grace_s = grace.get("terminationGracePeriodSeconds", 30)
+        try:
+            done0 = store.counts(TENANT).get("succeeded", 0)
+            done = lambda: store.counts(TENANT).get("succeeded", 0) - done0  # noqa: E731
+            t0 = time.monotonic()
+            ids = submit_emails(client, n, "faults")
+            wait_for("three worker pods Running and progress", lambda: (
+                sum(p["status"].get("phase") == "Running" for p in s.pods(EMAIL_WORKERS)) >= 3 and done() > n // 10
+            ), 120, lambda: pod_state(s))  # fmt: skip
+
+            # A worker pod with a task in hand, deleted as a user would.
+            victim = wait_for("a worker pod mid-task", lambda: next(
+                (p for p in s.pods(EMAIL_WORKERS) if ready(p) and worker_in_progress(p) >= 1), None), 30)  # fmt: skip
+            name = victim["metadata"]["name"]
+            t = time.monotonic()
+            s.kubectl("-n", NAMESPACE, "delete", "pod", name, "--wait=false")
+            wait_for(f"pod {name} gone", lambda: all(p["metadata"]["name"] != name for p in s.get("pods")["items"]),
+                     grace_s + 30)  # fmt: skip
+            deleted_pod_gone = time.monotonic() - t
+            # Gone inside the grace period: the worker left on SIGTERM, it was not SIGKILLed at the deadline.
+            assert deleted_pod_gone < grace_s, (deleted_pod_gone, grace_s)
+
+            # A scale-in while busy: at most one replica from now on.
+            wait_for("progress after the deletion", lambda: done() > n * 4 // 10, 120)
+            busy = [p["metadata"]["name"] for p in s.pods(EMAIL_WORKERS) if worker_in_progress(p) >= 1]
+            patch = {"spec": {"maxReplicas": 1}}
+            s.kubectl("-n", NAMESPACE, "patch", "qw", f"{FULLNAME}-email", "--type=merge", "-p", json.dumps(patch))
+            wait_for("the scale-in to one pod", lambda: len(s.pods(EMAIL_WORKERS)) == 1, grace_s + 60,
+                     lambda: pod_state(s))  # fmt: skip
+            wait_for("every task final", lambda: final_count_of(store, ids) >= n, 60 + n / 5,
+                     lambda: store.counts(TENANT))  # fmt: skip
+            assert_exactly_once(s, store, ids)
+            s.figures["closed_loop_real_pods_faults"] = {
+                "tasks": n,
+                "deleted_pod_gone_s": round(deleted_pod_gone, 1),
+                "pods_busy_at_scale_in": len(busy),
+                "drain_s": round(time.monotonic() - t0, 1),
+            }
+        finally:
+            s.kubectl("-n", NAMESPACE, "patch", "qw", f"{FULLNAME}-email", "--type=merge",
+                      "-p", json.dumps({"spec": {"maxReplicas": LOOP_MAX}}), check=False)  # fmt: skip
+            store.close()
+
+    def test_probes_a_broker_outage_makes_workers_unready_while_the_api_keeps_answering(self, release: Stack) -> None:
+        s = release
+        client = api_client(s, f"{FULLNAME}-api")
+        workers = "app.kubernetes.io/component in (worker-image,worker-email)"
+        wait_for("every worker pod Ready", lambda: all(ready(p) for p in s.pods(workers)), 60, lambda: pod_state(s))
+        restarts = {p["metadata"]["name"]: container_problems([p]) for p in s.pods(workers)}
+        earlier = client.post("/v1/emails", json={"to": "a@example.com", "subject": "before", "text": "x"})
+        assert earlier.status_code == 202, earlier.text
         t = time.monotonic()
-        s.cluster.helm("uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--timeout", "120s", check=False)
-        wait_for("every pod of the release gone", lambda: not s.pods(f"app.kubernetes.io/instance={RELEASE}"), 120)
-        s.figures.setdefault("helm", {})["uninstall_s"] = round(time.monotonic() - t, 1)
+        assert s.broker.ctl("stop_app").returncode == 0
+        try:
+            wait_for("every worker pod unready", lambda: not any(ready(p) for p in s.pods(workers)), 60,
+                     lambda: pod_state(s))  # fmt: skip
+            s.figures["helm"]["broker_down_to_workers_unready_s"] = round(time.monotonic() - t, 1)
+            # The API stays behind its Service: it says why it cannot take work now, and status reads still work.
+            resp = wait_for("the API's 503", lambda: post_email(client, "during", 503), 30)
+            assert int(resp.headers["Retry-After"]) >= 1, resp.headers
+            status = client.get(f"/v1/tasks/{earlier.json()['task_id']}")
+            assert status.status_code == 200, status.text
+        finally:
+            assert s.broker.ctl("start_app").returncode == 0
+        t = time.monotonic()
+        wait_for("every worker pod Ready again", lambda: all(ready(p) for p in s.pods(workers)), 90,
+                 lambda: pod_state(s))  # fmt: skip
+        s.figures["helm"]["broker_back_to_workers_ready_s"] = round(time.monotonic() - t, 1)
+        after = {p["metadata"]["name"]: container_problems([p]) for p in s.pods(workers)}
+        assert after == restarts, after  # the liveness probe left the waiting workers alone
+        again = wait_for("a 202 again", lambda: post_email(client, "after", 202), 30)
+        assert task_final(client, again.json()["task_id"], 60)["status"] == "succeeded"
+
+    def test_the_largest_accepted_image_uploaded_in_parallel_stays_inside_the_memory_limits(
+        self, release: Stack
+    ) -> None:
+        """Many clients upload the largest image the API accepts (its pixel and byte limits) at once: no API or
+        image worker pod is OOM-killed, evicted or restarted, every upload is accepted and processed, and each
+        pod's peak (its memory cgroup) is reported against its limit."""
+        s = release
+        client = api_client(s, f"{FULLNAME}-api")
+        container = s.get("deployment", f"{FULLNAME}-api")["spec"]["template"]["spec"]["containers"][0]
+        api_env = {e["name"]: e.get("value") for e in container["env"]}
+        limits = ApiSettings.model_fields
+        max_pixels = int(api_env.get("QW_MAX_IMAGE_PIXELS") or limits["max_image_pixels"].default)
+        max_bytes = int(api_env.get("QW_MAX_UPLOAD_BYTES") or limits["max_upload_bytes"].default)
+        data = largest_accepted_png(max_pixels, max_bytes - 64 * 1024)  # room for the form's other parts
+        pods = s.pods("app.kubernetes.io/component in (api,worker-image)")
+        for p in pods:
+            reset_memory_peak(p)
+        rss = RssPeaks(pods)
+        parallel = 16
+        t = time.monotonic()
+
+        def upload(i: int) -> str:
+            files = {"file": (f"big-{i}.png", data, "image/png")}
+            for _ in range(60):
+                r = client.post("/v1/images", files=files, data={"width": "1024", "format": "JPEG"}, timeout=120)
+                if r.status_code == 202:
+                    return str(r.json()["task_id"])
+                assert r.status_code == 503, r.text
+                time.sleep(float(r.headers.get("Retry-After", "1")))
+            raise AssertionError(f"upload {i}: the API kept answering 503")
+
+        with ThreadPoolExecutor(parallel) as pool:
+            ids = list(pool.map(upload, range(parallel)))
+        accepted_s = time.monotonic() - t
+        for task_id in ids:
+            assert task_final(client, task_id, 300)["status"] == "succeeded"
+        rss_peaks = rss.stop()
+        now = s.pods("app.kubernetes.io/component in (api,worker-image)")
+        assert not container_problems(now), container_problems(now)
+        assert {p["metadata"]["name"] for p in now} >= {p["metadata"]["name"] for p in pods}  # none replaced
+        peaks: dict[str, Any] = {}
+        for p in pods:
+            comp = p["metadata"]["labels"]["app.kubernetes.io/component"]
+            peaks.setdefault(comp, {"limit": p["spec"]["containers"][0]["resources"]["limits"]["memory"]})
+            peaks[comp].setdefault("peak_rss_mib", []).append(round(rss_peaks[p["metadata"]["name"]]))
+            peaks[comp].setdefault("peak_usage_incl_page_cache_mib", []).append(round(memory_peak_mib(p)))
+        s.figures["largest_image_parallel_uploads"] = {
+            "image": f"{max_pixels} px RGBA PNG, {len(data)} bytes",
+            "parallel_uploads": parallel,
+            "all_accepted_s": round(accepted_s, 1),
+            "all_processed_s": round(time.monotonic() - t, 1),
+            "memory": peaks,
+        }
+
+
+def post_email(client: httpx.Client, subject: str, expect: int) -> httpx.Response | None:
+    r = client.post("/v1/emails", json={"to": "probe@example.com", "subject": subject, "text": "x"})
+    return r if r.status_code == expect else None
+
+
+def task_final(client: httpx.Client, task_id: str, timeout: float) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        st: dict[str, Any] = client.get(f"/v1/tasks/{task_id}").json()
+        return st if st["status"] in FINAL else None
+
+    return dict(wait_for(f"task {task_id} final", probe, timeout))
+
+
+def final_count_of(store: Any, ids: list[str]) -> int:
+    return sum(1 for t in ids if (r := store.get(t)) is not None and r.status in FINAL)
+
+
+# ---------------------------------------------------------------- the plain manifests
 
 
 def test_plain_manifests_as_the_readme_says(stack: Stack) -> None:

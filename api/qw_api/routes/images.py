@@ -5,15 +5,16 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
-from qw_core.images import ImageRejected, identify
+from qw_core.images import ImageInfo, ImageRejected, identify
 from qw_core.messages import IMAGE_FORMATS, ImageOptions, ImageTask, TaskMessage, new_task_id, utcnow
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from ..deps import ServicesDep, TenantDep
+from ..deps import Services, ServicesDep, TenantDep
 from ..limits import BodyTooLarge
 from ..schemas import TaskAccepted, problems
-from ..service import accepted, submit
+from ..service import accepted, submit, unavailable
+from ..uploads import Busy
 
 router = APIRouter(prefix="/v1", tags=["images"])
 
@@ -63,6 +64,25 @@ async def upload_image(request: Request, tenant: TenantDep, services: ServicesDe
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise HTTPException(415, "send the image as multipart/form-data with a 'file' field")
     try:
+        # The pod's memory: bodies and decodes in flight are bounded (qw_api/uploads.py); past the wait, 503.
+        async with services.uploads.body(request.headers.get("content-length")):
+            data, raw_options = await _read_form(request, settings.max_upload_bytes)
+            options = _options(raw_options)
+            async with services.uploads.decode(data, settings.allowed_formats):
+                info = await _identify(services, data)
+            key = services.storage.new_key("uploads", tenant, info.format)
+            await run_in_threadpool(services.storage.write, key, data)
+    except Busy:
+        raise unavailable(services, "too many uploads are in progress on this server") from None
+    payload = ImageTask(source_key=key, source_format=info.format, options=options)  # type: ignore[arg-type]
+    task = TaskMessage(task_id=new_task_id(), tenant=tenant, created_at=utcnow(), payload=payload)
+    await submit(services, task, source_key=key)
+    return accepted(request, task.task_id)
+
+
+async def _read_form(request: Request, max_bytes: int) -> tuple[bytes, dict[str, str]]:
+    """The file's bytes and the option fields of a multipart body; 400/413/422 for what is wrong with it."""
+    try:
         async with request.form(max_files=1, max_fields=len(OPTION_FIELDS), max_part_size=1024) as form:
             upload = form.get("file")
             if not isinstance(upload, UploadFile):
@@ -71,27 +91,29 @@ async def upload_image(request: Request, tenant: TenantDep, services: ServicesDe
             if unknown:
                 raise _unprocessable(f"unknown fields: {', '.join(sorted(unknown))}")
             raw_options = {k: v for k, v in form.items() if k in OPTION_FIELDS and isinstance(v, str) and v != ""}
-            data = await upload.read(settings.max_upload_bytes + 1)
+            data = await upload.read(max_bytes + 1)
     except HTTPException:
         raise
     except Exception as exc:  # malformed multipart bodies raise several parser errors
         if _caused_by(exc, BodyTooLarge):
-            raise HTTPException(413, f"the upload is larger than {settings.max_upload_bytes} bytes") from None
+            raise HTTPException(413, f"the upload is larger than {max_bytes} bytes") from None
         raise HTTPException(400, f"malformed multipart body: {exc}") from None
-    if len(data) > settings.max_upload_bytes:
-        raise HTTPException(413, f"the file is larger than {settings.max_upload_bytes} bytes")
+    if len(data) > max_bytes:
+        raise HTTPException(413, f"the file is larger than {max_bytes} bytes")
+    return data, raw_options
+
+
+def _options(raw: dict[str, str]) -> ImageOptions:
     try:
-        options = ImageOptions.model_validate(raw_options)
+        return ImageOptions.model_validate(raw)
     except ValidationError as exc:
         raise HTTPException(422, exc.errors(include_url=False, include_context=False, include_input=False)) from None
+
+
+async def _identify(services: Services, data: bytes) -> ImageInfo:
+    settings = services.settings
     try:
-        info = await run_in_threadpool(identify, data, settings.allowed_formats, settings.max_image_pixels)
+        return await run_in_threadpool(identify, data, settings.allowed_formats, settings.max_image_pixels)
     except ImageRejected as exc:
         services.metrics.rejected_uploads.labels("not-an-accepted-image").inc()
         raise HTTPException(422, f"the file was refused: {exc}") from None
-    key = services.storage.new_key("uploads", tenant, info.format)
-    await run_in_threadpool(services.storage.write, key, data)
-    payload = ImageTask(source_key=key, source_format=info.format, options=options)  # type: ignore[arg-type]
-    task = TaskMessage(task_id=new_task_id(), tenant=tenant, created_at=utcnow(), payload=payload)
-    await submit(services, task, source_key=key)
-    return accepted(request, task.task_id)
