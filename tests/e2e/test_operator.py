@@ -129,6 +129,9 @@ def test_restart_keeps_the_stabilization_window(env: Env, operator: Any) -> None
     )
     env.publish("rs", 40)
     wait_for("scale up to 4", lambda: env.replicas("rs-worker") == 4, 20, 0.05)
+    # The operator patches the Deployment, then writes the status that carries the window: killed in between
+    # (seen once under load), the new operator would start without it.
+    wait_for("the window in the status", lambda: env.qw("rs")["status"].get("replicas") == 4, 10, 0.05)
     # Given a running stabilization window, when the operator dies and a new one starts
     env.purge("rs")
     stop(operator, signal.SIGKILL)
