@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, Protocol
 
 from qw_core.messages import TaskMessage
@@ -68,30 +69,24 @@ class _Settled(NamedTuple):
     error: str | None = None
 
 
+@dataclass(frozen=True)
 class Settler:
-    """Settles the deliveries of one task kind; one instance serves every worker thread (it keeps no state)."""
+    """Settles the deliveries of one task kind; one instance serves every worker thread (it keeps no state).
 
-    def __init__(
-        self,
-        kind: str,
-        handler: Handler,
-        settings: WorkerSettings,
-        store: TaskStore,
-        storage: LocalStorage,
-        channel: Channel,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.kind = kind
-        self.handler = handler
-        self.settings = settings
-        self.store = store
-        self.storage = storage
-        self.channel = channel
-        self._clock = clock
+    `clock` times the task for `Result.duration_s` (tests pass a fake one).
+    """
+
+    kind: str
+    handler: Handler
+    settings: WorkerSettings
+    store: TaskStore
+    storage: LocalStorage
+    channel: Channel
+    clock: Callable[[], float] = time.monotonic
 
     def settle(self, d: Delivery) -> Result:
         """Run and settle `d`; the outcome says which branch (module docstring) it took. Raises ConnectionLost."""
-        started = self._clock()
+        started = self.clock()
         attempt = attempt_of(d.headers)
         try:
             task = self._decode(d)
@@ -99,7 +94,7 @@ class Settler:
             verdict = self._undecodable(d, attempt, describe(exc))
         else:
             verdict = self._run(d, task.task_id, attempt, task)
-        return Result(verdict.outcome, verdict.task_id, attempt, self._clock() - started, verdict.reason, verdict.error)
+        return Result(verdict.outcome, verdict.task_id, attempt, self.clock() - started, verdict.reason, verdict.error)
 
     def _decode(self, d: Delivery) -> TaskMessage:
         task = TaskMessage.from_bytes(d.body)
