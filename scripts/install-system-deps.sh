@@ -4,10 +4,12 @@
 #                                  plugins); SQLite, the SMTP sink and the rest come from the venv
 #   install-system-deps.sh images  what `make images` uses: podman, runc, mmdebstrap
 #   install-system-deps.sh test    everything the suites use (dev's and images' packages too); the default
+#   install-system-deps.sh --list GROUP...   print the groups' packages, install nothing
 # Services: Debian's postinst starts a package's service where an init system runs. The project runs its own
 # instances on 127.0.0.1 with their own data directories, so the script stops a service only when this very run
 # installed its package (it started it), never one that was installed, and maybe running, before.
 set -euo pipefail
+list=""; [ "${1:-}" = "--list" ] && { list=1; shift; }
 groups=("${@:-test}")
 want=()
 for g in "${groups[@]}"; do
@@ -31,8 +33,10 @@ for g in "${groups[@]}"; do
     *) echo "usage: $0 [dev|images|test]..." >&2; exit 2 ;;
   esac
 done
+mapfile -t want < <(printf '%s\n' "${want[@]}" | sort -u)
+[ -n "$list" ] && { printf '%s\n' "${want[@]}"; exit 0; }
 missing=()
-for p in $(printf '%s\n' "${want[@]}" | sort -u); do
+for p in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
