@@ -57,6 +57,9 @@ test: deps cluster-bin rabbitmq4-root
 test-unit: deps
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
+test-chart: deps cluster-bin  # the chart rendered and linted by the real helm (tests/unit stays pure)
+	$(PY) -m pytest tests/chart $(PYTEST_ARGS)
+
 test-integration: deps rabbitmq4-root
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
