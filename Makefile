@@ -54,7 +54,7 @@ rabbitmq4-root: deps  # RabbitMQ 4.x for the broker matrix: a Debian trixie root
 test: deps cluster-bin rabbitmq4-root
 	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
-test-unit: deps
+test-unit: venv  # pure tests: no Debian package
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 test-chart: deps cluster-bin  # the chart rendered and linted by the real helm (tests/unit stays pure)

@@ -133,6 +133,7 @@ def test_make_dev_installs_only_the_dev_group_and_make_lint_only_the_venv() -> N
     assert targets["dev"].split() == ["deps-dev"]
     assert targets["lint"].split() == ["venv"]
     assert targets["fmt"].split() == ["venv"]
+    assert targets["test-unit"].split() == ["venv"]  # tests/unit is pure
     assert "deps" in targets["test"].split()  # every test package: .ci/run runs `make test`
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^deps-dev: venv\n\tbash scripts/install-system-deps.sh dev$", makefile, re.M)
