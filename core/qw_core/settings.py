@@ -144,6 +144,13 @@ class OperatorSettings(CommonSettings):
     # QW_BROKERS_PROMETHEUS, or one name that resolves to every node (a headless Service).
     rabbitmq_prometheus_url: str = ""  # the `default` broker's
     brokers_prometheus: str = ""  # "name=url,..." or "@/path", like QW_BROKERS
+    # ServiceAccounts a QueueWorker's pod template may name (comma-separated). The operator creates the worker
+    # Deployment itself, so without this anyone allowed to create a QueueWorker could run pods as any account of
+    # the namespace (the operator's own included). A template that names none runs as `default`.
+    template_service_accounts: str = "default"
+
+    def allowed_service_accounts(self) -> set[str]:
+        return {a.strip() for a in self.template_service_accounts.split(",") if a.strip()}
 
     def broker_urls(self) -> dict[str, str]:
         """Management URLs per broker; several nodes of one broker as `url1|url2` (read through the first that
