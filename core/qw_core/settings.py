@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 from typing import Literal, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -84,6 +85,20 @@ class ApiSettings(CommonSettings):
     upload_body_budget_bytes: int = Field(default=48 * 1024 * 1024, gt=0)
     decode_budget_bytes: int = Field(default=192 * 1024 * 1024, gt=0)
     upload_wait_seconds: float = Field(default=10.0, gt=0)
+    # Links in answers (status_url, result_url). Set it behind a TLS-terminating ingress
+    # (https://api.example.com, with a path prefix if any), or links come back as http:// and clients send their
+    # key in clear. "" = built from the request, whose scheme and host come from X-Forwarded-* only when the peer
+    # is one of forwarded_allow_ips (uvicorn's proxy headers; "*" = any, only when nothing else can reach the API).
+    public_url: str = ""
+    forwarded_allow_ips: str = "127.0.0.1"
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, v: str) -> str:
+        parsed = urlsplit(v)
+        if v and (parsed.scheme not in ("http", "https") or not parsed.netloc or parsed.query or parsed.fragment):
+            raise ValueError("must be an http(s) base URL like https://api.example.com (a path prefix is allowed)")
+        return v.rstrip("/")
 
     def tenant_keys(self) -> dict[str, str]:
         keys = parse_pairs(self.api_keys.get_secret_value(), ":", "QW_API_KEYS", "key:tenant")
