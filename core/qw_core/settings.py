@@ -71,6 +71,8 @@ class ApiSettings(CommonSettings):
     # "key:tenant,key2:tenant2" or "@/path/to/file" (one key:tenant per line).
     api_keys: SecretStr = SecretStr("")
     max_upload_bytes: int = 20 * 1024 * 1024
+    # Every request body but an upload's is JSON: far smaller (emails, notifications, task payloads).
+    max_json_bytes: int = Field(default=1024 * 1024, gt=0)
     max_image_pixels: int = 40_000_000
     allowed_formats: list[str] = Field(default_factory=lambda: list[str](IMAGE_FORMATS))
     publish_timeout: float = 5.0
