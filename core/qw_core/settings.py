@@ -147,6 +147,10 @@ class WorkerSettings(CommonSettings):
     smtp_password: SecretStr = SecretStr("")
     smtp_from: str = "queueworker@localhost"
     smtp_timeout: float = 15.0
+    # An email whose earlier attempt began sending and never recorded the outcome (a crash, or the store down
+    # mid-send) may have gone out. False: never sent again (at most once; the task ends dead saying so). True:
+    # sent again once the claim's lease has passed (at least once).
+    email_resend_in_doubt: bool = False
 
 
 class OperatorSettings(CommonSettings):
