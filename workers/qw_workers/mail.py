@@ -150,7 +150,7 @@ def claim_lease(settings: WorkerSettings) -> float:
 
 def handle(task: TaskMessage, ctx: TaskContext) -> None:
     payload = task.payload
-    assert payload.kind == "email"
+    assert isinstance(payload, EmailTask)
     msg = build_message(task.task_id, payload, render(payload), ctx.settings.smtp_from, time.time())
     claim = ctx.store.claim_effect(task.task_id, EFFECT, claim_lease(ctx.settings))
     if claim == "done":

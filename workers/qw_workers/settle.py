@@ -31,12 +31,13 @@ from collections.abc import Callable
 from typing import Any, Literal, NamedTuple, Protocol
 
 from qw_core.messages import TaskMessage
+from qw_core.registry import RetryPolicy
 from qw_core.settings import WorkerSettings
 from qw_core.storage import LocalStorage
 from qw_core.store import TaskStore
 from qw_core.topology import DEAD_EXCHANGE, H_ATTEMPT, H_ERROR, H_REASON, RETRY_EXCHANGE, retry_routing_key
 
-from qw_workers.context import Handler, TaskContext
+from qw_workers.context import Handler, Output, TaskContext
 from qw_workers.middleware import Delivery, Result
 from qw_workers.policy import attempt_of, decide_failure, describe
 
@@ -80,8 +81,11 @@ class Settler:
         storage: LocalStorage,
         channel: Channel,
         clock: Callable[[], float] = time.monotonic,
+        policy: RetryPolicy | None = None,
     ) -> None:
+        """`policy`: the kind's own retry policy (SDK kinds); unset parts come from the settings."""
         self.kind = kind
+        self.policy = (policy or RetryPolicy()).resolve(settings.max_attempts, settings.retry_delays)
         self.handler = handler
         self.settings = settings
         self.store = store
@@ -137,11 +141,12 @@ class Settler:
         if not self.store.start_attempt(task_id, attempt):
             return self._not_started(d, task_id, attempt)
         try:
-            result_key = self.handler(task, self._context(task_id, attempt))
+            output = self.handler(task, self._context(task_id, attempt))
         except Exception as exc:
             return self._failed(d, task_id, attempt, exc)
+        out = output if isinstance(output, Output) else Output(result_key=output)
         # False: another delivery of the same task finished first (it ran side by side with this one).
-        outcome = "succeeded" if self.store.succeed(task_id, result_key) else "duplicate"
+        outcome = "succeeded" if self.store.succeed(task_id, out.result_key, out.result) else "duplicate"
         self.channel.ack(d)
         return _Settled(outcome, task_id)
 
@@ -157,8 +162,9 @@ class Settler:
 
     def _failed(self, d: Delivery, task_id: str, attempt: int, exc: Exception) -> _Settled:
         error = describe(exc)
-        s = self.settings
-        decision = decide_failure(exc, attempt, s.max_attempts, s.retry_delays)
+        p = self.policy
+        assert p.max_attempts is not None and p.delays_ms is not None  # resolved in __init__
+        decision = decide_failure(exc, attempt, p.max_attempts, p.delays_ms, p.retry_on)
         if decision.action == "retry":
             rk = retry_routing_key(self.kind, decision.delay_ms)
             self.channel.publish_copy(d, RETRY_EXCHANGE, rk, {H_ATTEMPT: attempt, H_ERROR: error})
