@@ -15,7 +15,7 @@ publishing) is qw_core; nothing below imports this package. Reference: docs/sdk.
 
 from __future__ import annotations
 
-from queueworker.client import Client, TaskStatus, default_client
+from queueworker.client import Client, TaskStatus, default_client, set_default_client
 from queueworker.errors import (
     BrokerUnavailable,
     InvalidPayload,
@@ -45,5 +45,6 @@ __all__ = [
     "TaskStatus",
     "Unroutable",
     "default_client",
+    "set_default_client",
     "task",
 ]

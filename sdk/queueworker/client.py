@@ -163,6 +163,16 @@ def default_client() -> Client:
         return _default
 
 
+def set_default_client(client: Client | None) -> Client | None:
+    """Replace the shared client (None: build a new one from QW_* on next use); returns the previous one, unclosed.
+
+    For tests and for programs that configure the client in code instead of through the environment."""
+    global _default
+    with _default_lock:
+        previous, _default = _default, client
+        return previous
+
+
 def _forget_default_after_fork() -> None:
     global _default, _default_lock
     _default, _default_lock = None, threading.Lock()
