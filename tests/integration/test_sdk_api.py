@@ -85,8 +85,8 @@ def test_kinds_lists_each_kind_with_its_json_schema_and_docs_show_it(sdk_api):
 def test_a_full_queue_is_503_not_202(sdk_api, broker, vhost):
     http, services, _ = sdk_api
     v = urllib.parse.quote(vhost, safe="")
-    broker.api(f"/api/policies/{v}/cap", "PUT",
-               {"pattern": f"^{queue_name('inventory')}$", "definition": {"max-length": 1}, "apply-to": "queues"})  # fmt: skip
+    cap = {"pattern": f"^{queue_name('inventory')}$", "definition": {"max-length": 1}, "apply-to": "queues"}
+    broker.api(f"/api/policies/{v}/cap", "PUT", cap)
     codes = []
     for _ in range(40):  # the policy applies asynchronously; quorum queues reject once over the limit
         r = http.post("/v1/tasks/inventory", json=ORDER)

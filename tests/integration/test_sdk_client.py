@@ -11,10 +11,10 @@ import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from queueworker import BrokerUnavailable, Client, MessageTooLarge, PublishRefused, Unroutable
 from qw_core.settings import ClientSettings
 from qw_core.topology import TASKS_EXCHANGE, queue_name
 
-from queueworker import BrokerUnavailable, Client, MessageTooLarge, PublishRefused, Unroutable
 from tests.support import sdk_tasks  # noqa: F401 - registers the kinds, so the client validates them
 from tests.support.util import free_port, wait_until
 
