@@ -137,3 +137,15 @@ def test_a_user_kind_gets_the_same_topology_as_a_built_in_with_its_own_retry_que
     bare = build_topology(("inventory",), [200, 400], 10, {"inventory": ()})
     assert bare.queue(queue_name("inventory")) == topo.queue(queue_name("inventory"))
     assert [q.name for q in bare.queues if ".retry." in q.name] == []
+
+
+def test_the_worker_cli_resolves_built_in_and_app_kinds_and_names_the_known_ones():
+    from qw_workers.__main__ import resolve_kind
+    from qw_workers.handlers import HANDLERS
+
+    assert resolve_kind("email", "") == (HANDLERS["email"], None)
+    handler, policy = resolve_kind("flaky", "tests.support.sdk_tasks")
+    assert callable(handler) and policy is not None and policy.max_attempts == 4
+    with pytest.raises(SystemExit, match=r"unknown task kind 'nope' in --app tests.support.sdk_tasks; known kinds: "
+                       r"email, image, .*inventory"):  # fmt: skip
+        resolve_kind("nope", "tests.support.sdk_tasks")
