@@ -10,14 +10,14 @@ IMAGES_ARGS = $(if $(PYTHON_IMAGE),--python-image $(PYTHON_IMAGE))
 
 .PHONY: images images-save images-base images-bench
 
-images: deps
+images: deps-images
 	python3 scripts/images.py build $(IMAGES_ARGS)
 
-images-save: deps
+images-save: deps-images
 	python3 scripts/images.py save $(IMAGES_ARGS)
 
-images-base: deps
+images-base: deps-images
 	python3 scripts/images.py base
 
-images-bench: deps
+images-bench: deps-images
 	python3 scripts/images.py bench $(if $(PYTHON_IMAGE),--python-image $(PYTHON_IMAGE))

@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from rabbitmq import Broker  # noqa: E402
+from rabbitmq import Broker, port_open  # noqa: E402
 
 DEFAULTS = {
     "QW_ENV": "dev",
@@ -44,6 +44,15 @@ def main() -> int:
     env = {**DEFAULTS, **os.environ}
     env["PYTHONUNBUFFERED"] = "1"
     broker = Broker()
+    if broker.running() and not broker.ours() and not port_open(broker.mgmt_port):
+        # E.g. Debian's rabbitmq-server service: never ours to stop, and without the management API the local
+        # autoscaler cannot read the queues. Say so now rather than wait for a management port that never opens.
+        sys.exit(
+            f"make dev: a broker we did not start listens on 127.0.0.1:{broker.port} without the management API "
+            f"on {broker.mgmt_port} (Debian's rabbitmq-server service?). make dev leaves it alone: stop it yourself, "
+            "or enable its management and Prometheus plugins (rabbitmq-plugins enable rabbitmq_management "
+            "rabbitmq_prometheus) to use it"
+        )
     started_broker = broker.start()
     print(f"rabbitmq: {broker.url}  management UI: http://127.0.0.1:{broker.mgmt_port} (guest/guest)")
     py = sys.executable
@@ -63,7 +72,8 @@ def main() -> int:
     port = env.get("QW_API_PORT", "8000")
     print(
         f"\nqueueworker is up: open http://127.0.0.1:{port}/ (API key: {key}); API docs at /docs\n"
-        f"  curl -H 'Authorization: Bearer {key}' -F file=@photo.jpg -F width=320 http://127.0.0.1:{port}/v1/images\n"
+        f"  curl -H 'Authorization: Bearer {key}' -F file=@photo.jpg --form-string width=320 "
+        f"http://127.0.0.1:{port}/v1/images\n"
         "Ctrl-C stops everything.\n"
     )
     stop = threading.Event()

@@ -95,7 +95,7 @@ class Podman:
 
     def __init__(self, root: Path | None = None, runroot: Path | None = None) -> None:
         if shutil.which("podman") is None:
-            raise SystemExit("podman is not installed: bash scripts/install-system-deps.sh")
+            raise SystemExit("podman is not installed: bash scripts/install-system-deps.sh images")
         if root is None and os.environ.get("QW_PODMAN_ROOT"):
             root = Path(os.environ["QW_PODMAN_ROOT"])
             runroot = Path(os.environ.get("QW_PODMAN_RUNROOT", "/tmp/qw-podman-run"))  # at most 50 characters
@@ -139,7 +139,7 @@ def ensure_base(podman: Podman | None = None, ref: str = BASE_REF, force: bool =
     if not force and current():
         return ref
     if shutil.which("mmdebstrap") is None:
-        raise SystemExit("mmdebstrap is not installed: bash scripts/install-system-deps.sh")
+        raise SystemExit("mmdebstrap is not installed: bash scripts/install-system-deps.sh images")
     with _locked("base"):
         if not force and current():
             return ref

@@ -6,13 +6,13 @@ import gc
 
 import uvicorn
 from qw_core.logs import configure_logging
-from qw_core.settings import ApiSettings
+from qw_core.settings import ApiSettings, load
 
 from .main import create_app
 
 
 def main() -> None:
-    settings = ApiSettings()
+    settings = load(ApiSettings)
     configure_logging(settings.log_format, settings.log_level)
     app = create_app(settings)
     # Everything built so far lives for the whole process: keep it out of the collector's scans, and collect

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from qw_core.brokers import parse_urls
@@ -15,7 +16,9 @@ PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "password", "example",
 
 
 class CommonSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="QW_", extra="ignore")
+    # hide_input_in_errors: a validation error must never echo what it was given (a model check sees every
+    # setting at once, passwords and API keys included).
+    model_config = SettingsConfigDict(env_prefix="QW_", extra="ignore", hide_input_in_errors=True)
 
     env: Literal["dev", "test", "prod"] = "dev"
     # One amqp(s):// URL, or the nodes of one cluster as several separated by commas (a password's comma as %2C).
@@ -194,3 +197,20 @@ def parse_pairs(raw: str, sep: str, setting: str, example: str) -> dict[str, str
             raise ValueError(f"{setting} entries must look like {example}")
         pairs[name.strip()] = value.strip()
     return pairs
+
+
+S = TypeVar("S", bound=CommonSettings)
+
+
+def load(cls: type[S]) -> S:
+    """A service's settings from the environment. Invalid settings end the process with one line per problem,
+    naming the variable (exit code 2), never a traceback or a value (it may be a password)."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False, include_context=False, include_input=False):
+            name = "QW_" + "_".join(str(part) for part in err["loc"]).upper() if err["loc"] else "settings"
+            problems.append(f"  {name}: {err['msg'].removeprefix('Value error, ')}")
+        print(f"invalid {cls.__name__}:\n" + "\n".join(problems), file=sys.stderr)
+        raise SystemExit(2) from None

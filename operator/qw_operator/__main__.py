@@ -9,7 +9,7 @@ import time
 
 import kopf
 from qw_core.logs import configure_logging
-from qw_core.settings import OperatorSettings
+from qw_core.settings import OperatorSettings, load
 
 from qw_operator import main as handlers  # noqa: F401 - registers the kopf handlers
 
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
-    cfg = OperatorSettings()
+    cfg = load(OperatorSettings)
     configure_logging(cfg.log_format, cfg.log_level)
     namespaces = args.namespace or ([cfg.namespace] if cfg.namespace else [])
     if not namespaces and not args.all_namespaces:

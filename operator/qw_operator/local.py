@@ -22,7 +22,7 @@ from typing import Any
 
 import aiohttp
 from qw_core.logs import configure_logging
-from qw_core.settings import OperatorSettings
+from qw_core.settings import OperatorSettings, load
 from qw_core.topology import queue_name
 
 from .observe import read_queue
@@ -89,7 +89,7 @@ def local_spec(env: dict[str, str]) -> dict[str, Any]:
 
 
 async def run(kinds: list[str], interval: float, stop: asyncio.Event) -> None:
-    settings = OperatorSettings()
+    settings = load(OperatorSettings)
     vhost = settings.rabbitmq_url.get_secret_value().rsplit("/", 1)[-1] or "/"
     from urllib.parse import unquote
 

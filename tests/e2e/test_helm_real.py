@@ -7,7 +7,8 @@ What the test changes in the README's commands, and nothing else (printed when i
   a pod's loopback is its own) and the API key placeholder;
 - `helm install` gets one values file more (printed): the locally built images (imagePullPolicy IfNotPresent:
   imported into the node's containerd, no registry), the real node's placement (nodeSelector + toleration for
-  the operator, the API, the workers; the `helm test` pod follows the API's) and the SMTP server;
+  the operator, the API, the workers; the `helm test` pod follows the API's), the SMTP server and the broker's
+  Prometheus endpoint (`rabbitmq.prometheusUrl`, which the README recommends);
 - the plain manifests name ghcr.io/queueworker/*:0.1.0: the same local images are tagged with those names in the
   node's containerd, and while they run the real node is the only schedulable node (kwok's node cordoned, the
   real node's taint lifted, both put back after), as on a one-node cluster: the YAML needs no placement.
@@ -92,6 +93,7 @@ LOOP_TASKS = int(os.environ.get("QW_CLOSED_LOOP_TASKS", 2000))
 LOOP_SMTP_LATENCY = 0.05
 LOOP_MIN, LOOP_MAX = 1, 5
 LOOP_SCALING = {"messagesPerReplica": 20, "scaleDownStabilizationSeconds": 5, "cooldownSeconds": 5}
+LOOP_POLLING_S = 1  # the process-level loop's operator polls every second (QW_DEFAULT_INTERVAL=1)
 LOOP_WORKER_ENV = {"QW_CONCURRENCY": "1", "QW_PREFETCH": "4"}  # the process-level loop's (4: the default)
 FINAL = ("succeeded", "dead", "failed")
 TENANT = "tenant"  # the README's API key line names it
@@ -206,7 +208,8 @@ def final_count(store: Any) -> int:
 def loop_settings(s: Stack) -> None:
     """The process-level loop's settings on the shipped email QueueWorker and its Deployment (a rollout), and the
     SMTP server's latency; idempotent."""
-    spec = {"minReplicas": LOOP_MIN, "maxReplicas": LOOP_MAX, "scaling": LOOP_SCALING}
+    spec: dict[str, Any] = {"minReplicas": LOOP_MIN, "maxReplicas": LOOP_MAX, "pollingInterval": LOOP_POLLING_S}
+    spec["scaling"] = LOOP_SCALING
     s.kubectl("-n", NAMESPACE, "patch", "qw", f"{FULLNAME}-email", "--type=merge", "-p", json.dumps({"spec": spec}))
     deployment = f"deployment/{FULLNAME}-email-worker"
     s.kubectl("-n", NAMESPACE, "set", "env", deployment, *(f"{k}={v}" for k, v in LOOP_WORKER_ENV.items()))
@@ -232,29 +235,38 @@ def assert_exactly_once(s: Stack, store: Any, ids: list[str]) -> None:
 
 
 class Peaks:
-    """The highest number of Running pods matching a selector, and when the first new one ran, polled in the
-    background."""
+    """Polled in the background from the moment it is made: when the Deployment's spec.replicas first rose (the
+    operator's decision), when the first new pod ran (the decision plus scheduling and the kubelet's start), and
+    the most pods Running at once."""
 
-    def __init__(self, s: Stack, selector: str) -> None:
-        self.s, self.selector = s, selector
+    def __init__(self, s: Stack, selector: str, deployment: str) -> None:
+        self.s, self.selector, self.deployment = s, selector, deployment
         self.before = {p["metadata"]["name"] for p in s.pods(selector)}
+        self.replicas0 = s.get("deployment", deployment)["spec"]["replicas"]
         self.peak = 0
+        self.first_scale_up: float | None = None
         self.first_new_running: float | None = None
         self.t0 = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
+    def _since(self) -> float:
+        return round(time.monotonic() - self.t0, 1)
+
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
+                if self.first_scale_up is None:
+                    if self.s.get("deployment", self.deployment)["spec"]["replicas"] > self.replicas0:
+                        self.first_scale_up = self._since()
                 running = [p for p in self.s.pods(self.selector) if p["status"].get("phase") == "Running"]
             except (subprocess.SubprocessError, control_plane.ClusterError):
                 continue
             self.peak = max(self.peak, len(running))
             if self.first_new_running is None and any(p["metadata"]["name"] not in self.before for p in running):
-                self.first_new_running = round(time.monotonic() - self.t0, 1)
-            self._stop.wait(0.3)
+                self.first_new_running = self._since()
+            self._stop.wait(0.1)
 
     def stop(self) -> None:
         self._stop.set()
@@ -290,6 +302,8 @@ def release(stack: Stack) -> Iterator[Stack]:
         }
         for t, ref in s.built.refs.items()
     }
+    # Depth from the broker's Prometheus endpoint, as the README recommends (fresher than the management API).
+    values["rabbitmq"] = {"prometheusUrl": f"http://{s.node.gateway_ip}:{s.broker.prom_port}"}
     values["workers"]["kinds"] = {
         "email": {"smtp": {"host": s.node.gateway_ip, "port": s.smtp_port, "starttls": False}}
     }
@@ -387,7 +401,7 @@ class TestHelmRelease:
         store = open_store(s.store_url)
         try:
             base = final_count(store)
-            peaks = Peaks(s, EMAIL_WORKERS)
+            peaks = Peaks(s, EMAIL_WORKERS, f"{FULLNAME}-email-worker")
             t0 = time.monotonic()
             ids = submit_emails(client, LOOP_TASKS, "loop")
             submitted = time.monotonic() - t0
@@ -403,6 +417,7 @@ class TestHelmRelease:
             s.figures["closed_loop_real_pods"] = {
                 "tasks": LOOP_TASKS,
                 "submit_s": round(submitted, 1),
+                "burst_to_spec_replicas_up_s": peaks.first_scale_up,
                 "burst_to_first_new_worker_pod_running_s": peaks.first_new_running,
                 "drain_s": round(drained, 1),
                 "back_to_min_s": round(back, 1),

@@ -1,6 +1,6 @@
 import pytest
 from pydantic import ValidationError
-from qw_core.settings import ApiSettings, CommonSettings
+from qw_core.settings import ApiSettings, CommonSettings, OperatorSettings
 
 
 def test_settings_come_from_qw_env(monkeypatch):
@@ -55,3 +55,14 @@ def test_the_operator_in_prod_needs_no_amqp_url_but_a_real_management_account(mo
     monkeypatch.setenv("QW_RABBITMQ_MANAGEMENT_URL", "http://guest:guest@rabbit:15672")
     with pytest.raises(ValidationError, match="QW_RABBITMQ_MANAGEMENT_URL uses the guest account"):
         OperatorSettings()
+
+
+def test_a_validation_error_never_echoes_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model-level check sees every setting at once; its error must not print them (passwords, API keys)."""
+    monkeypatch.setenv("QW_ENV", "prod")
+    monkeypatch.setenv("QW_RABBITMQ_MANAGEMENT_URL", "http://guest:guest@rabbitmq:15672")
+    monkeypatch.setenv("QW_BROKERS", "other=http://ops:MgmtSecret-2b9d@rabbitmq-2:15672")
+    with pytest.raises(ValidationError) as err:
+        OperatorSettings()
+    assert "guest account" in str(err.value)
+    assert "MgmtSecret" not in str(err.value) and "input_value" not in str(err.value)  # no part of any input

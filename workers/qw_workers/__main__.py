@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, os.getcwd())
     handler, policy = resolve_kind(args.kind, args.app)
     from qw_core.logs import configure_logging
-    from qw_core.settings import WorkerSettings
+    from qw_core.settings import WorkerSettings, load
     from qw_core.storage import LocalStorage
     from qw_core.store import open_store
 
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     from qw_workers.middleware import LoggingMiddleware, MetricsMiddleware, Middleware, slowed
     from qw_workers.runtime import Worker
 
-    settings = WorkerSettings()
+    settings = load(WorkerSettings)
     configure_logging(settings.log_format, settings.log_level)
     log = logging.getLogger("qw_workers")
     metrics = WorkerMetrics(args.kind)

@@ -63,8 +63,8 @@ class Worker:
         self.settings = settings
         self.middleware = list(middleware)
         self._bridge = IoBridge()
-        self._settler = Settler(kind, handler, settings, store, storage, self._bridge, policy=policy)
-        delays = {kind: self._settler.policy.delays_ms or settings.retry_delays}
+        self._settler = Settler(kind, handler, settings, store, storage, self._bridge, policy=policy or RetryPolicy())
+        delays = {kind: self._settler.retry_policy.delays_ms or settings.retry_delays}
         declared = tuple(dict.fromkeys((*kinds, kind)))
         self.topology: Topology = build_topology(declared, settings.retry_delays, settings.delivery_limit, delays)
         self._stop = threading.Event()
@@ -127,21 +127,12 @@ class Worker:
         while self.inflight and time.monotonic() < grace_deadline:
             time.sleep(0.05)
 
-    def _params(self, url: str) -> pika.URLParameters:
-        params = pika.URLParameters(url)
-        params.heartbeat = self.settings.heartbeat
-        params.blocked_connection_timeout = 60
-        params.connection_attempts = 1
-        params.socket_timeout = 5
-        params.client_properties = {"connection_name": f"qw-worker-{self.kind}"}
-        return params
-
     def _open(self) -> pika.BlockingConnection:
         """A connection to the first node in this round's order that answers; the last refusal if none does."""
         error: Exception = pika.exceptions.AMQPConnectionError("no broker URL")
         for url in brokers.connect_order(self.settings.rabbitmq_urls(), self._rng, self._lost):
             try:
-                conn = pika.BlockingConnection(self._params(url))
+                conn = pika.BlockingConnection(_params(url, self.settings, self.kind))
             except (pika.exceptions.AMQPConnectionError, OSError) as exc:
                 error = exc
                 continue
@@ -150,22 +141,10 @@ class Worker:
             return conn
         raise error
 
-    def _connect(self) -> tuple[pika.BlockingConnection, Any]:
-        conn = self._open()
-        try:
-            ch = conn.channel()
-            declare_with_pika(ch, self.topology)
-            ch.confirm_delivery()
-            ch.basic_qos(prefetch_count=self.settings.prefetch)
-        except BaseException:
-            if conn.is_open:
-                conn.close()
-            raise
-        return conn, ch
-
     def _consume_until_stopped(self) -> None:
         self._was_consuming = False
-        conn, ch = self._connect()
+        conn = self._open()
+        ch = _set_up_channel(conn, self.topology, self.settings.prefetch)
         tag = self._start_consuming(conn, ch)
         self._serve(conn, ch, tag)
         self._disconnected()
@@ -231,16 +210,7 @@ class Worker:
         self._broker_cancelled = True
 
     def _on_message(self, gen: int, _ch: Any, method: Any, props: Any, body: bytes) -> None:
-        delivery = Delivery(
-            kind=self.kind,
-            generation=gen,
-            delivery_tag=method.delivery_tag,
-            body=body,
-            message_id=props.message_id,
-            headers=dict(props.headers or {}),
-            redelivered=bool(method.redelivered),
-            content_type=props.content_type,
-        )
+        delivery = _delivery(self.kind, gen, method, props, body)
         with self._lock:
             self._inflight += 1
         self._pool.submit(self._process, delivery)
@@ -272,3 +242,41 @@ class Worker:
         finally:
             with self._lock:
                 self._inflight -= 1
+
+
+def _params(url: str, settings: WorkerSettings, kind: str) -> pika.URLParameters:
+    params = pika.URLParameters(url)
+    params.heartbeat = settings.heartbeat
+    params.blocked_connection_timeout = 60
+    params.connection_attempts = 1
+    params.socket_timeout = 5
+    params.client_properties = {"connection_name": f"qw-worker-{kind}"}
+    return params
+
+
+def _set_up_channel(conn: pika.BlockingConnection, topology: Topology, prefetch: int) -> Any:
+    """Declare the topology, turn confirms on, set the prefetch; a connection that fails here is closed."""
+    try:
+        ch = conn.channel()
+        declare_with_pika(ch, topology)
+        ch.confirm_delivery()
+        ch.basic_qos(prefetch_count=prefetch)
+    except BaseException:
+        if conn.is_open:
+            conn.close()
+        raise
+    return ch
+
+
+def _delivery(kind: str, gen: int, method: Any, props: Any, body: bytes) -> Delivery:
+    """What a worker thread needs of a pika delivery, copied on the I/O thread (no pika objects cross over)."""
+    return Delivery(
+        kind=kind,
+        generation=gen,
+        delivery_tag=method.delivery_tag,
+        body=body,
+        message_id=props.message_id,
+        headers=dict(props.headers or {}),
+        redelivered=bool(method.redelivered),
+        content_type=props.content_type,
+    )

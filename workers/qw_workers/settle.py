@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol
 
 from qw_core.messages import TaskMessage
@@ -69,33 +70,31 @@ class _Settled(NamedTuple):
     error: str | None = None
 
 
+@dataclass(frozen=True)
 class Settler:
-    """Settles the deliveries of one task kind; one instance serves every worker thread (it keeps no state)."""
+    """Settles the deliveries of one task kind; one instance serves every worker thread (it keeps no state).
 
-    def __init__(
-        self,
-        kind: str,
-        handler: Handler,
-        settings: WorkerSettings,
-        store: TaskStore,
-        storage: LocalStorage,
-        channel: Channel,
-        clock: Callable[[], float] = time.monotonic,
-        policy: RetryPolicy | None = None,
-    ) -> None:
-        """`policy`: the kind's own retry policy (SDK kinds); unset parts come from the settings."""
-        self.kind = kind
-        self.policy = (policy or RetryPolicy()).resolve(settings.max_attempts, settings.retry_delays)
-        self.handler = handler
-        self.settings = settings
-        self.store = store
-        self.storage = storage
-        self.channel = channel
-        self._clock = clock
+    `clock` times the task for `Result.duration_s` (tests pass a fake one). `policy`: the kind's own retry policy
+    (SDK kinds); its unset parts come from the settings (QW_MAX_ATTEMPTS, QW_RETRY_DELAYS).
+    """
+
+    kind: str
+    handler: Handler
+    settings: WorkerSettings
+    store: TaskStore
+    storage: LocalStorage
+    channel: Channel
+    clock: Callable[[], float] = time.monotonic
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """The policy in force: the kind's own, completed from the settings."""
+        return self.policy.resolve(self.settings.max_attempts, self.settings.retry_delays)
 
     def settle(self, d: Delivery) -> Result:
         """Run and settle `d`; the outcome says which branch (module docstring) it took. Raises ConnectionLost."""
-        started = self._clock()
+        started = self.clock()
         attempt = attempt_of(d.headers)
         try:
             task = self._decode(d)
@@ -103,7 +102,7 @@ class Settler:
             verdict = self._undecodable(d, attempt, describe(exc))
         else:
             verdict = self._run(d, task.task_id, attempt, task)
-        return Result(verdict.outcome, verdict.task_id, attempt, self._clock() - started, verdict.reason, verdict.error)
+        return Result(verdict.outcome, verdict.task_id, attempt, self.clock() - started, verdict.reason, verdict.error)
 
     def _decode(self, d: Delivery) -> TaskMessage:
         task = TaskMessage.from_bytes(d.body)
@@ -162,8 +161,8 @@ class Settler:
 
     def _failed(self, d: Delivery, task_id: str, attempt: int, exc: Exception) -> _Settled:
         error = describe(exc)
-        p = self.policy
-        assert p.max_attempts is not None and p.delays_ms is not None  # resolved in __init__
+        p = self.retry_policy
+        assert p.max_attempts is not None and p.delays_ms is not None  # resolved from the settings
         decision = decide_failure(exc, attempt, p.max_attempts, p.delays_ms, p.retry_on)
         if decision.action == "retry":
             rk = retry_routing_key(self.kind, decision.delay_ms)

@@ -52,8 +52,10 @@ def build_router(registry: Registry) -> APIRouter:
             description=(spec.fn.__doc__ or "").strip() or f"Queue a task of kind {spec.kind}.",
         )
 
-    @router.post("/tasks/{kind}", status_code=202, responses=problems(401, 404), include_in_schema=False)
-    async def unknown_kind(kind: str, tenant: TenantDep) -> None:
+    @router.post("/tasks/{kind}", status_code=202, response_model=TaskAccepted, responses=problems(401, 404))
+    async def submit_task_of_kind(kind: str, tenant: TenantDep) -> None:
+        """Queue a task of one of the kinds of the API's QW_APP module: each has its own route above, with its
+        payload schema. Any other kind is 404, naming the kinds there are."""
         raise HTTPException(404, _unknown(kind, registry))
 
     return router
