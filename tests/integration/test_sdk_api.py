@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import urllib.parse
+from pathlib import Path
 
 import pytest
 from qw_core.settings import ApiSettings
@@ -97,3 +100,17 @@ def test_a_full_queue_is_503_not_202(sdk_api, broker, vhost):
     assert codes[-1] == 503 and set(codes[:-1]) <= {202}
     assert r.headers["retry-after"] and "nothing was queued" in r.json()["detail"]
     assert services.store.counts() == {"queued": codes.count(202)}
+
+
+def test_no_server_errors_from_fuzzing_the_kind_routes(sdk_api, tmp_path):
+    """schemathesis on the API's own OpenAPI, which now holds a route per kind with its payload schema."""
+    http, _, _ = sdk_api
+    cmd = [
+        str(Path(sys.executable).with_name("schemathesis")), "run", f"{http.base_url}/openapi.json",
+        "--checks", "not_a_server_error", "--include-path-regex", "^/v1/(tasks/[a-z]+|kinds)$",
+        "--max-examples", "30", "--seed", "1", "--phases", "examples,coverage,fuzzing",
+        "-H", "Authorization: Bearer key-acme", "--generation-database", "none", "--report-dir", str(tmp_path),
+    ]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)  # noqa: S603
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+    assert "4 selected" in r.stdout, r.stdout[-3000:]  # the three kinds' routes and /v1/kinds, not filtered away
