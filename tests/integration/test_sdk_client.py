@@ -89,3 +89,13 @@ def test_one_client_is_shared_by_threads_over_one_connection(client, broker, vho
 async def test_enqueue_async_does_not_block_the_event_loop(client):
     task_ids = await asyncio.gather(*(client.enqueue_async("summarise", {"values": [i]}) for i in range(20)))
     assert len(set(task_ids)) == 20 and rows(client) == {"queued": 20}
+
+
+def test_a_connection_the_broker_closed_is_replaced_on_the_next_enqueue(client, broker, vhost):
+    """An idle producer's connection may be closed (heartbeats missed, a broker restart): the next call reconnects."""
+    client.enqueue("inventory", ORDER)
+    [conn] = wait_until(lambda: [c for c in broker.api("/api/connections") if c.get("vhost") == vhost], 20)
+    broker.api(f"/api/connections/{urllib.parse.quote(conn['name'], safe='')}", "DELETE")
+    time.sleep(0.5)  # the close frame is waiting on the client's socket
+    client.enqueue("inventory", ORDER)
+    assert rows(client) == {"queued": 2}
