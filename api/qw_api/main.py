@@ -9,7 +9,7 @@ from importlib import resources
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from qw_core.messages import KINDS
-from qw_core.registry import Registry, load_app, retry_delays_by_kind
+from qw_core.registry import Registry, load_app
 from qw_core.settings import ApiSettings
 from qw_core.storage import LocalStorage
 from qw_core.store import open_store
@@ -35,8 +35,10 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = open_store(settings.database_url)
-        delays = retry_delays_by_kind(registry, settings.retry_delays)
-        topology = build_topology((*KINDS, *registry.kinds()), settings.retry_delays, settings.delivery_limit, delays)
+        # SDK kinds: their queues, not their retry queues (their workers declare those, with the delays they use).
+        producer_only = {kind: () for kind in registry.kinds()}
+        kinds = (*KINDS, *registry.kinds())
+        topology = build_topology(kinds, settings.retry_delays, settings.delivery_limit, producer_only)
         publisher = Publisher(
             settings.rabbitmq_url.get_secret_value(), topology, settings.publish_timeout, settings.max_message_bytes
         )

@@ -171,10 +171,5 @@ def load_app(module: str, registry: Registry = default_registry) -> Registry:
     return registry
 
 
-def retry_delays_by_kind(registry: Registry, default_delays: Sequence[int]) -> dict[str, tuple[int, ...]]:
-    """Each kind's delay ladder (its own, or the service's QW_RETRY_DELAYS): the retry queues to declare."""
-    return {s.kind: s.policy.resolve(1, default_delays).delays_ms or tuple(default_delays) for s in registry}
-
-
 def _where(fn: Callable[..., Any]) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', '?')}"

@@ -14,13 +14,13 @@ import json
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from qw_core.messages import KINDS, TaskMessage, UserTask, new_task_id, utcnow
 from qw_core.publishing import BlockingPublisher, accept
-from qw_core.registry import Registry, TaskSpec, check_kind_name, default_registry
+from qw_core.registry import Registry, check_kind_name, default_registry
 from qw_core.settings import ClientSettings
 from qw_core.store import TERMINAL, TaskStore, open_store
 from qw_core.topology import Topology, build_topology
@@ -59,7 +59,7 @@ class Client:
         self.registry = registry if registry is not None else default_registry
         self._lock = threading.Lock()
         self._store: TaskStore | None = None
-        self._publisher: _KindAwarePublisher | None = None
+        self._publisher: BlockingPublisher | None = None
 
     def enqueue(self, kind: str, payload: Mapping[str, Any] | None = None, /, **fields: Any) -> str:
         """Queue a task of `kind` with `payload` (a mapping, or keyword fields); returns its task id.
@@ -70,13 +70,13 @@ class Client:
         """
         args = {**(payload or {}), **fields}
         spec = self.registry.get(kind)
-        return self.submit(kind, spec.to_args(args) if spec else args, spec)
+        return self.submit(kind, spec.to_args(args) if spec else args)
 
     async def enqueue_async(self, kind: str, payload: Mapping[str, Any] | None = None, /, **fields: Any) -> str:
         """`enqueue` for asyncio code: the blocking publish runs in a worker thread."""
         return await asyncio.to_thread(self.enqueue, kind, payload, **fields)
 
-    def submit(self, kind: str, args: dict[str, Any], spec: TaskSpec | None = None) -> str:
+    def submit(self, kind: str, args: dict[str, Any]) -> str:
         """Queue already-validated JSON `args` (Task.send validates against its own spec first)."""
         if kind in KINDS:
             raise ValueError(f"{kind!r} is a built-in kind: queue it through the HTTP API (POST /v1/{kind}s)")
@@ -84,8 +84,7 @@ class Client:
         payload = UserTask(kind=kind, args=args)
         task = TaskMessage(task_id=new_task_id(), tenant=self.settings.tenant, created_at=utcnow(), payload=payload)
         store, publisher = self._connections()
-        publisher.known_specs[kind] = spec
-        accept(store, publisher.inner, task)
+        accept(store, publisher, task)
         return task.task_id
 
     def status(self, task_id: str) -> TaskStatus | None:
@@ -110,7 +109,7 @@ class Client:
     def close(self) -> None:
         with self._lock:
             if self._publisher is not None:
-                self._publisher.inner.close()
+                self._publisher.close()
             if self._store is not None:
                 self._store.close()
             self._store = self._publisher = None
@@ -121,33 +120,27 @@ class Client:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    def _connections(self) -> tuple[TaskStore, _KindAwarePublisher]:
+    def _connections(self) -> tuple[TaskStore, BlockingPublisher]:
         """The store and the publisher, made on first use (a Client that is never used opens nothing)."""
         with self._lock:
             if self._store is None:
                 self._store = open_store(self.settings.database_url)
             if self._publisher is None:
-                self._publisher = _KindAwarePublisher(self.settings, self.registry)
+                s = self.settings
+                topology = producer_topology(s)
+                self._publisher = BlockingPublisher(s.rabbitmq_urls(), topology, s.heartbeat, s.max_message_bytes)
             return self._store, self._publisher
 
 
-class _KindAwarePublisher:
-    """The publisher plus what it declares per kind: the full topology (retry queues too) of a kind this process
-    defines, only the queue and its dead-letter queue for a kind it does not (its worker declares the rest)."""
+def producer_topology(settings: ClientSettings) -> Callable[[str], Topology]:
+    """What a producer declares for a kind: its queue and dead-letter queue, as the worker declares them. Not its
+    retry queues: only a worker publishes to those, with the delays it knows (a producer's QW_RETRY_DELAYS may
+    differ, and would leave unused queues behind)."""
 
-    def __init__(self, settings: ClientSettings, registry: Registry) -> None:
-        self.settings = settings
-        self.registry = registry
-        self.known_specs: dict[str, TaskSpec | None] = {}
-        self.inner = BlockingPublisher(
-            settings.rabbitmq_urls(), self.topology_for, settings.heartbeat, settings.max_message_bytes
-        )
+    def topology_for(kind: str) -> Topology:
+        return build_topology((kind,), settings.retry_delays, settings.delivery_limit, {kind: ()})
 
-    def topology_for(self, kind: str) -> Topology:
-        s = self.settings
-        spec = self.known_specs.get(kind) or self.registry.get(kind)
-        delays = (spec.policy.delays_ms or tuple(s.retry_delays)) if spec else ()
-        return build_topology((kind,), s.retry_delays, s.delivery_limit, {kind: delays})
+    return topology_for
 
 
 _default: Client | None = None

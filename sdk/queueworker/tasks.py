@@ -42,12 +42,12 @@ class Task(Generic[P, R]):
         process's shared client (`default_client()`, configured by QW_* variables). Raises a PublishError subclass
         or StoreUnavailable when the task could not be queued.
         """
-        return default_client().submit(self.kind, self.spec.to_args(self._arguments(args, kwargs)), self.spec)
+        return default_client().submit(self.kind, self.spec.to_args(self._arguments(args, kwargs)))
 
     async def send_async(self, *args: P.args, **kwargs: P.kwargs) -> str:
         """`send` for asyncio code: the blocking publish runs in a thread, so the event loop never waits on it."""
         validated = self.spec.to_args(self._arguments(args, kwargs))
-        return await asyncio.to_thread(default_client().submit, self.kind, validated, self.spec)
+        return await asyncio.to_thread(default_client().submit, self.kind, validated)
 
     def json_schema(self) -> dict[str, Any]:
         """The JSON Schema of this kind's payload (what POST /v1/tasks/{kind} and GET /v1/kinds show)."""

@@ -6,6 +6,8 @@ The user's module is tests/support/sdk_tasks.py; workers run it with `python -m 
 
 from __future__ import annotations
 
+import urllib.parse
+
 import pytest
 from queueworker import Client, InvalidPayload, set_default_client
 from qw_core.registry import Registry
@@ -35,7 +37,7 @@ def rig(request, amqp_url, tmp_path, monkeypatch):
     store.close()
 
 
-def test_send_runs_on_a_worker_and_the_result_is_in_the_status(rig):
+def test_send_runs_on_a_worker_and_the_result_is_in_the_status(rig, broker, vhost):
     client, store, peek, env, tmp = rig
     task_id = sdk_tasks.reserve_stock.send(
         order_id="o-1", items=[{"sku": "A", "qty": 2}, sdk_tasks.Item(sku="B", qty=1)]
@@ -46,6 +48,14 @@ def test_send_runs_on_a_worker_and_the_result_is_in_the_status(rig):
     assert (st.status, st.attempts, st.kind) == ("succeeded", 1, "inventory")
     assert st.result == {"order_id": "o-1", "reserved": 3, "skus": ["A", "B"]}
     assert store.get(task_id).tenant == "acme" and peek.depth(queue_name("inventory")) == 0
+    # The kind's queue on the broker is declared like a built-in kind's (peek declared those).
+    args = {q["name"]: q["arguments"] for q in broker.api(f"/api/queues/{urllib.parse.quote(vhost, safe='')}")}
+    assert args["qw.inventory"] == {**args["qw.email"], "x-dead-letter-routing-key": "inventory"}
+    assert args["qw.inventory.dead"] == args["qw.email.dead"]
+    assert {n for n in args if n.startswith("qw.inventory.retry.")} == {
+        "qw.inventory.retry.200",
+        "qw.inventory.retry.400",
+    }
 
 
 def test_a_bad_payload_is_refused_by_send_and_dead_at_once_on_the_worker(rig):
