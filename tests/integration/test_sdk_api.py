@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -45,6 +46,8 @@ def test_a_posted_task_runs_on_a_worker_and_shows_its_result(sdk_api, amqp_url, 
     assert view["kind"] == "inventory" and view["result"] == expected
     r = http.get(view["result_url"])
     assert r.status_code == 200 and r.headers["content-type"] == "application/json" and r.json() == expected
+    events = http.get(f"{body['status_url']}/events").text  # ends at once: the task already ended
+    assert [json.loads(line[6:])["result"] for line in events.splitlines() if line.startswith("data: ")] == [expected]
     with client(str(http.base_url), "key-globex") as other:  # tenancy as for every task
         assert other.get(body["status_url"]).status_code == 404
 

@@ -6,6 +6,7 @@ The user's module is tests/support/sdk_tasks.py; workers run it with `python -m 
 
 from __future__ import annotations
 
+import signal
 import urllib.parse
 
 import pytest
@@ -15,7 +16,7 @@ from qw_core.store import open_store
 from qw_core.topology import H_ATTEMPT, H_ERROR, H_REASON, dead_queue_name, queue_name
 
 from tests.support import sdk_tasks
-from tests.support.workers import TaskPublisher, running_worker, worker_env
+from tests.support.workers import TaskPublisher, running_worker, wait_until, worker_env
 
 pytestmark = pytest.mark.integration
 APP = "tests.support.sdk_tasks"
@@ -101,3 +102,17 @@ def test_an_async_body_runs_and_its_time_limit_stops_it(rig):
     assert (dead.status, dead.attempts) == ("dead", 2) and "time limit of 1s" in dead.error
     [(headers, _)] = peek.drain(dead_queue_name("summarise"))
     assert headers[H_REASON] == "exhausted"
+
+
+@pytest.mark.parametrize("rig", ["sqlite"], indirect=True)
+def test_sigterm_mid_task_finishes_the_task_in_hand_and_leaves_the_rest_queued(rig):
+    client, store, peek, env, tmp = rig
+    ids = [sdk_tasks.reserve_stock.send(order_id=f"o-{i}", items=[{"sku": "A", "qty": 1}]) for i in range(3)]
+    slow = {**env, "QW_TEST_TASK_DELAY": "2", "QW_PREFETCH": "1", "QW_GRACE_PERIOD": "8"}
+    with running_worker("inventory", slow, tmp / "logs") as w:
+        wait_until(lambda: any(client.status(t).status == "processing" for t in ids), 10, what="a task in hand")
+        w.signal(signal.SIGTERM)
+        assert w.wait(10) == 0, w.log()
+    [done] = [t for t in ids if client.status(t).status == "succeeded"]
+    assert client.status(done).result["order_id"] in {"o-0", "o-1", "o-2"}
+    assert peek.depth(queue_name("inventory")) == 2  # its ack reached the broker; the others wait, unstarted
