@@ -25,6 +25,7 @@ import pika
 import pika.exceptions
 
 from qw_core import brokers
+from qw_core.errors import QueueworkerError
 from qw_core.messages import TaskMessage
 from qw_core.store import StoreUnavailable, TaskStore
 from qw_core.topology import H_ATTEMPT, TASKS_EXCHANGE, Topology, declare_with_pika
@@ -32,7 +33,7 @@ from qw_core.topology import H_ATTEMPT, TASKS_EXCHANGE, Topology, declare_with_p
 log = logging.getLogger("qw_core.publishing")
 
 
-class PublishError(Exception):
+class PublishError(QueueworkerError):
     """The task was not queued (nothing claims it is: its status row is removed)."""
 
 

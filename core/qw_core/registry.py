@@ -18,12 +18,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
+from qw_core.errors import QueueworkerError
 from qw_core.messages import KIND_PATTERN, RESERVED_KINDS
 
 MAX_BACKOFF_STEPS = 8  # distinct delays of one kind: each is a retry queue on the broker
 
 
-class InvalidPayload(ValueError):
+class InvalidPayload(QueueworkerError, ValueError):
     """A payload does not match its kind's schema. Never retried: the same payload fails the same way."""
 
     def __init__(self, kind: str, errors: Sequence[Mapping[str, Any]]) -> None:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from qw_core.errors import QueueworkerError
+
 Status = Literal["pending", "queued", "processing", "succeeded", "failed", "dead"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "dead"})
 EffectClaim = Literal["claimed", "done", "busy"]
@@ -70,7 +72,7 @@ class TaskRecord:
     result: str | None = None  # JSON text
 
 
-class StoreUnavailable(Exception):
+class StoreUnavailable(QueueworkerError):
     """The database cannot be reached; callers answer 503 or retry later."""
 
 

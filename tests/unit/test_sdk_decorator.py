@@ -138,3 +138,14 @@ def test_a_result_that_is_not_json_or_too_large_fails_permanently():
         encode_result(object(), 100)
     with pytest.raises(PermanentError, match="at most 10 are kept"):
         encode_result("x" * 20, 10)
+
+
+def test_every_producer_error_is_a_queueworker_error():
+    import queueworker as qw
+
+    for name in ("BrokerUnavailable", "PublishRefused", "Unroutable", "MessageTooLarge", "PublishError"):
+        assert issubclass(getattr(qw, name), qw.PublishError) and issubclass(getattr(qw, name), qw.QueueworkerError)
+    assert issubclass(qw.InvalidPayload, (qw.QueueworkerError, ValueError)) and issubclass(
+        qw.InvalidPayload, ValueError
+    )
+    assert issubclass(qw.StoreUnavailable, qw.QueueworkerError)
