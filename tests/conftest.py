@@ -8,6 +8,7 @@ module marked `pytest.mark.broker_matrix` runs each of its tests on both (`vhost
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import urllib.parse
 import uuid
@@ -22,6 +23,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from postgres import Postgres  # noqa: E402
 from rabbitmq import Broker, Broker4, free_broker_ports  # noqa: E402
 
+from tests.support.util import free_port  # noqa: E402
+
 
 def _need(what: str, exc: BaseException) -> None:
     """A missing service fails in CI; locally (CI unset) it may skip, and says why."""
@@ -31,15 +34,17 @@ def _need(what: str, exc: BaseException) -> None:
 
 
 @pytest.fixture(scope="session")
-def broker310() -> Iterator[Broker]:
-    b = Broker()
+def broker310(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """The host's RabbitMQ 3.10 binaries as a node of this session's own, on free ports: never a broker the user
+    runs on 5672, never one another test session (or `make dev`) uses and may stop."""
+    amqp, mgmt, prom = free_broker_ports()
+    b = Broker(name=f"qwtest-{amqp}", port=amqp, mgmt_port=mgmt, prom_port=prom, base=tmp_path_factory.mktemp("rmq"))
     try:
-        started = b.start()
+        b.start()
     except (SystemExit, TimeoutError, OSError) as exc:
         _need("RabbitMQ", exc)
     yield b
-    if started and not os.environ.get("QW_KEEP_SERVICES"):
-        b.stop()
+    b.destroy()
 
 
 BROKERS = {"rabbitmq3.10": "broker310", "rabbitmq4": "broker4"}
@@ -89,14 +94,16 @@ def amqp_url(broker: Broker, vhost: str) -> str:
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
-    pg = Postgres(int(os.environ.get("QW_PG_PORT", 55432)))
+    """A PostgreSQL cluster of this session's own on a free port (its directory under /tmp, where the postgres
+    user can reach it), removed afterwards."""
+    pg = Postgres(free_port())
     try:
-        started = pg.start()
+        pg.start()
     except (SystemExit, OSError) as exc:
         _need("PostgreSQL", exc)
     yield pg
-    if started and not os.environ.get("QW_KEEP_SERVICES"):
-        pg.stop()
+    pg.stop()
+    shutil.rmtree(pg.dir, ignore_errors=True)
 
 
 @pytest.fixture

@@ -94,6 +94,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             },
         )
 
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD)
+    uploads = {"/v1/images": settings.max_upload_bytes + MULTIPART_OVERHEAD}
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_json_bytes, large_paths=uploads)
     app.add_middleware(ObserveRequests, metrics=metrics)
     return app

@@ -56,7 +56,16 @@ async def _remove_upload(services: Services, key: str | None) -> None:
         await run_in_threadpool(services.storage.delete, key)
 
 
+def link(request: Request, route: str, **params: str) -> str:
+    """An absolute link to a route: under QW_PUBLIC_URL when set, else from the request (scheme and host from
+    trusted proxies' X-Forwarded-* headers, see QW_FORWARDED_ALLOW_IPS)."""
+    public = request.app.state.services.settings.public_url
+    if public:
+        return public + request.app.url_path_for(route, **params)
+    return str(request.url_for(route, **params))
+
+
 def accepted(request: Request, task_id: str) -> JSONResponse:
     """The 202 body (schema: TaskAccepted), built directly: no response-model pass on the hot path."""
-    status_url = str(request.url_for("get_task", task_id=task_id))
+    status_url = link(request, "get_task", task_id=task_id)
     return JSONResponse({"task_id": task_id, "status": "queued", "status_url": status_url}, status_code=202)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 from typing import Literal, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -73,6 +74,8 @@ class ApiSettings(CommonSettings):
     # "key:tenant,key2:tenant2" or "@/path/to/file" (one key:tenant per line).
     api_keys: SecretStr = SecretStr("")
     max_upload_bytes: int = 20 * 1024 * 1024
+    # Every request body but an upload's is JSON: far smaller (emails, notifications, task payloads).
+    max_json_bytes: int = Field(default=1024 * 1024, gt=0)
     max_image_pixels: int = 40_000_000
     allowed_formats: list[str] = Field(default_factory=lambda: list[str](IMAGE_FORMATS))
     publish_timeout: float = 5.0
@@ -87,6 +90,20 @@ class ApiSettings(CommonSettings):
     upload_body_budget_bytes: int = Field(default=48 * 1024 * 1024, gt=0)
     decode_budget_bytes: int = Field(default=192 * 1024 * 1024, gt=0)
     upload_wait_seconds: float = Field(default=10.0, gt=0)
+    # Links in answers (status_url, result_url). Set it behind a TLS-terminating ingress
+    # (https://api.example.com, with a path prefix if any), or links come back as http:// and clients send their
+    # key in clear. "" = built from the request, whose scheme and host come from X-Forwarded-* only when the peer
+    # is one of forwarded_allow_ips (uvicorn's proxy headers; "*" = any, only when nothing else can reach the API).
+    public_url: str = ""
+    forwarded_allow_ips: str = "127.0.0.1"
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, v: str) -> str:
+        parsed = urlsplit(v)
+        if v and (parsed.scheme not in ("http", "https") or not parsed.netloc or parsed.query or parsed.fragment):
+            raise ValueError("must be an http(s) base URL like https://api.example.com (a path prefix is allowed)")
+        return v.rstrip("/")
 
     def tenant_keys(self) -> dict[str, str]:
         keys = parse_pairs(self.api_keys.get_secret_value(), ":", "QW_API_KEYS", "key:tenant")
@@ -157,6 +174,13 @@ class OperatorSettings(CommonSettings):
     # QW_BROKERS_PROMETHEUS, or one name that resolves to every node (a headless Service).
     rabbitmq_prometheus_url: str = ""  # the `default` broker's
     brokers_prometheus: str = ""  # "name=url,..." or "@/path", like QW_BROKERS
+    # ServiceAccounts a QueueWorker's pod template may name (comma-separated). The operator creates the worker
+    # Deployment itself, so without this anyone allowed to create a QueueWorker could run pods as any account of
+    # the namespace (the operator's own included). A template that names none runs as `default`.
+    template_service_accounts: str = "default"
+
+    def allowed_service_accounts(self) -> set[str]:
+        return {a.strip() for a in self.template_service_accounts.split(",") if a.strip()}
 
     def broker_urls(self) -> dict[str, str]:
         """Management URLs per broker; several nodes of one broker as `url1|url2` (read through the first that

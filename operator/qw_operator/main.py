@@ -17,7 +17,7 @@ from qw_operator import reconcile
 from qw_operator.crd import GROUP, PLURAL, VERSION
 from qw_operator.metrics import OperatorMetrics, process_registry
 from qw_operator.rabbitmq import BrokerPoller, Brokers, ManagementReader, PrometheusReader
-from qw_operator.scaler import Kube, owned_deployment
+from qw_operator.scaler import Kube, TemplateRefused, check_template, not_owned_reason, owned_deployment
 
 RESOURCE = (GROUP, VERSION, PLURAL)
 log = logging.getLogger(__name__)
@@ -84,15 +84,49 @@ def deployment_replicas(
     return {(namespace, name): 1 if replicas is None else int(replicas)}
 
 
+@kopf.index("apps", "v1", "deployments")
+def deployment_controllers(
+    namespace: str | None, name: str, meta: kopf.Meta, **_: Any
+) -> dict[tuple[str | None, str], str]:
+    """The uid of every Deployment's controller ("" for none): the operator scales and rewrites only its own."""
+    refs = meta.get("ownerReferences") or []
+    return {(namespace, name): next((str(r.get("uid")) for r in refs if r.get("controller")), "")}
+
+
+def _first(index: Any, key: tuple[str | None, str]) -> Any:
+    return next(iter(index.get(key, [])), None)
+
+
 @kopf.on.resume(*RESOURCE, field="spec.template", value=kopf.PRESENT)
 @kopf.on.create(*RESOURCE, field="spec.template", value=kopf.PRESENT)
 @kopf.on.update(*RESOURCE, field="spec.template", value=kopf.PRESENT)
 async def ensure_worker_deployment(
-    name: str, namespace: str | None, uid: str, spec: kopf.Spec, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+    name: str,
+    namespace: str | None,
+    uid: str,
+    spec: kopf.Spec,
+    body: kopf.Body,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    **kw: Any,
 ) -> None:
-    body = owned_deployment(name, str(namespace), uid, spec["template"], int(spec.get("minReplicas", 0)))
-    what = await memo.kube.ensure_deployment(body)
-    logger.info(f"Deployment {body['metadata']['name']} {what}")
+    """Create or update the owned worker Deployment; refuse a template that runs as a ServiceAccount not allowed
+    (Event TemplateRefused), and a Deployment of that name someone else controls (never adopted, never rewritten;
+    the scaling daemon reports it: Ready=False TargetNotOwned)."""
+    try:
+        check_template(spec["template"], memo.cfg.allowed_service_accounts())
+    except TemplateRefused as exc:
+        kopf.warn(body, reason="TemplateRefused", message=str(exc))
+        raise kopf.PermanentError(str(exc)) from None
+    wanted = owned_deployment(name, str(namespace), uid, spec["template"], int(spec.get("minReplicas", 0)))
+    dep = wanted["metadata"]["name"]
+    controller = _first(kw["deployment_controllers"], (namespace, dep))
+    if controller is not None and (why := not_owned_reason(controller or None, uid)):
+        raise kopf.PermanentError(f"Deployment {dep} {why}")
+    what = await memo.kube.ensure_deployment(wanted, update=controller is not None)
+    if what == "exists":  # created by someone since the index last saw it: look again once the index has it
+        raise kopf.TemporaryError(f"Deployment {dep} appeared meanwhile; checking who controls it", delay=2)
+    logger.info(f"Deployment {dep} {what}")
 
 
 @kopf.daemon(*RESOURCE, cancellation_timeout=5.0)
@@ -112,5 +146,15 @@ async def scale(
             return value
         return None
 
+    controllers: kopf.Index[tuple[str | None, str], str] = kwargs["deployment_controllers"]
+
+    def target_problem(dep: str) -> str | None:
+        """A template-form QueueWorker scales only the Deployment it controls."""
+        controller = _first(controllers, (str(namespace), dep))
+        if "template" not in body.get("spec", {}) or controller is None:
+            return None
+        return not_owned_reason(controller or None, uid)
+
     ticker = reconcile.Ticker(str(namespace), name, body, memo.kube, memo.metrics, lookup)
+    ticker.target_problem = target_problem
     await reconcile.run(ticker, memo.brokers.pollers, uid, stopped, memo.cfg.default_interval)

@@ -45,6 +45,9 @@ class Ticker:
     last_status: dict[str, Any] = field(default_factory=dict)
     pending: tuple[int, float] | None = None
     fallback_active: bool = False
+    # Why the target Deployment must not be scaled although it exists (a template-form QueueWorker whose
+    # `<name>-worker` is not its own), or None.
+    target_problem: Callable[[str], str | None] = lambda _target: None
 
     def __post_init__(self) -> None:
         status = dict(self.body.get("status") or {})
@@ -74,13 +77,14 @@ class Ticker:
         """The decision made (None: the target Deployment is missing, nothing decided)."""
         now = self.clock()
         target = target_name(self.name, self.spec)
-        current = self.current_replicas(target, now)
+        problem = self.target_problem(target)
+        current = None if problem else self.current_replicas(target, now)
         reading = read_queue(snap, str(self.spec.get("vhost", "/")), str(self.spec["queue"]))
         decision = None if current is None else self.decide(reading, current, now)
         if decision is not None and decision.replicas != current:
             await self.kube.set_replicas(self.namespace, target, decision.replicas)
             self.pending = (decision.replicas, now + PENDING_SECONDS)
-        await self.report(reading, decision, current, target, now)
+        await self.report(reading, decision, current, target, now, problem)
         return decision
 
     def decide(self, reading: Reading, current: int, now: float) -> Decision:
@@ -92,10 +96,16 @@ class Ticker:
         return decision
 
     async def report(
-        self, reading: Reading, decision: Decision | None, current: int | None, target: str, now: float
+        self,
+        reading: Reading,
+        decision: Decision | None,
+        current: int | None,
+        target: str,
+        now: float,
+        problem: str | None = None,
     ) -> None:
         previous = self.last_status.get("conditions") or []
-        self._post_events(previous, reading, decision, current, target)
+        self._post_events(previous, reading, decision, current, target, problem)
         self._record_metrics(reading, decision, current)
         generation = (self.body.get("metadata") or {}).get("generation")
         status = build_status(
@@ -107,18 +117,26 @@ class Ticker:
             paused=self.paused,
             generation=generation,
             now=now,
+            target_problem=problem,
         )
         await self.write_status(status)
 
     def _post_events(
-        self, previous: Conditions, reading: Reading, decision: Decision | None, current: int | None, target: str
+        self,
+        previous: Conditions,
+        reading: Reading,
+        decision: Decision | None,
+        current: int | None,
+        target: str,
+        problem: str | None,
     ) -> None:
         """Events on a change only: the broker lost, the target lost, a scale, a fallback begun."""
         if not reading.reachable and condition_status(previous, "BrokerReachable") != "False":
             kopf.warn(self.body, reason="BrokerUnreachable", message=reading.why)
         if current is None or decision is None:
             if condition_status(previous, "Ready") != "False":
-                kopf.warn(self.body, reason="TargetNotFound", message=f"Deployment {target} not found")
+                reason, message = ("TargetNotOwned", problem) if problem else ("TargetNotFound", "not found")
+                kopf.warn(self.body, reason=reason, message=f"Deployment {target} {message}")
             return
         if decision.replicas != current:
             up = decision.replicas > current

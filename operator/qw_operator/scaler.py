@@ -61,6 +61,33 @@ def owned_deployment(
     }
 
 
+class TemplateRefused(Exception):
+    """The QueueWorker asks for something this operator will not create on its behalf (the message says why and
+    what to do)."""
+
+
+def check_template(template: Mapping[str, Any], allowed_accounts: set[str]) -> None:
+    """A pod template may run only as an allowed ServiceAccount: the operator, not the QueueWorker's author,
+    creates the Deployment, so the author's own rights are never checked by Kubernetes."""
+    pod = template.get("spec") or {}
+    account = pod.get("serviceAccountName") or pod.get("serviceAccount") or "default"
+    if account not in allowed_accounts:
+        raise TemplateRefused(
+            f"spec.template runs as ServiceAccount {account!r}; this operator creates worker pods only with "
+            f"{', '.join(sorted(allowed_accounts)) or 'no ServiceAccount'} (QW_TEMPLATE_SERVICE_ACCOUNTS). Use an "
+            "allowed account, or create the Deployment yourself and name it in spec.scaleTargetRef"
+        )
+
+
+def not_owned_reason(controller_uid: str | None, uid: str) -> str | None:
+    """Why an existing Deployment of a template-form QueueWorker's name must be left alone (None: it is ours).
+    The operator never adopts: taking over a Deployment someone else made would let a QueueWorker rewrite it."""
+    if controller_uid == uid:
+        return None
+    owner = "another object" if controller_uid else "nobody (it was not created by this operator)"
+    return f"exists and is controlled by {owner}; the operator never adopts a Deployment: rename or delete it"
+
+
 class Kube:
     """The few Kubernetes calls the operator makes. One ApiClient for the process."""
 
@@ -77,16 +104,19 @@ class Kube:
         except ApiException as exc:
             raise RuntimeError(f"{PLURAL}.{GROUP}/{VERSION} is not served; apply manifests/crd.yaml first") from exc
 
-    async def ensure_deployment(self, body: Any) -> str:
-        """Create the owned Deployment, or bring its pod template up to date (replicas stay the operator's)."""
+    async def ensure_deployment(self, body: Any, update: bool) -> str:
+        """Create the owned Deployment, or (`update`: the caller saw that it controls it) bring its pod template
+        up to date; replicas stay the operator's. "exists": not known to be ours yet, left alone."""
         ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        self.calls += 1
-        try:
-            await asyncio.to_thread(self.apps.create_namespaced_deployment, ns, body)
-            return "created"
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
+        if not update:
+            self.calls += 1
+            try:
+                await asyncio.to_thread(self.apps.create_namespaced_deployment, ns, body)
+                return "created"
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+                return "exists"
         patch = {"metadata": {"labels": body["metadata"]["labels"]}, "spec": {"template": body["spec"]["template"]}}
         self.calls += 1
         await asyncio.to_thread(self.apps.patch_namespaced_deployment, name, ns, patch)

@@ -90,12 +90,14 @@ def build_status(
     paused: bool,
     generation: int | None,
     now: float,
+    target_problem: str | None = None,
 ) -> dict[str, Any]:
     """One tick's status patch, from the conditions last written, what it read and what it decided.
 
     `current` is the replica count the tick started from (a decision that differs is a scale: lastScaleTime);
     None, with `decision` None, is a missing target Deployment: then only BrokerReachable, Ready
-    (TargetNotFound) and observedGeneration. Unknown values are written as None (a merge patch removes them).
+    (TargetNotFound; TargetNotOwned with `target_problem`, a Deployment the operator must not scale) and
+    observedGeneration. Unknown values are written as None (a merge patch removes them).
     """
     reachable = condition(
         previous,
@@ -106,7 +108,9 @@ def build_status(
         now,
     )
     if current is None or decision is None:
-        missing = condition(previous, "Ready", False, "TargetNotFound", f"Deployment {target}", now)
+        why = ("TargetNotOwned", f"Deployment {target} {target_problem}") if target_problem else None
+        reason, message = why or ("TargetNotFound", f"Deployment {target}")
+        missing = condition(previous, "Ready", False, reason, message, now)
         return {"conditions": [reachable, missing], "observedGeneration": generation}
     status: dict[str, Any] = {}
     if decision.replicas != current:

@@ -217,6 +217,9 @@ def test_dashboards_ship_as_configmaps_for_the_grafana_sidecar(scenarios) -> Non
 def test_the_ingress_and_network_policies_render_when_asked(scenarios) -> None:
     [ingress] = [o for o in scenarios["with-ingress-and-monitoring-values.yaml"] if o["kind"] == "Ingress"]
     assert ingress["spec"]["tls"] == [{"hosts": ["queueworker.example.com"], "secretName": "queueworker-tls"}]
+    # Only the task API and the web page are public: /metrics, /readyz, /docs stay inside the cluster.
+    paths = [(p["path"], p["pathType"]) for p in ingress["spec"]["rules"][0]["http"]["paths"]]
+    assert paths == [("/v1", "Prefix"), ("/", "Exact")]
     policies = {
         o["metadata"]["name"]: o for o in scenarios["networkpolicy-values.yaml"] if o["kind"] == "NetworkPolicy"
     }

@@ -90,8 +90,9 @@ def test_an_image_task_over_the_limit_leaves_no_upload_behind(api_settings, dept
 
 def test_the_default_limit_is_rabbitmq_4s_16_mib(api_settings, depth):
     # Given the API's defaults for both limits: 20 MiB request bodies, 16 MiB messages (RabbitMQ 4.x)
+    # (JSON bodies are capped far lower, QW_MAX_JSON_BYTES: raised here so the message guard is what answers)
     settings = api_settings.model_copy(
-        update={"max_upload_bytes": ApiSettings.model_fields["max_upload_bytes"].default}
+        update={"max_upload_bytes": ApiSettings.model_fields["max_upload_bytes"].default, "max_json_bytes": 20 << 20}
     )
     assert (settings.max_upload_bytes, settings.max_message_bytes) == (20 * 1024 * 1024, 16 * 1024 * 1024)
     with running_api(settings) as (base, _app):
@@ -105,3 +106,19 @@ def test_the_default_limit_is_rabbitmq_4s_16_mib(api_settings, depth):
             ok = http.post("/v1/notifications", json={"topic": "small", "data": {"id": 1}})
             assert ok.status_code == 202, ok.text
             assert depth(NOTIFICATIONS_QUEUE) == before + 1
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/emails", {**EMAIL, "template": "welcome", "text": None, "context": {"blob": "x" * (2 << 20)}}),
+        ("/v1/notifications", {"topic": "order.created", "data": {"blob": "x" * (2 << 20)}}),
+    ],
+)
+def test_a_json_body_over_its_cap_is_refused_before_it_is_parsed(http, depth, path, body) -> None:
+    """A 2 MiB email context or notification is far under the upload cap but over the JSON one (1 MiB)."""
+    before = depth(NOTIFICATIONS_QUEUE), depth(queue_name("email"))
+    r = http.post(path, json=body)
+    assert r.status_code == 413, r.text
+    assert str(1 << 20) in r.json()["detail"]
+    assert (depth(NOTIFICATIONS_QUEUE), depth(queue_name("email"))) == before

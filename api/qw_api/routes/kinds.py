@@ -18,7 +18,7 @@ from qw_core.registry import Registry, TaskSpec
 
 from ..deps import ServicesDep, TenantDep
 from ..schemas import SUBMIT_ERRORS, TaskAccepted, problems
-from ..service import accepted, submit
+from ..service import accepted, link, submit
 
 
 class KindView(BaseModel):
@@ -76,7 +76,7 @@ def _view(spec: TaskSpec, request: Request) -> KindView:
     p = spec.policy
     return KindView(
         kind=spec.kind,
-        submit_url=str(request.url_for(f"submit_{spec.kind}")),
+        submit_url=link(request, f"submit_{spec.kind}"),
         description=(spec.fn.__doc__ or "").strip() or None,
         payload_schema=spec.json_schema(),
         max_attempts=p.max_attempts,

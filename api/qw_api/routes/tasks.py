@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..deps import Services, ServicesDep, TenantDep
 from ..schemas import TaskView, problems
-from ..service import unavailable
+from ..service import link, unavailable
 
 router = APIRouter(prefix="/v1", tags=["tasks"])
 NOT_FOUND = "no such task"  # the same answer for another tenant's task: never reveal it exists
@@ -32,7 +32,7 @@ async def _load(services: Services, task_id: str, tenant: str) -> TaskRecord | N
 def _view(rec: TaskRecord, request: Request) -> TaskView:
     result_url = None
     if rec.status == "succeeded" and (rec.result_key or rec.result is not None):
-        result_url = str(request.url_for("get_task_result", task_id=rec.task_id))
+        result_url = link(request, "get_task_result", task_id=rec.task_id)
     result = json.loads(rec.result) if rec.result is not None else None
     return TaskView(
         task_id=rec.task_id, kind=rec.kind, status=rec.status, attempts=rec.attempts,  # type: ignore[arg-type]
