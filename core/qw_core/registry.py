@@ -165,10 +165,26 @@ class Registry:
 default_registry = Registry()
 
 
+class AppNotFound(ImportError):
+    """The task module named by QW_APP / --app is not importable from here."""
+
+
 def load_app(module: str, registry: Registry = default_registry) -> Registry:
-    """Import the user's task module (`shop.tasks`) so its `@task` definitions register; the registry after."""
+    """Import the user's task module (`shop.tasks`) so its `@task` definitions register; the registry after.
+
+    A module that is not on the path raises AppNotFound with what to do; an import error inside the user's module
+    (a missing dependency of theirs) propagates as it is, traceback and all.
+    """
     if module:
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not (module == exc.name or module.startswith(exc.name + ".")):
+                raise
+            raise AppNotFound(
+                f"task module {module!r} (QW_APP / --app) not found: no module named {exc.name!r}; run from the "
+                "directory that holds it, or add that directory to PYTHONPATH"
+            ) from None
     return registry
 
 

@@ -64,8 +64,10 @@ def test_load_app_imports_the_module_so_its_tasks_register():
     import tests.support.sdk_tasks  # noqa: F401
 
     assert {"inventory", "flaky", "summarise"} <= set(load_app("tests.support.sdk_tasks").kinds())
-    with pytest.raises(ModuleNotFoundError):
+    with pytest.raises(ImportError, match="task module 'no.such.module' .* not found: no module named 'no'; run from"):
         load_app("no.such.module")
+    with pytest.raises(ImportError, match="'tests.support.nope' .* no module named 'tests.support.nope'"):
+        load_app("tests.support.nope")
 
 
 @pytest.mark.parametrize(
@@ -147,3 +149,5 @@ def test_the_worker_cli_resolves_built_in_and_app_kinds_and_names_the_known_ones
     with pytest.raises(SystemExit, match=r"unknown task kind 'nope' in --app tests.support.sdk_tasks; known kinds: "
                        r"email, image, .*inventory"):  # fmt: skip
         resolve_kind("nope", "tests.support.sdk_tasks")
+    with pytest.raises(SystemExit, match="qw_workers: task module 'shop.nope'"):
+        resolve_kind("inventory", "shop.nope")

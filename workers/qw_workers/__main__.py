@@ -39,11 +39,14 @@ def resolve_kind(kind: str, app: str) -> tuple[Handler, RetryPolicy | None]:
     """The handler and policy of `kind`: a built-in one, or an SDK kind from `app` (imported here)."""
     if kind in HANDLERS:
         return HANDLERS[kind], None
-    from qw_core.registry import load_app
+    from qw_core.registry import AppNotFound, load_app
 
     from qw_workers.sdk import make_handler
 
-    spec = load_app(app).get(kind)
+    try:
+        spec = load_app(app).get(kind)
+    except AppNotFound as exc:
+        raise SystemExit(f"qw_workers: {exc}") from None
     if spec is None:
         known = ", ".join([*sorted(HANDLERS), *load_app("").kinds()])
         where = f"in --app {app}" if app else "(no --app module given, and QW_APP is empty)"

@@ -104,6 +104,8 @@ async def get_task_result(task_id: str, tenant: TenantDep, services: ServicesDep
         raise HTTPException(404, NOT_FOUND)
     if rec.status == "succeeded" and rec.result is not None:
         return JSONResponse(json.loads(rec.result))
+    if rec.status == "succeeded" and not rec.result_key:
+        raise HTTPException(404, "the task succeeded without a result (it returned None)")
     if rec.status != "succeeded" or not rec.result_key:
         raise HTTPException(409, f"the task has no result yet (status: {rec.status})")
     path = services.storage.path(rec.result_key)
