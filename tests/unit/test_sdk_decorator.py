@@ -127,7 +127,8 @@ def test_async_bodies_run_on_one_loop_per_thread_and_their_time_limit_cancels_th
 
 
 @pytest.mark.parametrize(
-    ("value", "expected"), [(None, None), (3, "3"), ([1, "a"], '[1,"a"]'), (Item(sku="a"), '{"sku":"a"}')]
+    ("value", "expected"),
+    [(None, None), (3, "3"), ([1, "a"], '[1,"a"]'), (Item(sku="a"), '{"sku":"a"}'), ([float("nan")], "[null]")],
 )
 def test_results_are_json(value, expected):
     assert encode_result(value, 100) == expected

@@ -9,8 +9,9 @@ The settle machine (qw_workers.settle) does the rest exactly as for the built-in
   clients a body caches on its loop stay usable); its `time_limit` cancels it, and the overrun counts as a
   retryable failure (TimeLimitExceeded). A sync body cannot be stopped from outside its thread, so its limit is
   not enforced here;
-- the return value must be JSON (pydantic's serialiser: models, dates, ... are fine) and at most
-  QW_MAX_RESULT_BYTES; otherwise the task fails permanently, since running it again returns the same value.
+- the return value must be JSON (pydantic's serialiser: models, dates, ... are fine; NaN and infinities become
+  null, as in pydantic's JSON) and at most QW_MAX_RESULT_BYTES; otherwise the task fails permanently, since
+  running it again returns the same value.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def encode_result(value: Any, limit: int) -> str | None:
     if value is None:
         return None
     try:
-        data = to_json(value)
+        data = to_json(value, inf_nan_mode="null")  # strict JSON: clients (and the API's responses) refuse NaN
     except PydanticSerializationError as exc:
         raise PermanentError(f"the task's return value is not JSON-serialisable: {exc}") from None
     if len(data) > limit:
