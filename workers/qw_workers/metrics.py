@@ -1,7 +1,8 @@
 """Prometheus metrics of a worker: namespace `queueworker`, subsystem `worker`, base units, bounded labels.
 
-Labels are the task kind (image|email), the outcome (succeeded|retried|failed|dead|duplicate) and the
-dead-letter reason (undecodable|permanent|exhausted): never task ids or tenants.
+Labels are the task kind (image|email, or an SDK kind: the kinds of the deployed task module), the outcome
+(succeeded|retried|failed|dead|duplicate) and the dead-letter reason (undecodable|permanent|exhausted, created at
+zero; delivery-limit and an SDK kind's invalid-payload appear when first counted): never task ids or tenants.
 """
 
 from __future__ import annotations
