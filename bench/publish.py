@@ -88,6 +88,7 @@ def bench_api(broker: Broker, tmp: Path, seconds: float, rate: float) -> dict[st
         "QW_RABBITMQ_URL": url, "QW_API_PORT": str(port), "QW_API_KEYS": "bench-key:bench",
         "QW_DATABASE_URL": f"sqlite:///{tmp}/bench-api.db", "QW_STORAGE_DIR": str(tmp / "storage"),
         "QW_LOG_LEVEL": "WARNING",
+        "QW_TENANT_RATE": "0",  # the ceiling: one tenant, not throttled by the per-tenant rate (a policy, not a cost)
     }  # fmt: skip
     proc = _serve([sys.executable, "-m", "qw_api"], env, port)
     raw = build_request("/v1/emails", json.dumps(EMAIL).encode(), {"Authorization": "Bearer bench-key"})

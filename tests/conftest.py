@@ -64,7 +64,9 @@ def broker(request: pytest.FixtureRequest) -> Broker:
 @pytest.fixture(scope="session")
 def broker4(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker4]:
     amqp, mgmt, prom = free_broker_ports()
-    b = Broker4(name="qwtest4", port=amqp, mgmt_port=mgmt, prom_port=prom, base=tmp_path_factory.mktemp("rmq4"))
+    # A node name of its own (by its free AMQP port): Broker4 finds its VM by node name, so a fixed name let one
+    # session's teardown stop another session's broker (seen: refused connections mid-run on a shared machine)
+    b = Broker4(name=f"qwtest4-{amqp}", port=amqp, mgmt_port=mgmt, prom_port=prom, base=tmp_path_factory.mktemp("rmq4"))
     try:
         b.start()
     except (SystemExit, TimeoutError, OSError) as exc:

@@ -16,6 +16,7 @@ from qw_core.store import TaskStore
 from .batching import WriteBatcher
 from .metrics import ApiMetrics
 from .publisher import Publisher
+from .quotas import OverLimit, TenantQuotas
 from .uploads import UploadLimits
 
 
@@ -30,6 +31,7 @@ class Services:
     pending_writes: WriteBatcher[tuple[str, str, str, str | None]] = field(init=False)
     queued_writes: WriteBatcher[str] = field(init=False)
     uploads: UploadLimits = field(init=False)
+    quotas: TenantQuotas = field(init=False)
 
     def __post_init__(self) -> None:
         self.pending_writes = WriteBatcher(self.store.create_pending_many)
@@ -37,6 +39,9 @@ class Services:
         s = self.settings
         self.uploads = UploadLimits(
             s.upload_body_budget_bytes, s.decode_budget_bytes, s.upload_wait_seconds, s.max_upload_bytes
+        )
+        self.quotas = TenantQuotas(
+            s.tenant_rate, s.tenant_burst, s.tenant_overrides(), s.max_streams_per_tenant, s.max_streams
         )
 
 
@@ -53,8 +58,24 @@ _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: 
 
 
 async def get_tenant(
-    services: ServicesDep, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    request: Request, services: ServicesDep, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> str:
+    """The tenant of the request's API key (401 without a valid one). A POST creates work: it also takes one of
+    the tenant's tokens (429 + Retry-After when it has none)."""
+    tenant = _tenant_of(services, creds)
+    if request.method == "POST":
+        try:
+            services.quotas.admit(tenant)
+        except OverLimit as exc:
+            raise over_limit(exc) from None
+    return tenant
+
+
+def over_limit(exc: OverLimit) -> HTTPException:
+    return HTTPException(exc.status, exc.message, {"Retry-After": str(exc.retry_after)})
+
+
+def _tenant_of(services: Services, creds: HTTPAuthorizationCredentials | None) -> str:
     unauthorized = HTTPException(
         401, "missing or invalid API key: send 'Authorization: Bearer <key>'", {"WWW-Authenticate": "Bearer"}
     )

@@ -39,7 +39,11 @@ async def submit(services: Services, task: TaskMessage, source_key: str | None =
         raise  # 413, by the app's handler (main.py)
     except PublishUnavailable as exc:
         services.metrics.publish_failures.labels(task.kind).inc()
-        await run_in_threadpool(services.store.discard_pending, task.task_id)
+        if not await _withdraw(services, task.task_id):
+            # The confirm never came (timeout, connection lost) but the broker had the message: a worker has
+            # already moved the row on. The task is live; a 503 would invite a retry that runs it twice.
+            services.metrics.tasks_submitted.labels(task.kind).inc()
+            return
         await _remove_upload(services, source_key)
         raise unavailable(services, f"the task could not be queued: {exc}") from exc
     services.metrics.publish_duration.labels(task.kind).observe(time.perf_counter() - start)
@@ -49,6 +53,15 @@ async def submit(services: Services, task: TaskMessage, source_key: str | None =
     except StoreUnavailable:
         pass
     services.metrics.tasks_submitted.labels(task.kind).inc()
+
+
+async def _withdraw(services: Services, task_id: str) -> bool:
+    """After a failed publish: remove the still-pending row, so a copy the broker kept after all is refused by
+    the worker (no status record: dead-lettered, never run). False when a worker already has the task."""
+    try:
+        return bool(await run_in_threadpool(services.store.discard_pending, task_id))
+    except StoreUnavailable:
+        return True  # the row stays pending; the answer is still an honest "not queued as far as we know"
 
 
 async def _remove_upload(services: Services, key: str | None) -> None:

@@ -6,11 +6,13 @@ persistent and mandatory and returns only once the broker confirmed it; an unrou
 kind) and a nack (a full queue: `x-overflow=reject-publish`) are errors, never a silent loss.
 
 A BlockingConnection only services heartbeats while it is being used, so an idle producer's connection may be
-closed by the broker; the next publish notices, reconnects (nodes in qw_core.brokers' order) and publishes again
-once. That repeat can duplicate a message whose confirm was lost with the connection: the platform is
-at-least-once, and a worker turns a second delivery of a finished task into a duplicate (qw_workers.settle).
+closed by the broker: before each publish the connection reads what the broker sent meanwhile, and a closed one is
+replaced (nodes in qw_core.brokers' order) before anything is sent. A connection lost *during* a publish is never
+retried here: the broker may have the message, and a second copy would run the task twice.
 
-`accept` is the API's accept path in synchronous form: pending row, confirmed publish, then visible (queued).
+`accept` is the API's accept path in synchronous form (qw_api.service.submit): pending row, confirmed publish, then
+visible (queued); after a failed publish the pending row is withdrawn, unless a worker already moved it on, which
+proves the broker had the message after all: then the task is accepted.
 """
 
 from __future__ import annotations
@@ -93,35 +95,45 @@ class BlockingPublisher:
             headers={H_ATTEMPT: 0, **(headers or {})},
         )
         with self._lock:
-            for attempt in (1, 2):
-                try:
-                    ch = self._channel_for(kind)
-                    ch.basic_publish(TASKS_EXCHANGE, kind, body, props, mandatory=True)
-                    return
-                except pika.exceptions.UnroutableError:
-                    raise Unroutable(f"the broker has no queue for kind {kind!r}; nothing was queued") from None
-                except pika.exceptions.NackError:
-                    raise PublishRefused(f"the broker refused the {kind!r} task (its queue may be full)") from None
-                except pika.exceptions.ChannelClosedByBroker as exc:
-                    self._drop()
-                    raise PublishError(f"the broker closed the channel: {exc!r}") from exc
-                except (pika.exceptions.AMQPError, OSError) as exc:
-                    self._drop()
-                    if attempt == 2:
-                        raise BrokerUnavailable(f"the message broker is not reachable ({exc!r})") from exc
-                    log.info("broker connection lost (%r); reconnecting once", exc)
+            ch = self._live_channel(kind)
+            try:
+                ch.basic_publish(TASKS_EXCHANGE, kind, body, props, mandatory=True)
+            except pika.exceptions.UnroutableError:
+                raise Unroutable(f"the broker has no queue for kind {kind!r}; nothing was queued") from None
+            except pika.exceptions.NackError:
+                raise PublishRefused(f"the broker refused the {kind!r} task (its queue may be full)") from None
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                self._drop()
+                raise PublishError(f"the broker closed the channel: {exc!r}") from exc
+            except (pika.exceptions.AMQPError, OSError) as exc:
+                self._drop()
+                raise BrokerUnavailable(f"the broker connection failed during the publish ({exc!r})") from exc
 
     def close(self) -> None:
         with self._lock:
             self._drop()
 
-    def _channel_for(self, kind: str) -> Any:
-        if self._conn is None or not self._conn.is_open or self._ch is None or not self._ch.is_open:
+    def _live_channel(self, kind: str) -> Any:
+        """A channel on a connection known to be open, the kind declared on it; nothing has been sent yet, so any
+        failure here is safe to report (BrokerUnavailable, or PublishError if the broker refused a declaration)."""
+        try:
+            if self._conn is not None and self._conn.is_open:
+                self._conn.process_data_events(0)  # a close the broker sent while we were idle surfaces here
+        except (pika.exceptions.AMQPError, OSError):
             self._drop()
-            self._connect()
-        if kind not in self._declared:
-            declare_with_pika(self._ch, self.topology_for(kind))
-            self._declared.add(kind)
+        try:
+            if self._conn is None or not self._conn.is_open or self._ch is None or not self._ch.is_open:
+                self._drop()
+                self._connect()
+            if kind not in self._declared:
+                declare_with_pika(self._ch, self.topology_for(kind))
+                self._declared.add(kind)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            self._drop()
+            raise PublishError(f"the broker refused to declare the {kind!r} queues: {exc!r}") from exc
+        except (pika.exceptions.AMQPError, OSError) as exc:
+            self._drop()
+            raise BrokerUnavailable(f"the message broker is not reachable ({exc!r})") from exc
         return self._ch
 
     def _connect(self) -> None:
@@ -159,18 +171,27 @@ class BlockingPublisher:
 def accept(store: TaskStore, publisher: BlockingPublisher, task: TaskMessage) -> None:
     """Row, confirmed publish, then visible: all or nothing, like the API's (qw_api.service.submit).
 
-    Raises StoreUnavailable (nothing published) or a PublishError (the pending row removed, best effort).
+    Raises StoreUnavailable (nothing published) or a PublishError (the pending row withdrawn, so a copy the broker
+    kept after all is dead-lettered by the worker for want of a status record, never run).
     """
     store.create_pending(task.task_id, task.tenant, task.kind)
     try:
         publisher.publish(task.kind, task.to_bytes(), task.task_id)
     except BaseException:
-        try:
-            store.discard_pending(task.task_id)
-        except StoreUnavailable:
-            log.warning("could not remove the pending row of an unpublished task %s", task.task_id)
+        if not _withdraw(store, task.task_id):
+            log.info("task %s: the publish failed but a worker already has it; accepted", task.task_id)
+            return
         raise
     try:
         store.confirm_queued(task.task_id)
     except StoreUnavailable:
         pass  # the broker has it; the worker's own status writes move the task on
+
+
+def _withdraw(store: TaskStore, task_id: str) -> bool:
+    """Remove a still-pending row; False when a worker already moved it on (the broker had the message)."""
+    try:
+        return bool(store.discard_pending(task_id))
+    except StoreUnavailable:
+        log.warning("could not withdraw the pending row of unpublished task %s", task_id)
+        return True  # not queued as far as we know; the row stays pending (invisible)

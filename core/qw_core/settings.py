@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -76,6 +77,14 @@ class ApiSettings(CommonSettings):
     max_upload_bytes: int = 20 * 1024 * 1024
     # Every request body but an upload's is JSON: far smaller (emails, notifications, task payloads).
     max_json_bytes: int = Field(default=1024 * 1024, gt=0)
+    # Per tenant and API process (qw_api/quotas.py): tasks created per second and the burst allowed (429 +
+    # Retry-After past it; a rate <= 0: no limit), per-tenant overrides "tenant=rate/burst,...", and event streams
+    # open at once per tenant (429) and in all (503).
+    tenant_rate: float = 200.0
+    tenant_burst: int = Field(default=2000, ge=1)
+    tenant_limits: str = ""
+    max_streams_per_tenant: int = Field(default=50, ge=1)
+    max_streams: int = Field(default=1000, ge=1)
     max_image_pixels: int = 40_000_000
     allowed_formats: list[str] = Field(default_factory=lambda: list[str](IMAGE_FORMATS))
     publish_timeout: float = 5.0
@@ -105,6 +114,18 @@ class ApiSettings(CommonSettings):
             raise ValueError("must be an http(s) base URL like https://api.example.com (a path prefix is allowed)")
         return v.rstrip("/")
 
+    def tenant_overrides(self) -> dict[str, tuple[float, int]]:
+        out = {}
+        for tenant, limit in parse_pairs(self.tenant_limits, "=", "QW_TENANT_LIMITS", "tenant=rate/burst").items():
+            rate, _, burst = limit.partition("/")
+            try:
+                out[tenant] = (float(rate), int(burst or max(1, math.ceil(float(rate)))))
+            except ValueError:
+                raise ValueError(
+                    f"QW_TENANT_LIMITS: {tenant}={limit} is not rate/burst (e.g. {tenant}=50/500)"
+                ) from None
+        return out
+
     def tenant_keys(self) -> dict[str, str]:
         keys = parse_pairs(self.api_keys.get_secret_value(), ":", "QW_API_KEYS", "key:tenant")
         for key in keys:
@@ -129,6 +150,10 @@ class WorkerSettings(CommonSettings):
     smtp_password: SecretStr = SecretStr("")
     smtp_from: str = "queueworker@localhost"
     smtp_timeout: float = 15.0
+    # An email whose earlier attempt began sending and never recorded the outcome (a crash, or the store down
+    # mid-send) may have gone out. False: never sent again (at most once; the task ends dead saying so). True:
+    # sent again once the claim's lease has passed (at least once).
+    email_resend_in_doubt: bool = False
     # An SDK task's return value is stored as JSON in the status store: at most this many bytes of it.
     max_result_bytes: int = Field(default=64 * 1024, gt=0, le=16 * 1024 * 1024)
 

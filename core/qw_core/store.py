@@ -20,7 +20,7 @@ from qw_core.errors import QueueworkerError
 
 Status = Literal["pending", "queued", "processing", "succeeded", "failed", "dead"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "dead"})
-EffectClaim = Literal["claimed", "done", "busy"]
+EffectClaim = Literal["claimed", "done", "busy", "stale"]
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS tasks (
@@ -194,12 +194,15 @@ class TaskStore:
     def finish_failed(self, task_id: str, status: Literal["failed", "dead"], error: str, attempt: int) -> bool:
         return self._advance("status=?, error=?, attempts=?", (status, error[:2000], attempt), task_id)
 
-    def claim_effect(self, task_id: str, effect: str, lease_seconds: float, now: float | None = None) -> EffectClaim:
+    def claim_effect(
+        self, task_id: str, effect: str, lease_seconds: float, now: float | None = None, take_over: bool = False
+    ) -> EffectClaim:
         """Guard a side effect (sending an email) against duplicate deliveries.
 
         'claimed': go ahead. 'done': it already happened, skip. 'busy': another worker holds a fresh
-        claim (retry later). A claim older than the lease belonged to a worker that died mid-effect;
-        it is taken over (at-least-once: the effect may repeat only in that crash window).
+        claim (retry later). A claim older than the lease was left by an attempt that began the effect and never
+        recorded its outcome (it died, or the store was down when it finished): the effect may have happened.
+        'stale': so it is not done again (at most once), unless `take_over` (at least once: it is claimed).
         """
         now = time.time() if now is None else now
         inserted = self._execute(
@@ -209,14 +212,20 @@ class TaskStore:
         )
         if inserted == 1:
             return "claimed"
-        taken = self._execute(
-            "UPDATE side_effects SET updated_at=? WHERE task_id=? AND effect=? AND state='started' AND updated_at<?",
-            (now, task_id, effect, now - lease_seconds),
+        if take_over:
+            taken = self._execute(
+                "UPDATE side_effects SET updated_at=? "
+                "WHERE task_id=? AND effect=? AND state='started' AND updated_at<?",
+                (now, task_id, effect, now - lease_seconds),
+            )
+            if taken == 1:
+                return "claimed"
+        row = self._fetchone(
+            "SELECT state, updated_at FROM side_effects WHERE task_id=? AND effect=?", (task_id, effect)
         )
-        if taken == 1:
-            return "claimed"
-        row = self._fetchone("SELECT state FROM side_effects WHERE task_id=? AND effect=?", (task_id, effect))
-        return "done" if row and row[0] == "done" else "busy"
+        if row and row[0] == "done":
+            return "done"
+        return "stale" if row and float(row[1]) < now - lease_seconds else "busy"
 
     def finish_effect(self, task_id: str, effect: str) -> None:
         self._execute(

@@ -24,7 +24,8 @@ from typing import Any  # noqa: E402
 
 import cluster as control_plane  # noqa: E402
 
-from tests.e2e.harness import Env, drop_env, make_env, stop, wait_for  # noqa: E402
+from tests.e2e.harness import Env, drop_env, make_env, stop  # noqa: E402
+from tests.support.wait import wait_for
 
 
 @pytest.fixture(scope="session")

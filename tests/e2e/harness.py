@@ -8,17 +8,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.parse
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cluster as control_plane
 import pika
-import pytest
 import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
@@ -28,17 +25,6 @@ from tests.support.util import free_port
 ROOT = Path(__file__).resolve().parents[2]
 SA = "queueworker-operator"
 PEERING = "queueworker"
-
-
-def wait_for(what: str, probe: Callable[[], Any], timeout: float = 30.0, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    seen = None
-    while time.monotonic() < deadline:
-        seen = probe()
-        if seen:
-            return seen
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}; last seen {seen!r}")
 
 
 def rbac_for(namespace: str) -> list[dict[str, Any]]:

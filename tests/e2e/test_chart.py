@@ -9,7 +9,6 @@ would create are created by the test from the QueueWorkers' pod templates, to pu
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 import yaml
 
 from tests.support.chart import CHART, CI_VALUES, LINTABLE_CI_VALUES, MINIMAL, template_args
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -32,20 +32,6 @@ RELEASE = "qw"
 FULLNAME = f"{RELEASE}-queueworker"
 OPERATOR_SA = f"{FULLNAME}-operator"
 STORAGE_CLASS = "qw-e2e"
-
-
-def wait_until(
-    what: str, probe: Callable[[], Any], timeout: float = 60.0, state: Callable[[], Any] | None = None
-) -> Any:
-    """Polls probe until it returns something truthy; fails with `state()` (or the last value) for context."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.3)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}; last seen: {state() if state else last!r}")
 
 
 def get_json(k8s: control_plane.Cluster, *args: str) -> dict[str, Any]:
@@ -154,7 +140,7 @@ def wait_for_pods(k8s: control_plane.Cluster, ns: str, component: str, count: in
         events = k8s.kubectl("get", "events", "-n", ns, "--field-selector=type=Warning", "-o", columns, check=False)
         return f"{len(running_pods(k8s, ns, component))} running; warnings:\n{events.stdout[-1500:]}"
 
-    return list(wait_until(f"{count} Running {component} pod(s) in {ns}", probe, 60, state))
+    return list(wait_for(f"{count} Running {component} pod(s) in {ns}", probe, 60, 0.3, state))
 
 
 # --- static checks against the real tools ---------------------------------------------------------------------
@@ -236,7 +222,7 @@ def test_install_into_a_restricted_namespace_admits_every_pod_and_uninstall_remo
                     "-n", ns, "-l", f"app.kubernetes.io/instance={RELEASE}")["items"]  # fmt: skip
     assert left == [], [f"{o['kind']}/{o['metadata']['name']}" for o in left]
     # Every pod goes: the chart's, and the workers' (their Deployments are owned by the deleted QueueWorkers).
-    wait_until("every pod gone", lambda: not get_json(k8s, "pods", "-n", ns)["items"], 60)
+    wait_for("every pod gone", lambda: not get_json(k8s, "pods", "-n", ns)["items"], 60, 0.3)
     assert get_json(k8s, "pvc", f"{FULLNAME}-storage", "-n", ns)["metadata"]["name"]
 
 

@@ -35,9 +35,10 @@ import pytest
 from qw_core.store import open_store
 from rabbitmq import Broker, free_broker_ports
 
-from tests.e2e.harness import ROOT, Env, drop_env, make_env, queueworker, stop, wait_for
+from tests.e2e.harness import ROOT, Env, drop_env, make_env, queueworker, stop
 from tests.support.smtp import smtp_server
 from tests.support.util import free_port, http_ok
+from tests.support.wait import wait_for
 from tests.support.workers import WorkerProcess, worker_env
 
 pytestmark = pytest.mark.e2e

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import ssl
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,19 +15,9 @@ import cluster as control_plane
 import httpx
 import pytest
 
+from tests.support.wait import wait_for
+
 pytestmark = pytest.mark.e2e
-
-
-def wait_until(what: str, probe: Callable[[], tuple[bool, Any]], timeout: float = 60.0) -> None:
-    """Polls probe, which returns (done, what it saw), until done; on timeout fails with the last sighting."""
-    deadline = time.monotonic() + timeout
-    seen: Any = None
-    while time.monotonic() < deadline:
-        done, seen = probe()
-        if done:
-            return
-        time.sleep(0.2)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}; last seen: {seen!r}")
 
 
 @pytest.fixture
@@ -68,25 +57,30 @@ def _deployment(name: str, replicas: int) -> dict[str, Any]:
 def test_deployment_pods_run_on_the_fake_node_and_follow_scaling(
     k8s_cluster: control_plane.Cluster, namespace: str
 ) -> None:
-    def pods_settled_at(expected: int) -> Callable[[], tuple[bool, Any]]:
-        def probe() -> tuple[bool, Any]:
-            pods = get_json(k8s_cluster, "pods", "-n", namespace, "-l", "app=web")["items"]
-            running = [p for p in pods if p["status"].get("phase") == "Running" and "deletionTimestamp" not in p]
-            nodes = {p["spec"].get("nodeName") for p in running}
-            ready = get_json(k8s_cluster, "deployment/web", "-n", namespace)["status"].get("readyReplicas", 0)
-            done = len(pods) == len(running) == ready == expected and nodes <= {control_plane.NODE_NAME}
-            return done, {"pods": len(pods), "running": len(running), "ready": ready, "nodes": sorted(map(str, nodes))}
+    def pods() -> dict[str, Any]:
+        items = get_json(k8s_cluster, "pods", "-n", namespace, "-l", "app=web")["items"]
+        running = [p for p in items if p["status"].get("phase") == "Running" and "deletionTimestamp" not in p]
+        nodes = {str(p["spec"].get("nodeName")) for p in running}
+        ready = get_json(k8s_cluster, "deployment/web", "-n", namespace)["status"].get("readyReplicas", 0)
+        return {"pods": len(items), "running": len(running), "ready": ready, "nodes": sorted(nodes)}
+
+    def settled_at(expected: int) -> Callable[[], bool]:
+        def probe() -> bool:
+            seen = pods()
+            return seen["pods"] == seen["running"] == seen["ready"] == expected and (
+                set(seen["nodes"]) <= {control_plane.NODE_NAME}
+            )
 
         return probe
 
     # Given a Deployment of 3 replicas, when it is applied, then 3 pods run on the kwok node.
     apply(k8s_cluster, namespace, _deployment("web", 3))
-    wait_until("3 Running pods", pods_settled_at(3))
+    wait_for("3 Running pods", settled_at(3), 60, 0.2, state=pods)
 
     # When scaled up to 5, then 5 pods run; when scaled to 0, then every pod is gone.
     for replicas in (5, 0):
         k8s_cluster.kubectl("scale", "deployment/web", "-n", namespace, f"--replicas={replicas}")
-        wait_until(f"{replicas} Running pods", pods_settled_at(replicas))
+        wait_for(f"{replicas} Running pods", settled_at(replicas), 60, 0.2, state=pods)
 
 
 def test_rbac_denies_a_service_account_until_a_role_binding_allows_it(
@@ -119,11 +113,10 @@ def test_rbac_denies_a_service_account_until_a_role_binding_allows_it(
         "-n", namespace,
     )  # fmt: skip
 
-    def bot_lists_pods() -> tuple[bool, int]:
-        status = as_bot.get(pods_url).status_code
-        return status == 200, status
+    def bot_lists_pods() -> int:
+        return as_bot.get(pods_url).status_code
 
-    wait_until("the RoleBinding to take effect", bot_lists_pods)
+    wait_for("the RoleBinding to take effect", lambda: bot_lists_pods() == 200, 60, 0.2, state=bot_lists_pods)
     # ...and nothing more: other namespaces and other resources stay forbidden.
     assert as_bot.get("/api/v1/namespaces/default/pods").status_code == 403
     assert as_bot.get(f"/api/v1/namespaces/{namespace}/secrets").status_code == 403

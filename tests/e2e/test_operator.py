@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import ROOT, Env, queueworker, stop, wait_for
+from tests.e2e.harness import ROOT, Env, queueworker, stop
+from tests.support.wait import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.broker_matrix]  # on RabbitMQ 3.10 and 4.x (collector off)
 
@@ -36,16 +37,16 @@ def test_template_form_scales_up_then_down_then_to_zero(env: Env, operator: Any)
     env.queue("tpl")
     env.apply(queueworker("tpl", env, "tpl", template=TEMPLATE))
     # Given the owned Deployment exists at minReplicas, owned by the QueueWorker
-    wait_for("the owned Deployment", lambda: env.replicas("tpl-worker") == 0)
+    wait_for("the owned Deployment", lambda: env.replicas("tpl-worker") == 0, 30)
     owner = env.apps.read_namespaced_deployment("tpl-worker", env.namespace).metadata.owner_references[0]
     assert (owner.kind, owner.name, owner.controller) == ("QueueWorker", "tpl", True)
     # When 35 messages wait (10 per replica) -> 4 replicas
     env.publish("tpl", 35)
     wait_for("scale up to 4", lambda: env.replicas("tpl-worker") == 4, 20, 0.05)
     assert wait_for("ScaledUp event", lambda: env.events("ScaledUp"), 10)
-    status = env.qw("tpl")["status"]
-    assert status["queue"]["ready"] == 35 and status["desiredReplicas"] == 4
-    assert env.condition("tpl", "Ready") == "True" and env.condition("tpl", "BrokerReachable") == "True"
+    # The tick patches the Deployment and posts the event before it writes the status: wait for the status too.
+    wait_for("the status of the scale-up", lambda: scaled_up_status(env, "tpl", ready=35, desired=4), 10, 0.2,
+             state=lambda: env.qw("tpl").get("status"))  # fmt: skip
     # When the queue empties -> down after the window and the cooldown, to zero
     env.purge("tpl")
     # idle = no backlog and no publish rate: a rate decays within its 15 s window (4.x counters; 3.10 holds the
@@ -54,6 +55,16 @@ def test_template_form_scales_up_then_down_then_to_zero(env: Env, operator: Any)
     wait_for("the status to say why", lambda: "Cooldown" in env.qw("tpl")["status"]["lastScaleReason"], 5)
     printed = env.kubectl("get", "qw", "tpl").stdout
     assert "QUEUE" in printed and "DESIRED" in printed
+
+
+def scaled_up_status(env: Env, name: str, ready: int, desired: int) -> bool:
+    status = env.qw(name).get("status", {})
+    conditions = {c["type"]: c["status"] for c in status.get("conditions", [])}
+    return (
+        status.get("queue", {}).get("ready") == ready
+        and status.get("desiredReplicas") == desired
+        and conditions.get("Ready") == conditions.get("BrokerReachable") == "True"
+    )
 
 
 def test_scale_target_ref_form_and_pause(env: Env, operator: Any) -> None:
@@ -109,9 +120,10 @@ def test_broker_unreachable_holds_replicas_then_fallback(env: Env, operator: Any
     # Then BrokerReachable=False with an Event, and the replicas are held (no scale to zero on missing data)
     wait_for("BrokerReachable=False", lambda: env.condition("down", "BrokerReachable") == "False", 20)
     assert wait_for("BrokerUnreachable event", lambda: env.events("BrokerUnreachable"), 10)
-    time.sleep(4)  # > cooldown
+    # Each 1 s tick without metrics counts a failure: 5 in a row outlast the 3 s cooldown, and replicas are held
+    failures = lambda: env.qw("down")["status"].get("consecutiveFailures", 0)  # noqa: E731
+    wait_for("5 consecutive failed reads (> the cooldown)", lambda: failures() >= 5, 20, 0.2, state=failures)
     assert env.replicas("held") == 2
-    assert env.qw("down")["status"]["consecutiveFailures"] >= 3
     # When a fallback is configured, it applies after failureThreshold failures
     env.kubectl(
         "patch", "qw", "down", "--type=merge", "-p", '{"spec":{"fallback":{"failureThreshold":2,"replicas":1}}}'
@@ -196,7 +208,7 @@ def test_reaction_time(env: Env, operator: Any) -> None:
             "rt", env, "rt", template=TEMPLATE, scaling={"scaleDownStabilizationSeconds": 0, "cooldownSeconds": 0}
         )
     )
-    wait_for("owned Deployment", lambda: env.replicas("rt-worker") == 0)
+    wait_for("owned Deployment", lambda: env.replicas("rt-worker") == 0, 30)
     times = []
     for _ in range(3):
         time.sleep(1.5)

@@ -15,6 +15,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import cluster as control_plane
 import pika
@@ -22,7 +23,8 @@ import pytest
 from qw_core.topology import TASKS_EXCHANGE, build_topology, declare_with_pika
 
 from tests.support.prometheus import CHART, panel_queries, prometheus, query
-from tests.support.util import free_port, wait_until
+from tests.support.util import free_port
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -125,17 +127,26 @@ def test_every_operator_panel_returns_data(k8s_cluster, namespace, broker, vhost
                 missing[:] = [f"{title}: {expr}" for title, expr in queries if not query(prom, expr)]
                 return not missing
 
-            try:
-                wait_until(every_panel_has_data, 60, 1.0, "data for every operator panel query")
-            except AssertionError:
-                pytest.fail(
-                    "operator panel queries without data:\n" + "\n".join(missing) + "\n" + log_path.read_text()[-3000:]
-                )
+            wait_for(
+                "data for every operator panel query",
+                every_panel_has_data,
+                60,
+                1.0,
+                state=lambda: (missing, log_path.read_text()[-3000:]),
+            )
 
-            # The data is the real scaling: 30 ready messages at 10 per replica -> 3 replicas.
-            desired = query(prom, f'queueworker_operator_replicas_desired{{namespace="{namespace}", name="mail"}}')
-            assert desired and float(desired[0]["value"][1]) == 3
-            assert query(prom, 'queueworker_operator_broker_read_errors_total{broker="down"} > 0')
+            # The data is the real scaling: 30 ready messages at 10 per replica -> 3 replicas. Each series is
+            # scraped on its own schedule: wait for both facts asserted, not just for the panels' series.
+            def scaled() -> tuple[list[Any], list[Any]]:
+                desired = query(prom, f'queueworker_operator_replicas_desired{{namespace="{namespace}", name="mail"}}')
+                errors = query(prom, 'queueworker_operator_broker_read_errors_total{broker="down"} > 0')
+                return desired, errors
+
+            def done() -> bool:
+                desired, errors = scaled()
+                return bool(desired and float(desired[0]["value"][1]) == 3 and errors)
+
+            wait_for("3 replicas desired and read errors from the down broker", done, 30, 1.0, state=scaled)
     finally:
         operator.terminate()
         try:

@@ -12,8 +12,9 @@ from typing import Any
 import pika
 import pytest
 
-from tests.e2e.harness import Env, drop_env, make_env, queueworker, stop, wait_for
+from tests.e2e.harness import Env, drop_env, make_env, queueworker, stop
 from tests.e2e.test_operator import TEMPLATE, deployment
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -41,7 +42,10 @@ def test_busy_workers_are_not_scaled_to_zero_when_the_broker_gives_no_depth(env:
         env.apply(deployment("busy", 3))
         env.apply(queueworker("busy", env, "busy", scaleTargetRef={"name": "busy"}))
         wait_for("MetricsAvailable=False", lambda: env.condition("busy", "MetricsAvailable") == "False", 30)
-        time.sleep(6)  # > cooldown (3 s) + stabilization (2 s): long enough for the old scale-to-zero
+        # Each 1 s tick without a depth counts a failure: 6 in a row outlast the cooldown (3 s) and the
+        # stabilization (2 s), long enough for the old scale-to-zero; the replicas are held.
+        failures = lambda: env.qw("busy")["status"].get("consecutiveFailures", 0)  # noqa: E731
+        wait_for("6 consecutive ticks without a depth", lambda: failures() >= 6, 30, 0.2, state=failures)
         assert env.replicas("busy") == 3
         status = env.qw("busy")["status"]
         metrics = next(c for c in status["conditions"] if c["type"] == "MetricsAvailable")
@@ -63,10 +67,15 @@ def test_scales_up_and_to_zero_from_the_prometheus_endpoint(env: Env) -> None:
         t0 = time.monotonic()
         wait_for("scale up to 4", lambda: env.replicas("tpl4-worker") == 4, 20, 0.05)
         reaction = time.monotonic() - t0
-        q = wait_for("rates from the counters", lambda: env.qw("tpl4")["status"].get("queue", {}).get("rateSource"), 20)
-        status = env.qw("tpl4")["status"]
-        assert status["queue"]["depthSource"] == "Prometheus" and q == "Prometheus", status["queue"]
-        assert env.condition("tpl4", "MetricsAvailable") == "True"
+
+        # Depth and rates from the Prometheus counters, MetricsAvailable: wait for each, not for the first to show
+        def from_prometheus() -> bool:
+            status = env.qw("tpl4")["status"]
+            queue = status.get("queue", {})
+            available = [c["status"] for c in status.get("conditions", []) if c["type"] == "MetricsAvailable"]
+            return queue.get("depthSource") == queue.get("rateSource") == "Prometheus" and available == ["True"]
+
+        wait_for("depth and rates from Prometheus", from_prometheus, 20, 0.2, state=lambda: env.qw("tpl4")["status"])
         env.purge("tpl4")
         # The publish rate decays out of its 15 s window, then the 3 s cooldown: zero
         wait_for("scale to zero", lambda: env.replicas("tpl4-worker") == 0, 45)

@@ -31,7 +31,7 @@ import cluster as control_plane
 import pytest
 import real_node
 
-from tests.e2e.harness import wait_for
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -26,7 +26,8 @@ from PIL import Image
 
 from tests.support.images import image_bytes
 from tests.support.podman import container, run, stop, storage_volume
-from tests.support.util import free_port, http_ok, wait_until
+from tests.support.util import free_port, http_ok
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.images
 
@@ -113,13 +114,10 @@ def test_the_api_and_image_worker_images_serve_a_task_as_the_chart_runs_them(pod
         container(podman, built.refs["workers"], "image", env=worker_env, volumes=mounts) as worker,
     ):
         start = time.monotonic()
-        wait_until(lambda: http_ok(f"{base}/healthz"), timeout=60, interval=0.2, what="the API container's /healthz")
-        wait_until(
-            lambda: http_ok(f"{base}/readyz"), timeout=30, interval=0.2, what="the API's /readyz (broker, store)"
-        )
+        wait_for("the API container's /healthz", lambda: http_ok(f"{base}/healthz"), 60, 0.2)
+        wait_for("the API's /readyz (broker, store)", lambda: http_ok(f"{base}/readyz"), 30, 0.2)
         print(f"API container ready in {time.monotonic() - start:.1f} s")
-        wait_until(lambda: http_ok(f"http://127.0.0.1:{metrics_port}/readyz"), timeout=60, interval=0.2,
-                   what="the worker container's /readyz")  # fmt: skip
+        wait_for("the worker container's /readyz", lambda: http_ok(f"http://127.0.0.1:{metrics_port}/readyz"), 60, 0.2)
         with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=10) as http:
             r = http.post("/v1/images", files={"file": ("cat.jpg", image_bytes("JPEG", (400, 300)), "image/jpeg")},
                           data={"width": "100", "format": "PNG"})  # fmt: skip
@@ -129,7 +127,7 @@ def test_the_api_and_image_worker_images_serve_a_task_as_the_chart_runs_them(pod
                 task = http.get(f"/v1/tasks/{r.json()['task_id']}").json()
                 return task if task["status"] in ("succeeded", "failed", "dead") else None
 
-            task = wait_until(final, timeout=60, interval=0.2, what="the task to finish")
+            task = wait_for("the task to finish", final, 60, 0.2)
             assert task["status"] == "succeeded", task
             result = http.get(task["result_url"])
             assert result.status_code == 200
@@ -147,7 +145,7 @@ def test_the_workers_image_without_a_broker_is_alive_unready_and_stops_cleanly(p
     with container(
         podman, built.refs["workers"], "image", env=env, volumes=[f"{storage_volume(tmp_path)}:/data/storage"]
     ) as name:
-        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), timeout=60, interval=0.2, what="/healthz")
+        wait_for("/healthz", lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), 60, 0.2)
         assert not http_ok(f"http://127.0.0.1:{port}/readyz")
         start = time.monotonic()
         assert stop(podman, name) == 0
@@ -162,7 +160,9 @@ def test_the_operator_image_loads_kopf_and_its_handlers(podman, built) -> None:
     out = run(podman, ref)
     assert out.returncode == 1 and "QW_RABBITMQ_MANAGEMENT_URL uses the guest account" in out.stderr, out.stderr
     # ...and with real credentials gets past settings: kopf and the handlers imported, read-only root.
-    out = run(podman, ref, opts=["--env=QW_RABBITMQ_MANAGEMENT_URL=http://op:op-secret@127.0.0.1:15672"])
+    out = run(
+        podman, ref, opts=[f"--env=QW_RABBITMQ_MANAGEMENT_URL=http://op:op-secret@127.0.0.1:{free_port()}"]
+    )  # never opened
     assert out.returncode == 2 and "give --namespace" in out.stderr, out.stderr
 
 

@@ -10,8 +10,9 @@ import httpx
 import pytest
 from qw_core.topology import NOTIFICATIONS_QUEUE, queue_name
 
-from tests.support.api import client, wait_until
+from tests.support.api import client
 from tests.support.images import image_bytes
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
 EMAIL = {"to": "ann@example.com", "subject": "Hello", "text": "Hi Ann"}
@@ -79,13 +80,13 @@ def test_events_stream_every_status_change_and_end_on_a_final_status(api, http):
 
     t = threading.Thread(target=listen)
     t.start()
-    wait_until(lambda: seen, what="the first event")
+    wait_for("the first event", lambda: seen)
     store.start_attempt(task_id, 1)
-    wait_until(lambda: len(seen) >= 2, what="processing event")
+    wait_for("processing event", lambda: len(seen) >= 2)
     store.schedule_retry(task_id, 1, "smtp 451")
-    wait_until(lambda: len(seen) >= 3, what="retry event")
+    wait_for("retry event", lambda: len(seen) >= 3)
     store.start_attempt(task_id, 2)
-    wait_until(lambda: len(seen) >= 4, what="second processing event")
+    wait_for("second processing event", lambda: len(seen) >= 4)
     store.succeed(task_id)
     t.join(10)
     assert not t.is_alive(), "the stream must end after a final status"

@@ -9,10 +9,11 @@ import pika
 import pytest
 from qw_core.settings import ApiSettings
 from qw_core.topology import TASKS_EXCHANGE, queue_name
-from rabbitmq import Broker
+from rabbitmq import Broker, free_broker_ports
 
-from tests.support.api import client, running_api, wait_until
+from tests.support.api import client, running_api
 from tests.support.images import image_bytes
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
 EMAIL = {"to": "ann@example.com", "subject": "Hello", "text": "Hi"}
@@ -20,7 +21,10 @@ EMAIL = {"to": "ann@example.com", "subject": "Hello", "text": "Hi"}
 
 @pytest.fixture(scope="module")
 def fault_broker(tmp_path_factory):
-    b = Broker(name="qwapifault", port=5683, mgmt_port=15683, prom_port=15703, base=tmp_path_factory.mktemp("rmq"))
+    amqp, mgmt, prom = free_broker_ports()
+    b = Broker(
+        name=f"qwapifault-{amqp}", port=amqp, mgmt_port=mgmt, prom_port=prom, base=tmp_path_factory.mktemp("rmq")
+    )
     b.start()
     yield b
     b.destroy()
@@ -38,7 +42,7 @@ def fault_api(fault_broker, tmp_path):
     )  # fmt: skip
     with running_api(settings) as (base, app):
         with client(base) as c:
-            wait_until(lambda: c.get("/readyz").status_code == 200, 20, what="API ready")
+            wait_for("API ready", lambda: c.get("/readyz").status_code == 200, 20)
             yield c, app.state.services
     ch = pika.BlockingConnection(pika.URLParameters(fault_broker.url)).channel()
     for kind in ("image", "email"):
@@ -54,7 +58,7 @@ def _nothing_left(services):
 def test_broker_down_gives_503_with_retry_after_and_recovers_by_itself(fault_broker, fault_api):
     http, services = fault_api
     fault_broker.ctl("stop_app")
-    wait_until(lambda: http.get("/readyz").status_code == 503, 20, what="readyz to report the broker down")
+    wait_for("readyz to report the broker down", lambda: http.get("/readyz").status_code == 503, 20)
     for r in (
         http.post("/v1/emails", json=EMAIL),
         http.post("/v1/images", files={"file": ("a.png", image_bytes(), "image/png")}),
@@ -63,7 +67,7 @@ def test_broker_down_gives_503_with_retry_after_and_recovers_by_itself(fault_bro
         assert "nothing was queued" in r.json()["detail"]
     _nothing_left(services)
     fault_broker.ctl("start_app")
-    wait_until(lambda: http.get("/readyz").status_code == 200, 30, what="the API to reconnect")
+    wait_for("the API to reconnect", lambda: http.get("/readyz").status_code == 200, 30)
     assert http.post("/v1/emails", json=EMAIL).status_code == 202
 
 
@@ -107,7 +111,7 @@ def test_confirmed_tasks_survive_a_broker_crash(fault_broker, fault_api):
     ids = [http.post("/v1/emails", json={**EMAIL, "subject": f"n{i}"}).json()["task_id"] for i in range(50)]
     fault_broker.kill9()
     fault_broker.restart_after_crash()
-    wait_until(lambda: http.get("/readyz").status_code == 200, 60, what="the API to reconnect after the crash")
+    wait_for("the API to reconnect after the crash", lambda: http.get("/readyz").status_code == 200, 60)
     ch = pika.BlockingConnection(pika.URLParameters(fault_broker.url)).channel()
     got = []
     while (m := ch.basic_get(queue_name("email"), auto_ack=True))[0]:

@@ -28,7 +28,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +46,8 @@ from rabbitmq_cluster import Cluster, ClusterNode
 
 from tests.support.api import api_process
 from tests.support.smtp import smtp_server
-from tests.support.util import free_port, wait_until
+from tests.support.util import free_port
+from tests.support.wait import wait_for, wait_for_async
 from tests.support.workers import running_worker, worker_env
 
 pytestmark = pytest.mark.integration
@@ -264,7 +265,7 @@ def test_api_and_workers_fail_over_and_every_accepted_task_runs_once(
                     load.stop()
             submitted = time.monotonic() - t0
             final = lambda: store.counts("fo").get("succeeded", 0) >= len(load.accepted)  # noqa: E731
-            wait_until(final, 120, 0.5, "every accepted task succeeded")
+            wait_for("every accepted task succeeded", final, 120, 0.5)
             drained = time.monotonic() - t0
             outcomes = {o: sum(w.metric("queueworker_worker_tasks_processed_total", kind="email", outcome=o) or 0
                                for w in (w1, w2)) for o in ("succeeded", "duplicate", "failed", "dead")}  # fmt: skip
@@ -320,9 +321,9 @@ def test_api_and_workers_fail_over_and_every_accepted_task_runs_once(
 def inject_kills(cluster: Cluster, load: Load, probe: ReadyProbe, t0: float) -> list[dict[str, Any]]:
     """kill -9 the API's node, start it again; then kill -9 a node a worker consumes from (if possible not the
     API's), start it again. The second kill waits for the first node: with two of three down, no quorum."""
-    wait_until(lambda: len(load.accepted) >= TASKS // 10, 60, 0.05, "the first tenth accepted")
+    wait_for("the first tenth accepted", lambda: len(load.accepted) >= TASKS // 10, 60, 0.05)
     kills = []
-    api_node = wait_until(lambda: connection_nodes(cluster, "qw-api"), 10, 0.2, "the API's connection")[0]
+    api_node = wait_for("the API's connection", lambda: connection_nodes(cluster, "qw-api"), 10, 0.2)[0]
     kills.append(
         _kill_and_restart(cluster, cluster.node(api_node), "the node the API publishes through", load, probe, t0)
     )
@@ -331,7 +332,7 @@ def inject_kills(cluster: Cluster, load: Load, probe: ReadyProbe, t0: float) -> 
         nodes = connection_nodes(cluster, "qw-worker-email")
         return nodes if len(nodes) == 2 and connection_nodes(cluster, "qw-api") else []
 
-    nodes = wait_until(worker_nodes, 30, 0.2, "both workers and the API connected")
+    nodes = wait_for("both workers and the API connected", worker_nodes, 30, 0.2)
     api_now = connection_nodes(cluster, "qw-api")
     victim = next((n for n in nodes if n not in api_now), nodes[0])
     kills.append(_kill_and_restart(cluster, cluster.node(victim), "a node a worker consumes from", load, probe, t0))
@@ -396,7 +397,7 @@ def test_what_each_node_reports_while_one_node_is_down(cluster: Cluster) -> None
     queues = {q["name"]: q for q in cluster.nodes[0].api("/api/queues/%2F") if q["name"] in want}  # type: ignore[union-attr]
     leaders = {name: q.get("leader") for name, q in queues.items()}
     members = {name: len(q.get("members") or []) for name, q in queues.items()}
-    wait_until(lambda: views(cluster.nodes, want, leaders), 20, 0.3, "every node's view of the three queues")
+    wait_for("every node's view of the three queues", lambda: views(cluster.nodes, want, leaders), 20, 0.3)
     before = views(cluster.nodes, want, leaders, check=False)
 
     # When the leader of obs.1 is killed
@@ -408,8 +409,11 @@ def test_what_each_node_reports_while_one_node_is_down(cluster: Cluster) -> None
         found = {q["name"]: q.get("leader") for q in up[0].api("/api/queues/%2F") if q["name"] in want}  # type: ignore[union-attr]
         return found if down.nodename not in found.values() and None not in found.values() else None
 
-    moved = wait_until(new_leaders, 20, 0.3, "a new leader for obs.1")
-    settled = _poll(lambda: views(up, want, moved), 20)  # stats of the new leader, the down node forgotten
+    moved = wait_for("a new leader for obs.1", new_leaders, 20, 0.3)
+    # The surviving nodes show the new leader's stats, the down node forgotten
+    wait_for(
+        "the surviving nodes' views", lambda: views(up, want, moved), 20, 0.3, lambda: views(up, want, moved, False)
+    )
     during = views(up, want, moved, check=False)
     # The operator's own reader, given every node (the dead one first): still every queue's depth, from Prometheus
     operator_view = asyncio.run(operator_reads([down, *up], want))
@@ -421,13 +425,13 @@ def test_what_each_node_reports_while_one_node_is_down(cluster: Cluster) -> None
 
     # Then
     assert all(m == 3 for m in members.values()), members  # 3.10 puts a quorum queue on every node of a 3-node cluster
-    assert settled, "a surviving node's management API or Prometheus endpoint did not show what the others did"
     assert operator_view == {q: (d, "Prometheus") for q, d in want.items()}, operator_view
 
 
 async def operator_reads(nodes: list[ClusterNode], want: dict[str, int]) -> dict[str, tuple[int, str]]:
     """What the operator's BrokerPoller reads from a cluster with a node down: management URLs and Prometheus
-    endpoints of every node, the dead one among them. Polls until every queue shows its depth (10 s at most)."""
+    endpoints of every node, the dead one among them. Polls until every queue shows its depth, read from
+    Prometheus (10 s at most)."""
     async with aiohttp.ClientSession() as s:
         poller = BrokerPoller(
             "cluster",
@@ -435,15 +439,23 @@ async def operator_reads(nodes: list[ClusterNode], want: dict[str, int]) -> dict
             depth_reader=PrometheusReader([n.prometheus_url for n in nodes], s, timeout=2),
         )
         poller.register("uid", "/", "obs.1", 1.0)
-        seen: dict[str, tuple[int, str]] = {}
-        for _ in range(20):
+        expected = {q: (d, "Prometheus") for q, d in want.items()}
+
+        async def read() -> dict[str, tuple[int, str]]:
             snap = await poller.poll_once()
             assert snap.error is None, snap.error
-            seen = {k[1]: (m.ready, m.depth_source) for k, m in snap.queues.items() if k[1] in want}
-            if {q: d for q, (d, _) in seen.items()} == want:
-                break
-            await asyncio.sleep(0.5)
-        return seen
+            return {k[1]: (m.ready, m.depth_source) for k, m in snap.queues.items() if k[1] in want}
+
+        # Wait for the depths and their source: the source is what the test asserts, not only the depths.
+        last: dict[str, tuple[int, str]] = {}
+
+        async def every_depth_from_prometheus() -> bool:
+            last.clear()
+            last.update(await read())
+            return last == expected
+
+        await wait_for_async("every queue's depth, from Prometheus", every_depth_from_prometheus, 10, 0.5, lambda: last)
+        return last
 
 
 def views(
@@ -466,12 +478,3 @@ def whole(cluster: Cluster) -> None:
     for node in cluster.nodes:
         if not node.running():
             cluster.restart(node)
-
-
-def _poll(probe: Callable[[], object], seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if probe():
-            return True
-        time.sleep(0.3)
-    return False

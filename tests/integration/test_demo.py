@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from qw_core.store import open_store
 
-from tests.support.util import free_port, http_ok, wait_until
+from tests.support.util import free_port, http_ok
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,7 +43,7 @@ def test_demo_uploads_a_batch_and_watches_workers_scale_up_drain_and_scale_down(
     dev = subprocess.Popen([sys.executable, "scripts/dev.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
     try:
-        wait_until(lambda: http_ok(f"http://127.0.0.1:{api_port}/readyz"), 60, 0.3, what="make dev's API")
+        wait_for("make dev's API", lambda: http_ok(f"http://127.0.0.1:{api_port}/readyz"), 60, 0.3)
         demo = subprocess.run(
             [sys.executable, "scripts/demo.py", "--count", "60", "--size", "640x480", "--every", "0.5",
              "--timeout", "240"],

@@ -7,7 +7,8 @@ from qw_core.store import open_store
 from qw_core.topology import H_ATTEMPT, H_REASON, dead_queue_name
 
 from tests.support.smtp import smtp_server
-from tests.support.workers import TaskPublisher, running_worker, wait_until, worker_env
+from tests.support.wait import wait_for
+from tests.support.workers import TaskPublisher, running_worker, worker_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.broker_matrix]  # on RabbitMQ 3.10 and 4.x
 
@@ -54,7 +55,7 @@ def test_mail_received_with_headers_and_multipart_body(rig):
         )
         with running_worker("email", {**env, "QW_SMTP_PORT": port}, tmp):
             for t in (plain, templated):
-                assert wait_until(lambda t=t: settled(store, t), 15, what="email settled").status == "succeeded"
+                assert wait_for("email settled", lambda t=t: settled(store, t), 15).status == "succeeded"
         msgs = {m["X-QW-Task-Id"]: m for m in smtp.messages()}
     assert set(msgs) == {plain, templated}
     m = msgs[plain]
@@ -77,13 +78,13 @@ def test_transient_smtp_failure_always_ends_dead_after_max_attempts(rig):
     with smtp_server(data_default="451 4.3.0 try again later") as (port, smtp):
         task = pub.publish(pub.email(text="x"))
         with running_worker("email", {**env, "QW_SMTP_PORT": port}, tmp) as w:
-            rec = wait_until(lambda: settled(store, task), 15, what="email dead")
-            wait_until(lambda: pub.depth(dead_queue_name("email")) == 1, 10, what="dead letter")
+            rec = wait_for("email dead", lambda: settled(store, task), 15)
+            wait_for("dead letter", lambda: pub.depth(dead_queue_name("email")) == 1, 10)
             counted = lambda: (  # noqa: E731 - the metrics count an outcome after its ack, the status comes before
                 w.metric("queueworker_worker_retries_total", kind="email"),
                 w.metric("queueworker_worker_tasks_processed_total", kind="email", outcome="dead"),
             )
-            wait_until(lambda: counted() == (2, 1), 10, what="2 retries and 1 dead counted")
+            wait_for("2 retries and 1 dead counted", lambda: counted() == (2, 1), 10)
         assert smtp.data_attempts == 3 and smtp.accepted == []
     assert rec.status == "dead" and rec.attempts == 3 and "451" in rec.error
     [(headers, _)] = pub.drain(dead_queue_name("email"))
@@ -95,7 +96,7 @@ def test_transient_twice_then_ok_succeeds_on_the_third_attempt(rig):
     with smtp_server(data_replies=["451 busy", "421 closing"]) as (port, smtp):
         task = pub.publish(pub.email(text="x"))
         with running_worker("email", {**env, "QW_SMTP_PORT": port}, tmp):
-            rec = wait_until(lambda: settled(store, task), 15, what="email sent")
+            rec = wait_for("email sent", lambda: settled(store, task), 15)
         assert len(smtp.accepted) == 1
     assert rec.status == "succeeded" and rec.attempts == 3 and rec.completions == 1
 
@@ -105,7 +106,7 @@ def test_permanent_smtp_refusal_fails_without_retry(rig):
     with smtp_server(rcpt_reply="550 5.1.1 no such user") as (port, smtp):
         task = pub.publish(pub.email(text="x"))
         with running_worker("email", {**env, "QW_SMTP_PORT": port}, tmp):
-            rec = wait_until(lambda: settled(store, task), 15, what="email failed")
+            rec = wait_for("email failed", lambda: settled(store, task), 15)
     assert rec.status == "failed" and rec.attempts == 1 and "550" in rec.error
     [(headers, _)] = pub.drain(dead_queue_name("email"))
     assert headers[H_REASON] == "permanent"
@@ -119,15 +120,15 @@ def test_duplicate_delivery_sends_one_email(rig):
         pub.publish(msg)
         pub.publish(msg, create_row=False)  # the same task delivered twice
         with running_worker("email", {**env, "QW_SMTP_PORT": port, "QW_CONCURRENCY": 2}, tmp) as w:
-            wait_until(lambda: settled(store, msg.task_id), 15, what="email sent")
-            wait_until(
+            wait_for("email sent", lambda: settled(store, msg.task_id), 15)
+            wait_for(
+                "the second delivery handled",
                 lambda: (
                     w.metric("queueworker_worker_tasks_processed_total", kind="email", outcome="duplicate") == 1
                     or w.metric("queueworker_worker_tasks_processed_total", kind="email", outcome="retried") == 1
                 ),
                 10,
-                what="the second delivery handled",
             )
-            wait_until(lambda: pub.depth("qw.email") == 0 and smtp.accepted, 10, what="queue drained")
+            wait_for("queue drained", lambda: pub.depth("qw.email") == 0 and smtp.accepted, 10)
         assert len(smtp.accepted) == 1
     assert store.get(msg.task_id).completions == 1

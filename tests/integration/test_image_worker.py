@@ -12,7 +12,9 @@ from qw_core.storage import LocalStorage
 from qw_core.store import open_store
 from qw_core.topology import H_REASON, dead_queue_name, queue_name
 
-from tests.support.workers import TaskPublisher, running_worker, wait_until, worker_env
+from tests.support.images import image_bytes
+from tests.support.wait import wait_for
+from tests.support.workers import TaskPublisher, running_worker, worker_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.broker_matrix]  # on RabbitMQ 3.10 and 4.x
 TENANT = "acme"
@@ -61,10 +63,10 @@ def test_images_processed_to_size_format_orientation_without_metadata(rig):
     marked = pub.publish(pub.image(TENANT, src, "JPEG", width=50, format="PNG", watermark="QW"))
     thumb = pub.publish(pub.image(TENANT, src, "JPEG", thumbnail=True, format="WEBP"))
     with running_worker("image", env, tmp) as w:
-        recs = {t: wait_until(lambda t=t: settled(store, t), 15, what="settled") for t in (plain, marked, thumb)}
+        recs = {t: wait_for("settled", lambda t=t: settled(store, t), 15) for t in (plain, marked, thumb)}
         # The status is written before the ack, and the metric counts the outcome after it: wait for the metric too.
         succeeded = lambda: w.metric("queueworker_worker_tasks_processed_total", kind="image", outcome="succeeded")  # noqa: E731
-        wait_until(lambda: succeeded() == 3, 10, what="3 successes counted")
+        wait_for("3 successes counted", lambda: succeeded() == 3, 10)
     for rec in recs.values():
         assert rec.status == "succeeded" and rec.completions == 1 and rec.attempts == 1
         assert rec.result_key and rec.result_key.startswith(f"results/{TENANT}/")
@@ -84,7 +86,7 @@ def test_images_processed_to_size_format_orientation_without_metadata(rig):
 
 def test_poison_and_permanent_are_dead_lettered_while_good_ones_flow(rig):
     pub, store, storage, env, tmp = rig
-    good_src = upload(storage, _png())
+    good_src = upload(storage, image_bytes("PNG", (40, 30), "green"))
     pub.publish_raw("image", b"\xff not json at all", "poison-1")
     pub.publish_raw("image", json.dumps({"v": 1, "task_id": "x"}).encode(), "poison-2")
     missing = pub.publish(pub.image(TENANT, "uploads/acme/nope.png"))
@@ -93,10 +95,10 @@ def test_poison_and_permanent_are_dead_lettered_while_good_ones_flow(rig):
     good = [pub.publish(pub.image(TENANT, good_src, width=10)) for _ in range(6)]
     with running_worker("image", env, tmp) as w:
         for t in [*good, missing, corrupt]:
-            wait_until(lambda t=t: settled(store, t), 15, what="task settled")
-        wait_until(lambda: pub.depth(dead_queue_name("image")) == 4, 10, what="4 dead letters")
+            wait_for("task settled", lambda t=t: settled(store, t), 15)
+        wait_for("4 dead letters", lambda: pub.depth(dead_queue_name("image")) == 4, 10)
         dead = lambda reason: w.metric("queueworker_worker_dead_letters_total", kind="image", reason=reason)  # noqa: E731
-        wait_until(lambda: (dead("undecodable"), dead("permanent")) == (2, 2), 10, what="4 dead letters counted")
+        wait_for("4 dead letters counted", lambda: (dead("undecodable"), dead("permanent")) == (2, 2), 10)
     assert all(store.get(t).status == "succeeded" for t in good)
     for t in (missing, corrupt):
         rec = store.get(t)
@@ -108,69 +110,68 @@ def test_poison_and_permanent_are_dead_lettered_while_good_ones_flow(rig):
 
 def test_sigterm_mid_task_finishes_the_task_in_hand_and_loses_nothing(rig):
     pub, store, storage, env, tmp = rig
-    src = upload(storage, _png())
+    src = upload(storage, image_bytes("PNG", (40, 30), "green"))
     ids = [pub.publish(pub.image(TENANT, src, width=8)) for _ in range(3)]
     slow = {**env, "QW_TEST_TASK_DELAY": "2", "QW_PREFETCH": "1", "QW_GRACE_PERIOD": "8"}
     with running_worker("image", slow, tmp) as w:
-        wait_until(lambda: any(store.get(t).status == "processing" for t in ids), 10, what="a task in hand")
+        wait_for("a task in hand", lambda: any(store.get(t).status == "processing" for t in ids), 10)
         w.signal(signal.SIGTERM)
-        wait_until(lambda: not w.is_ready(), 3, what="not ready after SIGTERM")
+        wait_for("not ready after SIGTERM", lambda: not w.is_ready(), 3)
         assert w.wait(8) == 0, w.log()
         done = [t for t in ids if store.get(t).status == "succeeded"]
         assert len(done) == 1, "the task in hand finished; nothing new was started"
-    # Its ack reached the broker: exactly the two others are left, and a new worker never sees the first again.
-    assert pub.depth(queue_name("image")) == 2
+    # Its ack reached the broker: exactly the two others are left (a closed channel's unacked messages return to
+    # the queue on the broker's schedule: wait for them), and a new worker never sees the first again.
+    depth = lambda: pub.depth(queue_name("image"))  # noqa: E731
+    wait_for("the two others back on the queue", lambda: depth() == 2, 5, state=depth)
     with running_worker("image", env, tmp) as w2:
         for t in ids:
-            wait_until(lambda t=t: settled(store, t), 15, what="task settled")
-        assert w2.metric("queueworker_worker_tasks_processed_total", kind="image", outcome="duplicate") == 0
+            wait_for("task settled", lambda t=t: settled(store, t), 15)
+        # The outcome is counted after the ack: wait for both successes to be counted, then no duplicate was.
+        outcome = lambda o: w2.metric("queueworker_worker_tasks_processed_total", kind="image", outcome=o)  # noqa: E731
+        wait_for("2 successes counted", lambda: outcome("succeeded") == 2, 10, state=lambda: outcome("succeeded"))
+        assert outcome("duplicate") == 0
     assert all(store.get(t).completions == 1 and store.get(t).status == "succeeded" for t in ids)
 
 
 def test_sigkill_mid_task_is_redelivered_and_completed_once(rig):
     pub, store, storage, env, tmp = rig
-    src = upload(storage, _png())
+    src = upload(storage, image_bytes("PNG", (40, 30), "green"))
     task = pub.publish(pub.image(TENANT, src, width=8))
     with running_worker("image", {**env, "QW_TEST_TASK_DELAY": "30"}, tmp) as w:
-        wait_until(lambda: store.get(task).status == "processing", 10, what="task in hand")
+        wait_for("task in hand", lambda: store.get(task).status == "processing", 10)
         w.signal(signal.SIGKILL)
         w.wait(5)
     assert store.get(task).status == "processing"
     with running_worker("image", env, tmp):
-        rec = wait_until(lambda: settled(store, task), 15, what="redelivered task settled")
+        rec = wait_for("redelivered task settled", lambda: settled(store, task), 15)
     assert rec.status == "succeeded" and rec.completions == 1
     assert len(list((tmp / "storage" / "results" / TENANT).iterdir())) == 1
 
 
 def test_long_task_keeps_heartbeats_no_redelivery(rig, broker):
     pub, store, storage, env, tmp = rig
-    src = upload(storage, _png())
+    src = upload(storage, image_bytes("PNG", (40, 30), "green"))
     task = pub.publish(pub.image(TENANT, src, width=8))
     env = {**env, "QW_HEARTBEAT": "5", "QW_TEST_TASK_DELAY": "12"}
     with running_worker("image", env, tmp) as w:
-        rec = wait_until(lambda: settled(store, task), 25, interval=0.2, what="long task settled")
+        rec = wait_for("long task settled", lambda: settled(store, task), 25, 0.2)
         assert w.metric("queueworker_worker_broker_connected", kind="image") == 1
         assert "connection lost" not in w.log()
     assert rec.status == "succeeded" and rec.completions == 1 and rec.attempts == 1
-
-
-def _png(size=(40, 30)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, "green").save(buf, "PNG")
-    return buf.getvalue()
 
 
 def test_task_that_keeps_killing_its_workers_ends_dead_not_processing(rig):
     """Given a message the broker already returned `delivery_limit` times (its consumers died), the worker
     dead-letters it on the last chance and says why, instead of letting the broker drop it silently."""
     pub, store, storage, env, tmp = rig
-    task_id = pub.publish(pub.image(TENANT, upload(storage, _png()), "PNG", width=10))
+    task_id = pub.publish(pub.image(TENANT, upload(storage, image_bytes("PNG", (40, 30), "green")), "PNG", width=10))
     limit = 10  # the topology's x-delivery-limit (queue arguments cannot change once declared)
     for _ in range(limit):  # each crash of a consumer returns the message (x-delivery-count + 1)
-        method = wait_until(lambda: pub.ch.basic_get(queue_name("image"), auto_ack=False)[0], what="delivery")
+        method = wait_for("delivery", lambda: pub.ch.basic_get(queue_name("image"), auto_ack=False)[0])
         pub.ch.basic_nack(method.delivery_tag, requeue=True)
     with running_worker("image", {**env, "QW_DELIVERY_LIMIT": str(limit)}, tmp / "logs"):
-        rec = wait_until(lambda: settled(store, task_id), 20, what="the task to settle")
+        rec = wait_for("the task to settle", lambda: settled(store, task_id), 20)
     assert rec.status == "dead" and f"delivered {limit} times" in rec.error
     dead = pub.drain(dead_queue_name("image"))
     assert [h[H_REASON] for h, _ in dead] == ["delivery-limit"]

@@ -12,7 +12,8 @@ from qw_core.store import open_store
 from qw_core.topology import queue_name
 
 from tests.support.images import image_bytes
-from tests.support.util import free_port, wait_until
+from tests.support.util import free_port
+from tests.support.wait import wait_for
 from tests.support.workers import TaskPublisher, worker_env
 
 pytestmark = pytest.mark.integration
@@ -35,9 +36,9 @@ def test_workers_scale_up_with_the_backlog_drain_it_and_scale_back_to_zero(broke
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     try:
         consumers = lambda: pub.ch.queue_declare(queue_name("image"), passive=True).method.consumer_count  # noqa: E731
-        wait_until(lambda: consumers() >= 2, 40, 0.2, what="more than one worker")
-        wait_until(lambda: store.counts().get("succeeded") == 30, 60, 0.2, what="the backlog to drain")
-        wait_until(lambda: consumers() == 0, 40, 0.2, what="scale back to zero after the cooldown")
+        wait_for("more than one worker", lambda: consumers() >= 2, 40, 0.2)
+        wait_for("the backlog to drain", lambda: store.counts().get("succeeded") == 30, 60, 0.2)
+        wait_for("scale back to zero after the cooldown", lambda: consumers() == 0, 40, 0.2)
     finally:
         scaler.send_signal(signal.SIGTERM)
         out = scaler.communicate(timeout=40)[0]

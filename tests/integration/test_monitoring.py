@@ -19,7 +19,8 @@ from tests.support.api import client, running_api
 from tests.support.images import image_bytes
 from tests.support.prometheus import CHART, RATE_INTERVAL, panel_queries, prometheus, promtool, query
 from tests.support.smtp import smtp_server
-from tests.support.util import free_port, wait_until
+from tests.support.util import free_port
+from tests.support.wait import wait_for
 from tests.support.workers import WorkerProcess, running_worker, worker_env
 
 pytestmark = pytest.mark.integration
@@ -109,7 +110,7 @@ def test_every_dashboard_panel_returns_data_while_tasks_flow(services, amqp_url,
             up = query(prom, "up")
             return len(up) == 4 and all(s["value"][1] == "1" for s in up)
 
-        wait_until(all_up, 20, 0.5, "every scrape target up")
+        wait_for("every scrape target up", all_up, 20, 0.5)
 
         missing: list[str] = []
 
@@ -117,29 +118,36 @@ def test_every_dashboard_panel_returns_data_while_tasks_flow(services, amqp_url,
             missing[:] = [f"{title}: {expr}" for title, expr in queries if not query(prom, expr)]
             return not missing
 
-        try:
-            wait_until(every_panel_has_data, 45, 1.0, "data for every panel query")
-        except AssertionError:
-            pytest.fail("panel queries without data:\n" + "\n".join(missing))
+        wait_for("data for every panel query", every_panel_has_data, 45, 1.0, state=lambda: missing)
         assert not traffic.errors, traffic.errors[:5]
 
-        # The data is the real flow, not just zero-initialised series.
+        # The data is the real flow, not just zero-initialised series. Prometheus scrapes each target on its own
+        # schedule: wait until every flow below shows, not just the first one.
         def flowing(expr: str, by: str) -> set[str]:
             return {s["metric"].get(by, "") for s in query(prom, expr) if float(s["value"][1]) > 0}
 
-        succeeded = f'rate(queueworker_worker_tasks_processed_total{{outcome="succeeded"}}[{RATE_INTERVAL}])'
-        assert wait_until(lambda: flowing(f"sum by (kind) ({succeeded})", "kind") == {"image", "email"}, 15, 0.5)
-        assert flowing(f"sum by (kind) (rate(queueworker_api_tasks_submitted_total[{RATE_INTERVAL}]))", "kind") == {
-            "image",
-            "email",
-        }
-        assert flowing("sum by (reason) (queueworker_api_rejected_uploads_total)", "reason")
-        assert flowing("sum by (kind, reason) (queueworker_worker_dead_letters_total)", "reason") == {"undecodable"}
-        assert flowing("sum by (kind) (queueworker_worker_retries_total)", "kind") == {"email"}
-        assert flowing('sum by (queue) (rabbitmq_queue_consumers{queue=~"qw\\\\.[a-z]+"})', "queue") >= {
-            "qw.image",
-            "qw.email",
-        }
+        def flows() -> dict[str, set[str]]:
+            succeeded = f'rate(queueworker_worker_tasks_processed_total{{outcome="succeeded"}}[{RATE_INTERVAL}])'
+            submitted = f"rate(queueworker_api_tasks_submitted_total[{RATE_INTERVAL}])"
+            return {
+                "succeeded": flowing(f"sum by (kind) ({succeeded})", "kind"),
+                "submitted": flowing(f"sum by (kind) ({submitted})", "kind"),
+                "rejected": flowing("sum by (reason) (queueworker_api_rejected_uploads_total)", "reason"),
+                "dead": flowing("sum by (kind, reason) (queueworker_worker_dead_letters_total)", "reason"),
+                "retried": flowing("sum by (kind) (queueworker_worker_retries_total)", "kind"),
+                "consumed": flowing('sum by (queue) (rabbitmq_queue_consumers{queue=~"qw\\\\.[a-z]+"})', "queue"),
+            }
+
+        def expected(f: dict[str, set[str]]) -> bool:
+            return (
+                f["succeeded"] == f["submitted"] == {"image", "email"}
+                and bool(f["rejected"])
+                and f["dead"] == {"undecodable"}
+                and f["retried"] == {"email"}
+                and f["consumed"] >= {"qw.image", "qw.email"}
+            )
+
+        wait_for("every flow in the metrics", lambda: expected(flows()), 15, 0.5, state=flows)
 
 
 def test_alert_rules_are_valid_and_their_unit_tests_pass() -> None:

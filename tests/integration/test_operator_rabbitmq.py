@@ -13,6 +13,7 @@ import pytest
 from qw_operator.rabbitmq import BrokerError, BrokerPoller, ManagementReader, PrometheusReader, Snapshot
 
 from tests.support.util import free_port
+from tests.support.wait import wait_for_async
 
 pytestmark = pytest.mark.integration
 
@@ -34,14 +35,17 @@ async def test_pagination_over_600_queues_on_the_real_broker(broker, vhost, amqp
         queues = await reader.fetch(vhost)
         assert reader.calls == 2  # 500 + 100
         assert len(queues) == 600
-        for _ in range(30):  # counts reach the management API with the next stats emission (1 s here); until
-            # then a new queue is listed without depth: None (unknown), never 0
-            q42, q1 = queues[(vhost, "q0042")], queues[(vhost, "q0001")]
-            if q42 is not None and q42.ready == 7 and q1 is not None:
-                break
-            await asyncio.sleep(0.2)
-            queues = await reader.fetch(vhost)
-        assert q42 is not None and q42.ready == 7 and q1 is not None and q1.ready == 0
+        # Counts reach the management API with the next stats emission (1 s here); until then a new queue is
+        # listed without depth: None (unknown), never 0
+        seen: list[object] = []
+
+        async def counted() -> bool:
+            page = await reader.fetch(vhost)
+            q42, q1 = page[(vhost, "q0042")], page[(vhost, "q0001")]
+            seen[:] = [q42, q1]
+            return q42 is not None and q42.ready == 7 and q1 is not None and q1.ready == 0
+
+        await wait_for_async("q0042 at 7 ready and q0001 at 0", counted, 10, 0.2, state=lambda: seen)
         # The unfiltered read (every vhost) pages the same way
         everything = await reader.fetch()
         assert (vhost, "q0599") in everything
@@ -61,15 +65,19 @@ async def test_publish_rate_shows_up(broker, vhost, amqp_url) -> None:
     async with aiohttp.ClientSession() as s:
         poller = BrokerPoller("default", ManagementReader(broker.management_url, s))
         poller.register("uid", vhost, "rated", 1.0)
-        for _ in range(60):  # queue stats reach the API every collect_statistics_interval (or later, under load)
-            await asyncio.sleep(0.2)
-            snap = await poller.poll_once()
+        last: list[Snapshot] = []
+
+        async def rate_and_depth() -> Snapshot | None:
+            last[:] = [snap := await poller.poll_once()]
             m = snap.queues.get((vhost, "rated"))
-            # depth and rates reach the API on separate emissions (queue stats, channel stats): wait for both
-            if m is not None and (m.publish_rate or 0) > 0 and m.ready > 0:
-                break
+            return snap if m is not None and (m.publish_rate or 0) > 0 and m.ready > 0 else None
+
+        # Queue stats reach the API every collect_statistics_interval (or later, under load), and depth and rates
+        # on separate emissions (queue stats, channel stats): wait for both
+        snap = await wait_for_async("a publish rate and a depth", rate_and_depth, 12, 0.2, lambda: last)
     await publisher
-    assert m is not None and m.ready > 0 and (m.publish_rate or 0) > 0 and snap.calls == 1
+    m = snap.queues[(vhost, "rated")]
+    assert m.ready > 0 and (m.publish_rate or 0) > 0 and snap.calls == 1
 
 
 async def test_closed_management_port_is_a_broker_error() -> None:
@@ -94,14 +102,15 @@ def hold_two_unacked(amqp_url: str, ready: int) -> pika.BlockingConnection:
 
 async def poll_until_depth(poller: BrokerPoller, key: tuple[str, str], want: tuple[int, int, int]) -> Snapshot:
     """Poll until the queue shows (ready, unacked, consumers) == want (stats arrive on the broker's ticks, and
-    the management API learns of consumers and of messages on separate schedules); the last snapshot if never."""
-    for _ in range(100):
-        snap = await poller.poll_once()
+    the management API learns of consumers and of messages on separate schedules) and return that snapshot."""
+    last: list[Snapshot] = []
+
+    async def probe() -> Snapshot | None:
+        last[:] = [snap := await poller.poll_once()]
         m = snap.queues.get(key)
-        if m is not None and (m.ready, m.unacked, m.consumers) == want:
-            break
-        await asyncio.sleep(0.1)
-    return snap
+        return snap if m is not None and (m.ready, m.unacked, m.consumers) == want else None
+
+    return await wait_for_async(f"{key[1]} at {want} (ready, unacked, consumers)", probe, 10, 0.1, lambda: last)
 
 
 async def test_depth_from_the_prometheus_endpoint_with_rates_from_the_management_api(broker, vhost, amqp_url) -> None:
@@ -118,12 +127,13 @@ async def test_depth_from_the_prometheus_endpoint_with_rates_from_the_management
             assert depth.calls >= 1
             # the vhost filter holds on the Prometheus side too: only this vhost's queues
             assert {v for v, _ in await depth.fetch(vhost)} == {vhost}
-            for _ in range(60):  # rates still come from the management API
-                if m.published >= 9:
-                    break
-                await asyncio.sleep(0.2)
-                m = (await poller.poll_once()).queues[(vhost, "dq")]
-            assert m.published == 9
+
+            # rates (and the published count) still come from the management API
+            async def nine_published() -> int | None:
+                n = (await poller.poll_once()).queues[(vhost, "dq")].published
+                return n if n >= 9 else None
+
+            assert await wait_for_async("9 published", nine_published, 12, 0.2) == 9
     finally:
         await asyncio.to_thread(conn.close)
 

@@ -11,7 +11,9 @@ import urllib.parse
 import aiohttp
 import pika
 import pytest
-from qw_operator.rabbitmq import BrokerPoller, ManagementReader, PrometheusReader, Snapshot
+from qw_operator.rabbitmq import BrokerPoller, ManagementReader, PrometheusReader, QueueMetrics
+
+from tests.support.wait import wait_for_async
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +48,10 @@ async def test_the_broker_really_lists_queues_without_depth(broker4, vhost4) -> 
     vhost, url = vhost4
     conn = await asyncio.to_thread(busy_queue, url, 100)
     try:
-        await asyncio.sleep(2.5)  # more than one stats interval: the depth would be there if the collector ran
+        # The broker says its metrics collector is off: no stats emission will bring a depth later, so what it
+        # lists now is what it will list (no sleep through a stats interval needed to show that)
+        overview = broker4.api("/api/overview")
+        assert overview["disable_stats"] is True and overview["enable_queue_totals"] is False, overview
         items = broker4.api(f"/api/queues/{urllib.parse.quote(vhost, safe='')}?columns=name,vhost,messages_ready")
         assert items == [{"name": "jobs", "vhost": vhost}]
         async with aiohttp.ClientSession() as s:
@@ -60,13 +65,15 @@ async def test_the_broker_really_lists_queues_without_depth(broker4, vhost4) -> 
         await asyncio.to_thread(conn.close)
 
 
-async def poll_until(poller: BrokerPoller, pred, tries: int = 100) -> Snapshot:
-    for _ in range(tries):
-        snap = await poller.poll_once()
-        if pred(snap):
-            return snap
-        await asyncio.sleep(0.2)
-    return snap
+async def poll_until(what: str, poller: BrokerPoller, key: tuple[str, str], pred) -> QueueMetrics:
+    """Poll until the queue's metrics satisfy `pred` (every field the test asserts) and return them."""
+    last: list[QueueMetrics | None] = [None]
+
+    async def probe() -> QueueMetrics | None:
+        last[0] = m = (await poller.poll_once()).queues.get(key)
+        return m if m is not None and pred(m) else None
+
+    return await wait_for_async(what, probe, 20, 0.2, state=lambda: last[0])
 
 
 async def test_depth_and_rates_from_the_prometheus_endpoint_alone(broker4, vhost4) -> None:
@@ -79,9 +86,14 @@ async def test_depth_and_rates_from_the_prometheus_endpoint_alone(broker4, vhost
             prom = PrometheusReader(f"http://127.0.0.1:{broker4.prom_port}", s)
             poller = BrokerPoller("default", mgmt, depth_reader=prom)
             poller.register("uid", vhost, "jobs", 1.0)
-            snap = await poll_until(poller, lambda sn: (m := sn.queues.get(key)) and (m.ready, m.unacked) == (100, 3))
-            m = snap.queues[key]
-            assert (m.ready, m.unacked, m.consumers, m.depth_source) == (100, 3, 3, "Prometheus"), m
+            expected = (100, 3, 3, "Prometheus")
+            m = await poll_until(
+                "the depth from Prometheus",
+                poller,
+                key,
+                lambda m: (m.ready, m.unacked, m.consumers, m.depth_source) == expected,
+            )
+            assert (m.ready, m.unacked, m.consumers, m.depth_source) == expected, m
             management_calls = mgmt.calls
             # Publish 40 more over ~2 s: the rate comes from 4.x's per-queue counters
             ch = conn.channel()
@@ -89,8 +101,12 @@ async def test_depth_and_rates_from_the_prometheus_endpoint_alone(broker4, vhost
             for _ in range(40):
                 ch.basic_publish("", "jobs", b"x", pika.BasicProperties(delivery_mode=2))
                 conn.process_data_events(time_limit=0.05)
-            snap = await poll_until(poller, lambda sn: (sn.queues[key].publish_rate or 0) > 0)
-            m = snap.queues[key]
+            m = await poll_until(
+                "a publish rate from the counters",
+                poller,
+                key,
+                lambda m: m.rate_source == "Prometheus" and (m.publish_rate or 0) > 0,
+            )
             assert m.rate_source == "Prometheus" and m.publish_rate and m.publish_rate > 0, m
             assert mgmt.calls == management_calls  # nothing left to ask the management API for
     finally:

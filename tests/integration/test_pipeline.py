@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from tests.support.images import image_bytes
-from tests.support.util import wait_until
+from tests.support.wait import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.broker_matrix]  # on RabbitMQ 3.10 and 4.x
 
@@ -19,7 +19,7 @@ def _final(http, task_id, timeout=30):
         t = http.get(f"/v1/tasks/{task_id}").json()
         return t if t["status"] in ("succeeded", "failed", "dead") else None
 
-    return wait_until(done, timeout, what=f"task {task_id} to finish")
+    return wait_for(f"task {task_id} to finish", done, timeout)
 
 
 def test_uploaded_image_is_processed_and_downloadable(platform):
@@ -49,7 +49,7 @@ def test_email_reaches_the_smtp_server_with_its_headers(platform):
                                       "html": "<p>It is <b>ready</b>.</p>"})  # fmt: skip
     task = _final(http, r.json()["task_id"])
     assert task["status"] == "succeeded", task
-    [msg] = wait_until(lambda: mails.messages(), what="the email")
+    [msg] = wait_for("the email", lambda: mails.messages())
     assert (msg["To"], msg["Subject"], msg["From"]) == ("ann@example.com", "Your report", "noreply@queueworker.test")
     assert msg["X-QW-Task-Id"] == task["task_id"]
     assert "It is ready." in msg.get_body(("plain",)).get_content()

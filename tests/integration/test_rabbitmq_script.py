@@ -26,8 +26,9 @@ def script(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_start_status_stop_a_4x_broker_from_the_command_line() -> None:
     amqp, mgmt, prom = free_broker_ports()
-    ports = ["--name", "qwcli4", "--port", str(amqp), "--mgmt-port", str(mgmt), "--prom-port", str(prom)]
-    b = Broker4("qwcli4", amqp, mgmt, prom)
+    name = f"qwcli4-{amqp}"  # a node name no other session's broker has
+    ports = ["--name", name, "--port", str(amqp), "--mgmt-port", str(mgmt), "--prom-port", str(prom)]
+    b = Broker4(name, amqp, mgmt, prom)
     try:
         out = script("start", "--version", "4", *ports)
         assert out.returncode == 0 and "rabbitmq started" in out.stdout, out.stderr

@@ -14,7 +14,8 @@ from qw_core.settings import ApiSettings
 from qw_core.topology import queue_name
 
 from tests.support.api import client, running_api
-from tests.support.workers import running_worker, wait_until, worker_env
+from tests.support.util import wait_until
+from tests.support.workers import running_worker, worker_env
 
 pytestmark = pytest.mark.integration
 APP = "tests.support.sdk_tasks"

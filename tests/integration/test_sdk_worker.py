@@ -16,7 +16,8 @@ from qw_core.store import open_store
 from qw_core.topology import H_ATTEMPT, H_ERROR, H_REASON, dead_queue_name, queue_name
 
 from tests.support import sdk_tasks
-from tests.support.workers import TaskPublisher, running_worker, wait_until, worker_env
+from tests.support.util import wait_until
+from tests.support.workers import TaskPublisher, running_worker, worker_env
 
 pytestmark = pytest.mark.integration
 APP = "tests.support.sdk_tasks"

@@ -14,6 +14,8 @@ from qw_core.topology import (
     retry_routing_key,
 )
 
+from tests.support.wait import wait_for
+
 pytestmark = [pytest.mark.integration, pytest.mark.broker_matrix]  # on RabbitMQ 3.10 and 4.x
 
 
@@ -28,13 +30,13 @@ def channel(amqp_url):
 
 
 def _get(ch, queue, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        method, props, body = ch.basic_get(queue, auto_ack=False)
-        if method:
-            return method, props, body
-        time.sleep(0.05)
-    raise AssertionError(f"nothing arrived on {queue} in {timeout}s")
+    """The next message on `queue` (method, properties, body), waiting up to `timeout` seconds for one."""
+
+    def get():
+        got = ch.basic_get(queue, auto_ack=False)
+        return got if got[0] else None
+
+    return wait_for(f"a message on {queue}", get, timeout, 0.05)
 
 
 def test_declaring_twice_is_harmless(amqp_url, channel):

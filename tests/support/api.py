@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +16,8 @@ import uvicorn
 from qw_api.main import create_app
 from qw_core.settings import ApiSettings
 
-from tests.support.util import free_port, http_ok, wait_until  # noqa: F401 - re-exported for the API suites
+from tests.support.util import free_port, http_ok
+from tests.support.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,13 +31,7 @@ def running_api(settings: ApiSettings) -> Iterator[tuple[str, object]]:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if server.started:
-            break
-        time.sleep(0.05)
-    else:
-        raise TimeoutError("API did not start")
+    wait_for("the API server to start", lambda: server.started, 20, 0.05)
     try:
         yield base, app
     finally:
@@ -61,7 +55,7 @@ def api_process(env: dict[str, str], log: Path, timeout: float = 60) -> Iterator
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: http_ok(base + "/readyz") or proc.poll() is not None, timeout, 0.1, "the API ready")
+        wait_for("the API ready", lambda: http_ok(base + "/readyz") or proc.poll() is not None, timeout, 0.1)
         assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
         yield base
     finally:

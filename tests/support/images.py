@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
 from PIL import Image
 
 
-def image_bytes(fmt: str = "PNG", size: tuple[int, int] = (64, 48), color: str = "red", **save) -> bytes:
+def image_bytes(
+    fmt: str = "PNG",
+    size: tuple[int, int] = (64, 48),
+    color: str | tuple[int, ...] = "red",
+    mode: str = "RGB",
+    **save: Any,
+) -> bytes:
+    """An image of one colour in `fmt` (Pillow's format name); `save` goes to Image.save (quality, exif, ...)."""
     buf = io.BytesIO()
-    mode = "RGBA" if fmt in ("PNG", "WEBP") and save.pop("alpha", False) else "RGB"
     Image.new(mode, size, color).save(buf, fmt, **save)
     return buf.getvalue()
 

@@ -13,7 +13,8 @@ from typing import Any
 import httpx
 
 from tests.conftest import _need
-from tests.support.util import free_port, wait_until
+from tests.support.util import free_port
+from tests.support.wait import wait_for
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "queueworker"
 # Grafana's $__rate_interval is at least four scrape intervals; with 1 s scrapes 10 s leaves room for jitter.
@@ -72,7 +73,7 @@ def prometheus(tmp: Path, targets: dict[str, tuple[str, list[str]]]) -> Iterator
             except httpx.HTTPError:
                 return False
 
-        wait_until(ready, 30, 0.2, "Prometheus ready")
+        wait_for("Prometheus ready", ready, 30, 0.2)
         yield base
     finally:
         proc.terminate()

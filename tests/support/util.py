@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import socket
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from typing import TypeVar
+
+from tests.support.wait import wait_for
 
 T = TypeVar("T")
 
@@ -19,14 +20,8 @@ def free_port() -> int:
 
 
 def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, what: str = "condition") -> T:
-    """Poll until `predicate()` is truthy and return it; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    """Kept only for bench/publish.py (outside tests/); tests use tests.support.wait.wait_for."""
+    return wait_for(what, predicate, timeout, interval)
 
 
 def http_ok(url: str) -> bool:

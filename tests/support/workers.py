@@ -21,7 +21,8 @@ from qw_core.messages import EmailTask, ImageOptions, ImageTask, TaskMessage, ne
 from qw_core.store import TaskStore
 from qw_core.topology import H_ATTEMPT, TASKS_EXCHANGE, build_topology, declare_with_pika
 
-from tests.support.util import free_port, wait_until
+from tests.support.util import free_port
+from tests.support.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -81,7 +82,7 @@ class WorkerProcess:
                 raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log()}")
             return self.is_ready()
 
-        wait_until(ready, timeout, 0.1, f"{self.kind} worker ready")
+        wait_for(f"{self.kind} worker ready", ready, timeout, 0.1)
 
     def metric(self, name: str, **labels: str) -> float | None:
         status, text = self.get("/metrics")

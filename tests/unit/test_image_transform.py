@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 
 import pytest
@@ -10,13 +11,12 @@ from qw_core.images import ImageRejected
 from qw_core.messages import ImageOptions
 from qw_workers.images import target_box, transform_image
 
+from tests.support.images import bomb_png, image_bytes
+
 MAX_PIXELS, MAX_SIDE = 4_000_000, 1000
 
 
-def make(fmt="PNG", size=(400, 200), mode="RGB", color="red", **save) -> bytes:
-    buf = io.BytesIO()
-    Image.new(mode, size, color).save(buf, fmt, **save)
-    return buf.getvalue()
+make = functools.partial(image_bytes, size=(400, 200))  # a 2:1 source the bounds below are computed from
 
 
 def run(data: bytes, src="PNG", **options) -> Image.Image:
@@ -96,7 +96,5 @@ def test_refused_inputs_raise_image_rejected(data):
 
 
 def test_decompression_bomb_refused():
-    buf = io.BytesIO()
-    Image.new("1", (5000, 5000), 0).save(buf, "PNG")
     with pytest.raises(ImageRejected, match="limit|too large"):
-        run(buf.getvalue())
+        run(bomb_png(5000))

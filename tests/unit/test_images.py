@@ -1,20 +1,13 @@
-import io
-
 import pytest
-from PIL import Image
 from qw_core.images import ImageRejected, identify
+
+from tests.support.images import image_bytes
 
 OK = ["JPEG", "PNG", "WEBP", "GIF"]
 
 
-def _png(w=8, h=8, fmt="PNG"):
-    buf = io.BytesIO()
-    Image.new("RGB", (w, h), "red").save(buf, fmt)
-    return buf.getvalue()
-
-
 def test_identifies_by_content_not_name():
-    assert identify(_png(fmt="JPEG"), OK, 10_000).format == "JPEG"
+    assert identify(image_bytes("JPEG", (8, 8)), OK, 10_000).format == "JPEG"
 
 
 @pytest.mark.parametrize(
@@ -34,17 +27,17 @@ def test_non_images_are_refused(data, why):
 
 def test_truncated_image_is_refused():
     with pytest.raises(ImageRejected, match="could not be decoded"):
-        identify(_png(64, 64, "JPEG")[:200], OK, 100_000)
+        identify(image_bytes("JPEG", (64, 64))[:200], OK, 100_000)
 
 
 def test_format_outside_the_allowed_list_is_refused():
     with pytest.raises(ImageRejected):
-        identify(_png(fmt="BMP"), OK, 10_000)
+        identify(image_bytes("BMP", (8, 8)), OK, 10_000)
 
 
 def test_too_many_pixels_is_refused_before_decoding():
     with pytest.raises(ImageRejected, match="limit"):
-        identify(_png(200, 200), OK, 10_000)
+        identify(image_bytes("PNG", (200, 200)), OK, 10_000)
 
 
 def test_draft_size_keeps_twice_the_fitted_size_in_either_orientation() -> None:

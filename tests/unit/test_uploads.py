@@ -4,11 +4,11 @@ request heavier than the budget runs alone, and waiting past the limit is a Busy
 from __future__ import annotations
 
 import asyncio
-import io
 
 import pytest
-from PIL import Image
 from qw_api.uploads import Busy, ByteBudget, decoded_size
+
+from tests.support.images import image_bytes
 
 
 def run(coro):  # type: ignore[no-untyped-def]
@@ -86,8 +86,7 @@ async def _take(budget: ByteBudget, n: int, seen: list[str]) -> None:
 
 
 def test_decoded_size_comes_from_the_header() -> None:
-    buf = io.BytesIO()
-    Image.new("RGBA", (300, 200)).save(buf, "PNG")
-    assert decoded_size(buf.getvalue(), ["PNG"]) == 300 * 200 * 4
+    png = image_bytes("PNG", (300, 200), mode="RGBA")
+    assert decoded_size(png, ["PNG"]) == 300 * 200 * 4
     assert decoded_size(b"not an image", ["PNG"]) == 0
-    assert decoded_size(buf.getvalue(), ["JPEG"]) == 0  # a format not allowed is not even opened
+    assert decoded_size(png, ["JPEG"]) == 0  # a format not allowed is not even opened

@@ -2,8 +2,11 @@
 
 A claim in the store (`claim_effect(task_id, "email")`) makes a duplicate delivery skip the send. When a
 failure proves nothing was accepted (refused connection, a 4xx/5xx answer before or to DATA) the claim is
-released so a retry can send; when it is uncertain (connection lost after DATA began) the claim stays and a
-retry waits for its lease to expire, so the mail goes out twice only in that crash window.
+released so a retry can send; when it is uncertain (connection lost after DATA began) the claim stays. A claim
+left unfinished past its lease (the sender died, or could not record "sent" because the store was down) means
+the mail may have gone out: it is not sent again and the task ends dead saying so, unless
+QW_EMAIL_RESEND_IN_DOUBT=true (at least once instead of at most once). After a successful send, recording it
+is retried for a while before giving up, so a short store outage does not leave a sent mail in doubt.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from email.utils import formatdate
 
 from qw_core.messages import EmailTask, TaskMessage
 from qw_core.settings import WorkerSettings
+from qw_core.store import StoreUnavailable
 
 from qw_workers.context import TaskContext
 from qw_workers.errors import PermanentError, RetryableError
@@ -152,7 +156,14 @@ def handle(task: TaskMessage, ctx: TaskContext) -> None:
     payload = task.payload
     assert isinstance(payload, EmailTask)
     msg = build_message(task.task_id, payload, render(payload), ctx.settings.smtp_from, time.time())
-    claim = ctx.store.claim_effect(task.task_id, EFFECT, claim_lease(ctx.settings))
+    resend = ctx.settings.email_resend_in_doubt
+    claim = ctx.store.claim_effect(task.task_id, EFFECT, claim_lease(ctx.settings), take_over=resend)
+    if claim == "stale":
+        raise PermanentError(
+            "an earlier attempt began sending this email and its outcome was never recorded (it died, or the store "
+            "was down); it may have been sent, so it is not sent again, to avoid a duplicate "
+            "(QW_EMAIL_RESEND_IN_DOUBT=true resends in this case)"
+        )
     if claim == "done":
         ctx.log.info("email already sent for this task; not sending again")
         return None
@@ -169,5 +180,17 @@ def handle(task: TaskMessage, ctx: TaskContext) -> None:
         if failure.permanent:
             raise PermanentError(str(failure)) from failure
         raise RetryableError(str(failure)) from failure
-    ctx.store.finish_effect(task.task_id, EFFECT)
+    _record_sent(ctx, task.task_id)
     return None
+
+
+def _record_sent(ctx: TaskContext, task_id: str, attempts: int = 6) -> None:
+    """The mail is out: keep trying to record it (about 6 s in all) before a store outage leaves it in doubt."""
+    for attempt in range(attempts):
+        try:
+            ctx.store.finish_effect(task_id, EFFECT)
+            return
+        except StoreUnavailable:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(min(0.2 * 2**attempt, 2.0))

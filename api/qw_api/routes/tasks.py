@@ -9,9 +9,11 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from qw_core.storage import MEDIA_TYPES
 from qw_core.store import TERMINAL, StoreUnavailable, TaskRecord
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
-from ..deps import Services, ServicesDep, TenantDep
+from ..deps import Services, ServicesDep, TenantDep, over_limit
+from ..quotas import OverLimit
 from ..schemas import TaskView, problems
 from ..service import link, unavailable
 
@@ -57,6 +59,10 @@ async def task_events(task_id: str, tenant: TenantDep, services: ServicesDep, re
     first = await _load(services, task_id, tenant)
     if first is None:
         raise HTTPException(404, NOT_FOUND)
+    try:
+        release = services.quotas.open_stream(tenant)
+    except OverLimit as exc:
+        raise over_limit(exc) from None
 
     async def stream() -> AsyncIterator[str]:
         services.metrics.sse_streams.inc()
@@ -83,9 +89,13 @@ async def task_events(task_id: str, tenant: TenantDep, services: ServicesDep, re
                     continue
         finally:
             services.metrics.sse_streams.dec()
+            release()
 
     return StreamingResponse(
-        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        background=BackgroundTask(release),  # also when the stream never started (client gone at once)
     )
 
 
