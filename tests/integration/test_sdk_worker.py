@@ -1,7 +1,7 @@
 """SDK kinds end to end on the real broker and store: send() / Client.enqueue -> a real worker process -> status.
 
 The user's module is tests/support/sdk_tasks.py; workers run it with `python -m qw_workers <kind>` and QW_APP set
-(the same as `--app`, which test_sdk_cli covers).
+(the same as `--app`, which the README test runs). Every test runs on RabbitMQ 3.10 and on 4.x.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from tests.support import sdk_tasks
 from tests.support.util import wait_until
 from tests.support.workers import TaskPublisher, running_worker, worker_env
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.broker_matrix]  # on RabbitMQ 3.10 and 4.x
 APP = "tests.support.sdk_tasks"
 
 
