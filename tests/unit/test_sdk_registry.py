@@ -15,6 +15,8 @@ from qw_core.topology import build_topology, dead_queue_name, queue_name, retry_
 from qw_workers.errors import PermanentError, RetryableError
 from qw_workers.policy import Decision, decide_failure
 
+APP = "tests.support.sdk_tasks"
+
 
 def fn(x: int) -> int:
     return x
@@ -151,3 +153,17 @@ def test_the_worker_cli_resolves_built_in_and_app_kinds_and_names_the_known_ones
         resolve_kind("nope", "tests.support.sdk_tasks")
     with pytest.raises(SystemExit, match="qw_workers: task module 'shop.nope'"):
         resolve_kind("inventory", "shop.nope")
+
+
+def test_make_dev_autoscales_the_kinds_of_qw_app_and_the_local_pools_take_any_kind_name():
+    import argparse
+
+    from dev import app_kinds  # scripts/dev.py (tests/conftest.py puts scripts/ on the path)
+    from qw_operator.local import task_kind
+
+    assert app_kinds({}) == [] and {"inventory", "flaky", "summarise"} <= set(app_kinds({"QW_APP": APP}))
+    with pytest.raises(SystemExit, match="make dev: task module 'shop.nope'"):
+        app_kinds({"QW_APP": "shop.nope"})
+    assert [task_kind(k) for k in ("image", "email", "inventory")] == ["image", "email", "inventory"]
+    with pytest.raises(argparse.ArgumentTypeError):
+        task_kind("Bad.Kind")
