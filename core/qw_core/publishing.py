@@ -174,9 +174,10 @@ def accept(store: TaskStore, publisher: BlockingPublisher, task: TaskMessage) ->
     Raises StoreUnavailable (nothing published) or a PublishError (the pending row withdrawn, so a copy the broker
     kept after all is dead-lettered by the worker for want of a status record, never run).
     """
+    body = task.to_bytes()  # a payload that cannot be serialised fails here, before any row exists
     store.create_pending(task.task_id, task.tenant, task.kind)
     try:
-        publisher.publish(task.kind, task.to_bytes(), task.task_id)
+        publisher.publish(task.kind, body, task.task_id)
     except BaseException:
         if not _withdraw(store, task.task_id):
             log.info("task %s: the publish failed but a worker already has it; accepted", task.task_id)
