@@ -17,6 +17,7 @@ The settle machine (qw_workers.settle) does the rest exactly as for the built-in
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from typing import Any
 
@@ -28,6 +29,7 @@ from qw_workers.context import Handler, Output, TaskContext
 from qw_workers.errors import PermanentError
 
 _loops = threading.local()
+log = logging.getLogger("qw_workers.sdk")
 
 
 class TimeLimitExceeded(Exception):
@@ -36,6 +38,13 @@ class TimeLimitExceeded(Exception):
 
 def make_handler(spec: TaskSpec) -> Handler:
     """The Handler that runs `spec`'s function for one task message of its kind."""
+    if spec.time_limit is not None and not spec.is_async:
+        log.warning(
+            "task kind %s: time_limit=%gs is not enforced for a plain (sync) function; make it `async def` to have "
+            "overruns cancelled",
+            spec.kind,
+            spec.time_limit,
+        )
 
     def handle(task: TaskMessage, ctx: TaskContext) -> Output:
         payload = task.payload
