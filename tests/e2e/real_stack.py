@@ -21,12 +21,12 @@ from typing import Any
 import cluster as control_plane
 import httpx
 import images
-import pytest
 import real_node
 from PIL import Image
 from postgres import Postgres
 from rabbitmq import Broker
 
+from tests.support import wait as support_wait
 from tests.support.images import image_bytes
 from tests.support.smtp import Recorder
 
@@ -132,17 +132,29 @@ class Stack:
 
 
 def wait_for(what: str, probe: Callable[[], Any], timeout: float, state: Callable[[], Any] | None = None) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
+    """tests.support.wait.wait_for, with a probe's passing failure (the API or kubectl not answering yet while
+    pods start) read as "not yet" rather than as the test's failure."""
+
+    def tolerant() -> Any:
         try:
-            last = probe()
+            return probe()
         except (httpx.HTTPError, subprocess.SubprocessError, control_plane.ClusterError) as exc:
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(0.2)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}; last seen: {state() if state else last!r}")
+            return _NotYet(exc)
+
+    return support_wait.wait_for(what, tolerant, timeout, 0.2, state)
+
+
+class _NotYet:
+    """A probe's exception, falsy (not done yet) and shown as the last value seen if the wait times out."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return repr(self.exc)
 
 
 def ready(pod: dict[str, Any]) -> bool:

@@ -24,7 +24,7 @@ from qw_core.store import open_store
 
 from tests.support.api import client, running_api
 from tests.support.smtp import Recorder, smtp_server
-from tests.support.util import wait_until
+from tests.support.wait import wait_for
 from tests.support.workers import running_worker, worker_env
 
 EMAIL = {"to": "ann@example.com", "subject": "lost confirm", "text": "once"}
@@ -69,8 +69,8 @@ def test_a_lost_confirm_for_a_task_a_worker_already_started_is_a_202(stack, api_
         r = http.post("/v1/emails", json=EMAIL)
         assert r.status_code == 202, r.text  # the task is live: no retry invited
         task_id = r.json()["task_id"]
-        wait_until(lambda: (rec := store.get(task_id)) is not None and rec.status == "succeeded", 30, what="the task")
-        wait_until(lambda: sent(mails)[task_id] == 1, 10, what="its mail")
+        wait_for("the task", lambda: (rec := store.get(task_id)) is not None and rec.status == "succeeded", 30)
+        wait_for("its mail", lambda: sent(mails)[task_id] == 1, 10)
     assert sent(mails) == {task_id: 1}
     store.close()
 
@@ -95,8 +95,8 @@ def test_a_lost_confirm_before_any_worker_has_it_is_a_503_and_the_stray_copy_nev
         assert retry.status_code == 202, retry.text
     with running_worker("email", env, tmp_path / "logs") as worker:
         task_id = retry.json()["task_id"]
-        wait_until(lambda: (rec := store.get(task_id)) is not None and rec.status == "succeeded", 30, what="the retry")
+        wait_for("the retry", lambda: (rec := store.get(task_id)) is not None and rec.status == "succeeded", 30)
         # The stray copy of the first attempt was dead-lettered, not run: one mail, the retry's
-        wait_until(lambda: "no status record" in worker.log(), 10, what="the stray copy dead-lettered")
+        wait_for("the stray copy dead-lettered", lambda: "no status record" in worker.log(), 10)
     assert list(sent(mails).values()) == [1] and set(sent(mails)) == {task_id}
     store.close()

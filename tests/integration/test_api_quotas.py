@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from tests.support.api import client, running_api
+from tests.support.wait import wait_for
 
 EMAIL = {"to": "ann@example.com", "subject": "Hello", "text": "Hi Ann"}
 
@@ -56,13 +57,13 @@ def test_event_streams_are_capped_per_tenant_and_in_all(limited: str) -> None:
         stop = threading.Event()
         streams = [_open(globex, f"/v1/tasks/{ids[i]}/events", opened, stop) for i in range(2)]
         try:
-            _wait(lambda: len(opened) == 2)
+            wait_for("two streams open", lambda: len(opened) == 2)
             assert all(r.status_code == 200 for r in opened)
             # The tenant's third stream: 429 naming the cap; another tenant's first: admitted (3 in all)
             third = globex.get(f"/v1/tasks/{ids[2]}/events")
             assert third.status_code == 429 and "2 event streams" in third.json()["detail"], third.text
             streams.append(_open(acme, f"/v1/tasks/{acme_id}/events", opened, stop))
-            _wait(lambda: len(opened) == 3)
+            wait_for("the third stream open", lambda: len(opened) == 3)
             assert opened[-1].status_code == 200
             # The server's cap (3) is reached: one more stream from anyone is 503
             over = acme.get(f"/v1/tasks/{acme_id}/events")
@@ -74,7 +75,7 @@ def test_event_streams_are_capped_per_tenant_and_in_all(limited: str) -> None:
             for t in streams:
                 t.join(15)
         # Closed streams give their slots back
-        _wait(lambda: _stream_status(globex, f"/v1/tasks/{ids[2]}/events") == 200, timeout=15)
+        wait_for("a slot given back", lambda: _stream_status(globex, f"/v1/tasks/{ids[2]}/events") == 200, 15)
 
 
 def _open(c: httpx.Client, path: str, opened: list[httpx.Response], stop: threading.Event) -> threading.Thread:
@@ -100,10 +101,3 @@ def _stream_status(c: httpx.Client, path: str) -> int:
     """The status an event stream opens with (the stream itself is closed at once)."""
     with c.stream("GET", path) as r:
         return r.status_code
-
-
-def _wait(probe, timeout: float = 10) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not probe():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)

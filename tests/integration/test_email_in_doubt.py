@@ -11,7 +11,7 @@ import pytest
 from qw_core.store import open_store
 
 from tests.support.smtp import smtp_server
-from tests.support.util import wait_until
+from tests.support.wait import wait_for
 from tests.support.workers import TaskPublisher, running_worker, worker_env
 
 LEASE = 60.0  # the email worker's claim lease at its default SMTP timeout (mail.claim_lease)
@@ -45,7 +45,7 @@ def test_an_email_in_doubt_is_not_sent_again_and_the_task_says_why(rig) -> None:
     with smtp_server() as (port, smtp):
         task_id = pub.publish(msg)
         with running_worker("email", {**env, "QW_SMTP_PORT": port}, tmp):
-            rec = wait_until(lambda: final(store, task_id), 20, what="the task to end")
+            rec = wait_for("the task to end", lambda: final(store, task_id), 20)
         assert smtp.data_attempts == 0  # nothing sent
     assert rec.status == "failed" and "may have been sent" in rec.error and "QW_EMAIL_RESEND_IN_DOUBT" in rec.error
     assert rec.attempts == 1  # at once, not after retries
@@ -58,6 +58,6 @@ def test_with_resend_in_doubt_it_is_sent_once_more(rig) -> None:
     with smtp_server() as (port, smtp):
         task_id = pub.publish(msg)
         with running_worker("email", {**env, "QW_SMTP_PORT": port, "QW_EMAIL_RESEND_IN_DOUBT": "true"}, tmp):
-            rec = wait_until(lambda: final(store, task_id), 20, what="the task to end")
+            rec = wait_for("the task to end", lambda: final(store, task_id), 20)
         assert [m["X-QW-Task-Id"] for m in smtp.messages()] == [task_id]
     assert rec.status == "succeeded"

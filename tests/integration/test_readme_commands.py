@@ -23,7 +23,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.support.util import free_port, http_ok, wait_until
+from tests.support.util import free_port, http_ok
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,7 +79,7 @@ def test_the_try_it_block_runs_as_written_against_make_dev(broker, amqp_url, tmp
     outputs: list[tuple[str, str]] = []
     task_id = ""
     try:
-        wait_until(lambda: http_ok(f"{api}/readyz") or dev.poll() is not None, 90, 0.3, "make dev's API")
+        wait_for("make dev's API", lambda: http_ok(f"{api}/readyz") or dev.poll() is not None, 90, 0.3)
         assert dev.poll() is None, "make dev exited"
         for command in curls:
             assert README_API in command, command
@@ -91,11 +92,11 @@ def test_the_try_it_block_runs_as_written_against_make_dev(broker, amqp_url, tmp
                 task_id = json.loads(out)["task_id"]
         email_id = json.loads(next(o for c, o in outputs if "/v1/emails" in c))["task_id"]
         key = {"Authorization": "Bearer dev-key"}
-        wait_until(
+        wait_for(
+            "the README's email sent",
             lambda: httpx.get(f"{api}/v1/tasks/{email_id}", headers=key).json()["status"] == "succeeded",
             60,
             0.3,
-            "the README's email sent",
         )
     finally:
         dev.send_signal(signal.SIGTERM)
