@@ -14,7 +14,7 @@ from qw_core.settings import ApiSettings
 from qw_core.topology import queue_name
 
 from tests.support.api import client, running_api
-from tests.support.util import wait_until
+from tests.support.wait import wait_for
 from tests.support.workers import running_worker, worker_env
 
 pytestmark = pytest.mark.integration
@@ -40,8 +40,8 @@ def test_a_posted_task_runs_on_a_worker_and_shows_its_result(sdk_api, amqp_url, 
     assert body["status"] == "queued" and body["status_url"].endswith(f"/v1/tasks/{body['task_id']}")
     env = worker_env(amqp_url, settings.database_url, settings.storage_dir, QW_APP=APP)
     with running_worker("inventory", env, tmp_path / "logs"):
-        view = wait_until(
-            lambda: (v := http.get(body["status_url"]).json())["status"] == "succeeded" and v, 20, what="succeeded"
+        view = wait_for(
+            "the task to succeed", lambda: (v := http.get(body["status_url"]).json())["status"] == "succeeded" and v, 20
         )
     expected = {"order_id": "o-7", "reserved": 2, "skus": ["A"]}
     assert view["kind"] == "inventory" and view["result"] == expected

@@ -16,7 +16,8 @@ from qw_core.settings import ClientSettings
 from qw_core.topology import TASKS_EXCHANGE, queue_name
 
 from tests.support import sdk_tasks  # noqa: F401 - registers the kinds, so the client validates them
-from tests.support.util import free_port, wait_until
+from tests.support.util import free_port
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
 ORDER = {"order_id": "o-1", "items": [{"sku": "A", "qty": 1}]}
@@ -82,7 +83,7 @@ def test_one_client_is_shared_by_threads_over_one_connection(client, broker, vho
     def connections():
         return [c for c in broker.api("/api/connections") if c.get("vhost") == vhost]
 
-    conns = wait_until(connections, 10, what="the broker listing the connection")
+    conns = wait_for("the broker listing the connection", connections, 10)
     assert [c["client_properties"]["connection_name"] for c in conns] == ["qw-client"]
 
 
@@ -94,7 +95,11 @@ async def test_enqueue_async_does_not_block_the_event_loop(client):
 def test_a_connection_the_broker_closed_is_replaced_on_the_next_enqueue(client, broker, vhost):
     """An idle producer's connection may be closed (heartbeats missed, a broker restart): the next call reconnects."""
     client.enqueue("inventory", ORDER)
-    [conn] = wait_until(lambda: [c for c in broker.api("/api/connections") if c.get("vhost") == vhost], 20)
+    [conn] = wait_for(
+        "the broker listing the connection",
+        lambda: [c for c in broker.api("/api/connections") if c.get("vhost") == vhost],
+        20,
+    )
     broker.api(f"/api/connections/{urllib.parse.quote(conn['name'], safe='')}", "DELETE")
     time.sleep(0.5)  # the close frame is waiting on the client's socket
     client.enqueue("inventory", ORDER)

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.util import free_port, http_ok, wait_until
+from tests.support.util import free_port, http_ok
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,7 +92,7 @@ def test_the_tutorial_commands_run_as_written(amqp_url, tmp_path):
                 log = tmp_path / f"bg-{len(outputs)}.log"
                 proc = stack.enter_context(background(cmd, env, log))
                 url = f"http://127.0.0.1:{api_port if 'qw_api' in cmd else metrics_port}/readyz"
-                wait_until(lambda p=proc, u=url: p.poll() is not None or http_ok(u), 60, 0.1, f"ready: {cmd}")
+                wait_for(f"ready: {cmd}", lambda p=proc, u=url: p.poll() is not None or http_ok(u), 60, 0.1)
                 assert proc.poll() is None, log.read_text()
                 outputs.append("")
                 continue
@@ -100,7 +101,8 @@ def test_the_tutorial_commands_run_as_written(amqp_url, tmp_path):
             task_id = _task_id(out) or task_id
         _check(outputs, cmds)
         # The task posted over HTTP is run by the worker too: its status ends succeeded, with its result.
-        done = wait_until(lambda: (v := json.loads(run(ran[-1], env)))["status"] == "succeeded" and v, 30, 0.2)
+        probe = lambda: (v := json.loads(run(ran[-1], env)))["status"] == "succeeded" and v  # noqa: E731
+        done = wait_for("the task posted over HTTP to succeed", probe, 30, 0.2)
         assert done["result"] == {"order_id": "o-2", "reserved": 1}
 
 

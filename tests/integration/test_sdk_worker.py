@@ -16,7 +16,7 @@ from qw_core.store import open_store
 from qw_core.topology import H_ATTEMPT, H_ERROR, H_REASON, dead_queue_name, queue_name
 
 from tests.support import sdk_tasks
-from tests.support.util import wait_until
+from tests.support.wait import wait_for
 from tests.support.workers import TaskPublisher, running_worker, worker_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.broker_matrix]  # on RabbitMQ 3.10 and 4.x
@@ -111,7 +111,7 @@ def test_sigterm_mid_task_finishes_the_task_in_hand_and_leaves_the_rest_queued(r
     ids = [sdk_tasks.reserve_stock.send(order_id=f"o-{i}", items=[{"sku": "A", "qty": 1}]) for i in range(3)]
     slow = {**env, "QW_TEST_TASK_DELAY": "2", "QW_PREFETCH": "1", "QW_GRACE_PERIOD": "8"}
     with running_worker("inventory", slow, tmp / "logs") as w:
-        wait_until(lambda: any(client.status(t).status == "processing" for t in ids), 10, what="a task in hand")
+        wait_for("a task in hand", lambda: any(client.status(t).status == "processing" for t in ids), 10)
         w.signal(signal.SIGTERM)
         assert w.wait(10) == 0, w.log()
     [done] = [t for t in ids if client.status(t).status == "succeeded"]
