@@ -177,8 +177,17 @@ class TaskStore:
         return self._execute(sql, (*params, time.time(), task_id)) == 1
 
     def start_attempt(self, task_id: str, attempt: int) -> bool:
-        """Mark processing unless the task already ended. False: finished before (a duplicate)."""
-        return self._advance("status='processing', attempts=?", (attempt,), task_id)
+        """Mark processing unless the task already ended or this delivery is stale. False: a duplicate.
+
+        Stale: a later attempt already began, or this attempt already scheduled its retry (status 'queued' with
+        this attempt): the retry copy carries the task and this is the original, redelivered after a lost ack.
+        The same attempt while 'processing' is let through: its worker died or handed it back mid-attempt.
+        """
+        sql = (
+            f"UPDATE tasks SET status='processing', attempts=?, updated_at=? WHERE task_id=? AND {_NOT_ENDED} "
+            "AND (attempts < ? OR (attempts = ? AND status = 'processing'))"
+        )
+        return self._execute(sql, (attempt, time.time(), task_id, attempt, attempt)) == 1
 
     def succeed(self, task_id: str, result_key: str | None = None, result: str | None = None) -> bool:
         """`result_key`: a file in storage (images); `result`: the JSON text of an SDK task's return value."""

@@ -1,8 +1,9 @@
 """The settle machine, branch by branch (qw_workers.settle's docstring), without a broker.
 
 The channel is a recording fake (it is the seam: tests/integration runs the same machine on a real broker); the
-store is the real SQLite store in memory, wrapped to record its writes and, when asked, to be down. Both write
-into one event list, so the order publish copy -> status write -> ack is asserted, not assumed.
+store is the real SQLite store in memory, wrapped to record its writes and, when asked, to be down (for good or
+for its next N calls). Both, and the backoff's pauses, write into one event list, so each path's order (retry:
+copy -> status -> ack; dead letter: status -> copy -> ack) is asserted, not assumed.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from qw_core.topology import DEAD_EXCHANGE, H_ATTEMPT, H_ERROR, H_REASON, RETRY_
 from qw_workers.context import TaskContext
 from qw_workers.errors import PermanentError, RetryableError
 from qw_workers.middleware import Delivery
-from qw_workers.settle import ConnectionLost, Settler
+from qw_workers.settle import ConnectionLost, Settler, StoreBackoff
 
 TASK_ID = "t1"
 DELAYS = [200, 400]
 Event = tuple[Any, ...]
 STARTED: Event = ("store", "start_attempt")
+PAUSE: Event = ("pause",)
 
 
 class RecordingChannel:
@@ -51,14 +53,19 @@ class RecordingChannel:
 
 
 class RecordingStore(SqliteStore):
-    """The real store in memory; records the status writes, and raises StoreUnavailable for those in `down`."""
+    """The real store in memory; records the status writes, and raises StoreUnavailable for those in `down`, or
+    for the next n calls of those in `down_for` (name -> n)."""
 
     def __init__(self, events: list[Event]) -> None:
         super().__init__(":memory:")
         self.events = events
         self.down: set[str] = set()
+        self.down_for: dict[str, int] = {}
 
     def _write(self, name: str, write: Callable[[], bool]) -> bool:
+        if self.down_for.get(name):
+            self.down_for[name] -= 1
+            raise StoreUnavailable("the database is down")
         if name in self.down:
             raise StoreUnavailable("the database is down")
         self.events.append(("store", name))
@@ -82,7 +89,10 @@ class RecordingStore(SqliteStore):
 
 
 class Rig:
-    """A Settler for email tasks over a recording channel and store; `handler` is what the task body does."""
+    """A Settler for email tasks over a recording channel and store; `handler` is what the task body does.
+
+    The backoff runs on a fake clock that only `pause` moves (jitter off: each wait is the full delay); `pauses`
+    lists the waits, `stopping` makes a pause report that the worker is stopping."""
 
     def __init__(self, tmp_path: Any) -> None:
         self.events: list[Event] = []
@@ -90,11 +100,29 @@ class Rig:
         self.store = RecordingStore(self.events)
         self.handler: Callable[[TaskMessage, TaskContext], str | None] = lambda task, ctx: "results/x.txt"
         self.contexts: list[TaskContext] = []
+        self.now = 0.0
+        self.pauses: list[float] = []
+        self.stopping = False
+        self.backoff = StoreBackoff(clock=lambda: self.now, rand=lambda: 1.0)
         settings = WorkerSettings(max_attempts=3, retry_delays=DELAYS, delivery_limit=4)
         ticks = count()
         self.settler = Settler(
-            "email", self._run_handler, settings, self.store, LocalStorage(tmp_path), self.channel, lambda: next(ticks)
+            "email",
+            self._run_handler,
+            settings,
+            self.store,
+            LocalStorage(tmp_path),
+            self.channel,
+            lambda: next(ticks),
+            self.backoff,
+            self._pause,
         )
+
+    def _pause(self, seconds: float) -> bool:
+        self.events.append(PAUSE)
+        self.pauses.append(seconds)
+        self.now += seconds
+        return self.stopping
 
     def _run_handler(self, task: TaskMessage, ctx: TaskContext) -> str | None:
         self.contexts.append(ctx)
@@ -201,7 +229,7 @@ def test_any_other_exception_counts_as_retryable(rig):
     assert rig.settler.settle(delivery()).outcome == "retried"
 
 
-def test_last_attempt_failing_is_dead_lettered_as_exhausted_and_marked_dead(rig):
+def test_last_attempt_failing_is_marked_dead_then_dead_lettered_as_exhausted(rig):
     rig.queued()
     rig.handler = raises(RetryableError("451"))
     result = rig.settler.settle(delivery(**{H_ATTEMPT: 2}))
@@ -209,20 +237,20 @@ def test_last_attempt_failing_is_dead_lettered_as_exhausted_and_marked_dead(rig)
     assert (result.outcome, result.attempt, result.reason, result.error) == ("dead", 3, "exhausted", error)
     assert rig.events == [
         STARTED,
-        dead_copy("exhausted", error, 3),
         ("store", "finish_failed"),
+        dead_copy("exhausted", error, 3),
         ("ack", 7),
     ]
     assert rig.status() == ("dead", 3, error)
 
 
-def test_permanent_error_is_dead_lettered_at_once_and_marked_failed(rig):
+def test_permanent_error_is_marked_failed_then_dead_lettered_at_once(rig):
     rig.queued()
     rig.handler = raises(PermanentError("550 no such user"))
     result = rig.settler.settle(delivery())
     error = "PermanentError: 550 no such user"
     assert (result.outcome, result.reason, result.error) == ("failed", "permanent", error)
-    assert rig.events == [STARTED, dead_copy("permanent", error, 1), ("store", "finish_failed"), ("ack", 7)]
+    assert rig.events == [STARTED, ("store", "finish_failed"), dead_copy("permanent", error, 1), ("ack", 7)]
     assert rig.status() == ("failed", 1, error)
 
 
@@ -256,7 +284,7 @@ def test_a_task_with_no_status_record_is_dead_lettered_as_permanent(rig):
 
 
 @pytest.mark.parametrize(("deliveries", "outcome"), [(3, "succeeded"), (4, "dead"), (9, "dead")])
-def test_the_last_delivery_the_queue_allows_is_dead_lettered_before_running(rig, deliveries, outcome):
+def test_the_last_delivery_the_queue_allows_is_marked_dead_and_dead_lettered_before_running(rig, deliveries, outcome):
     """Given a task whose earlier deliveries all died with their workers (x-delivery-count at the limit of 4), when
     it comes again, then it is dead-lettered and marked dead instead of run: the broker would drop it otherwise."""
     rig.queued()
@@ -265,7 +293,7 @@ def test_the_last_delivery_the_queue_allows_is_dead_lettered_before_running(rig,
     if outcome == "dead":
         error = "the task was delivered 4 times without finishing"
         assert (result.reason, result.error) == ("delivery-limit", error)
-        assert rig.events == [dead_copy("delivery-limit", error, 1), ("store", "finish_failed"), ("ack", 7)]
+        assert rig.events == [("store", "finish_failed"), dead_copy("delivery-limit", error, 1), ("ack", 7)]
         assert rig.status() == ("dead", 1, error) and rig.contexts == []
 
 
@@ -295,7 +323,7 @@ def test_an_undecodable_body_is_dead_lettered_and_marked_failed(rig, body, error
     result = rig.settler.settle(delivery(body))
     assert (result.outcome, result.task_id, result.attempt, result.reason) == ("failed", TASK_ID, 1, "undecodable")
     assert result.error.startswith(error_start)
-    assert rig.events == [dead_copy("undecodable", result.error, 1), ("store", "finish_failed"), ("ack", 7)]
+    assert rig.events == [("store", "finish_failed"), dead_copy("undecodable", result.error, 1), ("ack", 7)]
     assert rig.status() == ("failed", 1, result.error)
 
 
@@ -315,35 +343,191 @@ def test_an_undecodable_body_is_acked_even_when_the_store_is_down(rig):
     assert rig.status() == ("queued", 0, None)
 
 
-# --- the store or the broker failed while settling -----------------------------------------------------
+# --- the store failed while settling ----------------------------------------------------------------------
+
+DOWN = "StoreUnavailable: the database is down"
+
+
+def test_store_down_before_the_task_ran_hands_it_back_after_the_backoff(rig):
+    """Given the store is down when the attempt would start, then nothing ran and the message goes back only after
+    the backoff's first wait (no hot loop)."""
+    rig.queued()
+    rig.store.down.add("start_attempt")
+    result = rig.settler.settle(delivery())
+    assert (result.outcome, result.reason, result.error) == ("requeued", None, DOWN)
+    assert rig.events == [PAUSE, ("requeue", 7)]
+    assert rig.pauses == [0.5] and rig.backoff.down
+    assert rig.status() == ("queued", 0, None) and rig.contexts == []
+
+
+def test_the_handlers_own_store_call_failing_is_an_outage_not_a_failed_attempt(rig):
+    """Given the email handler's claim cannot reach the store, then no retry copy and no status change: the message
+    is handed back after the backoff and the attempt is tried again as the same attempt."""
+    rig.queued()
+    rig.handler = raises(StoreUnavailable("the database is down"))
+    result = rig.settler.settle(delivery())
+    assert (result.outcome, result.error) == ("requeued", DOWN)
+    assert rig.events == [STARTED, PAUSE, ("requeue", 7)]
+    assert rig.status() == ("processing", 1, None)
+    again = rig.settler.settle(delivery(**{"x-delivery-count": 1}))  # the same attempt comes back
+    assert again.outcome == "requeued" and rig.status() == ("processing", 1, None)
 
 
 @pytest.mark.parametrize(
-    ("down", "handler", "before"),
+    ("handler", "write", "outcome", "after"),
     [
-        ("start_attempt", None, []),
-        ("succeed", None, [STARTED]),
-        ("schedule_retry", raises(RetryableError("451")), [STARTED, ("publish", RETRY_EXCHANGE)]),
-        ("finish_failed", raises(PermanentError("550")), [STARTED, ("publish", DEAD_EXCHANGE)]),
+        (None, "succeed", "succeeded", []),
+        (raises(PermanentError("550")), "finish_failed", "failed", [("publish", DEAD_EXCHANGE)]),
+        (raises(RetryableError("451")), "finish_failed", "dead", [("publish", DEAD_EXCHANGE)]),
     ],
 )
-def test_store_down_hands_the_message_back(rig, down, handler, before):
-    """Given the store goes down at any status write, then the message is requeued (not acked) to be tried later."""
+def test_an_outcome_write_is_held_and_retried_after_each_backoff_not_handed_back(rig, handler, write, outcome, after):
+    """Given the task reached its outcome and the store is down for the next two tries of its write, then the
+    message is held (no requeue, the handler does not run again), the write is retried after 0.5 s and 1 s, and
+    the dead-letter copy (if any) comes only after the status: never a copy for a message that may come back."""
     rig.queued()
-    rig.store.down.add(down)
     rig.handler = handler or rig.handler
+    rig.store.down_for[write] = 2
+    result = rig.settler.settle(delivery(**{H_ATTEMPT: 2}))
+    assert result.outcome == outcome
+    assert [e[:2] for e in rig.events] == [STARTED, PAUSE, PAUSE, ("store", write), *after, ("ack", 7)]
+    assert rig.pauses == [0.5, 1.0] and len(rig.contexts) == 1
+    assert rig.status()[0] == outcome and not rig.backoff.down  # the write that got through reset the backoff
+
+
+def test_the_last_delivery_is_never_handed_back_while_the_store_is_down(rig):
+    """Given the delivery the quorum queue allows last and the store down for three tries, then it is held until
+    the status is written (handing it back would let the broker drop it with the status left behind)."""
+    rig.queued()
+    rig.store.down_for["finish_failed"] = 3
+    result = rig.settler.settle(delivery(**{"x-delivery-count": 4}))
+    assert (result.outcome, result.reason) == ("dead", "delivery-limit")
+    assert [e[:2] for e in rig.events] == [PAUSE, PAUSE, PAUSE, ("store", "finish_failed"), ("publish", DEAD_EXCHANGE),
+                                           ("ack", 7)]  # fmt: skip
+    assert rig.pauses == [0.5, 1.0, 2.0]
+    assert rig.status()[0] == "dead"
+
+
+@pytest.mark.parametrize(
+    ("headers", "handler", "before"),
+    [({"x-delivery-count": 4}, None, []), ({}, raises(PermanentError("550")), [STARTED])],
+)
+def test_a_held_message_goes_back_without_a_dead_letter_when_the_worker_stops(rig, headers, handler, before):
+    """Given the store is down at a dead/failed write and the worker is stopping, then the message is handed back
+    and no dead-letter copy exists: the broker keeps (or, at the limit, dead-letters) the only copy."""
+    rig.queued()
+    rig.handler = handler or rig.handler
+    rig.store.down.add("finish_failed")
+    rig.stopping = True
+    result = rig.settler.settle(delivery(**headers))
+    assert (result.outcome, result.error) == ("requeued", DOWN)
+    assert rig.events == [*before, PAUSE, PAUSE, ("requeue", 7)]
+    assert not any(e[0] == "publish" for e in rig.events)
+
+
+def test_a_retry_copy_confirmed_is_never_followed_by_a_requeue_even_if_its_status_write_fails(rig):
+    """Given the retry copy is confirmed and the store is down for `schedule_retry`, then the original is acked
+    (the copy carries the task; a requeue would leave two live copies) and the status says processing until the
+    copy starts."""
+    rig.queued()
+    rig.store.down.add("schedule_retry")
+    rig.handler = raises(RetryableError("451"))
     result = rig.settler.settle(delivery())
-    assert (result.outcome, result.reason, result.error) == ("requeued", None, "StoreUnavailable: the database is down")
-    assert [e[:2] for e in rig.events] == [*before, ("requeue", 7)]
+    assert result.outcome == "retried"
+    assert [e[:2] for e in rig.events] == [STARTED, ("publish", RETRY_EXCHANGE), ("ack", 7)]
+    assert rig.status() == ("processing", 1, None) and rig.backoff.down
+    rig.store.down.clear()
+    rig.handler = lambda task, ctx: "results/x.txt"
+    retried = rig.settler.settle(delivery(**{H_ATTEMPT: 1}))  # the copy, after its delay
+    assert retried.outcome == "succeeded" and rig.status() == ("succeeded", 2, None)
 
 
-def test_a_copy_the_broker_refuses_hands_the_message_back_without_a_status_write(rig):
+def test_while_the_store_rests_a_new_delivery_waits_for_the_backoff_before_touching_it(rig):
+    """Given another thread saw the store fail (the backoff is shared), when a delivery comes, then it is held
+    for what is left of the wait before its first store call, and the call that succeeds resets the backoff."""
+    rig.queued()
+    assert rig.backoff.failed() == 0.5
+    rig.now += 0.2
+    result = rig.settler.settle(delivery())
+    assert result.outcome == "succeeded"
+    assert rig.events == [PAUSE, STARTED, ("store", "succeed"), ("ack", 7)]
+    assert rig.pauses == [pytest.approx(0.3)] and not rig.backoff.down
+
+
+def test_a_stop_while_waiting_for_the_store_hands_the_delivery_back_untouched(rig):
+    rig.queued()
+    rig.backoff.failed()
+    rig.stopping = True
+    assert rig.settler.settle(delivery()).outcome == "requeued"
+    assert rig.events == [PAUSE, ("requeue", 7)] and rig.status() == ("queued", 0, None)
+
+
+def test_the_backoff_doubles_per_failure_up_to_its_cap_and_a_success_resets_it():
+    heard: list[bool] = []
+    backoff = StoreBackoff(base=0.5, cap=30.0, clock=lambda: 100.0, rand=lambda: 1.0, listener=heard.append)
+    assert not backoff.down and backoff.remaining() == 0
+    assert [backoff.failed() for _ in range(9)] == [0.5, 1, 2, 4, 8, 16, 30, 30, 30]
+    assert backoff.down and backoff.remaining() == 30
+    backoff.succeeded()
+    backoff.succeeded()  # only the first success after a failure is news
+    assert not backoff.down and backoff.remaining() == 0 and backoff.failed() == 0.5
+    assert heard == [False] * 9 + [True, False]
+    jittered = StoreBackoff(rand=lambda: 0.0)
+    assert jittered.failed() == 0.25  # full jitter in [d/2, d]
+
+
+# --- stale and racing deliveries ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("made", "headers", "outcome"),
+    [
+        ("retry recorded", {}, "duplicate"),  # the original after a lost ack: its retry copy carries the task
+        ("retry started", {}, "duplicate"),  # a later attempt began
+        ("crashed mid-attempt", {}, "succeeded"),  # the same attempt, still processing: run it again
+        ("retry recorded", {H_ATTEMPT: 1}, "succeeded"),  # the retry copy itself
+    ],
+)
+def test_a_stale_delivery_of_an_earlier_attempt_is_a_duplicate(rig, made, headers, outcome):
+    rig.queued()
+    SqliteStore.start_attempt(rig.store, TASK_ID, 1)
+    if made in ("retry recorded", "retry started"):
+        SqliteStore.schedule_retry(rig.store, TASK_ID, 1, "451")
+    if made == "retry started":
+        SqliteStore.start_attempt(rig.store, TASK_ID, 2)
+    rig.events.clear()
+    result = rig.settler.settle(delivery(**headers))
+    assert result.outcome == outcome
+    assert (rig.contexts == []) == (outcome == "duplicate")
+
+
+def test_a_dead_end_that_finds_the_task_already_ended_is_not_dead_lettered(rig):
+    """Given two copies of one task, when this one fails for good after the other succeeded, then it is a
+    duplicate: no dead letter for a task that succeeded."""
+    rig.queued()
+
+    def failed_after_the_other_succeeded(task: TaskMessage, ctx: TaskContext) -> str:
+        SqliteStore.succeed(rig.store, TASK_ID, "results/other.txt")
+        raise PermanentError("550")
+
+    rig.handler = failed_after_the_other_succeeded
+    result = rig.settler.settle(delivery())
+    assert result.outcome == "duplicate" and result.reason is None
+    assert rig.events == [STARTED, ("store", "finish_failed"), ("ack", 7)]
+    assert rig.status()[0] == "succeeded"
+
+
+# --- the broker failed while settling -------------------------------------------------------------------
+
+
+def test_a_copy_the_broker_refuses_hands_the_message_back_after_a_delay_without_a_status_write(rig):
     rig.queued()
     rig.channel.fail["publish"] = RuntimeError("nacked")
     rig.handler = raises(RetryableError("451"))
     result = rig.settler.settle(delivery())
     assert (result.outcome, result.error) == ("requeued", "RuntimeError: nacked")
-    assert rig.events == [STARTED, ("requeue", 7)]
+    assert rig.events == [STARTED, PAUSE, ("requeue", 7)]
+    assert rig.pauses == [0.5]
     assert rig.status()[0] == "processing"
 
 
@@ -353,6 +537,7 @@ def test_a_copy_the_broker_refuses_hands_the_message_back_without_a_status_write
         ("ack", None, [STARTED, ("store", "succeed")]),
         ("publish", raises(RetryableError("451")), [STARTED]),
         ("ack", raises(RetryableError("451")), [STARTED, ("publish", RETRY_EXCHANGE), ("store", "schedule_retry")]),
+        ("publish", raises(PermanentError("550")), [STARTED, ("store", "finish_failed")]),
     ],
 )
 def test_a_lost_connection_propagates_and_nothing_more_is_done(rig, call, handler, said):
@@ -368,5 +553,5 @@ def test_a_lost_connection_propagates_and_nothing_more_is_done(rig, call, handle
 def test_a_lost_connection_while_dead_lettering_an_undecodable_body_propagates(rig):
     rig.channel.fail["publish"] = ConnectionLost("connection closed")
     with pytest.raises(ConnectionLost):
-        rig.settler.settle(delivery(b"not json"))
+        rig.settler.settle(delivery(b"not json", message_id=None))
     assert rig.events == []

@@ -106,3 +106,18 @@ def test_task_log_line_names_the_task_and_says_why_in_plain_text(result, line, c
     assert record.getMessage() == line
     fields = (record.task_id, getattr(record, "reason", None), getattr(record, "error", None))  # type: ignore[attr-defined]
     assert fields == (result.task_id or "m1", result.reason, result.error)
+
+
+def test_store_outage_metrics_count_each_failure_and_show_the_store_down_until_a_success():
+    reg = CollectorRegistry()
+    metrics = WorkerMetrics("image", reg)
+    get = reg.get_sample_value
+    assert get("queueworker_worker_store_unavailable_total", {"kind": "image"}) == 0
+    assert get("queueworker_worker_store_up", {"kind": "image"}) == 1
+    assert get("queueworker_worker_tasks_processed_total", {"kind": "image", "outcome": "requeued"}) == 0
+    metrics.store_event(False)
+    metrics.store_event(False)
+    assert get("queueworker_worker_store_unavailable_total", {"kind": "image"}) == 2
+    assert get("queueworker_worker_store_up", {"kind": "image"}) == 0
+    metrics.store_event(True)
+    assert get("queueworker_worker_store_up", {"kind": "image"}) == 1

@@ -1,8 +1,9 @@
 """Prometheus metrics of a worker: namespace `queueworker`, subsystem `worker`, base units, bounded labels.
 
 Labels are the task kind (image|email, or an SDK kind: the kinds of the deployed task module), the outcome
-(succeeded|retried|failed|dead|duplicate) and the dead-letter reason (undecodable|permanent|exhausted, created at
-zero; delivery-limit and an SDK kind's invalid-payload appear when first counted): never task ids or tenants.
+(succeeded|retried|failed|dead|duplicate|requeued) and the dead-letter reason
+(undecodable|permanent|exhausted|delivery-limit, and an SDK kind's invalid-payload from its first count): never task
+ids or tenants.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 NS, SUB = "queueworker", "worker"
 _KIND = ["kind"]
-OUTCOMES = ("succeeded", "retried", "failed", "dead", "duplicate")
-REASONS = ("undecodable", "permanent", "exhausted")
+OUTCOMES = ("succeeded", "retried", "failed", "dead", "duplicate", "requeued")
+REASONS = ("undecodable", "permanent", "exhausted", "delivery-limit")
 
 
 class WorkerMetrics:
@@ -35,6 +36,13 @@ class WorkerMetrics:
         self.dead_letters = Counter("dead_letters", "Dead-lettered messages", [*_KIND, "reason"], **on)
         self.last_success = Gauge("last_success_timestamp_seconds", "Unix time of the last succeeded task", _KIND, **on)
         self.connected = Gauge("broker_connected", "1 when connected and consuming", _KIND, **on)
+        self.store_errors = Counter(
+            "store_unavailable",
+            "Store calls that failed because the store was unreachable (each backs off)",
+            _KIND,
+            **on,
+        )
+        self.store_up = Gauge("store_up", "0 from a failed store call until one succeeds", _KIND, **on)
         # Initialise every bounded series so dashboards and rate() see zeros, not gaps.
         for outcome in OUTCOMES:
             self.tasks.labels(kind, outcome)
@@ -43,3 +51,11 @@ class WorkerMetrics:
         self.retries.labels(kind)
         self.in_progress.labels(kind)
         self.connected.labels(kind).set(0)
+        self.store_errors.labels(kind)
+        self.store_up.labels(kind).set(1)
+
+    def store_event(self, up: bool) -> None:
+        """settle.StoreBackoff's listener: a failed store call (False) or the first success after one (True)."""
+        if not up:
+            self.store_errors.labels(self.kind).inc()
+        self.store_up.labels(self.kind).set(1 if up else 0)

@@ -3,7 +3,9 @@
 The I/O thread only does AMQP: it receives deliveries and hands them to the pool, and it runs whatever
 the worker threads ask of it (publish with confirms, ack, nack) through qw_workers.bridge, so heartbeats keep
 flowing however long a task runs and the connection is only touched from its thread. A worker thread settles
-its delivery through qw_workers.settle (publish retry/dead copy (confirmed) -> status write -> ack).
+its delivery through qw_workers.settle (the order of each path is in its docstring). While the store is down the
+settle backoff holds deliveries (no new ones come beyond the prefetch) and /readyz says not ready; a background
+ping (at most once per backoff) notices the store is back when no delivery does.
 Deliveries carry the connection generation; after a reconnect, stale tags are never acked (the broker
 redelivers those messages, and the store turns the repeat into a duplicate).
 On a cluster each (re)connect tries the nodes in qw_core.brokers' order (per-process random, the node just lost
@@ -32,9 +34,9 @@ from qw_core.topology import Topology, build_topology, declare_with_pika, queue_
 
 from qw_workers.bridge import IoBridge
 from qw_workers.context import Handler
-from qw_workers.middleware import Delivery, Middleware
+from qw_workers.middleware import Delivery, MetricsMiddleware, Middleware
 from qw_workers.policy import describe, reconnect_delay
-from qw_workers.settle import ConnectionLost, Settler
+from qw_workers.settle import ConnectionLost, Settler, StoreBackoff
 
 log = logging.getLogger("qw_workers.runtime")
 
@@ -63,11 +65,26 @@ class Worker:
         self.settings = settings
         self.middleware = list(middleware)
         self._bridge = IoBridge()
-        self._settler = Settler(kind, handler, settings, store, storage, self._bridge, policy=policy or RetryPolicy())
+        self._stop = threading.Event()
+        self.store = store
+        # The store's ups and downs reach the metrics middleware's registry (qw_workers.metrics.store_event).
+        self._store_listeners = [m.m.store_event for m in self.middleware if isinstance(m, MetricsMiddleware)]
+        self.store_backoff = StoreBackoff(listener=self._store_event)
+        self._probing = threading.Lock()  # one background store ping at a time
+        self._settler = Settler(
+            kind,
+            handler,
+            settings,
+            store,
+            storage,
+            self._bridge,
+            backoff=self.store_backoff,
+            pause=self._stop.wait,
+            policy=policy or RetryPolicy(),
+        )
         delays = {kind: self._settler.retry_policy.delays_ms or settings.retry_delays}
         declared = tuple(dict.fromkeys((*kinds, kind)))
         self.topology: Topology = build_topology(declared, settings.retry_delays, settings.delivery_limit, delays)
-        self._stop = threading.Event()
         self._ready = threading.Event()
         self._lock = threading.Lock()  # guards _inflight
         self._inflight = 0
@@ -88,7 +105,33 @@ class Worker:
 
     @property
     def ready(self) -> bool:
+        """Consuming, not stopping, and the store answering: a worker that cannot record anything is not ready
+        (/readyz 503; /healthz stays 200, a restart would not bring the store back)."""
+        if self.store_backoff.down:
+            self._probe_store()
+            return False
         return self._ready.is_set() and not self._stop.is_set()
+
+    def _store_event(self, up: bool) -> None:
+        for hear in self._store_listeners:
+            hear(up)
+
+    def _probe_store(self) -> None:
+        """The store was down: once its backoff is over, ping it on a thread of its own (a ping may take the
+        pool's timeout), so an idle worker also notices it is back."""
+        if self.store_backoff.remaining() > 0 or not self._probing.acquire(blocking=False):
+            return
+
+        def ping() -> None:
+            try:
+                if self.store.ping():
+                    self.store_backoff.succeeded()
+                else:
+                    self.store_backoff.failed()
+            finally:
+                self._probing.release()
+
+        threading.Thread(target=ping, name=f"qw-{self.kind}-store-ping", daemon=True).start()
 
     @property
     def inflight(self) -> int:

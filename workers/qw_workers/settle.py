@@ -1,24 +1,44 @@
 """Settling one delivery: run its task and decide, in the right order, what the broker and the store are told.
 
 This is the worker's state machine, kept apart from pika so that every path is tested without a broker. It
-speaks to the broker only through a `Channel` (ack, requeue, publish a confirmed copy) and to the status store,
-and always in the order publish the retry/dead copy (confirmed) -> status write -> ack: a message is acked only
-once nothing about it can be lost. The branches, by the `Result.outcome` they return:
+speaks to the broker only through a `Channel` (ack, requeue, publish a confirmed copy) and to the status store.
+Every path ends in exactly one final state, whichever step fails; the orders, by the `Result.outcome` they return:
 
-- undecodable body, or a task of another kind: dead-letter it ("undecodable"), mark it failed if the message
-  has an id (best effort: a store that is down must not keep a poison message alive), ack -> `failed`;
-- the last delivery the quorum queue allows (x-delivery-count at the limit): every earlier delivery died with
-  its worker, so dead-letter it ("delivery-limit") and mark it dead before the broker drops it -> `dead`;
-- the task already ended (start_attempt refused): ack -> `duplicate`; with no status record at all,
-  dead-letter it ("permanent") -> `failed`;
-- the handler returned: mark it succeeded, ack -> `succeeded`; if another delivery of the same task finished
-  first, ack -> `duplicate`;
-- the handler raised and attempts are left: publish a copy to the retry delay queue, mark it queued, ack ->
-  `retried`; no attempts left: dead-letter ("exhausted"), mark dead -> `dead`; PermanentError: dead-letter
-  ("permanent"), mark failed -> `failed`;
-- a status write (store down) or a copy's publish failed: hand the message back (requeue) -> `requeued`;
+- the handler returned: mark it succeeded (held, see below), ack -> `succeeded`; if another delivery of the same
+  task finished first, ack -> `duplicate`;
+- the handler raised and attempts are left: publish a copy to the retry delay queue (confirmed), mark it queued
+  (best effort), ack -> `retried`. Once the copy is confirmed it carries the task, so the original is acked
+  whatever the store says, never handed back (that was two live copies); a status write that failed leaves
+  'processing' until the copy starts. If the copy is refused, nothing was written: hand the original back;
+- no attempts left: mark it dead (held), dead-letter it ("exhausted"), ack -> `dead`; PermanentError: the same
+  with "permanent" and `failed`. Status before the dead-letter copy: a store that is down means no copy yet, so a
+  message handed back is never dead-lettered twice. The trade-off: if the broker refuses or loses the copy after
+  the status is written, the redelivery finds the task ended and acks it as a duplicate; the status row (with the
+  error) is the record, the dead-letter queue may miss that one copy. Never two copies, never a lost status;
+- the last delivery the quorum queue allows (x-delivery-count at the limit): every earlier delivery died with its
+  worker or was handed back, so it is not run: mark it dead (held), dead-letter it ("delivery-limit"), ack ->
+  `dead`. It is never handed back while the store is down (the broker would drop it behind our back, the status
+  left 'processing'); only a worker stopped mid-outage hands it back, and then the broker dead-letters it itself
+  (x-death: delivery_limit), the one case whose status stays behind (see RELIABILITY.md);
+- the task already ended, or this delivery is stale (start_attempt refused: a later attempt began, or this one's
+  retry copy was recorded): ack -> `duplicate`; with no status record at all, dead-letter it ("permanent") ->
+  `failed`; a dead/failed write that finds the task already ended (another copy finished it) acks -> `duplicate`,
+  no dead letter;
+- undecodable body, or a task of another kind: mark it failed if the message has an id (best effort: a store
+  that is down must not keep a poison message alive), dead-letter it ("undecodable"), ack -> `failed`;
+- the store is down before the task ran (start_attempt, a status read) or the handler's own store call raised
+  StoreUnavailable: nothing irreversible is recorded, so wait the shared backoff, then hand the message back
+  (requeue) -> `requeued`; it does not count as a failed attempt;
+- the store is down at a write that records an outcome already reached ("held": succeeded, dead, failed): the
+  message is held and the write retried after each backoff (rerunning the handler would redo its work, and an
+  email's send would be in doubt); if the worker stops meanwhile it is handed back -> `requeued`;
+- a copy the broker refused (not a lost connection): wait a short delay, hand the message back -> `requeued`;
 - the channel raised ConnectionLost: it propagates; the broker redelivers the message and the store turns
   the repeat into a duplicate.
+
+The backoff (`StoreBackoff`) is one per worker, shared by its threads: exponential with jitter (0.5 s doubling to
+30 s), reset by the first store call that succeeds. While it runs, a thread about to start a new delivery waits
+for it first, so the deliveries the worker holds (its prefetch) stay held and no new ones come in.
 
 SDK task kinds plug in here as `Handler`s: a kind needs nothing but a handler and a `Settler` built for it.
 """
@@ -26,23 +46,27 @@ SDK task kinds plug in here as `Handler`s: a kind needs nothing but a handler an
 from __future__ import annotations
 
 import logging
+import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol, TypeVar
 
 from qw_core.messages import TaskMessage
 from qw_core.registry import RetryPolicy
 from qw_core.settings import WorkerSettings
 from qw_core.storage import LocalStorage
-from qw_core.store import TaskStore
+from qw_core.store import StoreUnavailable, TaskStore
 from qw_core.topology import DEAD_EXCHANGE, H_ATTEMPT, H_ERROR, H_REASON, RETRY_EXCHANGE, retry_routing_key
 
 from qw_workers.context import Handler, Output, TaskContext
 from qw_workers.middleware import Delivery, Result
-from qw_workers.policy import attempt_of, decide_failure, describe
+from qw_workers.policy import attempt_of, decide_failure, describe, reconnect_delay
 
 log = logging.getLogger("qw_workers.settle")
+T = TypeVar("T")
+REFUSED_COPY_DELAY = 0.5  # before handing back a message whose copy the broker refused (not a store outage)
 
 
 class ConnectionLost(Exception):
@@ -61,6 +85,63 @@ class Channel(Protocol):
         ...
 
 
+class StoreBackoff:
+    """How long the store is left alone after it failed; one per worker, shared by its threads (thread-safe).
+
+    Each failure doubles the wait (jittered, `base` to `cap` seconds, policy.reconnect_delay); the first store call
+    that succeeds resets it. `listener(up)` hears every failure (False) and each recovery (True), e.g. metrics.
+    """
+
+    def __init__(
+        self,
+        base: float = 0.5,
+        cap: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        rand: Callable[[], float] = random.random,
+        listener: Callable[[bool], None] | None = None,
+    ) -> None:
+        self.base, self.cap = base, cap
+        self._clock, self._rand, self._listener = clock, rand, listener
+        self._lock = threading.Lock()
+        self._failures = 0
+        self._until = 0.0
+
+    def failed(self) -> float:
+        """The store just failed: returns how long to wait before touching it (or the message) again."""
+        with self._lock:
+            self._failures += 1
+            delay = reconnect_delay(self._failures, self.base, self.cap, self._rand)
+            self._until = max(self._until, self._clock() + delay)
+        if self._listener:
+            self._listener(False)
+        return delay
+
+    def succeeded(self) -> None:
+        with self._lock:
+            was_down, self._failures, self._until = self._failures > 0, 0, 0.0
+        if was_down and self._listener:
+            self._listener(True)
+
+    @property
+    def down(self) -> bool:
+        """The last store call failed and none has succeeded since."""
+        with self._lock:
+            return self._failures > 0
+
+    def remaining(self) -> float:
+        """Seconds until the store may be tried again (0 when it is up or the wait is over)."""
+        with self._lock:
+            return max(0.0, self._until - self._clock()) if self._failures else 0.0
+
+
+class _StoreDown(Exception):
+    """A store call failed; `delay` is the backoff to wait before the message or the store is touched again."""
+
+    def __init__(self, cause: BaseException, delay: float) -> None:
+        super().__init__(describe(cause))
+        self.delay = delay
+
+
 class _Settled(NamedTuple):
     """A branch's verdict; `Settler.settle` adds the attempt and the duration to make the `Result`."""
 
@@ -70,12 +151,20 @@ class _Settled(NamedTuple):
     error: str | None = None
 
 
+def _sleep(seconds: float) -> bool:
+    time.sleep(seconds)
+    return False
+
+
 @dataclass(frozen=True)
 class Settler:
-    """Settles the deliveries of one task kind; one instance serves every worker thread (it keeps no state).
+    """Settles the deliveries of one task kind; one instance serves every worker thread (its only state is the
+    shared `backoff`).
 
-    `clock` times the task for `Result.duration_s` (tests pass a fake one). `policy`: the kind's own retry policy
-    (SDK kinds); its unset parts come from the settings (QW_MAX_ATTEMPTS, QW_RETRY_DELAYS).
+    `clock` times the task for `Result.duration_s` (tests pass a fake one). `pause(seconds)` waits and returns True
+    when the worker is stopping (then a held message is handed back at once); the runtime passes its stop event's
+    `wait`. `policy`: the kind's own retry policy (SDK kinds); its unset parts come from the settings
+    (QW_MAX_ATTEMPTS, QW_RETRY_DELAYS).
     """
 
     kind: str
@@ -85,6 +174,8 @@ class Settler:
     storage: LocalStorage
     channel: Channel
     clock: Callable[[], float] = time.monotonic
+    backoff: StoreBackoff = field(default_factory=StoreBackoff)
+    pause: Callable[[float], bool] = _sleep
     policy: RetryPolicy = field(default_factory=RetryPolicy)
 
     @property
@@ -111,47 +202,63 @@ class Settler:
         return task
 
     def _undecodable(self, d: Delivery, attempt: int, error: str) -> _Settled:
-        self._dead_letter(d, "undecodable", error, attempt)
         if d.message_id:
             self._best_effort(lambda: self.store.finish_failed(str(d.message_id), "failed", error, attempt))
+        self._dead_letter(d, "undecodable", error, attempt)
         self.channel.ack(d)
         return _Settled("failed", d.message_id, "undecodable", error)
 
     def _run(self, d: Delivery, task_id: str, attempt: int, task: TaskMessage) -> _Settled:
-        """Any failure to write the status or publish a copy hands the message back to be tried again later."""
+        """A store outage hands the message back after the backoff; so does a copy the broker refused."""
+        wait = self.backoff.remaining()
+        if wait and self.pause(wait):  # the store is resting: hold this delivery, take no new one
+            self.channel.requeue(d)
+            return _Settled("requeued", task_id, error="the worker is stopping and the store is down")
         try:
             return self._attempt(d, task_id, attempt, task)
         except ConnectionLost:
             raise
+        except _StoreDown as down:
+            log.warning(
+                "the store is down (%s); handing the task back in %.1fs",
+                down,
+                down.delay,
+                extra={"task_id": task_id, "kind": self.kind},
+            )
+            self.pause(down.delay)
+            self.channel.requeue(d)
+            return _Settled("requeued", task_id, error=str(down))
         except Exception as exc:
             log.exception("could not settle the task; requeueing it", extra={"task_id": task_id, "kind": self.kind})
+            self.pause(REFUSED_COPY_DELAY)
             self.channel.requeue(d)
             return _Settled("requeued", task_id, error=describe(exc))
 
     def _attempt(self, d: Delivery, task_id: str, attempt: int, task: TaskMessage) -> _Settled:
         if self.last_delivery(d):
-            # Every earlier delivery died with its worker (crash loop, OOM kill). If this one dies too the
-            # broker dead-letters it behind our back and the status would say "processing" for ever.
+            # Every earlier delivery died with its worker (crash loop, OOM kill) or was handed back. If this one
+            # goes back too, the broker dead-letters it behind our back and the status says "processing" for ever.
             error = f"the task was delivered {self.settings.delivery_limit} times without finishing"
-            self._dead_letter(d, "delivery-limit", error, attempt)
-            self.store.finish_failed(task_id, "dead", error, attempt)
-            self.channel.ack(d)
-            return _Settled("dead", task_id, "delivery-limit", error)
-        if not self.store.start_attempt(task_id, attempt):
+            return self._dead(d, task_id, attempt, "dead", "delivery-limit", error)
+        if not self._store(lambda: self.store.start_attempt(task_id, attempt)):
             return self._not_started(d, task_id, attempt)
         try:
             output = self.handler(task, self._context(task_id, attempt))
+        except StoreUnavailable as exc:  # the handler's own store call: an outage, not a failed attempt
+            raise _StoreDown(exc, self.backoff.failed()) from exc
         except Exception as exc:
             return self._failed(d, task_id, attempt, exc)
         out = output if isinstance(output, Output) else Output(result_key=output)
         # False: another delivery of the same task finished first (it ran side by side with this one).
-        outcome = "succeeded" if self.store.succeed(task_id, out.result_key, out.result) else "duplicate"
+        outcome = (
+            "succeeded" if self._held(lambda: self.store.succeed(task_id, out.result_key, out.result)) else "duplicate"
+        )
         self.channel.ack(d)
         return _Settled(outcome, task_id)
 
     def _not_started(self, d: Delivery, task_id: str, attempt: int) -> _Settled:
-        """The store refused to start it: it already ended (a duplicate), or it was never recorded."""
-        if self.store.get(task_id) is None:
+        """The store refused it: it already ended or this delivery is stale (a duplicate), or it was never recorded."""
+        if self._store(lambda: self.store.get(task_id)) is None:
             error = "no status record for this task"
             self._dead_letter(d, "permanent", error, attempt)
             self.channel.ack(d)
@@ -167,15 +274,23 @@ class Settler:
         if decision.action == "retry":
             rk = retry_routing_key(self.kind, decision.delay_ms)
             self.channel.publish_copy(d, RETRY_EXCHANGE, rk, {H_ATTEMPT: attempt, H_ERROR: error})
-            self.store.schedule_retry(task_id, attempt, error)
+            # Confirmed: the copy carries the task now. Never hand the original back (two live copies).
+            self._best_effort(lambda: self.store.schedule_retry(task_id, attempt, error))
             self.channel.ack(d)
             return _Settled("retried", task_id, error=error)
         assert decision.reason is not None
-        self._dead_letter(d, decision.reason, error, attempt)
         status: Literal["dead", "failed"] = "dead" if decision.action == "dead" else "failed"
-        self.store.finish_failed(task_id, status, error, attempt)
+        return self._dead(d, task_id, attempt, status, decision.reason, error)
+
+    def _dead(
+        self, d: Delivery, task_id: str, attempt: int, status: Literal["dead", "failed"], reason: str, error: str
+    ) -> _Settled:
+        """Status (held until written), then the dead-letter copy, then the ack: never two dead letters."""
+        if not self._held(lambda: self.store.finish_failed(task_id, status, error, attempt)):
+            return self._not_started(d, task_id, attempt)  # another copy ended it first, or it has no record
+        self._dead_letter(d, reason, error, attempt)
         self.channel.ack(d)
-        return _Settled(status, task_id, decision.reason, error)
+        return _Settled(status, task_id, reason, error)
 
     def _context(self, task_id: str, attempt: int) -> TaskContext:
         logger = logging.getLogger(f"qw_workers.{self.kind}")
@@ -191,9 +306,28 @@ class Settler:
         count = d.headers.get("x-delivery-count")
         return isinstance(count, int) and count >= self.settings.delivery_limit
 
-    @staticmethod
-    def _best_effort(fn: Callable[[], object]) -> None:
+    def _store(self, call: Callable[[], T]) -> T:
+        """One store call; its outcome feeds the shared backoff. Raises _StoreDown (with the wait) when it is down."""
         try:
-            fn()
+            value = call()
+        except StoreUnavailable as exc:
+            raise _StoreDown(exc, self.backoff.failed()) from exc
+        self.backoff.succeeded()
+        return value
+
+    def _held(self, write: Callable[[], T]) -> T:
+        """A write that records an outcome already reached: retried after each backoff until it is written; raises
+        _StoreDown (hand the message back) only if the worker stops meanwhile."""
+        while True:
+            try:
+                return self._store(write)
+            except _StoreDown as down:
+                log.warning("the store is down (%s); holding the task, next try in %.1fs", down, down.delay)
+                if self.pause(down.delay):
+                    raise
+
+    def _best_effort(self, write: Callable[[], object]) -> None:
+        try:
+            self._store(write)
         except Exception:
             log.warning("status write failed (best effort)", exc_info=True)
