@@ -1,4 +1,5 @@
-"""One small HTTP server on QW_METRICS_HOST:QW_METRICS_PORT: /healthz (alive), /readyz (consuming), /metrics."""
+"""One small HTTP server on QW_METRICS_HOST:QW_METRICS_PORT: /healthz (alive), /metrics, and /readyz (consuming,
+and the store answering: see qw_workers.runtime.Worker.ready)."""
 
 from __future__ import annotations
 
