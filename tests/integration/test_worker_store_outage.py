@@ -9,6 +9,7 @@ stop, fast mode: every connection is cut), not injected.
 from __future__ import annotations
 
 import collections
+import json
 import shutil
 import time
 import urllib.parse
@@ -26,6 +27,7 @@ from tests.support.workers import TaskPublisher, running_worker, worker_env
 pytestmark = pytest.mark.integration
 
 TASKS = 40
+UNKNOWN_TEMPLATE = "no-such-template"  # every 5th task: a permanent failure, dead-lettered (status first)
 OUTAGE_S = 14.0  # past the pool's 10 s wait for a connection, so store calls fail during it, not only block
 THREADS = 2
 # Hand-backs a backing-off worker can make in the outage: per thread about one per backoff step (0.5, 1, 2, 4 s
@@ -58,14 +60,20 @@ def test_store_outage_mid_run_every_task_ends_once_and_no_hot_loop(own_postgres,
     pg = own_postgres
     store = PostgresStore(pg.url)
     pub = TaskPublisher(amqp_url, store)
-    with smtp_server() as (smtp_port, smtp):
+    # The first DATA answers are 451: those tasks go through retry copies as well.
+    with smtp_server(data_replies=["451 4.3.0 try again later"] * 4) as (smtp_port, smtp):
         env = worker_env(amqp_url, pg.url, tmp_path / "storage", QW_SMTP_PORT=smtp_port,
                          QW_SMTP_FROM="noreply@qw.test", QW_CONCURRENCY=THREADS, QW_PREFETCH=4,
                          QW_TEST_TASK_DELAY=0.25)  # fmt: skip
         with running_worker("email", env, tmp_path / "logs") as w:
-            ids = [
-                pub.publish(pub.email(to=f"user{i}@example.com", subject=f"mail {i}", text="x")) for i in range(TASKS)
-            ]
+            ids, doomed = [], set()
+            for i in range(TASKS):
+                if i % 5 == 4:
+                    msg = pub.email(to=f"user{i}@example.com", subject=f"mail {i}", template=UNKNOWN_TEMPLATE)
+                    doomed.add(msg.task_id)
+                else:
+                    msg = pub.email(to=f"user{i}@example.com", subject=f"mail {i}", text="x")
+                ids.append(pub.publish(msg))
             pub.close()
 
             def metric(name: str, **labels: str) -> float:
@@ -100,7 +108,12 @@ def test_store_outage_mid_run_every_task_ends_once_and_no_hot_loop(own_postgres,
 
             final = wait_for("every task in a final state", all_final, 90, 0.5, state=lambda: w.log()[-2000:])
             wait_for("the worker ready again", w.is_ready, 30, 0.2, state=w.log)
-            after = {"store_up": metric("store_up"), "redelivered": _redelivered(broker, amqp_url)}
+            after = {
+                "store_up": metric("store_up"),
+                "store_unavailable": metric("store_unavailable_total"),
+                "retried": metric("tasks_processed_total", outcome="retried"),
+                "redelivered": _redelivered(broker, amqp_url),
+            }
             assert w.proc.poll() is None
 
     sent = collections.Counter(m["X-QW-Task-Id"] for m in smtp.messages())
@@ -108,7 +121,7 @@ def test_store_outage_mid_run_every_task_ends_once_and_no_hot_loop(own_postgres,
     dead_letters = collections.Counter()
     drain = TaskPublisher(amqp_url, check)
     for headers, body in drain.drain(dead_queue_name("email")):
-        dead_letters[(body, headers.get(H_REASON))] += 1
+        dead_letters[(json.loads(body)["task_id"], headers.get(H_REASON))] += 1
     drain.close()
     check.close()
     store.close()
@@ -129,8 +142,11 @@ def test_store_outage_mid_run_every_task_ends_once_and_no_hot_loop(own_postgres,
         else:
             assert error, f"{task_id} ended {status} without a reason"
     assert all(n == 1 for n in dead_letters.values()), f"a message dead-lettered twice: {dead_letters}"
-    assert len(dead_letters) == TASKS - by_status["succeeded"]
-    assert by_status["succeeded"] >= TASKS // 2, dict(by_status)  # the outage cost a few tasks at most
+    assert {t for t, _ in dead_letters} == {t for t, (status, _) in final.items() if status != "succeeded"}
+    for task_id in doomed:
+        assert final[task_id][0] == "failed" and UNKNOWN_TEMPLATE in (final[task_id][1] or ""), final[task_id]
+        assert (task_id, "permanent") in dead_letters and sent[task_id] == 0
+    assert by_status["succeeded"] >= (TASKS - len(doomed)) // 2, dict(by_status)  # the outage cost a few at most
 
 
 def _redelivered(broker, amqp_url: str) -> int | None:
