@@ -64,13 +64,13 @@ test-integration: deps rabbitmq4-root
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 lint: venv
-	.venv/bin/ruff check core api workers operator tests bench scripts
-	.venv/bin/ruff format --check core api workers operator tests bench scripts
-	.venv/bin/mypy core/qw_core api/qw_api workers/qw_workers operator/qw_operator
+	.venv/bin/ruff check core api workers operator sdk examples tests bench scripts
+	.venv/bin/ruff format --check core api workers operator sdk examples tests bench scripts
+	.venv/bin/mypy core/qw_core api/qw_api workers/qw_workers operator/qw_operator sdk/queueworker
 
 fmt: venv
-	.venv/bin/ruff format core api workers operator tests bench scripts
-	.venv/bin/ruff check --fix core api workers operator tests bench scripts
+	.venv/bin/ruff format core api workers operator sdk examples tests bench scripts
+	.venv/bin/ruff check --fix core api workers operator sdk examples tests bench scripts
 
 bench: deps cluster-bin
 	$(PY) -m bench $(BENCH_ARGS)

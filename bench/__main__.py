@@ -26,6 +26,7 @@ BENCHES: dict[str, list[str]] = {
     "operator": [PY, "bench/bench_operator.py"],
     "reaction": [PY, "bench/bench_reaction.py", "--bursts", "20"],
     "policy-replay": [PY, "-m", "bench.replay"],
+    "sdk": [PY, "bench/bench_sdk.py", "--tasks", "1000"],
 }
 
 
@@ -108,10 +109,23 @@ def _rows(results: dict[str, dict[str, Any]]) -> list[str]:
                 f"{r['replica_seconds']:.0f} | KEDA+HPA {base['p95_wait']}, {base['replica_seconds']:.0f} | "
                 f"{r['p95_wait_vs_keda']}, {r['replica_seconds_vs_keda']} |"
             )
+    rows += _sdk_rows(results.get("sdk", {}))
     for name, data in results.items():
         if "error" in data:
             rows.append(f"| {name} | FAILED: {data['error']} | | | |")
     return rows
+
+
+def _sdk_rows(s: dict[str, Any]) -> list[str]:
+    """A no-op SDK task through send() and through the worker, each against bare pika doing the same AMQP work."""
+    if "send_per_s" not in s:
+        return []
+    return [
+        f"| sdk | no-op tasks/s through `send()` (validate, rows, confirmed publish) | {s['send_per_s']} | "
+        f"bare pika confirmed publish {s['bare_publish_per_s']} | {s['send_to_bare_ratio']} |",
+        f"| sdk | no-op tasks/s through the worker (validate, run, status, ack) | {s['worker_per_s']} | "
+        f"bare pika consumer acking {s['bare_consumer_per_s']} | {s['worker_to_bare_ratio']} |",
+    ]
 
 
 def main() -> int:

@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """`make dev`: RabbitMQ, the API, autoscaled image and email workers and a local SMTP sink, on 127.0.0.1.
 
+With QW_APP (your task module, e.g. `make dev QW_APP=shop.tasks PYTHONPATH=examples`), the API accepts its kinds
+and the local autoscaler runs workers for each of them too.
+
 Ctrl-C (or SIGTERM) stops everything it started, workers first so their tasks in hand finish.
 Override any QW_* setting in the environment; the defaults below suit one laptop.
 """
@@ -40,6 +43,21 @@ def _pump(name: str, proc: subprocess.Popen[bytes]) -> None:
         sys.stdout.flush()
 
 
+def app_kinds(env: dict[str, str]) -> list[str]:
+    """The kinds of the QW_APP module (imported here as the API and the workers will import it), or none."""
+    if not env.get("QW_APP"):
+        return []
+    from qw_core.registry import AppNotFound, load_app
+
+    sys.path.insert(0, os.getcwd())
+    try:
+        kinds = list(load_app(env["QW_APP"]).kinds())
+    except AppNotFound as exc:
+        sys.exit(f"make dev: {exc}")
+    print(f"QW_APP={env['QW_APP']}: autoscaled workers for {', '.join(kinds) or 'no kinds (it defines none)'}")
+    return kinds
+
+
 def main() -> int:
     env = {**DEFAULTS, **os.environ}
     env["PYTHONUNBUFFERED"] = "1"
@@ -61,7 +79,7 @@ def main() -> int:
                   f"{env['QW_SMTP_HOST']}:{env['QW_SMTP_PORT']}"], {}),
         ("api", [py, "-m", "qw_api"], {}),
         # Workers come and go with the queues: the operator's policy and reader, driving local processes.
-        ("scaler", [py, "-m", "qw_operator.local", "image", "email"], {}),
+        ("scaler", [py, "-m", "qw_operator.local", "image", "email", *app_kinds(env)], {}),
     ]  # fmt: skip
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
     for name, cmd, extra in specs:

@@ -45,7 +45,7 @@ CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 TARGETS = ("api", "workers", "operator")
 REPO_PREFIX = "localhost/queueworker-"
 # What the Containerfile copies, hashed for the tag (byte code and build leftovers excluded, as .containerignore).
-CONTEXT = ("pyproject.toml", "core", "api", "workers", "operator")
+CONTEXT = ("pyproject.toml", "core", "api", "workers", "operator", "sdk")
 IGNORED_PARTS = ("__pycache__",)
 IGNORED_SUFFIXES = (".pyc", ".egg-info")
 KEEP_TAGS = 3  # older tags of our images are removed by `build`: every source change makes a new ~240 MB layer

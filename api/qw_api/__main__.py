@@ -6,6 +6,7 @@ import gc
 
 import uvicorn
 from qw_core.logs import configure_logging
+from qw_core.registry import AppNotFound
 from qw_core.settings import ApiSettings, load
 
 from .main import create_app
@@ -14,7 +15,10 @@ from .main import create_app
 def main() -> None:
     settings = load(ApiSettings)
     configure_logging(settings.log_format, settings.log_level)
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except AppNotFound as exc:
+        raise SystemExit(f"qw_api: {exc}") from None
     # Everything built so far lives for the whole process: keep it out of the collector's scans, and collect
     # the young generation less often (each request allocates a few thousand short-lived objects).
     # Measured with `python -m bench.publish`: +12-20 % confirmed tasks/s at 64 connections.

@@ -9,6 +9,7 @@ from importlib import resources
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from qw_core.messages import KINDS
+from qw_core.registry import Registry, load_app
 from qw_core.settings import ApiSettings
 from qw_core.storage import LocalStorage
 from qw_core.store import open_store
@@ -18,7 +19,7 @@ from .deps import Services, hash_key
 from .limits import BodySizeLimit, BodyTooLarge
 from .metrics import ApiMetrics, ObserveRequests
 from .publisher import MessageTooLarge, Publisher
-from .routes import emails, health, images, notifications, tasks
+from .routes import emails, health, images, kinds, notifications, tasks
 
 MULTIPART_OVERHEAD = 64 * 1024
 
@@ -28,11 +29,16 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     keys = settings.tenant_keys()
     if not keys:
         raise ValueError("QW_API_KEYS is empty: set key:tenant pairs (or @/path/to/file) so clients can authenticate")
+    # SDK kinds: importing QW_APP registers them; without it the API knows none (not whatever this process imported).
+    registry = load_app(settings.app) if settings.app else Registry()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = open_store(settings.database_url)
-        topology = build_topology(KINDS, settings.retry_delays, settings.delivery_limit)
+        # SDK kinds: their queues, not their retry queues (their workers declare those, with the delays they use).
+        producer_only = {kind: () for kind in registry.kinds()}
+        kinds = (*KINDS, *registry.kinds())
+        topology = build_topology(kinds, settings.retry_delays, settings.delivery_limit, producer_only)
         publisher = Publisher(
             settings.rabbitmq_url.get_secret_value(), topology, settings.publish_timeout, settings.max_message_bytes
         )
@@ -61,6 +67,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     )
     for module in (images, emails, notifications, tasks):
         app.include_router(module.router)
+    app.include_router(kinds.build_router(registry))
     app.include_router(health.router)
 
     @app.exception_handler(BodyTooLarge)

@@ -22,6 +22,7 @@ class TaskView(BaseModel):
     attempts: int
     error: str | None = None
     result_url: str | None = None
+    result: Any = Field(default=None, description="An SDK task's return value (JSON), once it succeeded.")
     created_at: float
     updated_at: float
 

@@ -10,9 +10,11 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     EmailStr,
     Field,
     StringConstraints,
+    Tag,
     field_validator,
     model_validator,
 )
@@ -20,6 +22,10 @@ from pydantic import (
 SCHEMA_VERSION: Literal[1] = 1
 TaskKind = Literal["image", "email"]
 KINDS: tuple[TaskKind, ...] = ("image", "email")
+# A user kind names queues (`qw.<kind>`, `qw.<kind>.dead`, `qw.<kind>.retry.<ms>`) and routing keys: no dots, so one
+# kind's queue can never be another's dead or retry queue. Reserved names are ours (built-ins, the notifications log).
+KIND_PATTERN = r"^[a-z][a-z0-9_-]{0,47}$"
+RESERVED_KINDS: frozenset[str] = frozenset({*KINDS, "notifications", "tasks", "retry", "dead"})
 ImageFormat = Literal["JPEG", "PNG", "WEBP", "GIF"]
 # The one list of image formats: what the API accepts and workers write (settings, storage and the form read it).
 IMAGE_FORMATS: tuple[ImageFormat, ...] = get_args(ImageFormat)
@@ -105,7 +111,27 @@ class EmailTask(EmailFields):
         return cls.model_construct(kind="email", **dict(fields))
 
 
-TaskPayload = Annotated[ImageTask | EmailTask, Field(discriminator="kind")]
+class UserTask(_Strict):
+    """A task of a kind defined with the SDK (`queueworker.task`): its arguments, as JSON, by parameter name.
+
+    The envelope only checks the shape; the kind's own schema (built from the task function's signature) is
+    checked by the producer when it knows the kind and always by the worker, before the body runs.
+    """
+
+    kind: Annotated[str, StringConstraints(pattern=KIND_PATTERN)]
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+def _payload_tag(v: Any) -> str:
+    """Built-in kinds by name, anything else is a user kind (a dict on the wire, a model when built in code)."""
+    kind = v.get("kind") if isinstance(v, dict) else getattr(v, "kind", None)
+    return kind if kind in KINDS else "user"
+
+
+TaskPayload = Annotated[
+    Annotated[ImageTask, Tag("image")] | Annotated[EmailTask, Tag("email")] | Annotated[UserTask, Tag("user")],
+    Discriminator(_payload_tag),
+]
 
 
 class TaskMessage(_Strict):
@@ -118,7 +144,7 @@ class TaskMessage(_Strict):
     payload: TaskPayload
 
     @property
-    def kind(self) -> TaskKind:
+    def kind(self) -> str:
         return self.payload.kind
 
     def to_bytes(self) -> bytes:

@@ -36,6 +36,9 @@ class CommonSettings(BaseSettings):
     max_attempts: int = Field(default=5, ge=1, le=20)
     retry_delays: list[int] = Field(default=[1_000, 5_000, 30_000, 120_000])
     delivery_limit: int = Field(default=10, ge=1, description="x-delivery-limit on quorum queues")
+    # The user's task module (SDK kinds, `queueworker.task`), e.g. `shop.tasks`: the API validates
+    # POST /v1/tasks/{kind} with its schemas; a worker's `--app` defaults to it.
+    app: str = ""
 
     @field_validator("retry_delays")
     @classmethod
@@ -151,6 +154,16 @@ class WorkerSettings(CommonSettings):
     # mid-send) may have gone out. False: never sent again (at most once; the task ends dead saying so). True:
     # sent again once the claim's lease has passed (at least once).
     email_resend_in_doubt: bool = False
+    # An SDK task's return value is stored as JSON in the status store: at most this many bytes of it.
+    max_result_bytes: int = Field(default=64 * 1024, gt=0, le=16 * 1024 * 1024)
+
+
+class ClientSettings(CommonSettings):
+    """What a producer process (`queueworker.Client`, `task.send()`) reads: the broker, the store, its tenant."""
+
+    tenant: str = Field(default="default", min_length=1, max_length=200)
+    heartbeat: int = Field(default=30, ge=5, le=600)
+    max_message_bytes: int = Field(default=16 * 1024 * 1024, gt=0, le=512 * 1024 * 1024)
 
 
 class OperatorSettings(CommonSettings):

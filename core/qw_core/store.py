@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from qw_core.errors import QueueworkerError
+
 Status = Literal["pending", "queued", "processing", "succeeded", "failed", "dead"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "dead"})
 EffectClaim = Literal["claimed", "done", "busy", "stale"]
@@ -44,8 +46,12 @@ SCHEMA = (
     )""",
 )
 
-_COLUMNS = "task_id, tenant, kind, status, attempts, error, source_key, result_key, completions, created_at, updated_at"
-_INSERT_PENDING = f"INSERT INTO tasks ({_COLUMNS}) VALUES (?, ?, ?, 'pending', 0, NULL, ?, NULL, 0, ?, ?)"
+_BASE_COLUMNS = (
+    "task_id, tenant, kind, status, attempts, error, source_key, result_key, completions, created_at, updated_at"
+)
+# `result` (a task's JSON return value, SDK kinds) came later: added to existing tables by `migrate`.
+_COLUMNS = f"{_BASE_COLUMNS}, result"
+_INSERT_PENDING = f"INSERT INTO tasks ({_BASE_COLUMNS}) VALUES (?, ?, ?, 'pending', 0, NULL, ?, NULL, 0, ?, ?)"
 _CONFIRM_QUEUED = "UPDATE tasks SET status='queued', updated_at=? WHERE task_id=? AND status='pending'"
 _NOT_ENDED = f"status NOT IN ({', '.join(repr(s) for s in sorted(TERMINAL))})"
 
@@ -63,9 +69,10 @@ class TaskRecord:
     completions: int
     created_at: float
     updated_at: float
+    result: str | None = None  # JSON text
 
 
-class StoreUnavailable(Exception):
+class StoreUnavailable(QueueworkerError):
     """The database cannot be reached; callers answer 503 or retry later."""
 
 
@@ -102,6 +109,13 @@ class TaskStore:
         with self._tx() as cur:
             for stmt in SCHEMA:
                 cur.execute(stmt)
+            cur.execute("SELECT * FROM tasks WHERE 1=0")
+            if "result" not in {str(d[0]) for d in cur.description}:
+                cur.execute(self._add_result_column)
+
+    # Both backends: a second process migrating at the same time must not fail (PostgreSQL's IF NOT EXISTS; SQLite
+    # writers are serialised by BEGIN IMMEDIATE, so its check above already saw the other's column).
+    _add_result_column = "ALTER TABLE tasks ADD COLUMN result TEXT"
 
     def ping(self) -> bool:
         try:
@@ -175,9 +189,12 @@ class TaskStore:
         )
         return self._execute(sql, (attempt, time.time(), task_id, attempt, attempt)) == 1
 
-    def succeed(self, task_id: str, result_key: str | None = None) -> bool:
+    def succeed(self, task_id: str, result_key: str | None = None, result: str | None = None) -> bool:
+        """`result_key`: a file in storage (images); `result`: the JSON text of an SDK task's return value."""
         return self._advance(
-            "status='succeeded', result_key=?, error=NULL, completions=completions+1", (result_key,), task_id
+            "status='succeeded', result_key=?, result=?, error=NULL, completions=completions+1",
+            (result_key, result),
+            task_id,
         )
 
     def schedule_retry(self, task_id: str, attempt: int, error: str) -> bool:
@@ -269,6 +286,7 @@ class SqliteStore(TaskStore):
 
 class PostgresStore(TaskStore):
     placeholder = "%s"
+    _add_result_column = "ALTER TABLE tasks ADD COLUMN IF NOT EXISTS result TEXT"
 
     def __init__(self, url: str, min_size: int = 1, max_size: int = 10) -> None:
         from psycopg_pool import ConnectionPool

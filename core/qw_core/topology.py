@@ -12,7 +12,7 @@ Exchanges are declared before the queues that name them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,7 +77,16 @@ def _quorum(**extra: Any) -> dict[str, Any]:
     return {"x-queue-type": "quorum", **extra}
 
 
-def build_topology(kinds: Sequence[str], retry_delays: Sequence[int], delivery_limit: int) -> Topology:
+def build_topology(
+    kinds: Sequence[str],
+    retry_delays: Sequence[int],
+    delivery_limit: int,
+    kind_delays: Mapping[str, Sequence[int]] | None = None,
+) -> Topology:
+    """Every kind the same way, built-in or SDK-defined; `kind_delays` gives a kind its own retry delays (its retry
+    queues), others use `retry_delays`. A kind's main and dead queues do not depend on its delays, so processes
+    that know different delays for a kind (a producer that never imported it) still declare them identically."""
+    kind_delays = kind_delays or {}
     exchanges = (
         ExchangeSpec(DEAD_EXCHANGE, "direct"),
         ExchangeSpec(TASKS_EXCHANGE, "direct"),
@@ -102,7 +111,7 @@ def build_topology(kinds: Sequence[str], retry_delays: Sequence[int], delivery_l
                 ((TASKS_EXCHANGE, kind),),
             )
         )
-        for delay in sorted(set(retry_delays)):
+        for delay in sorted(set(kind_delays.get(kind, retry_delays))):
             queues.append(
                 QueueSpec(
                     retry_queue_name(kind, delay),

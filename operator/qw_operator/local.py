@@ -2,6 +2,7 @@
 processes on this machine instead of a Deployment.
 
     python -m qw_operator.local image email      # one scaled pool per task kind
+    QW_APP=shop.tasks python -m qw_operator.local inventory   # a kind of your own: its workers load QW_APP
 
 Each tick: one batched read of the vhost's queues -> `decide()` per kind -> start or SIGTERM worker processes
 (surplus ones get SIGTERM, as a kubelet would, so they finish the task in hand). Spec comes from QW_LOCAL_* env.
@@ -13,6 +14,7 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,6 +24,7 @@ from typing import Any
 
 import aiohttp
 from qw_core.logs import configure_logging
+from qw_core.messages import KIND_PATTERN, KINDS
 from qw_core.settings import OperatorSettings, load
 from qw_core.topology import queue_name
 
@@ -130,9 +133,16 @@ async def run(kinds: list[str], interval: float, stop: asyncio.Event) -> None:
                 pool.stop()
 
 
+def task_kind(name: str) -> str:
+    """A kind the pool can run: a built-in one, or any valid SDK kind name (its workers import QW_APP)."""
+    if name not in KINDS and not re.fullmatch(KIND_PATTERN, name):
+        raise argparse.ArgumentTypeError(f"{name!r} is neither image, email nor a task kind name ({KIND_PATTERN})")
+    return name
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("kinds", nargs="+", choices=["image", "email"])
+    p.add_argument("kinds", nargs="+", type=task_kind)
     p.add_argument("--interval", type=float, default=float(os.environ.get("QW_LOCAL_INTERVAL", 2.0)))
     a = p.parse_args(argv)
     configure_logging(os.environ.get("QW_LOG_FORMAT", "text"), "INFO")

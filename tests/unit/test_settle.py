@@ -75,9 +75,9 @@ class RecordingStore(SqliteStore):
         write = super().start_attempt
         return self._write("start_attempt", lambda: write(task_id, attempt))
 
-    def succeed(self, task_id: str, result_key: str | None = None) -> bool:
+    def succeed(self, task_id: str, result_key: str | None = None, result: str | None = None) -> bool:
         write = super().succeed
-        return self._write("succeed", lambda: write(task_id, result_key))
+        return self._write("succeed", lambda: write(task_id, result_key, result))
 
     def schedule_retry(self, task_id: str, attempt: int, error: str) -> bool:
         write = super().schedule_retry

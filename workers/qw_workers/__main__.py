@@ -1,4 +1,7 @@
-"""`python -m qw_workers image|email`: build everything once at startup, serve health + metrics, consume."""
+"""`python -m qw_workers [--app MODULE] KIND`: build everything once at startup, serve health + metrics, consume.
+
+KIND is a built-in kind (image, email) or one defined with `queueworker.task` in MODULE (default QW_APP), which is
+imported first so its definitions register."""
 
 from __future__ import annotations
 
@@ -8,6 +11,9 @@ import os
 import signal
 import sys
 
+from qw_core.registry import RetryPolicy
+
+from qw_workers.context import Handler
 from qw_workers.handlers import HANDLERS
 
 TEST_DELAY_ENV = "QW_TEST_TASK_DELAY"  # tests only: seconds to sleep before each task
@@ -20,12 +26,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(QW_RABBITMQ_URL, QW_DATABASE_URL, QW_STORAGE_DIR, QW_PREFETCH, QW_CONCURRENCY, QW_GRACE_PERIOD, "
         "QW_SMTP_*, ...). Serves /healthz, /readyz and /metrics on QW_METRICS_HOST:QW_METRICS_PORT.",
     )
-    p.add_argument("kind", choices=sorted(HANDLERS), help="the task kind to consume")
+    p.add_argument(
+        "--app",
+        default=os.environ.get("QW_APP", ""),
+        help="the module defining your tasks with queueworker.task, e.g. shop.tasks (default: QW_APP)",
+    )
+    p.add_argument("kind", help="the task kind to consume: image, email, or a kind defined in --app")
     return p.parse_args(argv)
+
+
+def resolve_kind(kind: str, app: str) -> tuple[Handler, RetryPolicy | None]:
+    """The handler and policy of `kind`: a built-in one, or an SDK kind from `app` (imported here)."""
+    if kind in HANDLERS:
+        return HANDLERS[kind], None
+    from qw_core.registry import AppNotFound, load_app
+
+    from qw_workers.sdk import make_handler
+
+    try:
+        spec = load_app(app).get(kind)
+    except AppNotFound as exc:
+        raise SystemExit(f"qw_workers: {exc}") from None
+    if spec is None:
+        known = ", ".join([*sorted(HANDLERS), *load_app("").kinds()])
+        where = f"in --app {app}" if app else "(no --app module given, and QW_APP is empty)"
+        raise SystemExit(f"unknown task kind {kind!r} {where}; known kinds: {known}")
+    return make_handler(spec), spec.policy
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.app and os.getcwd() not in sys.path:  # `--app shop.tasks` from the working directory, like `python -m`
+        sys.path.insert(0, os.getcwd())
+    handler, policy = resolve_kind(args.kind, args.app)
     from qw_core.logs import configure_logging
     from qw_core.settings import WorkerSettings, load
     from qw_core.storage import LocalStorage
@@ -41,7 +74,6 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("qw_workers")
     metrics = WorkerMetrics(args.kind)
     middleware: list[Middleware] = [MetricsMiddleware(metrics), LoggingMiddleware()]
-    handler = HANDLERS[args.kind]
     delay = float(os.environ.get(TEST_DELAY_ENV, "0") or 0)
     if delay > 0:
         if settings.env == "prod":
@@ -49,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("test-only task delay of %.2fs is active", delay)
         handler = slowed(handler, delay)
     store = open_store(settings.database_url)
-    worker = Worker(args.kind, handler, settings, store, LocalStorage(settings.storage_dir), middleware)
+    storage = LocalStorage(settings.storage_dir)
+    worker = Worker(args.kind, handler, settings, store, storage, middleware, policy=policy)
     health = HealthServer(settings.metrics_host, settings.metrics_port, metrics.registry, lambda: worker.ready).start()
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -21,5 +21,13 @@ class TaskContext:
     log: logging.LoggerAdapter[logging.Logger]
 
 
-# A task body: returns the result's storage key (or None). Raises RetryableError / PermanentError.
-Handler = Callable[[TaskMessage, TaskContext], "str | None"]
+@dataclass(frozen=True)
+class Output:
+    """What a handler produced: a file in storage (`result_key`) and/or a JSON value (`result`, as text)."""
+
+    result_key: str | None = None
+    result: str | None = None
+
+
+# A task body: returns the result's storage key, an Output, or None. Raises RetryableError / PermanentError.
+Handler = Callable[[TaskMessage, TaskContext], "str | Output | None"]

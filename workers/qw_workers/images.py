@@ -6,7 +6,7 @@ import io
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 from qw_core.images import ImageRejected, open_image
-from qw_core.messages import IMAGE_FORMATS, ImageOptions, TaskMessage
+from qw_core.messages import IMAGE_FORMATS, ImageOptions, ImageTask, TaskMessage
 from qw_core.storage import StorageError
 
 from qw_workers.context import TaskContext
@@ -92,7 +92,7 @@ def transform_image(
 
 def handle(task: TaskMessage, ctx: TaskContext) -> str:
     payload = task.payload
-    assert payload.kind == "image"
+    assert isinstance(payload, ImageTask)
     try:
         data = ctx.storage.read(payload.source_key)
     except (FileNotFoundError, IsADirectoryError, StorageError) as exc:

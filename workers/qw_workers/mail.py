@@ -154,7 +154,7 @@ def claim_lease(settings: WorkerSettings) -> float:
 
 def handle(task: TaskMessage, ctx: TaskContext) -> None:
     payload = task.payload
-    assert payload.kind == "email"
+    assert isinstance(payload, EmailTask)
     msg = build_message(task.task_id, payload, render(payload), ctx.settings.smtp_from, time.time())
     resend = ctx.settings.email_resend_in_doubt
     claim = ctx.store.claim_effect(task.task_id, EFFECT, claim_lease(ctx.settings), take_over=resend)

@@ -1,7 +1,9 @@
 """Prometheus metrics of a worker: namespace `queueworker`, subsystem `worker`, base units, bounded labels.
 
-Labels are the task kind (image|email), the outcome (succeeded|retried|failed|dead|duplicate|requeued) and the
-dead-letter reason (undecodable|permanent|exhausted|delivery-limit): never task ids or tenants.
+Labels are the task kind (image|email, or an SDK kind: the kinds of the deployed task module), the outcome
+(succeeded|retried|failed|dead|duplicate|requeued) and the dead-letter reason
+(undecodable|permanent|exhausted|delivery-limit, and an SDK kind's invalid-payload from its first count): never task
+ids or tenants.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from typing import Any
 
 from qw_core.messages import TaskMessage
 
-from qw_workers.context import Handler, TaskContext
+from qw_workers.context import Handler, Output, TaskContext
 from qw_workers.metrics import WorkerMetrics
 
 
@@ -112,7 +112,7 @@ class LoggingMiddleware(Middleware):
 def slowed(handler: Handler, seconds: float) -> Handler:
     """TEST ONLY (QW_TEST_TASK_DELAY): the handler sleeps first, so tests can catch a worker mid-task."""
 
-    def slow(task: TaskMessage, ctx: TaskContext) -> str | None:
+    def slow(task: TaskMessage, ctx: TaskContext) -> str | Output | None:
         time.sleep(seconds)
         return handler(task, ctx)
 

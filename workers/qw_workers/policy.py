@@ -7,12 +7,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from qw_core.registry import InvalidPayload
 from qw_core.topology import H_ATTEMPT, retry_delay_ms
 
-from qw_workers.errors import PermanentError
+from qw_workers.errors import PermanentError, RetryableError
 
 Action = Literal["retry", "dead", "failed"]
-DeadReason = Literal["undecodable", "permanent", "exhausted"]
+DeadReason = Literal["undecodable", "permanent", "exhausted", "invalid-payload"]
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,17 @@ def attempt_of(headers: dict[str, Any] | None) -> int:
     return max(made, 0) + 1
 
 
-def decide_failure(error: BaseException, attempt: int, max_attempts: int, delays: Sequence[int]) -> Decision:
-    if isinstance(error, PermanentError):
+def decide_failure(
+    error: BaseException,
+    attempt: int,
+    max_attempts: int,
+    delays: Sequence[int],
+    retry_on: tuple[type[BaseException], ...] = (Exception,),
+) -> Decision:
+    """Retry while attempts are left and the error is one the kind retries (`retry_on`; PermanentError never)."""
+    if isinstance(error, InvalidPayload):
+        return Decision("failed", reason="invalid-payload")
+    if isinstance(error, PermanentError) or not isinstance(error, (RetryableError, *retry_on)):
         return Decision("failed", reason="permanent")
     if attempt >= max_attempts:
         return Decision("dead", reason="exhausted")

@@ -26,6 +26,7 @@ from typing import Any
 import pika
 import pika.exceptions
 from qw_core import brokers
+from qw_core.registry import RetryPolicy
 from qw_core.settings import WorkerSettings
 from qw_core.storage import LocalStorage
 from qw_core.store import TaskStore
@@ -57,11 +58,12 @@ class Worker:
         storage: LocalStorage,
         middleware: Iterable[Middleware] = (),
         kinds: Iterable[str] = ("image", "email"),
+        policy: RetryPolicy | None = None,
     ) -> None:
+        """`policy`: an SDK kind's own retry policy; its delays are this kind's retry queues."""
         self.kind = kind
         self.settings = settings
         self.middleware = list(middleware)
-        self.topology: Topology = build_topology(tuple(kinds), settings.retry_delays, settings.delivery_limit)
         self._bridge = IoBridge()
         self._stop = threading.Event()
         self.store = store
@@ -70,8 +72,19 @@ class Worker:
         self.store_backoff = StoreBackoff(listener=self._store_event)
         self._probing = threading.Lock()  # one background store ping at a time
         self._settler = Settler(
-            kind, handler, settings, store, storage, self._bridge, backoff=self.store_backoff, pause=self._stop.wait
+            kind,
+            handler,
+            settings,
+            store,
+            storage,
+            self._bridge,
+            backoff=self.store_backoff,
+            pause=self._stop.wait,
+            policy=policy or RetryPolicy(),
         )
+        delays = {kind: self._settler.retry_policy.delays_ms or settings.retry_delays}
+        declared = tuple(dict.fromkeys((*kinds, kind)))
+        self.topology: Topology = build_topology(declared, settings.retry_delays, settings.delivery_limit, delays)
         self._ready = threading.Event()
         self._lock = threading.Lock()  # guards _inflight
         self._inflight = 0

@@ -54,12 +54,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol, TypeVar
 
 from qw_core.messages import TaskMessage
+from qw_core.registry import RetryPolicy
 from qw_core.settings import WorkerSettings
 from qw_core.storage import LocalStorage
 from qw_core.store import StoreUnavailable, TaskStore
 from qw_core.topology import DEAD_EXCHANGE, H_ATTEMPT, H_ERROR, H_REASON, RETRY_EXCHANGE, retry_routing_key
 
-from qw_workers.context import Handler, TaskContext
+from qw_workers.context import Handler, Output, TaskContext
 from qw_workers.middleware import Delivery, Result
 from qw_workers.policy import attempt_of, decide_failure, describe, reconnect_delay
 
@@ -162,7 +163,8 @@ class Settler:
 
     `clock` times the task for `Result.duration_s` (tests pass a fake one). `pause(seconds)` waits and returns True
     when the worker is stopping (then a held message is handed back at once); the runtime passes its stop event's
-    `wait`.
+    `wait`. `policy`: the kind's own retry policy (SDK kinds); its unset parts come from the settings
+    (QW_MAX_ATTEMPTS, QW_RETRY_DELAYS).
     """
 
     kind: str
@@ -174,6 +176,12 @@ class Settler:
     clock: Callable[[], float] = time.monotonic
     backoff: StoreBackoff = field(default_factory=StoreBackoff)
     pause: Callable[[float], bool] = _sleep
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """The policy in force: the kind's own, completed from the settings."""
+        return self.policy.resolve(self.settings.max_attempts, self.settings.retry_delays)
 
     def settle(self, d: Delivery) -> Result:
         """Run and settle `d`; the outcome says which branch (module docstring) it took. Raises ConnectionLost."""
@@ -235,13 +243,16 @@ class Settler:
         if not self._store(lambda: self.store.start_attempt(task_id, attempt)):
             return self._not_started(d, task_id, attempt)
         try:
-            result_key = self.handler(task, self._context(task_id, attempt))
+            output = self.handler(task, self._context(task_id, attempt))
         except StoreUnavailable as exc:  # the handler's own store call: an outage, not a failed attempt
             raise _StoreDown(exc, self.backoff.failed()) from exc
         except Exception as exc:
             return self._failed(d, task_id, attempt, exc)
+        out = output if isinstance(output, Output) else Output(result_key=output)
         # False: another delivery of the same task finished first (it ran side by side with this one).
-        outcome = "succeeded" if self._held(lambda: self.store.succeed(task_id, result_key)) else "duplicate"
+        outcome = (
+            "succeeded" if self._held(lambda: self.store.succeed(task_id, out.result_key, out.result)) else "duplicate"
+        )
         self.channel.ack(d)
         return _Settled(outcome, task_id)
 
@@ -257,8 +268,9 @@ class Settler:
 
     def _failed(self, d: Delivery, task_id: str, attempt: int, exc: Exception) -> _Settled:
         error = describe(exc)
-        s = self.settings
-        decision = decide_failure(exc, attempt, s.max_attempts, s.retry_delays)
+        p = self.retry_policy
+        assert p.max_attempts is not None and p.delays_ms is not None  # resolved from the settings
+        decision = decide_failure(exc, attempt, p.max_attempts, p.delays_ms, p.retry_on)
         if decision.action == "retry":
             rk = retry_routing_key(self.kind, decision.delay_ms)
             self.channel.publish_copy(d, RETRY_EXCHANGE, rk, {H_ATTEMPT: attempt, H_ERROR: error})

@@ -5,8 +5,8 @@ import json
 import time
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from qw_core.storage import MEDIA_TYPES
 from qw_core.store import TERMINAL, StoreUnavailable, TaskRecord
 from starlette.background import BackgroundTask
@@ -33,11 +33,12 @@ async def _load(services: Services, task_id: str, tenant: str) -> TaskRecord | N
 
 def _view(rec: TaskRecord, request: Request) -> TaskView:
     result_url = None
-    if rec.status == "succeeded" and rec.result_key:
+    if rec.status == "succeeded" and (rec.result_key or rec.result is not None):
         result_url = link(request, "get_task_result", task_id=rec.task_id)
+    result = json.loads(rec.result) if rec.result is not None else None
     return TaskView(
         task_id=rec.task_id, kind=rec.kind, status=rec.status, attempts=rec.attempts,  # type: ignore[arg-type]
-        error=rec.error, result_url=result_url, created_at=rec.created_at, updated_at=rec.updated_at,
+        error=rec.error, result_url=result_url, result=result, created_at=rec.created_at, updated_at=rec.updated_at,
     )  # fmt: skip
 
 
@@ -102,14 +103,19 @@ async def task_events(task_id: str, tenant: TenantDep, services: ServicesDep, re
     "/tasks/{task_id}/result",
     response_class=FileResponse,
     responses={
-        200: {"content": {m: {} for m in MEDIA_TYPES.values()}},
+        200: {"content": {"application/json": {}, **{m: {} for m in MEDIA_TYPES.values()}}},
         **problems(401, 404, 409),
     },
 )  # fmt: skip
-async def get_task_result(task_id: str, tenant: TenantDep, services: ServicesDep) -> FileResponse:
+async def get_task_result(task_id: str, tenant: TenantDep, services: ServicesDep) -> Response:
+    """The processed file of an image task, or an SDK task's return value as JSON."""
     rec = await _load(services, task_id, tenant)
     if rec is None:
         raise HTTPException(404, NOT_FOUND)
+    if rec.status == "succeeded" and rec.result is not None:
+        return JSONResponse(json.loads(rec.result))
+    if rec.status == "succeeded" and not rec.result_key:
+        raise HTTPException(404, "the task succeeded without a result (it returned None)")
     if rec.status != "succeeded" or not rec.result_key:
         raise HTTPException(409, f"the task has no result yet (status: {rec.status})")
     path = services.storage.path(rec.result_key)

@@ -1,0 +1,93 @@
+"""SDK task kinds over HTTP: `POST /v1/tasks/{kind}` and `GET /v1/kinds`, for the kinds of the QW_APP module.
+
+Each kind gets its own route with the kind's payload model as its body, so FastAPI validates it (422 naming the
+field) and /docs shows its schema; then the same accept path as every other task route (qw_api.service.submit: row,
+confirmed publish, visible; 202 only after the broker's confirm, 503 + Retry-After otherwise). A kind this API does
+not know answers 404 (after authentication, like every /v1 route).
+
+No `from __future__ import annotations` here: a route's body annotation is the kind's model, a runtime value.
+"""
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from qw_core.messages import KINDS, TaskMessage, UserTask, new_task_id, utcnow
+from qw_core.registry import Registry, TaskSpec
+
+from ..deps import ServicesDep, TenantDep
+from ..schemas import SUBMIT_ERRORS, TaskAccepted, problems
+from ..service import accepted, link, submit
+
+
+class KindView(BaseModel):
+    kind: str
+    submit_url: str
+    description: str | None = None
+    payload_schema: dict[str, Any]
+    max_attempts: int | None = None  # None: the workers' QW_MAX_ATTEMPTS
+    retry_delays_ms: list[int] | None = None  # None: the workers' QW_RETRY_DELAYS
+    time_limit: float | None = None
+
+
+def build_router(registry: Registry) -> APIRouter:
+    router = APIRouter(prefix="/v1", tags=["tasks"])
+
+    @router.get("/kinds", response_model=list[KindView], responses=problems(401))
+    async def list_kinds(tenant: TenantDep, request: Request) -> list[KindView]:
+        """The task kinds this API accepts at POST /v1/tasks/{kind}, each with its payload's JSON Schema."""
+        return [_view(spec, request) for spec in registry]
+
+    for spec in registry:
+        router.add_api_route(
+            f"/tasks/{spec.kind}",
+            _submit_route(spec),
+            methods=["POST"],
+            status_code=202,
+            response_model=TaskAccepted,
+            responses=SUBMIT_ERRORS,
+            name=f"submit_{spec.kind}",
+            summary=f"Queue a {spec.kind} task",
+            description=(spec.fn.__doc__ or "").strip() or f"Queue a task of kind {spec.kind}.",
+        )
+
+    @router.post("/tasks/{kind}", status_code=202, response_model=TaskAccepted, responses=problems(401, 404))
+    async def submit_task_of_kind(kind: str, tenant: TenantDep) -> None:
+        """Queue a task of one of the kinds of the API's QW_APP module: each has its own route above, with its
+        payload schema. Any other kind is 404, naming the kinds there are."""
+        raise HTTPException(404, _unknown(kind, registry))
+
+    return router
+
+
+def _submit_route(spec: TaskSpec) -> Any:
+    async def submit_task(body: Any, tenant: TenantDep, services: ServicesDep, request: Request) -> JSONResponse:
+        payload = UserTask(kind=spec.kind, args=body.model_dump(mode="json"))
+        task = TaskMessage(task_id=new_task_id(), tenant=tenant, created_at=utcnow(), payload=payload)
+        await submit(services, task)
+        return accepted(request, task.task_id)
+
+    submit_task.__annotations__["body"] = spec.model  # FastAPI reads the body's model from the signature
+    return submit_task
+
+
+def _view(spec: TaskSpec, request: Request) -> KindView:
+    p = spec.policy
+    return KindView(
+        kind=spec.kind,
+        submit_url=link(request, f"submit_{spec.kind}"),
+        description=(spec.fn.__doc__ or "").strip() or None,
+        payload_schema=spec.json_schema(),
+        max_attempts=p.max_attempts,
+        retry_delays_ms=list(p.delays_ms) if p.delays_ms is not None else None,
+        time_limit=spec.time_limit,
+    )
+
+
+def _unknown(kind: str, registry: Registry) -> str:
+    if kind in KINDS:
+        return f"{kind!r} is a built-in kind: queue it with POST /v1/{kind}s"
+    if not registry.kinds():
+        return f"no task kind {kind!r}: this API defines no task kinds (start it with QW_APP=<your tasks module>)"
+    return f"no task kind {kind!r}; this API accepts: {', '.join(registry.kinds())} (GET /v1/kinds lists them)"

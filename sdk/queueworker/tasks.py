@@ -1,0 +1,121 @@
+"""`@task`: a plain function becomes a task kind, registered with its payload schema and retry policy.
+
+The decorated object still calls the function directly (`reserve_stock(...)` runs it here, e.g. in a unit test);
+`.send(...)` queues it instead. Everything the worker and the API need is in the registry entry (qw_core.registry):
+the decorator reads no settings and opens no connection, so importing a task module is cheap and side-effect free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from qw_core.registry import Registry, RetryPolicy, TaskSpec, backoff_ladder, default_registry, payload_model
+
+from queueworker.client import default_client
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Task(Generic[P, R]):
+    """A registered task kind. Call it to run the body here; `send` to queue it for a worker."""
+
+    def __init__(self, spec: TaskSpec) -> None:
+        self.spec = spec
+        self.kind = spec.kind
+        self._signature = inspect.signature(spec.fn)
+        self.__doc__ = spec.fn.__doc__
+        self.__name__ = getattr(spec.fn, "__name__", spec.kind)
+        self.__wrapped__ = spec.fn
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        result: R = self.spec.fn(*args, **kwargs)
+        return result
+
+    def send(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        """Queue this task with these arguments; returns its task id once the broker confirmed it.
+
+        Arguments are validated here first (InvalidPayload names the bad field), then published through the
+        process's shared client (`default_client()`, configured by QW_* variables). Raises a PublishError subclass
+        or StoreUnavailable when the task could not be queued.
+        """
+        return default_client().submit(self.kind, self.spec.to_args(self._arguments(args, kwargs)))
+
+    async def send_async(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        """`send` for asyncio code: the blocking publish runs in a thread, so the event loop never waits on it."""
+        validated = self.spec.to_args(self._arguments(args, kwargs))
+        return await asyncio.to_thread(default_client().submit, self.kind, validated)
+
+    def json_schema(self) -> dict[str, Any]:
+        """The JSON Schema of this kind's payload (what POST /v1/tasks/{kind} and GET /v1/kinds show)."""
+        return self.spec.json_schema()
+
+    def _arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        try:
+            bound = self._signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{self.kind}.send(): {exc}") from None
+        return dict(bound.arguments)
+
+    def __repr__(self) -> str:
+        return f"<Task {self.kind!r} {self.spec.fn.__module__}.{self.spec.fn.__qualname__}>"
+
+
+@overload
+def task(kind: Callable[P, R]) -> Task[P, R]: ...
+
+
+@overload
+def task(
+    kind: str | None = None,
+    *,
+    retries: int | None = None,
+    time_limit: float | None = None,
+    retry_on: tuple[type[BaseException], ...] = (Exception,),
+    backoff: tuple[float, float] | None = None,
+    registry: Registry | None = None,
+) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+
+def task(
+    kind: str | Callable[..., Any] | None = None,
+    *,
+    retries: int | None = None,
+    time_limit: float | None = None,
+    retry_on: tuple[type[BaseException], ...] = (Exception,),
+    backoff: tuple[float, float] | None = None,
+    registry: Registry | None = None,
+) -> Any:
+    """Define a task kind from a function (sync or `async def`); use as `@task` or `@task(kind=..., ...)`.
+
+    - `kind`: the kind's name (queue `qw.<kind>`, route `POST /v1/tasks/<kind>`); default: the function's name.
+    - `retries`: retries after the first attempt (default: QW_MAX_ATTEMPTS - 1 of the worker).
+    - `retry_on`: exception types that are retried; any other exception fails the task at once (dead letter,
+      reason `permanent`). A payload that does not match the signature is never retried (`invalid-payload`).
+    - `backoff`: `(min_seconds, max_seconds)`: retry delays doubling from min to max (default: QW_RETRY_DELAYS).
+    - `time_limit`: seconds an `async def` body may run before it is cancelled (a retryable failure).
+    """
+    if callable(kind):
+        return task()(kind)
+    if retries is not None and not 0 <= retries <= 100:
+        raise ValueError("retries must be between 0 and 100")
+    if time_limit is not None and time_limit <= 0:
+        raise ValueError("time_limit must be positive seconds")
+    if not retry_on or not all(isinstance(t, type) and issubclass(t, BaseException) for t in retry_on):
+        raise TypeError("retry_on must be a non-empty tuple of exception classes")
+    policy = RetryPolicy(
+        max_attempts=None if retries is None else retries + 1,
+        delays_ms=None if backoff is None else backoff_ladder(*backoff),
+        retry_on=tuple(retry_on),
+    )
+
+    def define(fn: Callable[P, R]) -> Task[P, R]:
+        name = kind or fn.__name__
+        spec = TaskSpec(name, fn, payload_model(fn, name), policy, time_limit)
+        (registry if registry is not None else default_registry).add(spec)
+        return Task(spec)
+
+    return define
