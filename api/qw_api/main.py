@@ -11,13 +11,13 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from qw_core.messages import KINDS
 from qw_core.registry import Registry, load_app
 from qw_core.settings import ApiSettings
-from qw_core.storage import LocalStorage
+from qw_core.storage import LocalStorage, disk_usage
 from qw_core.store import open_store
 from qw_core.topology import build_topology
 
 from .deps import Services, hash_key
 from .limits import BodySizeLimit, BodyTooLarge
-from .metrics import ApiMetrics, ObserveRequests
+from .metrics import ApiMetrics, ObserveRequests, StorageUsage
 from .publisher import MessageTooLarge, Publisher
 from .routes import emails, health, images, kinds, notifications, tasks
 
@@ -59,6 +59,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             store.close()
 
     metrics = ApiMetrics()
+    metrics.registry.register(StorageUsage(lambda: disk_usage(settings.storage_dir)))
     app = FastAPI(
         title="queueworker API",
         version="1.0",

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 from qw_core.messages import KINDS
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -39,6 +42,24 @@ class ApiMetrics:
         for kind in KINDS:
             self.tasks_submitted.labels(kind)
             self.publish_failures.labels(kind)
+
+
+class StorageUsage(Collector):
+    """Bytes used and free on the volume of QW_STORAGE_DIR, read at scrape time. Unreadable: no sample (unknown,
+    never 0)."""
+
+    def __init__(self, usage: Callable[[], tuple[int, int]]) -> None:
+        self.usage = usage
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            used, free = self.usage()
+        except OSError:
+            return
+        yield GaugeMetricFamily(f"{NS}_{SUB}_storage_used_bytes", "Bytes used on the storage volume.", used)
+        yield GaugeMetricFamily(
+            f"{NS}_{SUB}_storage_free_bytes", "Bytes free (to the API) on the storage volume.", free
+        )
 
 
 class ObserveRequests:

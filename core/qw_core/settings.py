@@ -158,6 +158,19 @@ class WorkerSettings(CommonSettings):
     max_result_bytes: int = Field(default=64 * 1024, gt=0, le=16 * 1024 * 1024)
 
 
+class JanitorSettings(CommonSettings):
+    """`python -m qw_workers janitor` (qw_workers/janitor.py): what is kept, and for how long."""
+
+    # A task row, its result (file or JSON) and its side-effect rows are removed this long after the task ended
+    # (succeeded, failed or dead); a source upload as soon as its task ended.
+    retention_seconds: float = Field(default=7 * 24 * 3600, gt=0)
+    # A row still `pending` this long after it was created was never published (the API died between the row and
+    # the publish; a live publish is confirmed or withdrawn within QW_PUBLISH_TIMEOUT): it is failed with a reason.
+    pending_timeout_seconds: float = Field(default=600, ge=60)
+    janitor_batch_size: int = Field(default=500, ge=1, le=10_000)
+    janitor_interval_seconds: float = Field(default=60, gt=0)
+
+
 class ClientSettings(CommonSettings):
     """What a producer process (`queueworker.Client`, `task.send()`) reads: the broker, the store, its tenant."""
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 import uuid
 from pathlib import Path
@@ -27,6 +29,13 @@ class StorageError(Exception):
     pass
 
 
+class StorageFull(StorageError):
+    """The volume (or the quota) has no room left: nothing of the write is left behind."""
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
 class LocalStorage:
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
@@ -49,17 +58,25 @@ class LocalStorage:
     def write(self, key: str, data: bytes) -> None:
         """Atomic: readers see the whole file or none (temp file in the same dir, fsync, rename)."""
         dest = self.path(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-")
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-")
+        except OSError as exc:
+            raise (StorageFull(f"no room in {self.root}: {exc.strerror}") if exc.errno in _FULL else exc) from exc
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, dest)
-        except BaseException:
+        except BaseException as exc:
             Path(tmp).unlink(missing_ok=True)
+            if isinstance(exc, OSError) and exc.errno in _FULL:
+                raise StorageFull(f"no room in {self.root}: {exc.strerror}") from exc
             raise
+
+    def usage(self) -> tuple[int, int]:
+        return disk_usage(self.root)
 
     def read(self, key: str) -> bytes:
         return self.path(key).read_bytes()
@@ -69,3 +86,9 @@ class LocalStorage:
 
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
+
+
+def disk_usage(root: Path) -> tuple[int, int]:
+    """(bytes used, bytes free to unprivileged writers) of the volume holding `root`."""
+    du = shutil.disk_usage(root)
+    return du.used, du.free

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +37,9 @@ SCHEMA = (
         updated_at DOUBLE PRECISION NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS tasks_tenant_status ON tasks (tenant, status)",
+    # The janitor's reads (qw_core.retention): ended/pending rows by age, rows still holding an upload.
+    "CREATE INDEX IF NOT EXISTS tasks_status_updated ON tasks (status, updated_at)",
+    "CREATE INDEX IF NOT EXISTS tasks_with_source ON tasks (updated_at) WHERE source_key IS NOT NULL",
     """CREATE TABLE IF NOT EXISTS side_effects (
         task_id TEXT NOT NULL,
         effect TEXT NOT NULL,
@@ -44,6 +47,7 @@ SCHEMA = (
         updated_at DOUBLE PRECISION NOT NULL,
         PRIMARY KEY (task_id, effect)
     )""",
+    "CREATE INDEX IF NOT EXISTS side_effects_updated ON side_effects (updated_at)",
 )
 
 _BASE_COLUMNS = (
@@ -72,6 +76,14 @@ class TaskRecord:
     result: str | None = None  # JSON text
 
 
+RemoveFiles = Callable[[list[str]], None]
+_ENDED = f"status IN ({', '.join(repr(s) for s in sorted(TERMINAL))})"
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
+
+
 class StoreUnavailable(QueueworkerError):
     """The database cannot be reached; callers answer 503 or retry later."""
 
@@ -80,6 +92,8 @@ class TaskStore:
     """SQL shared by both backends; subclasses supply connections and the placeholder style."""
 
     placeholder = "?"
+    # Appended to the janitor's SELECTs: PostgreSQL replicas take disjoint batches instead of waiting on each other.
+    skip_locked = ""
 
     def _sql(self, sql: str) -> str:
         return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
@@ -246,6 +260,73 @@ class TaskStore:
         """The effect certainly did not happen (e.g. SMTP refused the connection): let a retry claim it."""
         self._execute("DELETE FROM side_effects WHERE task_id=? AND effect=? AND state='started'", (task_id, effect))
 
+    # --- the janitor's side (qw_workers/janitor.py; decisions in qw_core.retention) ------------------------
+
+    def _locked_ids(self, cur: Any, where: str, params: Sequence[Any], limit: int, columns: str = "task_id") -> list:
+        cur.execute(
+            self._sql(f"SELECT {columns} FROM tasks WHERE {where} ORDER BY updated_at LIMIT ?{self.skip_locked}"),
+            (*params, limit),
+        )
+        return [tuple(r) for r in cur.fetchall()]
+
+    def fail_stuck_pending(self, before: float, error: str, limit: int, now: float | None = None) -> int:
+        """Rows `pending` since before `before` (never published) end `failed` with `error`; at most `limit`."""
+        now = time.time() if now is None else now
+        with self._tx() as cur:
+            ids = [r[0] for r in self._locked_ids(cur, "status='pending' AND updated_at<?", (before,), limit)]
+            if ids:
+                cur.execute(
+                    self._sql(
+                        "UPDATE tasks SET status='failed', error=?, updated_at=? "
+                        f"WHERE status='pending' AND task_id IN ({_marks(len(ids))})"
+                    ),
+                    (error[:2000], now, *ids),
+                )
+            return len(ids)
+
+    def release_ended_uploads(self, limit: int, remove: RemoveFiles) -> int:
+        """Remove the source uploads of ended tasks (files first, then the key), at most `limit`."""
+        with self._tx() as cur:
+            rows = self._locked_ids(cur, f"source_key IS NOT NULL AND {_ENDED}", (), limit, "task_id, source_key")
+            if rows:
+                remove([str(key) for _, key in rows])
+                ids = [r[0] for r in rows]
+                cur.execute(self._sql(f"UPDATE tasks SET source_key=NULL WHERE task_id IN ({_marks(len(ids))})"), ids)
+            return len(rows)
+
+    def purge_ended(self, before: float, limit: int, remove: RemoveFiles) -> tuple[int, int]:
+        """Delete tasks that ended before `before`, their side-effect rows and their files: (rows, files).
+
+        Files go first inside the transaction: a crash between leaves rows whose files are gone (removed again,
+        harmlessly, next pass), never files no row points at."""
+        with self._tx() as cur:
+            rows = self._locked_ids(
+                cur, f"{_ENDED} AND updated_at<?", (before,), limit, "task_id, source_key, result_key"
+            )
+            if not rows:
+                return 0, 0
+            keys = [str(k) for r in rows for k in r[1:] if k]
+            remove(keys)
+            ids = [r[0] for r in rows]
+            cur.execute(self._sql(f"DELETE FROM side_effects WHERE task_id IN ({_marks(len(ids))})"), ids)
+            cur.execute(self._sql(f"DELETE FROM tasks WHERE task_id IN ({_marks(len(ids))})"), ids)
+            return len(ids), len(keys)
+
+    def purge_orphan_effects(self, before: float, limit: int) -> int:
+        """Side-effect rows older than `before` whose task row is gone (e.g. withdrawn after a lost confirm)."""
+        with self._tx() as cur:
+            cur.execute(
+                self._sql(
+                    "SELECT task_id, effect FROM side_effects s WHERE updated_at<? AND NOT EXISTS "
+                    f"(SELECT 1 FROM tasks t WHERE t.task_id = s.task_id) LIMIT ?{self.skip_locked}"
+                ),
+                (before, limit),
+            )
+            rows = [tuple(r) for r in cur.fetchall()]
+            if rows:
+                cur.executemany(self._sql("DELETE FROM side_effects WHERE task_id=? AND effect=?"), rows)
+            return len(rows)
+
 
 class SqliteStore(TaskStore):
     def __init__(self, path: str) -> None:
@@ -286,6 +367,7 @@ class SqliteStore(TaskStore):
 
 class PostgresStore(TaskStore):
     placeholder = "%s"
+    skip_locked = " FOR UPDATE SKIP LOCKED"
     _add_result_column = "ALTER TABLE tasks ADD COLUMN IF NOT EXISTS result TEXT"
 
     def __init__(self, url: str, min_size: int = 1, max_size: int = 10) -> None:

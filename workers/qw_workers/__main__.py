@@ -1,7 +1,8 @@
 """`python -m qw_workers [--app MODULE] KIND`: build everything once at startup, serve health + metrics, consume.
 
 KIND is a built-in kind (image, email) or one defined with `queueworker.task` in MODULE (default QW_APP), which is
-imported first so its definitions register."""
+imported first so its definitions register. `python -m qw_workers janitor [--once]` runs retention instead
+(qw_workers/janitor.py)."""
 
 from __future__ import annotations
 
@@ -55,6 +56,11 @@ def resolve_kind(kind: str, app: str) -> tuple[Handler, RetryPolicy | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["janitor"]:  # not a task kind: retention (qw_workers/janitor.py)
+        from qw_workers.janitor import main as janitor_main
+
+        return janitor_main(argv[1:])
     args = parse_args(argv)
     if args.app and os.getcwd() not in sys.path:  # `--app shop.tasks` from the working directory, like `python -m`
         sys.path.insert(0, os.getcwd())

@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from qw_core.images import ImageInfo, ImageRejected, identify
 from qw_core.messages import IMAGE_FORMATS, ImageOptions, ImageTask, TaskMessage, new_task_id, utcnow
+from qw_core.storage import StorageFull
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -56,7 +57,7 @@ def _unprocessable(msg: str) -> HTTPException:
     status_code=202,
     response_model=TaskAccepted,
     openapi_extra=_form_schema(),
-    responses=problems(401, 413, 415, 422, 503),
+    responses=problems(401, 413, 415, 422, 503, 507),
 )
 async def upload_image(request: Request, tenant: TenantDep, services: ServicesDep) -> JSONResponse:
     """Upload an image to process. The file is identified by decoding it, never by its name or content type."""
@@ -74,6 +75,13 @@ async def upload_image(request: Request, tenant: TenantDep, services: ServicesDe
             await run_in_threadpool(services.storage.write, key, data)
     except Busy:
         raise unavailable(services, "too many uploads are in progress on this server") from None
+    except StorageFull:
+        services.metrics.rejected_uploads.labels("storage-full").inc()
+        raise HTTPException(
+            507,
+            "the server's upload storage is full; nothing was stored or queued, try again later",
+            headers={"Retry-After": str(settings.retry_after_seconds)},
+        ) from None
     payload = ImageTask(source_key=key, source_format=info.format, options=options)  # type: ignore[arg-type]
     task = TaskMessage(task_id=new_task_id(), tenant=tenant, created_at=utcnow(), payload=payload)
     await submit(services, task, source_key=key)

@@ -1,0 +1,115 @@
+"""`python -m qw_workers janitor [--once]`: retention (qw_core.retention) applied to the store and the storage.
+
+Each pass runs four steps in bounded batches (QW_JANITOR_BATCH_SIZE rows per transaction): fail rows stuck in
+`pending`, remove the uploads of ended tasks, delete expired tasks (rows, results, side-effect rows), delete
+orphaned side-effect rows. Replicas never collide: on PostgreSQL every batch is taken with `FOR UPDATE SKIP
+LOCKED`, so two janitors take disjoint rows; SQLite serialises writers (BEGIN IMMEDIATE) and is single-host anyway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from qw_core.retention import RetentionPolicy, another_batch
+from qw_core.settings import JanitorSettings
+from qw_core.storage import LocalStorage, StorageError
+from qw_core.store import StoreUnavailable, TaskStore
+
+log = logging.getLogger("qw_workers.janitor")
+
+
+@dataclass
+class PassReport:
+    failed_pending: int = 0
+    uploads_removed: int = 0
+    tasks_removed: int = 0
+    files_removed: int = 0
+    effects_removed: int = 0
+    seconds: float = 0.0
+    batches: int = field(default=0)
+
+    def as_log(self) -> dict[str, float]:
+        return {k: v for k, v in self.__dict__.items()}
+
+
+class Janitor:
+    def __init__(self, store: TaskStore, storage: LocalStorage, policy: RetentionPolicy, batch_size: int) -> None:
+        self.store = store
+        self.storage = storage
+        self.policy = policy
+        self.batch_size = batch_size
+
+    def _remove_files(self, keys: list[str]) -> None:
+        for key in keys:
+            try:
+                self.storage.delete(key)
+            except StorageError:  # a key that escapes the root was never ours to write: leave the file alone
+                log.warning("janitor: refusing to remove %r", key)
+
+    def _drain(self, step: Callable[[], int], report: PassReport) -> int:
+        total = 0
+        while True:
+            n = step()
+            report.batches += 1
+            total += n
+            if not another_batch(n, self.batch_size):
+                return total
+
+    def run_pass(self, now: float | None = None) -> PassReport:
+        """One full pass at `now` (the clock, by default): every step until its last batch comes back short."""
+        start = time.perf_counter()
+        cut = self.policy.cutoffs(time.time() if now is None else now)
+        size, report = self.batch_size, PassReport()
+        error = self.policy.stuck_error()
+        report.failed_pending = self._drain(
+            lambda: self.store.fail_stuck_pending(cut.pending_before, error, size), report
+        )
+        report.uploads_removed = self._drain(lambda: self.store.release_ended_uploads(size, self._remove_files), report)
+
+        def purge() -> int:
+            rows, files = self.store.purge_ended(cut.ended_before, size, self._remove_files)
+            report.files_removed += files
+            return rows
+
+        report.tasks_removed = self._drain(purge, report)
+        report.effects_removed = self._drain(lambda: self.store.purge_orphan_effects(cut.ended_before, size), report)
+        report.seconds = time.perf_counter() - start
+        return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m qw_workers janitor", description=__doc__)
+    p.add_argument("--once", action="store_true", help="one pass, then exit (a CronJob); else every interval")
+    args = p.parse_args(argv)
+    from qw_core.logs import configure_logging
+    from qw_core.settings import load
+    from qw_core.store import open_store
+
+    settings = load(JanitorSettings)
+    configure_logging(settings.log_format, settings.log_level)
+    store = open_store(settings.database_url)
+    policy = RetentionPolicy(settings.retention_seconds, settings.pending_timeout_seconds)
+    janitor = Janitor(store, LocalStorage(settings.storage_dir), policy, settings.janitor_batch_size)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    code = 0
+    while not stop.is_set():
+        try:
+            report = janitor.run_pass()
+            log.info("janitor pass: %s", " ".join(f"{k}={v:g}" for k, v in report.as_log().items()))
+            code = 0
+        except StoreUnavailable as exc:
+            log.warning("janitor: store unavailable (%s); next pass in %gs", exc, settings.janitor_interval_seconds)
+            code = 1
+        if args.once:
+            break
+        stop.wait(settings.janitor_interval_seconds)
+    store.close()
+    return code
