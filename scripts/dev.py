@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""`make dev`: RabbitMQ, the API, autoscaled image and email workers and a local SMTP sink, on 127.0.0.1.
+"""`make dev`: RabbitMQ, the API, autoscaled image and email workers, a local SMTP sink and the janitor, on
+127.0.0.1.
 
 With QW_APP (your task module, e.g. `make dev QW_APP=shop.tasks PYTHONPATH=examples`), the API accepts its kinds
 and the local autoscaler runs workers for each of them too.
@@ -80,6 +81,8 @@ def main() -> int:
         ("api", [py, "-m", "qw_api"], {}),
         # Workers come and go with the queues: the operator's policy and reader, driving local processes.
         ("scaler", [py, "-m", "qw_operator.local", "image", "email", *app_kinds(env)], {}),
+        # Retention: expired tasks and files, uploads of ended tasks, rows stuck pending (qw_workers/janitor.py).
+        ("janitor", [py, "-m", "qw_workers", "janitor"], {}),
     ]  # fmt: skip
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
     for name, cmd, extra in specs:

@@ -358,3 +358,16 @@ def test_manifests_kustomization_lists_files_that_exist() -> None:
     kustomization = yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())
     missing = [r for r in kustomization["resources"] if not (MANIFESTS / r).exists()]
     assert not missing, f"kustomization.yaml lists missing files: {missing}"
+
+
+def test_the_janitor_is_a_cronjob_that_never_overlaps_and_mounts_the_storage() -> None:
+    [cron] = [o for o in render(MINIMAL, sets=("janitor.retentionSeconds=86400",)) if o["kind"] == "CronJob"]
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["args"] == ["janitor", "--once"] and "command" not in container
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["QW_RETENTION_SECONDS"] == "86400" and env["QW_PENDING_TIMEOUT_SECONDS"] == "600"
+    assert env["QW_STORAGE_DIR"] == "/data/storage" and "QW_DATABASE_URL" in env
+    assert {"name": "storage", "mountPath": "/data/storage"} in container["volumeMounts"]
+    assert not any(o["kind"] == "CronJob" for o in render(MINIMAL, sets=("janitor.enabled=false",)))

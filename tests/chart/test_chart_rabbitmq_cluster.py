@@ -45,9 +45,10 @@ def objects() -> list[dict[str, Any]]:
 
 
 def _containers(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """kind/name -> the first container, for the pods that talk to RabbitMQ (not the `helm test` pod, nor the
-    uninstall hook's Job)."""
-    return {name: pod["containers"][0] for name, pod in pod_specs(objects) if not name.startswith(("Pod/", "Job/"))}
+    """kind/name -> the first container, for the pods that talk to RabbitMQ (not the `helm test` pod, the
+    uninstall hook's Job, nor the janitor's CronJob: database and storage only)."""
+    skip = ("Pod/", "Job/", "CronJob/")
+    return {name: pod["containers"][0] for name, pod in pod_specs(objects) if not name.startswith(skip)}
 
 
 def _env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:

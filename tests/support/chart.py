@@ -89,6 +89,8 @@ def pod_specs(objects: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, An
             yield name, obj["spec"]
         elif obj["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job", "QueueWorker"):
             yield name, obj["spec"]["template"]["spec"]
+        elif obj["kind"] == "CronJob":
+            yield name, obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
 
 
 def rule_triples(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
