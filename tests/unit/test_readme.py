@@ -17,11 +17,21 @@ from qw_api.main import create_app
 from qw_api.routes import health
 from qw_api.schemas import NotificationAccepted, TaskAccepted, TaskView
 from qw_core.messages import EmailFields, ImageOptions
-from qw_core.settings import ApiSettings, ClientSettings, CommonSettings, OperatorSettings, WorkerSettings
+from qw_core.settings import (
+    ApiSettings,
+    ClientSettings,
+    CommonSettings,
+    JanitorSettings,
+    OperatorSettings,
+    WorkerSettings,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
-SETTINGS = {c.__name__: c for c in (CommonSettings, ApiSettings, WorkerSettings, OperatorSettings, ClientSettings)}
+SETTINGS = {
+    c.__name__: c
+    for c in (CommonSettings, ApiSettings, WorkerSettings, OperatorSettings, ClientSettings, JanitorSettings)
+}
 
 
 def _row(start: str) -> str:
