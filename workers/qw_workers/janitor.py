@@ -108,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         except StoreUnavailable as exc:
             log.warning("janitor: store unavailable (%s); next pass in %gs", exc, settings.janitor_interval_seconds)
             code = 1
+        except Exception:  # a bug or an unexpected database error: say so, keep the process (make dev) alive
+            log.exception("janitor pass failed; next pass in %gs", settings.janitor_interval_seconds)
+            code = 1
         if args.once:
             break
         stop.wait(settings.janitor_interval_seconds)
