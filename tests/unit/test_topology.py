@@ -104,7 +104,9 @@ def test_queues_nobody_consumes_keep_the_newest_for_a_while_and_never_refuse():
 
 
 def test_settings_give_the_limits_in_their_units():
-    limits = CommonSettings(dead_letter_ttl_seconds=60, notifications_log_ttl_seconds=2, queue_max_length=7).queue_limits()
+    limits = CommonSettings(
+        dead_letter_ttl_seconds=60, notifications_log_ttl_seconds=2, queue_max_length=7
+    ).queue_limits()
     assert (limits.dead_ttl_ms, limits.log_ttl_ms, limits.work_max_length) == (60_000, 2_000, 7)
     assert CommonSettings().queue_limits() == QueueLimits()  # the defaults are the same wherever they come from
 
