@@ -26,6 +26,7 @@ from qw_core.topology import (
 from tests.support import sdk_tasks  # noqa: F401 - registers the kinds, so the client validates them
 from tests.support.api import client, running_api
 from tests.support.wait import wait_for
+from tests.support.workers import running_worker, worker_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.broker_matrix]  # on RabbitMQ 3.10 and 4.x
 EMAIL = {"to": "ann@example.com", "subject": "Hello", "text": "Hi"}
@@ -153,3 +154,12 @@ def test_the_api_and_the_sdk_client_start_over_queues_of_an_older_version(api_se
         c.enqueue("inventory", ORDER)
     assert queue_name("inventory") in {r.queue for r in _errors(caplog)}  # type: ignore[attr-defined]
     assert _depth(channel, queue_name("email")) == 1 and _depth(channel, queue_name("inventory")) == 1
+
+
+def test_a_worker_starts_over_queues_of_an_older_version_and_says_how_to_migrate(amqp_url, channel, tmp_path):
+    declare_with_pika(channel, _as_before(build_topology(("email",), [200, 400], 10)))
+    env = worker_env(amqp_url, f"sqlite:///{tmp_path}/qw.db", tmp_path / "storage")
+    with running_worker("email", env, tmp_path / "logs") as worker:  # ready: it consumes, no crash loop
+        log = worker.log()
+    assert "queue qw.email already exists on the broker with a different x-max-length" in log
+    assert "delete_queue qw.email --if-empty" in log
