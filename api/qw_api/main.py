@@ -38,7 +38,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         # SDK kinds: their queues, not their retry queues (their workers declare those, with the delays they use).
         producer_only = {kind: () for kind in registry.kinds()}
         kinds = (*KINDS, *registry.kinds())
-        topology = build_topology(kinds, settings.retry_delays, settings.delivery_limit, producer_only)
+        topology = build_topology(
+            kinds, settings.retry_delays, settings.delivery_limit, producer_only, settings.queue_limits()
+        )
         publisher = Publisher(
             settings.rabbitmq_url.get_secret_value(), topology, settings.publish_timeout, settings.max_message_bytes
         )

@@ -97,7 +97,7 @@ class Publisher:
                 conn.close_callbacks.add(on_close)
                 channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
                 channel.close_callbacks.add(on_close)
-                await declare_with_aio_pika(channel, self.topology)
+                await declare_with_aio_pika(conn, self.topology)
                 self._exchanges = {
                     name: await channel.get_exchange(name, ensure=False)
                     for name in (TASKS_EXCHANGE, NOTIFICATIONS_EXCHANGE)

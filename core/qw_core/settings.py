@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from qw_core.brokers import parse_urls
 from qw_core.messages import IMAGE_FORMATS
+from qw_core.topology import QueueLimits
 
 PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "password", "example", "xxx"}
 
@@ -36,6 +37,18 @@ class CommonSettings(BaseSettings):
     max_attempts: int = Field(default=5, ge=1, le=20)
     retry_delays: list[int] = Field(default=[1_000, 5_000, 30_000, 120_000])
     delivery_limit: int = Field(default=10, ge=1, description="x-delivery-limit on quorum queues")
+    # Queue bounds (qw_core.topology.QueueLimits), declared alike by the API, producers and workers, so every
+    # process must have the same values. A work queue (and each retry queue) past either limit refuses publishes:
+    # the API answers 503 + Retry-After. Dead-letter queues and the notification log keep their newest messages
+    # (the oldest go first past a limit) for their retention time.
+    queue_max_length: int = Field(default=100_000, ge=1)
+    queue_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
+    dead_letter_max_length: int = Field(default=10_000, ge=1)
+    dead_letter_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    dead_letter_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=1)
+    notifications_log_max_length: int = Field(default=10_000, ge=1)
+    notifications_log_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    notifications_log_ttl_seconds: int = Field(default=24 * 3600, ge=1)
     # The user's task module (SDK kinds, `queueworker.task`), e.g. `shop.tasks`: the API validates
     # POST /v1/tasks/{kind} with its schemas; a worker's `--app` defaults to it.
     app: str = ""
@@ -46,6 +59,18 @@ class CommonSettings(BaseSettings):
         if not v or any(d <= 0 for d in v):
             raise ValueError("retry_delays must be a non-empty list of positive milliseconds")
         return v
+
+    def queue_limits(self) -> QueueLimits:
+        return QueueLimits(
+            work_max_length=self.queue_max_length,
+            work_max_bytes=self.queue_max_bytes,
+            dead_max_length=self.dead_letter_max_length,
+            dead_max_bytes=self.dead_letter_max_bytes,
+            dead_ttl_ms=self.dead_letter_ttl_seconds * 1000,
+            log_max_length=self.notifications_log_max_length,
+            log_max_bytes=self.notifications_log_max_bytes,
+            log_ttl_ms=self.notifications_log_ttl_seconds * 1000,
+        )
 
     def rabbitmq_urls(self) -> list[str]:
         """The broker nodes named by QW_RABBITMQ_URL, as written (qw_core.brokers.connect_order expands them)."""

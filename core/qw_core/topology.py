@@ -8,13 +8,28 @@
 Dead-lettering from quorum queues uses `at-least-once` (which needs `overflow=reject-publish`):
 RabbitMQ's default dead-lettering republishes without confirms and can drop messages.
 Exchanges are declared before the queues that name them.
+
+Every queue is bounded (QueueLimits; the same arguments on RabbitMQ 3.10 and 4.x, whose quorum queues both take
+x-max-length, x-max-length-bytes, x-message-ttl and the overflows reject-publish and drop-head):
+- work and retry queues refuse past their limit (`reject-publish`: the publisher's confirm is a nack, so the API
+  answers 503 and a worker hands the original back). Nothing is dropped: a retry copy the broker refuses leaves
+  the original with the worker, and a retry whose delay ends while its work queue is full stays in the retry
+  queue (at-least-once dead-lettering repeats until the work queue takes it).
+- dead-letter queues and the notification log have no consumer: they keep the newest (`drop-head` drops the
+  oldest past the limit) for a retention time (`x-message-ttl`), then drop them (they have no DLX).
+A broker holding a queue declared with other arguments (an upgrade) refuses the declaration; the declare
+functions then fall back to a passive declare of that queue and log how to migrate (see `_inequivalent`).
 """
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 TASKS_EXCHANGE = "qw.tasks"
 RETRY_EXCHANGE = "qw.retry"
@@ -73,6 +88,48 @@ def retry_delay_ms(attempt: int, delays: Sequence[int]) -> int:
     return delays[min(attempt, len(delays)) - 1]
 
 
+MIB = 1024 * 1024
+DAY_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class QueueLimits:
+    """How much each queue may hold. Work limits bound each work queue and each retry queue of a kind; dead limits
+    each kind's dead-letter queue; log limits the notification log. TTLs are milliseconds."""
+
+    work_max_length: int = 100_000
+    work_max_bytes: int = 256 * MIB
+    dead_max_length: int = 10_000
+    dead_max_bytes: int = 64 * MIB
+    dead_ttl_ms: int = 7 * DAY_MS
+    log_max_length: int = 10_000
+    log_max_bytes: int = 64 * MIB
+    log_ttl_ms: int = 1 * DAY_MS
+
+    def work(self) -> dict[str, Any]:
+        return {
+            "x-max-length": self.work_max_length,
+            "x-max-length-bytes": self.work_max_bytes,
+            "x-overflow": "reject-publish",
+        }
+
+    def dead(self) -> dict[str, Any]:
+        return _retained(self.dead_max_length, self.dead_max_bytes, self.dead_ttl_ms)
+
+    def log(self) -> dict[str, Any]:
+        return _retained(self.log_max_length, self.log_max_bytes, self.log_ttl_ms)
+
+
+def _retained(max_length: int, max_bytes: int, ttl_ms: int) -> dict[str, Any]:
+    """A queue nobody consumes: keep the newest, for a while."""
+    return {
+        "x-max-length": max_length,
+        "x-max-length-bytes": max_bytes,
+        "x-overflow": "drop-head",
+        "x-message-ttl": ttl_ms,
+    }
+
+
 def _quorum(**extra: Any) -> dict[str, Any]:
     return {"x-queue-type": "quorum", **extra}
 
@@ -82,11 +139,14 @@ def build_topology(
     retry_delays: Sequence[int],
     delivery_limit: int,
     kind_delays: Mapping[str, Sequence[int]] | None = None,
+    limits: QueueLimits | None = None,
 ) -> Topology:
     """Every kind the same way, built-in or SDK-defined; `kind_delays` gives a kind its own retry delays (its retry
     queues), others use `retry_delays`. A kind's main and dead queues do not depend on its delays, so processes
-    that know different delays for a kind (a producer that never imported it) still declare them identically."""
+    that know different delays for a kind (a producer that never imported it) still declare them identically.
+    `limits` bound the queues (CommonSettings.queue_limits(); every process must pass the same)."""
     kind_delays = kind_delays or {}
+    limits = limits or QueueLimits()
     exchanges = (
         ExchangeSpec(DEAD_EXCHANGE, "direct"),
         ExchangeSpec(TASKS_EXCHANGE, "direct"),
@@ -95,7 +155,7 @@ def build_topology(
     )
     queues: list[QueueSpec] = []
     for kind in kinds:
-        queues.append(QueueSpec(dead_queue_name(kind), _quorum(), ((DEAD_EXCHANGE, kind),)))
+        queues.append(QueueSpec(dead_queue_name(kind), _quorum(**limits.dead()), ((DEAD_EXCHANGE, kind),)))
         queues.append(
             QueueSpec(
                 queue_name(kind),
@@ -105,7 +165,7 @@ def build_topology(
                         "x-dead-letter-exchange": DEAD_EXCHANGE,
                         "x-dead-letter-routing-key": kind,
                         "x-dead-letter-strategy": "at-least-once",
-                        "x-overflow": "reject-publish",
+                        **limits.work(),
                     }
                 ),
                 ((TASKS_EXCHANGE, kind),),
@@ -121,34 +181,99 @@ def build_topology(
                             "x-dead-letter-exchange": TASKS_EXCHANGE,
                             "x-dead-letter-routing-key": kind,
                             "x-dead-letter-strategy": "at-least-once",
-                            "x-overflow": "reject-publish",
+                            **limits.work(),
                         }
                     ),
                     ((RETRY_EXCHANGE, retry_routing_key(kind, delay)),),
                 )
             )
-    queues.append(QueueSpec(NOTIFICATIONS_QUEUE, _quorum(), ((NOTIFICATIONS_EXCHANGE, ""),)))
+    queues.append(QueueSpec(NOTIFICATIONS_QUEUE, _quorum(**limits.log()), ((NOTIFICATIONS_EXCHANGE, ""),)))
     return Topology(exchanges, tuple(queues))
 
 
+_INEQUIVALENT = re.compile(r"inequivalent arg '([^']+)'")
+
+
+def inequivalent_arg(error: BaseException) -> str | None:
+    """The argument a broker named when it refused a queue declaration as inequivalent (406), else None."""
+    found = _INEQUIVALENT.search(str(error))
+    return found.group(1) if found else None
+
+
+def log_inequivalent(queue: QueueSpec, arg: str, error: BaseException) -> None:
+    """One clear error: the queue runs as the broker has it (not as this version declares it) until migrated."""
+    wanted = queue.arguments.get(arg, "(none)")
+    log.error(
+        "queue %s already exists on the broker with a different %s (this version declares %s=%s; broker: %s). "
+        "Using the queue as it is, without this version's arguments (it may be unbounded). To migrate: once it is "
+        "empty, delete it (rabbitmqctl delete_queue %s --if-empty) and restart this service so it is declared "
+        "again; or keep it and apply the same limits with a policy (rabbitmqctl set_policy --apply-to queues ...: "
+        "max-length, max-length-bytes, overflow, message-ttl).",
+        queue.name,
+        arg,
+        arg,
+        wanted,
+        error,
+        queue.name,
+        extra={"queue": queue.name, "argument": arg},
+    )
+
+
 def declare_with_pika(channel: Any, topology: Topology) -> None:
-    """Declare on a pika BlockingChannel (idempotent; same arguments every time)."""
-    for ex in topology.exchanges:
-        channel.exchange_declare(exchange=ex.name, exchange_type=ex.type, durable=True)
-    for q in topology.queues:
-        channel.queue_declare(queue=q.name, durable=True, arguments=q.arguments)
-        for exchange, key in q.bindings:
-            channel.queue_bind(queue=q.name, exchange=exchange, routing_key=key)
+    """Declare on a pika BlockingChannel (idempotent; same arguments every time). The declarations go through a
+    channel of their own, so a queue the broker refuses as inequivalent (its channel closed) leaves `channel` open;
+    that queue is then declared passively (it must exist) and the mismatch logged."""
+    decl = channel.connection.channel()
+    try:
+        for ex in topology.exchanges:
+            decl.exchange_declare(exchange=ex.name, exchange_type=ex.type, durable=True)
+        for q in topology.queues:
+            decl = _declare_queue_with_pika(decl, q)
+            for exchange, key in q.bindings:
+                decl.queue_bind(queue=q.name, exchange=exchange, routing_key=key)
+    finally:
+        if decl.is_open:
+            decl.close()
 
 
-async def declare_with_aio_pika(channel: Any, topology: Topology) -> None:
-    """Declare on an aio-pika channel."""
+def _declare_queue_with_pika(decl: Any, q: QueueSpec) -> Any:
+    """Declare `q` on `decl`; returns the channel to go on with (a new one if the broker closed `decl`)."""
+    import pika.exceptions
+
+    try:
+        decl.queue_declare(queue=q.name, durable=True, arguments=q.arguments)
+        return decl
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        arg = inequivalent_arg(exc)
+        if exc.reply_code != 406 or arg is None:
+            raise
+        decl = decl.connection.channel()
+        decl.queue_declare(queue=q.name, passive=True)
+        log_inequivalent(q, arg, exc)
+        return decl
+
+
+async def declare_with_aio_pika(connection: Any, topology: Topology) -> None:
+    """Declare through an aio-pika connection, on channels of its own (see declare_with_pika)."""
     import aio_pika
+    import aio_pika.exceptions
 
-    exchanges = {}
-    for ex in topology.exchanges:
-        exchanges[ex.name] = await channel.declare_exchange(ex.name, aio_pika.ExchangeType(ex.type), durable=True)
-    for q in topology.queues:
-        queue = await channel.declare_queue(q.name, durable=True, arguments=q.arguments)
-        for exchange, key in q.bindings:
-            await queue.bind(exchanges[exchange], routing_key=key)
+    channel = await connection.channel(publisher_confirms=False)
+    try:
+        for ex in topology.exchanges:
+            await channel.declare_exchange(ex.name, aio_pika.ExchangeType(ex.type), durable=True)
+        for q in topology.queues:
+            try:
+                queue = await channel.declare_queue(q.name, durable=True, arguments=q.arguments)
+            except aio_pika.exceptions.ChannelPreconditionFailed as exc:
+                arg = inequivalent_arg(exc)
+                if arg is None:
+                    raise
+                channel = await connection.channel(publisher_confirms=False)
+                queue = await channel.declare_queue(q.name, passive=True)
+                log_inequivalent(q, arg, exc)
+            for exchange, key in q.bindings:
+                await queue.bind(exchange, routing_key=key)
+    finally:
+        if not channel.is_closed:
+            await channel.close()

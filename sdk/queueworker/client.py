@@ -138,7 +138,9 @@ def producer_topology(settings: ClientSettings) -> Callable[[str], Topology]:
     differ, and would leave unused queues behind)."""
 
     def topology_for(kind: str) -> Topology:
-        return build_topology((kind,), settings.retry_delays, settings.delivery_limit, {kind: ()})
+        return build_topology(
+            (kind,), settings.retry_delays, settings.delivery_limit, {kind: ()}, settings.queue_limits()
+        )
 
     return topology_for
 

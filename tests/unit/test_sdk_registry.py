@@ -131,7 +131,7 @@ def test_a_user_kind_gets_the_same_topology_as_a_built_in_with_its_own_retry_que
     assert topo.queue(queue_name("inventory")).arguments == topo.queue(queue_name("email")).arguments | {
         "x-dead-letter-routing-key": "inventory"
     }
-    assert topo.queue(dead_queue_name("inventory")).arguments == {"x-queue-type": "quorum"}
+    assert topo.queue(dead_queue_name("inventory")).arguments == topo.queue(dead_queue_name("email")).arguments
     names = {q.name for q in topo.queues}
     assert {retry_queue_name("inventory", 500), retry_queue_name("inventory", 1000)} <= names
     assert retry_queue_name("inventory", 200) not in names and retry_queue_name("plain", 200) in names

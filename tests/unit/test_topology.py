@@ -1,10 +1,14 @@
 import pytest
+from qw_core.settings import CommonSettings
 from qw_core.topology import (
     DEAD_EXCHANGE,
+    NOTIFICATIONS_QUEUE,
     RETRY_EXCHANGE,
     TASKS_EXCHANGE,
+    QueueLimits,
     build_topology,
     dead_queue_name,
+    inequivalent_arg,
     queue_name,
     retry_delay_ms,
     retry_queue_name,
@@ -46,3 +50,78 @@ def test_exchanges_are_declared_before_the_queues_that_name_them():
     topo = build_topology(["image", "email"], [1000], 5)
     names = [e.name for e in topo.exchanges]
     assert names.index(DEAD_EXCHANGE) == 0
+
+
+# Bounded queues (issue 15): every queue has a length and a byte limit; which overflow depends on who reads it.
+LIMITS = QueueLimits(
+    work_max_length=11,
+    work_max_bytes=12,
+    dead_max_length=21,
+    dead_max_bytes=22,
+    dead_ttl_ms=23,
+    log_max_length=31,
+    log_max_bytes=32,
+    log_ttl_ms=33,
+)
+
+
+@pytest.mark.parametrize(
+    ("queue", "expected"),
+    [
+        (queue_name("email"), {"x-max-length": 11, "x-max-length-bytes": 12, "x-overflow": "reject-publish"}),
+        (
+            retry_queue_name("email", 1000),
+            {"x-max-length": 11, "x-max-length-bytes": 12, "x-overflow": "reject-publish", "x-message-ttl": 1000},
+        ),
+        (
+            dead_queue_name("email"),
+            {"x-max-length": 21, "x-max-length-bytes": 22, "x-overflow": "drop-head", "x-message-ttl": 23},
+        ),
+        (
+            NOTIFICATIONS_QUEUE,
+            {"x-max-length": 31, "x-max-length-bytes": 32, "x-overflow": "drop-head", "x-message-ttl": 33},
+        ),
+    ],
+)
+def test_every_queue_is_bounded_by_its_limits(queue, expected):
+    args = build_topology(["email"], [1000], 5, limits=LIMITS).queue(queue).arguments
+    assert {k: args.get(k) for k in expected} == expected
+
+
+def test_without_limits_every_queue_still_has_the_default_bounds():
+    for q in build_topology(["image", "email"], [1000], 5).queues:
+        assert q.arguments["x-max-length"] > 0, q.name
+        assert q.arguments["x-max-length-bytes"] > 0, q.name
+
+
+def test_queues_nobody_consumes_keep_the_newest_for_a_while_and_never_refuse():
+    topo = build_topology(["image"], [1000], 5)
+    for name in (dead_queue_name("image"), NOTIFICATIONS_QUEUE):
+        args = topo.queue(name).arguments
+        assert args["x-overflow"] == "drop-head"
+        assert args["x-message-ttl"] > 0
+        assert "x-dead-letter-exchange" not in args  # expired or dropped: gone, not moved on
+
+
+def test_settings_give_the_limits_in_their_units():
+    limits = CommonSettings(
+        dead_letter_ttl_seconds=60, notifications_log_ttl_seconds=2, queue_max_length=7
+    ).queue_limits()
+    assert (limits.dead_ttl_ms, limits.log_ttl_ms, limits.work_max_length) == (60_000, 2_000, 7)
+    assert CommonSettings().queue_limits() == QueueLimits()  # the defaults are the same wherever they come from
+
+
+@pytest.mark.parametrize(
+    ("text", "arg"),
+    [
+        (
+            "(406, \"PRECONDITION_FAILED - inequivalent arg 'x-max-length' for queue 'qw.email' in vhost '/': "
+            "received the value '100000' of type 'signedint' but current is none\")",
+            "x-max-length",
+        ),
+        ("(406, \"PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'q'\")", "x-queue-type"),
+        ("(404, \"NOT_FOUND - no queue 'q' in vhost '/'\")", None),
+    ],
+)
+def test_the_argument_a_refused_declaration_names(text, arg):
+    assert inequivalent_arg(Exception(text)) == arg

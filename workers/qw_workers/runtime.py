@@ -84,7 +84,9 @@ class Worker:
         )
         delays = {kind: self._settler.retry_policy.delays_ms or settings.retry_delays}
         declared = tuple(dict.fromkeys((*kinds, kind)))
-        self.topology: Topology = build_topology(declared, settings.retry_delays, settings.delivery_limit, delays)
+        self.topology: Topology = build_topology(
+            declared, settings.retry_delays, settings.delivery_limit, delays, settings.queue_limits()
+        )
         self._ready = threading.Event()
         self._lock = threading.Lock()  # guards _inflight
         self._inflight = 0
