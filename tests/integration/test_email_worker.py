@@ -107,6 +107,8 @@ def test_permanent_smtp_refusal_fails_without_retry(rig):
         task = pub.publish(pub.email(text="x"))
         with running_worker("email", {**env, "QW_SMTP_PORT": port}, tmp):
             rec = wait_for("email failed", lambda: settled(store, task), 15)
+            # The status is written before the dead-letter copy: wait for the copy before the worker is stopped.
+            wait_for("the dead letter", lambda: pub.depth(dead_queue_name("email")) >= 1, 10)
     assert rec.status == "failed" and rec.attempts == 1 and "550" in rec.error
     [(headers, _)] = pub.drain(dead_queue_name("email"))
     assert headers[H_REASON] == "permanent"

@@ -172,6 +172,8 @@ def test_task_that_keeps_killing_its_workers_ends_dead_not_processing(rig):
         pub.ch.basic_nack(method.delivery_tag, requeue=True)
     with running_worker("image", {**env, "QW_DELIVERY_LIMIT": str(limit)}, tmp / "logs"):
         rec = wait_for("the task to settle", lambda: settled(store, task_id), 20)
+        # The status is written before the dead-letter copy: wait for the copy before the worker is stopped.
+        wait_for("the dead letter", lambda: pub.depth(dead_queue_name("image")) >= 1, 10)
     assert rec.status == "dead" and f"delivered {limit} times" in rec.error
     dead = pub.drain(dead_queue_name("image"))
     assert [h[H_REASON] for h, _ in dead] == ["delivery-limit"]
