@@ -179,8 +179,30 @@ class WorkerSettings(CommonSettings):
     # mid-send) may have gone out. False: never sent again (at most once; the task ends dead saying so). True:
     # sent again once the claim's lease has passed (at least once).
     email_resend_in_doubt: bool = False
+    # Mails a tenant may send per window (a minute by default), counted over every email worker (one row per tenant
+    # and window in the store); past it a mail is deferred through the retry queues without using one of its
+    # attempts, so one tenant's burst neither fails its own mails nor holds the workers other tenants need. 0: no
+    # limit. Per-tenant overrides: "tenant=mails_per_window,...".
+    email_tenant_rate: int = Field(default=0, ge=0)
+    email_tenant_limits: str = ""
+    email_rate_window_seconds: int = Field(default=60, ge=1, le=3600)
     # An SDK task's return value is stored as JSON in the status store: at most this many bytes of it.
     max_result_bytes: int = Field(default=64 * 1024, gt=0, le=16 * 1024 * 1024)
+
+    def email_rate(self, tenant: str) -> int:
+        """The tenant's mails per window (0: no limit)."""
+        raw = parse_pairs(self.email_tenant_limits, "=", "QW_EMAIL_TENANT_LIMITS", "tenant=mails_per_window")
+        if tenant not in raw:
+            return self.email_tenant_rate
+        return int(raw[tenant])
+
+    @field_validator("email_tenant_limits")
+    @classmethod
+    def _email_limits(cls, v: str) -> str:
+        for tenant, limit in parse_pairs(v, "=", "QW_EMAIL_TENANT_LIMITS", "tenant=mails_per_window").items():
+            if not limit.isdigit():
+                raise ValueError(f"{tenant}={limit}: the limit must be a whole number of mails per window (0: none)")
+        return v
 
 
 class JanitorSettings(CommonSettings):

@@ -48,6 +48,15 @@ SCHEMA = (
         PRIMARY KEY (task_id, effect)
     )""",
     "CREATE INDEX IF NOT EXISTS side_effects_updated ON side_effects (updated_at)",
+    # Rate windows shared by every worker (`take_token`): how much of `name` (e.g. "email") a tenant used in the
+    # window that began at `window_start` (epoch seconds). The janitor removes old windows.
+    """CREATE TABLE IF NOT EXISTS rate_windows (
+        tenant TEXT NOT NULL,
+        name TEXT NOT NULL,
+        window_start BIGINT NOT NULL,
+        used INTEGER NOT NULL,
+        PRIMARY KEY (tenant, name, window_start)
+    )""",
 )
 
 _BASE_COLUMNS = (
@@ -259,6 +268,26 @@ class TaskStore:
     def release_effect(self, task_id: str, effect: str) -> None:
         """The effect certainly did not happen (e.g. SMTP refused the connection): let a retry claim it."""
         self._execute("DELETE FROM side_effects WHERE task_id=? AND effect=? AND state='started'", (task_id, effect))
+
+    def take_token(self, tenant: str, name: str, limit: int, window: int = 60, now: float | None = None) -> float:
+        """Use one of the tenant's `limit` tokens of `name` in the current `window` (seconds), shared by every
+        process on this store. 0.0: taken. Otherwise the seconds until the window ends (nothing was used).
+
+        One atomic upsert: concurrent workers never overshoot the limit. A fixed window lets up to twice the limit
+        through across a window boundary (the price of one row per tenant per window)."""
+        now = time.time() if now is None else now
+        start = int(now // window * window)
+        taken = self._execute(
+            "INSERT INTO rate_windows (tenant, name, window_start, used) VALUES (?, ?, ?, 1) "
+            "ON CONFLICT (tenant, name, window_start) DO UPDATE SET used = rate_windows.used + 1 "
+            "WHERE rate_windows.used < ?",
+            (tenant, name, start, limit),
+        )
+        return 0.0 if taken == 1 else max(start + window - now, 0.001)
+
+    def purge_rate_windows(self, before: float) -> int:
+        """Windows that began before `before` (the janitor; a window is only ever read while it is current)."""
+        return self._execute("DELETE FROM rate_windows WHERE window_start < ?", (int(before),))
 
     # --- the janitor's side (qw_workers/janitor.py; decisions in qw_core.retention) ------------------------
 

@@ -41,6 +41,7 @@ NOTIFICATIONS_QUEUE = "qw.notifications.log"
 H_ATTEMPT = "x-qw-attempt"  # attempts already made (0 on first publish)
 H_ERROR = "x-qw-error"  # why a message was dead-lettered
 H_REASON = "x-qw-reason"  # machine-readable: undecodable | permanent | exhausted | delivery-limit
+H_DEFERRED = "x-qw-deferred"  # times the task was deferred (qw_workers.errors.Deferred): not counted as attempts
 
 
 @dataclass(frozen=True)

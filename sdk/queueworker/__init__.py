@@ -18,6 +18,7 @@ from __future__ import annotations
 from queueworker.client import Client, TaskStatus, default_client, set_default_client
 from queueworker.errors import (
     BrokerUnavailable,
+    Deferred,
     InvalidPayload,
     MessageTooLarge,
     PermanentError,
@@ -33,6 +34,7 @@ from queueworker.tasks import Task, task
 __all__ = [
     "BrokerUnavailable",
     "Client",
+    "Deferred",
     "InvalidPayload",
     "MessageTooLarge",
     "PermanentError",

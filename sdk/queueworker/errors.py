@@ -12,13 +12,15 @@ from qw_core.errors import QueueworkerError
 from qw_core.publishing import BrokerUnavailable, MessageTooLarge, PublishError, PublishRefused, Unroutable
 from qw_core.registry import InvalidPayload
 from qw_core.store import StoreUnavailable
-from qw_workers.errors import PermanentError, RetryableError
+from qw_workers.errors import Deferred, PermanentError, RetryableError
 
 # Raised by task bodies to steer the worker: PermanentError fails the task at once (dead letter, no retry);
-# RetryableError asks for a retry even when `retry_on` would not match.
+# RetryableError asks for a retry even when `retry_on` would not match; Deferred(message, seconds) sends it back
+# after about that long without using an attempt (a rate limit of your own).
 
 __all__ = [
     "BrokerUnavailable",
+    "Deferred",
     "InvalidPayload",
     "MessageTooLarge",
     "PermanentError",

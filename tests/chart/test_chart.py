@@ -371,3 +371,33 @@ def test_the_janitor_is_a_cronjob_that_never_overlaps_and_mounts_the_storage() -
     assert env["QW_STORAGE_DIR"] == "/data/storage" and "QW_DATABASE_URL" in env
     assert {"name": "storage", "mountPath": "/data/storage"} in container["volumeMounts"]
     assert not any(o["kind"] == "CronJob" for o in render(MINIMAL, sets=("janitor.enabled=false",)))
+
+
+# --- queue bounds --------------------------------------------------------------------------------------------
+
+
+def test_every_service_that_declares_queues_gets_the_same_queue_bounds() -> None:
+    """The bounds are queue arguments: the API, each worker kind and the janitor must declare them alike, and a
+    value set once in the chart reaches every one of them as the QW_ setting its settings class reads."""
+    from qw_core.settings import WorkerSettings
+
+    sets = ("rabbitmq.queueLimits.maxLength=5000", "rabbitmq.queueLimits.deadLetterTtlSeconds=3600")
+    seen = {}
+    for name, spec in pod_specs(render(MINIMAL, sets=sets)):
+        if name.startswith("Deployment/") and name.endswith("-operator"):
+            continue
+        env = {e["name"]: e.get("value") for c in spec["containers"] for e in c.get("env", [])}
+        bounds = {k: v for k, v in env.items() if k.startswith(("QW_QUEUE_MAX", "QW_DEAD_LETTER", "QW_NOTIFICATIONS"))}
+        seen[name] = bounds
+        settings = WorkerSettings(**{k.removeprefix("QW_").lower(): v for k, v in bounds.items()})
+        assert settings.queue_limits().work_max_length == 5000, name
+        assert settings.queue_limits().dead_ttl_ms == 3_600_000, name
+        assert settings.queue_limits().work_max_bytes == 268435456, name
+    assert len(seen) >= 4 and all(len(b) == 8 for b in seen.values()), seen
+    assert len({tuple(sorted(b.items())) for b in seen.values()}) == 1, "services disagree on the queue bounds"
+
+
+@pytest.mark.parametrize("setting", ["rabbitmq.queueLimits.maxLength=0", "rabbitmq.queueLimits.maxBytes=lots"])
+def test_the_schema_refuses_a_queue_bound_that_is_not_a_positive_integer(setting: str) -> None:
+    out = helm(*template_args(MINIMAL, sets=(setting,)), check=False)
+    assert out.returncode != 0 and "/rabbitmq/queueLimits/" in out.stderr, out.stderr

@@ -10,6 +10,7 @@ import asyncio
 import email
 import email.policy
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from email.message import EmailMessage
@@ -34,6 +35,7 @@ class Recorder:
         self.data_default = data_default
         self.rcpt_reply = rcpt_reply
         self.accepted: list[tuple[str, list[str], bytes]] = []
+        self.accepted_at: list[float] = []  # time.time() of each accepted message, in order
         self.data_attempts = 0
         self._lock = threading.Lock()
 
@@ -50,6 +52,7 @@ class Recorder:
             reply = self.data_replies.pop(0) if self.data_replies else self.data_default
             if reply.startswith("250"):
                 self.accepted.append((envelope.mail_from, list(envelope.rcpt_tos), bytes(envelope.original_content)))
+                self.accepted_at.append(time.time())
         return reply
 
     def messages(self) -> list[EmailMessage]:

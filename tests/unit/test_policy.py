@@ -281,3 +281,19 @@ def test_keep_up_guard_stops_a_scale_down_below_the_arrival_rate() -> None:
     d = decide(p, obs(ready=0, pub=40.0), h, 10, NOW)
     # Then it keeps the 8 replicas the arrivals need, not the 1 the empty queue suggests
     assert d.replicas == 8 and "keep-up guard" in d.reason
+
+
+# --- deferrals (a rate limit: qw_workers.errors.Deferred) -------------------------------------------------------
+
+
+def test_a_deferral_is_never_dead_and_takes_the_retry_queue_nearest_its_wait():
+    from qw_workers.errors import Deferred
+    from qw_workers.policy import decide_failure, deferrals_of, nearest_delay_ms
+
+    delays = [1_000, 5_000, 30_000]
+    assert nearest_delay_ms(0.2, delays) == 1_000  # shorter than every queue: the shortest
+    assert nearest_delay_ms(7, delays) == 5_000  # never later than asked
+    assert nearest_delay_ms(600, delays) == 30_000
+    decision = decide_failure(Deferred("rate", 7), attempt=99, max_attempts=3, delays=delays)
+    assert (decision.action, decision.delay_ms) == ("defer", 5_000)
+    assert [deferrals_of(h) for h in (None, {}, {"x-qw-deferred": 3}, {"x-qw-deferred": "x"})] == [0, 0, 3, 0]

@@ -17,9 +17,17 @@ from qw_core.messages import EmailTask, ImageTask, TaskMessage, utcnow
 from qw_core.settings import WorkerSettings
 from qw_core.storage import LocalStorage
 from qw_core.store import SqliteStore, StoreUnavailable
-from qw_core.topology import DEAD_EXCHANGE, H_ATTEMPT, H_ERROR, H_REASON, RETRY_EXCHANGE, retry_routing_key
+from qw_core.topology import (
+    DEAD_EXCHANGE,
+    H_ATTEMPT,
+    H_DEFERRED,
+    H_ERROR,
+    H_REASON,
+    RETRY_EXCHANGE,
+    retry_routing_key,
+)
 from qw_workers.context import TaskContext
-from qw_workers.errors import PermanentError, RetryableError
+from qw_workers.errors import Deferred, PermanentError, RetryableError
 from qw_workers.middleware import Delivery
 from qw_workers.settle import ConnectionLost, Settler, StoreBackoff
 
@@ -221,6 +229,34 @@ def test_retryable_error_with_attempts_left_publishes_a_retry_copy_then_marks_qu
         ("ack", 7),
     ]
     assert rig.status() == ("queued", made + 1, error)
+
+
+@pytest.mark.parametrize(("wait", "delay"), [(0.05, 200), (0.3, 200), (30.0, 400)])
+def test_a_deferred_task_goes_through_the_retry_queue_nearest_its_wait_and_counts_the_deferral(rig, wait, delay):
+    """Deferred (a rate limit) is no failure: on the last attempt it still goes back, marked x-qw-deferred + 1."""
+    rig.queued()
+    rig.handler = raises(Deferred("over the rate", wait))
+    result = rig.settler.settle(delivery(**{H_ATTEMPT: 2}))  # the third of 3 attempts
+    error = "Deferred: over the rate"
+    assert (result.outcome, result.attempt, result.reason) == ("deferred", 3, None)
+    headers = {H_ATTEMPT: 3, H_ERROR: error, H_DEFERRED: 1}
+    assert rig.events == [
+        STARTED,
+        ("publish", RETRY_EXCHANGE, retry_routing_key("email", delay), headers),
+        ("store", "schedule_retry"),
+        ("ack", 7),
+    ]
+    assert rig.status() == ("queued", 3, error)
+
+
+@pytest.mark.parametrize(("deferred", "outcome"), [(5, "retried"), (4, "dead")])
+def test_deferrals_do_not_use_attempts(rig, deferred, outcome):
+    """Seven runs of which five were deferrals are the second attempt (of 3): a failure is retried; with four
+    deferrals it is the third, and it is dead."""
+    rig.queued()
+    rig.handler = raises(RetryableError("451"))
+    result = rig.settler.settle(delivery(**{H_ATTEMPT: 6, H_DEFERRED: deferred}))
+    assert result.outcome == outcome and result.attempt == 7
 
 
 def test_any_other_exception_counts_as_retryable(rig):

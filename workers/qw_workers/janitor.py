@@ -79,6 +79,7 @@ class Janitor:
 
         report.tasks_removed = self._drain(purge, report)
         report.effects_removed = self._drain(lambda: self.store.purge_orphan_effects(cut.ended_before, size), report)
+        self.store.purge_rate_windows(time.time() - 3600)  # a few rows per tenant and hour
         report.seconds = time.perf_counter() - start
         return report
 

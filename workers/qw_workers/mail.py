@@ -7,6 +7,8 @@ left unfinished past its lease (the sender died, or could not record "sent" beca
 the mail may have gone out: it is not sent again and the task ends dead saying so, unless
 QW_EMAIL_RESEND_IN_DOUBT=true (at least once instead of at most once). After a successful send, recording it
 is retried for a while before giving up, so a short store outage does not leave a sent mail in doubt.
+A tenant's outbound rate (mails per window over every worker, QW_EMAIL_TENANT_RATE) defers its mails past the
+limit through the retry queues, without using their attempts and without holding a worker other tenants need.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from qw_core.settings import WorkerSettings
 from qw_core.store import StoreUnavailable
 
 from qw_workers.context import TaskContext
-from qw_workers.errors import PermanentError, RetryableError
+from qw_workers.errors import Deferred, PermanentError, RetryableError
 from qw_workers.mail_templates import TEMPLATES
 
 EFFECT = "email"
@@ -172,6 +174,7 @@ def handle(task: TaskMessage, ctx: TaskContext) -> None:
             "an earlier attempt claimed this email's send and did not finish (it may have sent it before it died); "
             "not sending again, to avoid a duplicate"
         )
+    _within_rate(task, ctx)
     try:
         deliver(msg, str(payload.to), ctx.settings)
     except SmtpFailure as failure:
@@ -182,6 +185,21 @@ def handle(task: TaskMessage, ctx: TaskContext) -> None:
         raise RetryableError(str(failure)) from failure
     _record_sent(ctx, task.task_id)
     return None
+
+
+def _within_rate(task: TaskMessage, ctx: TaskContext) -> None:
+    """The tenant's outbound rate (QW_EMAIL_TENANT_RATE / _LIMITS per QW_EMAIL_RATE_WINDOW_SECONDS), counted in the
+    store over every email worker. Past it the claim is released and the mail deferred (not failed, no attempt
+    used) until its window ends."""
+    rate = ctx.settings.email_rate(task.tenant)
+    if rate <= 0:
+        return
+    window = ctx.settings.email_rate_window_seconds
+    wait = ctx.store.take_token(task.tenant, EFFECT, rate, window)
+    if wait:
+        ctx.store.release_effect(task.task_id, EFFECT)
+        limit = f"{rate} per {window}s"
+        raise Deferred(f"tenant {task.tenant!r} reached its email rate of {limit}; deferred about {wait:.0f}s", wait)
 
 
 def _record_sent(ctx: TaskContext, task_id: str, attempts: int = 6) -> None:

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from qw_core.registry import InvalidPayload
-from qw_core.topology import H_ATTEMPT, retry_delay_ms
+from qw_core.topology import H_ATTEMPT, H_DEFERRED, retry_delay_ms
 
-from qw_workers.errors import PermanentError, RetryableError
+from qw_workers.errors import Deferred, PermanentError, RetryableError
 
-Action = Literal["retry", "dead", "failed"]
+Action = Literal["retry", "defer", "dead", "failed"]
 DeadReason = Literal["undecodable", "permanent", "exhausted", "invalid-payload"]
 
 
@@ -35,6 +35,21 @@ def attempt_of(headers: dict[str, Any] | None) -> int:
     return max(made, 0) + 1
 
 
+def deferrals_of(headers: dict[str, Any] | None) -> int:
+    """How many times the task was deferred (those runs are not attempts: see `decide_failure`)."""
+    raw = (headers or {}).get(H_DEFERRED, 0)
+    try:
+        return max(int(raw), 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def nearest_delay_ms(wanted_s: float, delays: Sequence[int]) -> int:
+    """The longest retry queue delay that does not overshoot `wanted_s`, or the shortest one if all do."""
+    fitting = [d for d in delays if d <= wanted_s * 1000]
+    return max(fitting) if fitting else min(delays)
+
+
 def decide_failure(
     error: BaseException,
     attempt: int,
@@ -42,7 +57,11 @@ def decide_failure(
     delays: Sequence[int],
     retry_on: tuple[type[BaseException], ...] = (Exception,),
 ) -> Decision:
-    """Retry while attempts are left and the error is one the kind retries (`retry_on`; PermanentError never)."""
+    """Retry while attempts are left and the error is one the kind retries (`retry_on`; PermanentError never).
+    `Deferred` is no failure: it goes back after about its delay, whatever the attempts (the caller passes the
+    attempts made, deferrals not counted)."""
+    if isinstance(error, Deferred):
+        return Decision("defer", delay_ms=nearest_delay_ms(error.delay, delays))
     if isinstance(error, InvalidPayload):
         return Decision("failed", reason="invalid-payload")
     if isinstance(error, PermanentError) or not isinstance(error, (RetryableError, *retry_on)):

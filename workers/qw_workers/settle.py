@@ -29,6 +29,8 @@ Every path ends in exactly one final state, whichever step fails; the orders, by
 - the store is down before the task ran (start_attempt, a status read) or the handler's own store call raised
   StoreUnavailable: nothing irreversible is recorded, so wait the shared backoff, then hand the message back
   (requeue) -> `requeued`; it does not count as a failed attempt;
+- `Deferred` (a rate limit): a copy through the retry queue nearest its delay, with x-qw-deferred + 1 (the
+  attempts left are counted without deferrals), then the ack -> `deferred`;
 - the store is down at a write that records an outcome already reached ("held": succeeded, dead, failed): the
   message is held and the write retried after each backoff (rerunning the handler would redo its work, and an
   email's send would be in doubt); if the worker stops meanwhile it is handed back -> `requeued`;
@@ -58,11 +60,19 @@ from qw_core.registry import RetryPolicy
 from qw_core.settings import WorkerSettings
 from qw_core.storage import LocalStorage
 from qw_core.store import StoreUnavailable, TaskStore
-from qw_core.topology import DEAD_EXCHANGE, H_ATTEMPT, H_ERROR, H_REASON, RETRY_EXCHANGE, retry_routing_key
+from qw_core.topology import (
+    DEAD_EXCHANGE,
+    H_ATTEMPT,
+    H_DEFERRED,
+    H_ERROR,
+    H_REASON,
+    RETRY_EXCHANGE,
+    retry_routing_key,
+)
 
 from qw_workers.context import Handler, Output, TaskContext
 from qw_workers.middleware import Delivery, Result
-from qw_workers.policy import attempt_of, decide_failure, describe, reconnect_delay
+from qw_workers.policy import attempt_of, decide_failure, deferrals_of, describe, reconnect_delay
 
 log = logging.getLogger("qw_workers.settle")
 T = TypeVar("T")
@@ -270,14 +280,18 @@ class Settler:
         error = describe(exc)
         p = self.retry_policy
         assert p.max_attempts is not None and p.delays_ms is not None  # resolved from the settings
-        decision = decide_failure(exc, attempt, p.max_attempts, p.delays_ms, p.retry_on)
-        if decision.action == "retry":
+        deferred = deferrals_of(d.headers)
+        decision = decide_failure(exc, attempt - deferred, p.max_attempts, p.delays_ms, p.retry_on)
+        if decision.action in ("retry", "defer"):
             rk = retry_routing_key(self.kind, decision.delay_ms)
-            self.channel.publish_copy(d, RETRY_EXCHANGE, rk, {H_ATTEMPT: attempt, H_ERROR: error})
+            headers: dict[str, Any] = {H_ATTEMPT: attempt, H_ERROR: error}
+            if decision.action == "defer":
+                headers[H_DEFERRED] = deferred + 1  # run numbers stay monotonic; attempts are runs - deferrals
+            self.channel.publish_copy(d, RETRY_EXCHANGE, rk, headers)
             # Confirmed: the copy carries the task now. Never hand the original back (two live copies).
             self._best_effort(lambda: self.store.schedule_retry(task_id, attempt, error))
             self.channel.ack(d)
-            return _Settled("retried", task_id, error=error)
+            return _Settled("retried" if decision.action == "retry" else "deferred", task_id, error=error)
         assert decision.reason is not None
         status: Literal["dead", "failed"] = "dead" if decision.action == "dead" else "failed"
         return self._dead(d, task_id, attempt, status, decision.reason, error)

@@ -63,6 +63,16 @@ app.kubernetes.io/part-of: queueworker
   value: {{ .Values.logFormat | quote }}
 - name: QW_LOG_LEVEL
   value: {{ .Values.logLevel | quote }}
+{{- include "queueworker.queueLimitsEnv" . }}
+{{- end }}
+
+{{/* The queue bounds: every process that declares queues must declare them with the same arguments. */}}
+{{- define "queueworker.queueLimitsEnv" -}}
+{{- $q := .Values.rabbitmq.queueLimits }}
+{{- range $name, $value := dict "QW_QUEUE_MAX_LENGTH" $q.maxLength "QW_QUEUE_MAX_BYTES" $q.maxBytes "QW_DEAD_LETTER_MAX_LENGTH" $q.deadLetterMaxLength "QW_DEAD_LETTER_MAX_BYTES" $q.deadLetterMaxBytes "QW_DEAD_LETTER_TTL_SECONDS" $q.deadLetterTtlSeconds "QW_NOTIFICATIONS_LOG_MAX_LENGTH" $q.notificationsLogMaxLength "QW_NOTIFICATIONS_LOG_MAX_BYTES" $q.notificationsLogMaxBytes "QW_NOTIFICATIONS_LOG_TTL_SECONDS" $q.notificationsLogTtlSeconds }}
+- name: {{ $name }}
+  value: {{ $value | int64 | toString | quote }}
+{{- end }}
 {{- end }}
 
 {{/* Broker URLs come from the Secret, never literals: the AMQP URL for the API and workers, the management URL
