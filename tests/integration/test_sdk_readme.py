@@ -3,8 +3,8 @@ blocks' commands run in order from the repository root, long-running ones (the w
 
 What the test changes, and nothing else: the broker, store and storage come from QW_* variables set around the
 commands (the README relies on the defaults of `make services-up`), the shop's own tables from SHOP_DATABASE_URL
-(a file of the test's), the API listens on a free port (QW_API_PORT, and `127.0.0.1:8000` in the curl lines), the worker's metrics port is free, `python` is this venv's, and `<task_id>` is
-the id the command before printed.
+(a file of the test's), the API listens on a free port (QW_API_PORT, and `127.0.0.1:8000` in the curl lines),
+the worker's metrics port is free, `python` is this venv's, and `<task_id>` is the id the command before printed.
 """
 
 from __future__ import annotations
