@@ -107,3 +107,23 @@ def test_500_orders_each_emailed_reserved_and_recorded_once_with_a_worker_killed
     store.close()
     print(f"shop: {ORDERS} orders in {elapsed:.1f}s, killed after {killed_at} mails, redelivered {stats['redeliver']}")
     assert stats["redeliver"] >= 1, stats
+
+
+def test_a_bad_order_is_refused_saying_why_and_a_retried_order_is_the_same_order(amqp_url, tmp_path):
+    env = shop_env(worker_env(amqp_url, f"sqlite:///{tmp_path}/qw.db", tmp_path / "storage", QW_TENANT="shop"),
+                   f"sqlite:///{tmp_path}/shop.db")  # fmt: skip
+    with shop_service(env, tmp_path / "shop.log") as shop, httpx.Client(base_url=shop, timeout=30) as http:
+        unknown = http.post("/orders", json={"email": "a@example.com", "items": [{"sku": "Z", "qty": 1}]})
+        no_items = http.post("/orders", json={"email": "a@example.com", "items": []})
+        bad_mail = http.post("/orders", json={"email": "nobody", "items": [{"sku": "A", "qty": 1}]})
+        assert (unknown.status_code, no_items.status_code, bad_mail.status_code) == (422, 422, 422)
+        assert "unknown sku Z; the catalogue has A, B, C" in unknown.text
+        assert http.get("/stock").json() == INITIAL
+        body = {"order_id": "o-7", **order(7)}
+        first, again = http.post("/orders", json=body), http.post("/orders", json=body)
+        assert (first.status_code, again.status_code) == (201, 200) and again.json()["tasks"] == {}
+        other = http.post("/orders", json={**body, "email": "someone-else@example.com"})
+        assert other.status_code == 409 and "o-7 exists with other contents" in other.text
+    store = open_store(env["QW_DATABASE_URL"])
+    assert store.counts("shop") == {"queued": 3}  # no workers ran: the retry queued nothing more
+    store.close()
