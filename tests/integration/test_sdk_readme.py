@@ -2,9 +2,9 @@
 blocks' commands run in order from the repository root, long-running ones (the worker, the API) in the background.
 
 What the test changes, and nothing else: the broker, store and storage come from QW_* variables set around the
-commands (the README relies on the defaults of `make services-up`), the API listens on a free port (QW_API_PORT, and
-`127.0.0.1:8000` in the curl lines), the worker's metrics port is free, `python` is this venv's, and `<task_id>` is
-the id the command before printed.
+commands (the README relies on the defaults of `make services-up`), the shop's own tables from SHOP_DATABASE_URL
+(a file of the test's), the API listens on a free port (QW_API_PORT, and `127.0.0.1:8000` in the curl lines),
+the worker's metrics port is free, `python` is this venv's, and `<task_id>` is the id the command before printed.
 """
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ def test_the_tutorial_commands_run_as_written(amqp_url, tmp_path):
         "QW_ENV": "test", "QW_LOG_FORMAT": "text", "QW_RABBITMQ_URL": amqp_url,
         "QW_DATABASE_URL": f"sqlite:///{tmp_path}/qw.db", "QW_STORAGE_DIR": str(tmp_path / "storage"),
         "QW_API_PORT": str(api_port), "QW_METRICS_PORT": str(metrics_port),
+        "SHOP_DATABASE_URL": f"sqlite:///{tmp_path}/shop.db",  # the shop's own tables (examples/shop/db.py)
     }  # fmt: skip
     cmds = commands()
     assert [c for c in cmds if c.startswith(BACKGROUND) or " python -m " in c], "no worker or API command"
@@ -120,9 +121,8 @@ def _check(outputs: list[str], cmds: list[str]) -> None:
     posted = next(o for c, o in zip(cmds, outputs, strict=True) if "/v1/tasks/inventory" in c)
     assert json.loads(posted)["status"] == "queued"
     kinds = json.loads(next(o for c, o in zip(cmds, outputs, strict=True) if "/v1/kinds" in c))
-    assert [k["kind"] for k in kinds] == ["inventory"] and kinds[0]["payload_schema"]["required"] == [
-        "order_id",
-        "items",
-    ]
+    by_kind = {k["kind"]: k for k in kinds}
+    assert set(by_kind) == {"inventory", "confirmation", "analytics"}
+    assert by_kind["inventory"]["payload_schema"]["required"] == ["order_id", "items"]
     status = json.loads(outputs[-1])
     assert status["task_id"] == _task_id(posted) and status["kind"] == "inventory"
