@@ -18,6 +18,8 @@ from __future__ import annotations
 from queueworker.client import Client, TaskStatus, default_client, set_default_client
 from queueworker.errors import (
     BrokerUnavailable,
+    IdempotencyConflict,
+    IdempotencyKeyInUse,
     InvalidPayload,
     MessageTooLarge,
     PermanentError,
@@ -28,11 +30,14 @@ from queueworker.errors import (
     StoreUnavailable,
     Unroutable,
 )
-from queueworker.tasks import Task, task
+from queueworker.tasks import BoundTask, Task, task
 
 __all__ = [
+    "BoundTask",
     "BrokerUnavailable",
     "Client",
+    "IdempotencyConflict",
+    "IdempotencyKeyInUse",
     "InvalidPayload",
     "MessageTooLarge",
     "PermanentError",
