@@ -7,8 +7,9 @@ import hmac
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, Header, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from qw_core.idempotency import HEADER, KEY_PATTERN, MAX_KEY_LENGTH
 from qw_core.settings import ApiSettings
 from qw_core.storage import LocalStorage
 from qw_core.store import TaskStore
@@ -89,3 +90,18 @@ def _tenant_of(services: Services, creds: HTTPAuthorizationCredentials | None) -
 
 
 TenantDep = Annotated[str, Depends(get_tenant)]
+
+# A route that creates a task takes an optional idempotency key (qw_core.idempotency); a malformed one is 422.
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias=HEADER,
+        max_length=MAX_KEY_LENGTH,
+        pattern=KEY_PATTERN,
+        description=(
+            "Send the request again with the same key (per tenant, within QW_IDEMPOTENCY_SECONDS, default 24 h) to "
+            "get the first task back instead of a second one (202, `Idempotent-Replayed: true`). The same key with a "
+            "different request is 422. 1-255 printable ASCII characters, e.g. a UUID."
+        ),
+    ),
+]

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-PublicStatus = Literal["queued", "processing", "succeeded", "failed", "dead"]
+PublicStatus = Literal["queued", "processing", "succeeded", "failed", "dead", "cancelled"]
 
 
 class TaskAccepted(BaseModel):

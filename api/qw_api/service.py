@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from typing import Any, NamedTuple
 
 from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse
+from qw_core.idempotency import (
+    KEY_POLL_SECONDS,
+    REPLAYED_HEADER,
+    IdempotencyConflict,
+    IdempotencyKey,
+    IdempotencyKeyInUse,
+    KeyClaim,
+    make_key,
+)
 from qw_core.messages import TaskMessage
 from qw_core.store import StoreUnavailable
 from qw_core.topology import TASKS_EXCHANGE
@@ -23,13 +34,33 @@ def unavailable(services: Services, what: str) -> HTTPException:
     )
 
 
-async def submit(services: Services, task: TaskMessage, source_key: str | None = None) -> None:
-    """Accept `task` or raise 503. On failure no row claims it is queued and its upload is removed."""
+class Accepted(NamedTuple):
+    """The task a request is answered with: its own, or (`replayed`) the first one of its idempotency key."""
+
+    task_id: str
+    replayed: bool = False
+
+
+async def submit(
+    services: Services, task: TaskMessage, source_key: str | None = None, key: IdempotencyKey | None = None
+) -> Accepted:
+    """Accept `task` or raise 503; under an idempotency `key` already used for this request, answer with the first
+    task instead (422 for a key used for another request, 409 while its first request is still being queued). On
+    failure, or a replay, no row claims `task` is queued and its upload is removed."""
     try:
-        await services.pending_writes.write((task.task_id, task.tenant, task.kind, source_key))
+        if key is None:
+            await services.pending_writes.write((task.task_id, task.tenant, task.kind, source_key))
+        else:
+            claim = await _claim(services, task, key, source_key)
+            if claim.outcome == "existing":
+                await _remove_upload(services, source_key)
+                return Accepted(claim.task_id, replayed=True)
     except StoreUnavailable as exc:
         await _remove_upload(services, source_key)
         raise unavailable(services, "the task store is unavailable") from exc
+    except HTTPException:
+        await _remove_upload(services, source_key)
+        raise
     start = time.perf_counter()
     try:
         await services.publisher.publish(TASKS_EXCHANGE, task.kind, task.to_bytes(), task.task_id)
@@ -43,7 +74,7 @@ async def submit(services: Services, task: TaskMessage, source_key: str | None =
             # The confirm never came (timeout, connection lost) but the broker had the message: a worker has
             # already moved the row on. The task is live; a 503 would invite a retry that runs it twice.
             services.metrics.tasks_submitted.labels(task.kind).inc()
-            return
+            return Accepted(task.task_id)
         await _remove_upload(services, source_key)
         raise unavailable(services, f"the task could not be queued: {exc}") from exc
     services.metrics.publish_duration.labels(task.kind).observe(time.perf_counter() - start)
@@ -53,6 +84,26 @@ async def submit(services: Services, task: TaskMessage, source_key: str | None =
     except StoreUnavailable:
         pass
     services.metrics.tasks_submitted.labels(task.kind).inc()
+    return Accepted(task.task_id)
+
+
+async def _claim(services: Services, task: TaskMessage, key: IdempotencyKey, source_key: str | None) -> KeyClaim:
+    """The store's claim of `key` (qw_core.idempotency); while the key's first request is still being queued (by
+    this API or another replica), wait for its outcome, a little longer than one publish may take."""
+    deadline = time.monotonic() + services.settings.publish_timeout + 1.0
+    while True:
+        claim = await run_in_threadpool(services.store.claim_key, task.task_id, task.tenant, task.kind, key, source_key)
+        if claim.outcome == "mismatch":
+            raise HTTPException(422, str(IdempotencyConflict(key.key, claim.task_id)))
+        if claim.outcome != "busy":
+            return claim
+        if time.monotonic() >= deadline:
+            raise HTTPException(
+                409,
+                str(IdempotencyKeyInUse(key.key)),
+                headers={"Retry-After": str(services.settings.retry_after_seconds)},
+            )
+        await asyncio.sleep(KEY_POLL_SECONDS)
 
 
 async def _withdraw(services: Services, task_id: str) -> bool:
@@ -78,7 +129,17 @@ def link(request: Request, route: str, **params: str) -> str:
     return str(request.url_for(route, **params))
 
 
-def accepted(request: Request, task_id: str) -> JSONResponse:
-    """The 202 body (schema: TaskAccepted), built directly: no response-model pass on the hot path."""
-    status_url = link(request, "get_task", task_id=task_id)
-    return JSONResponse({"task_id": task_id, "status": "queued", "status_url": status_url}, status_code=202)
+def accepted(request: Request, result: Accepted) -> JSONResponse:
+    """The 202 body (schema: TaskAccepted), built directly: no response-model pass on the hot path. A replay (an
+    idempotency key's first task) is the first answer again, marked `Idempotent-Replayed: true`."""
+    status_url = link(request, "get_task", task_id=result.task_id)
+    headers = {REPLAYED_HEADER: "true"} if result.replayed else None
+    body = {"task_id": result.task_id, "status": "queued", "status_url": status_url}
+    return JSONResponse(body, status_code=202, headers=headers)
+
+
+def idempotency_key(services: Services, header: str | None, kind: str, payload: Any) -> IdempotencyKey | None:
+    """The request's key with its fingerprint (`kind` and `payload`: what makes two requests the same one)."""
+    if header is None:
+        return None
+    return make_key(header, kind, payload, time.time(), services.settings.idempotency_seconds)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -28,11 +29,15 @@ import pika.exceptions
 
 from qw_core import brokers
 from qw_core.errors import QueueworkerError
+from qw_core.idempotency import KEY_POLL_SECONDS, IdempotencyConflict, IdempotencyKey, IdempotencyKeyInUse, KeyClaim
 from qw_core.messages import TaskMessage
 from qw_core.store import StoreUnavailable, TaskStore
 from qw_core.topology import H_ATTEMPT, TASKS_EXCHANGE, Topology, declare_with_pika
 
 log = logging.getLogger("qw_core.publishing")
+# A second request with a key whose first request is still publishing waits this long for its outcome: longer than
+# one publish takes (connect, declare, confirm: socket_timeout 5 s), then IdempotencyKeyInUse.
+KEY_WAIT_SECONDS = 10.0
 
 
 class PublishError(QueueworkerError):
@@ -168,25 +173,56 @@ class BlockingPublisher:
                 pass
 
 
-def accept(store: TaskStore, publisher: BlockingPublisher, task: TaskMessage) -> None:
-    """Row, confirmed publish, then visible: all or nothing, like the API's (qw_api.service.submit).
+def accept(
+    store: TaskStore,
+    publisher: BlockingPublisher,
+    task: TaskMessage,
+    key: IdempotencyKey | None = None,
+    wait_seconds: float = KEY_WAIT_SECONDS,
+) -> str:
+    """Row, confirmed publish, then visible: all or nothing, like the API's (qw_api.service.submit). Returns the
+    task id: `task`'s, or under an idempotency `key` already used for the same request, the first task's.
 
     Raises StoreUnavailable (nothing published) or a PublishError (the pending row withdrawn, so a copy the broker
-    kept after all is dead-lettered by the worker for want of a status record, never run).
+    kept after all is dead-lettered by the worker for want of a status record, never run; its key released);
+    IdempotencyConflict (the key names a different request) or IdempotencyKeyInUse (its first request was still
+    being queued after `wait_seconds`).
     """
     body = task.to_bytes()  # a payload that cannot be serialised fails here, before any row exists
-    store.create_pending(task.task_id, task.tenant, task.kind)
+    if key is None:
+        store.create_pending(task.task_id, task.tenant, task.kind)
+    else:
+        claim = _claim(store, task, key, wait_seconds)
+        if claim.outcome == "existing":
+            return claim.task_id
     try:
         publisher.publish(task.kind, body, task.task_id)
     except BaseException:
         if not _withdraw(store, task.task_id):
             log.info("task %s: the publish failed but a worker already has it; accepted", task.task_id)
-            return
+            return task.task_id
         raise
     try:
         store.confirm_queued(task.task_id)
     except StoreUnavailable:
         pass  # the broker has it; the worker's own status writes move the task on
+    return task.task_id
+
+
+def _claim(store: TaskStore, task: TaskMessage, key: IdempotencyKey, wait_seconds: float) -> KeyClaim:
+    """Bind `key` to `task` (a pending row written) or name the task it is bound to; while that one's first request
+    is still publishing (`busy`), wait for its outcome: queued (then it is ours to return) or withdrawn (then the
+    key is free again)."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        claim = store.claim_key(task.task_id, task.tenant, task.kind, key)
+        if claim.outcome == "mismatch":
+            raise IdempotencyConflict(key.key, claim.task_id)
+        if claim.outcome != "busy":
+            return claim
+        if time.monotonic() >= deadline:
+            raise IdempotencyKeyInUse(key.key)
+        time.sleep(KEY_POLL_SECONDS)
 
 
 def _withdraw(store: TaskStore, task_id: str) -> bool:

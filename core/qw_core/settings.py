@@ -52,6 +52,9 @@ class CommonSettings(BaseSettings):
     # The user's task module (SDK kinds, `queueworker.task`), e.g. `shop.tasks`: the API validates
     # POST /v1/tasks/{kind} with its schemas; a worker's `--app` defaults to it.
     app: str = ""
+    # How long an idempotency key (the API's Idempotency-Key header, the SDK's `idempotency_key=`) names the task
+    # it was first used for; stored with the key when it is first used, so the janitor needs no setting of its own.
+    idempotency_seconds: float = Field(default=24 * 3600, gt=0)
 
     @field_validator("retry_delays")
     @classmethod

@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from qw_core.errors import QueueworkerError
+from qw_core.idempotency import IdempotencyKey, KeyClaim
 
-Status = Literal["pending", "queued", "processing", "succeeded", "failed", "dead"]
-TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "dead"})
+Status = Literal["pending", "queued", "processing", "succeeded", "failed", "dead", "cancelled"]
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "dead", "cancelled"})
+CANCELLED_ERROR = "cancelled by the client before it started"
 EffectClaim = Literal["claimed", "done", "busy", "stale"]
 
 SCHEMA = (
@@ -57,6 +59,19 @@ SCHEMA = (
         used INTEGER NOT NULL,
         PRIMARY KEY (tenant, name, window_start)
     )""",
+    # Idempotency keys (qw_core.idempotency): the primary key is what makes concurrent requests with one key
+    # produce one task. Kept apart from `tasks`: a key expires (QW_IDEMPOTENCY_SECONDS) long before its task does.
+    """CREATE TABLE IF NOT EXISTS idempotency_keys (
+        tenant TEXT NOT NULL,
+        idem_key TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        task_id TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (tenant, idem_key)
+    )""",
+    "CREATE INDEX IF NOT EXISTS idempotency_keys_task ON idempotency_keys (task_id)",
+    "CREATE INDEX IF NOT EXISTS idempotency_keys_expires ON idempotency_keys (expires_at)",
 )
 
 _BASE_COLUMNS = (
@@ -66,6 +81,10 @@ _BASE_COLUMNS = (
 _COLUMNS = f"{_BASE_COLUMNS}, result"
 _INSERT_PENDING = f"INSERT INTO tasks ({_BASE_COLUMNS}) VALUES (?, ?, ?, 'pending', 0, NULL, ?, NULL, 0, ?, ?)"
 _CONFIRM_QUEUED = "UPDATE tasks SET status='queued', updated_at=? WHERE task_id=? AND status='pending'"
+_INSERT_KEY = (
+    "INSERT INTO idempotency_keys (tenant, idem_key, fingerprint, task_id, created_at, expires_at) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, idem_key) DO NOTHING"
+)
 _NOT_ENDED = f"status NOT IN ({', '.join(repr(s) for s in sorted(TERMINAL))})"
 
 
@@ -175,8 +194,68 @@ class TaskStore:
         return self._execute(_CONFIRM_QUEUED, (time.time(), task_id)) == 1
 
     def discard_pending(self, task_id: str) -> bool:
-        """The publish failed: remove the row so nothing claims the task is queued."""
-        return self._execute("DELETE FROM tasks WHERE task_id=? AND status='pending'", (task_id,)) == 1
+        """The publish failed: remove the row so nothing claims the task is queued, and release its idempotency key
+        (the client's retry with that key must make a new task, not name this dead one)."""
+        with self._tx() as cur:
+            cur.execute(self._sql("DELETE FROM tasks WHERE task_id=? AND status='pending'"), (task_id,))
+            if cur.rowcount != 1:
+                return False
+            cur.execute(self._sql("DELETE FROM idempotency_keys WHERE task_id=?"), (task_id,))
+            return True
+
+    def claim_key(
+        self,
+        task_id: str,
+        tenant: str,
+        kind: str,
+        key: IdempotencyKey,
+        source_key: str | None = None,
+        now: float | None = None,
+    ) -> KeyClaim:
+        """`create_pending` under an idempotency key, in one transaction: `new` (key bound, row written) only if no
+        live key of the tenant names another task. A key that expired, or whose task is gone, is taken over by a
+        conditional UPDATE, so two requests cannot both take it over either."""
+        now = time.time() if now is None else now
+        with self._tx() as cur:
+            cur.execute(self._sql(_INSERT_KEY), (tenant, key.key, key.fingerprint, task_id, now, key.expires_at))
+            if cur.rowcount != 1:
+                cur.execute(
+                    self._sql(
+                        "SELECT k.fingerprint, k.task_id, k.expires_at, t.status FROM idempotency_keys k "
+                        "LEFT JOIN tasks t ON t.task_id = k.task_id WHERE k.tenant=? AND k.idem_key=?"
+                    ),
+                    (tenant, key.key),
+                )
+                row = cur.fetchone()
+                if row is None:  # released since our insert (its publish failed): try again
+                    return KeyClaim("busy", "")
+                fingerprint, bound, expires_at, status = row
+                if float(expires_at) > now and status is not None:
+                    if fingerprint != key.fingerprint:
+                        return KeyClaim("mismatch", str(bound))
+                    return KeyClaim("busy" if status == "pending" else "existing", str(bound))
+                cur.execute(
+                    self._sql(
+                        "UPDATE idempotency_keys SET fingerprint=?, task_id=?, created_at=?, expires_at=? "
+                        "WHERE tenant=? AND idem_key=? AND task_id=?"
+                    ),
+                    (key.fingerprint, task_id, now, key.expires_at, tenant, key.key, bound),
+                )
+                if cur.rowcount != 1:  # another request took it over first
+                    return KeyClaim("busy", str(bound))
+            cur.execute(self._sql(_INSERT_PENDING), (task_id, tenant, kind, source_key, now, now))
+        return KeyClaim("new", task_id)
+
+    def cancel(self, task_id: str, tenant: str) -> TaskRecord | None:
+        """Cancel the task if it has not started: status `queued` (never run, or waiting for a retry) becomes
+        `cancelled`, in one conditional UPDATE, so a worker's claim (`start_attempt`) and a cancel cannot both win.
+        Returns the task as it is afterwards (None: unknown to this tenant); its status says who won."""
+        self._execute(
+            "UPDATE tasks SET status='cancelled', error=?, updated_at=? "
+            "WHERE task_id=? AND tenant=? AND status='queued'",
+            (CANCELLED_ERROR, time.time(), task_id, tenant),
+        )
+        return self.get(task_id, tenant)
 
     def get(self, task_id: str, tenant: str | None = None) -> TaskRecord | None:
         if tenant is None:
@@ -311,6 +390,8 @@ class TaskStore:
                     ),
                     (error[:2000], now, *ids),
                 )
+                # Never queued: their keys must not keep answering with a task that never ran.
+                cur.execute(self._sql(f"DELETE FROM idempotency_keys WHERE task_id IN ({_marks(len(ids))})"), ids)
             return len(ids)
 
     def release_ended_uploads(self, limit: int, remove: RemoveFiles) -> int:
@@ -338,6 +419,7 @@ class TaskStore:
             remove(keys)
             ids = [r[0] for r in rows]
             cur.execute(self._sql(f"DELETE FROM side_effects WHERE task_id IN ({_marks(len(ids))})"), ids)
+            cur.execute(self._sql(f"DELETE FROM idempotency_keys WHERE task_id IN ({_marks(len(ids))})"), ids)
             cur.execute(self._sql(f"DELETE FROM tasks WHERE task_id IN ({_marks(len(ids))})"), ids)
             return len(ids), len(keys)
 
@@ -354,6 +436,19 @@ class TaskStore:
             rows = [tuple(r) for r in cur.fetchall()]
             if rows:
                 cur.executemany(self._sql("DELETE FROM side_effects WHERE task_id=? AND effect=?"), rows)
+            return len(rows)
+
+    def purge_expired_keys(self, now: float, limit: int) -> int:
+        """Idempotency keys past their window (QW_IDEMPOTENCY_SECONDS after first use), at most `limit`."""
+        with self._tx() as cur:
+            sql = f"SELECT tenant, idem_key FROM idempotency_keys WHERE expires_at<? LIMIT ?{self.skip_locked}"
+            cur.execute(self._sql(sql), (now, limit))
+            rows = [tuple(r) for r in cur.fetchall()]
+            if rows:
+                cur.executemany(
+                    self._sql("DELETE FROM idempotency_keys WHERE tenant=? AND idem_key=? AND expires_at<?"),
+                    [(*r, now) for r in rows],
+                )
             return len(rows)
 
 

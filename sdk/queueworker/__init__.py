@@ -19,6 +19,8 @@ from queueworker.client import Client, TaskStatus, default_client, set_default_c
 from queueworker.errors import (
     BrokerUnavailable,
     Deferred,
+    IdempotencyConflict,
+    IdempotencyKeyInUse,
     InvalidPayload,
     MessageTooLarge,
     PermanentError,
@@ -29,12 +31,15 @@ from queueworker.errors import (
     StoreUnavailable,
     Unroutable,
 )
-from queueworker.tasks import Task, task
+from queueworker.tasks import BoundTask, Task, task
 
 __all__ = [
+    "BoundTask",
     "BrokerUnavailable",
     "Client",
     "Deferred",
+    "IdempotencyConflict",
+    "IdempotencyKeyInUse",
     "InvalidPayload",
     "MessageTooLarge",
     "PermanentError",

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from qw_core.idempotency import make_key
 from qw_core.messages import KINDS, TaskMessage, UserTask, new_task_id, utcnow
 from qw_core.publishing import BlockingPublisher, accept
 from qw_core.registry import Registry, check_kind_name, default_registry
@@ -61,31 +62,65 @@ class Client:
         self._store: TaskStore | None = None
         self._publisher: BlockingPublisher | None = None
 
-    def enqueue(self, kind: str, payload: Mapping[str, Any] | None = None, /, **fields: Any) -> str:
+    def enqueue(
+        self,
+        kind: str,
+        payload: Mapping[str, Any] | None = None,
+        /,
+        *,
+        idempotency_key: str | None = None,
+        **fields: Any,
+    ) -> str:
         """Queue a task of `kind` with `payload` (a mapping, or keyword fields); returns its task id.
 
         A kind defined in this process (its module imported) is validated here (InvalidPayload names the field);
         any other kind is validated by its worker, which dead-letters a bad payload. Raises BrokerUnavailable,
         PublishRefused (full queue), Unroutable (no queue for the kind), MessageTooLarge or StoreUnavailable.
+        `idempotency_key`: see `submit`. A payload field named like a keyword option goes in the `payload` mapping.
         """
         args = {**(payload or {}), **fields}
         spec = self.registry.get(kind)
-        return self.submit(kind, spec.to_args(args) if spec else args)
+        return self.submit(kind, spec.to_args(args) if spec else args, idempotency_key=idempotency_key)
 
-    async def enqueue_async(self, kind: str, payload: Mapping[str, Any] | None = None, /, **fields: Any) -> str:
+    async def enqueue_async(
+        self,
+        kind: str,
+        payload: Mapping[str, Any] | None = None,
+        /,
+        *,
+        idempotency_key: str | None = None,
+        **fields: Any,
+    ) -> str:
         """`enqueue` for asyncio code: the blocking publish runs in a worker thread."""
-        return await asyncio.to_thread(self.enqueue, kind, payload, **fields)
+        return await asyncio.to_thread(self.enqueue, kind, payload, idempotency_key=idempotency_key, **fields)
 
-    def submit(self, kind: str, args: dict[str, Any]) -> str:
-        """Queue already-validated JSON `args` (Task.send validates against its own spec first)."""
+    def submit(self, kind: str, args: dict[str, Any], *, idempotency_key: str | None = None) -> str:
+        """Queue already-validated JSON `args` (Task.send validates against its own spec first).
+
+        `idempotency_key` (1-255 printable ASCII characters, e.g. a UUID; ValueError otherwise): the same key from
+        the same tenant within QW_IDEMPOTENCY_SECONDS (default 24 h) returns the first task's id and queues
+        nothing, also over HTTP (`Idempotency-Key`) and across processes. The same key with another kind or other
+        args raises IdempotencyConflict; IdempotencyKeyInUse if the first request is still being queued after 10 s.
+        """
         if kind in KINDS:
             raise ValueError(f"{kind!r} is a built-in kind: queue it through the HTTP API (POST /v1/{kind}s)")
         check_kind_name(kind)
         payload = UserTask(kind=kind, args=args)
         task = TaskMessage(task_id=new_task_id(), tenant=self.settings.tenant, created_at=utcnow(), payload=payload)
+        key = None
+        if idempotency_key is not None:
+            key = make_key(idempotency_key, kind, args, time.time(), self.settings.idempotency_seconds)
         store, publisher = self._connections()
-        accept(store, publisher, task)
-        return task.task_id
+        return accept(store, publisher, task, key)
+
+    def cancel(self, task_id: str) -> bool:
+        """Cancel a task that has not started (status `queued`: never run, or waiting for a retry): True once it is
+        `cancelled` (now or before; a worker that receives it skips it), False if it is processing or has ended.
+        LookupError for a task this client's tenant does not have."""
+        rec = self._connections()[0].cancel(task_id, self.settings.tenant)
+        if rec is None or rec.status == "pending":
+            raise LookupError(f"no task {task_id!r} for tenant {self.settings.tenant!r}")
+        return rec.status == "cancelled"
 
     def status(self, task_id: str) -> TaskStatus | None:
         """The task's status and result, or None if no such task is visible (not queued yet or unknown)."""
@@ -96,7 +131,7 @@ class Client:
         return TaskStatus(rec.task_id, rec.kind, rec.status, rec.attempts, rec.error, result)
 
     def wait(self, task_id: str, timeout: float = 30.0, interval: float = 0.1) -> TaskStatus:
-        """Poll until the task ended (succeeded, failed or dead); TimeoutError after `timeout` seconds."""
+        """Poll until the task ended (succeeded, failed, dead or cancelled); TimeoutError after `timeout` seconds."""
         deadline = time.monotonic() + timeout
         while True:
             st = self.status(task_id)

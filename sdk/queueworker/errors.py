@@ -3,12 +3,13 @@
 They are the platform's own classes (qw_core), re-exported: an `except queueworker.PublishError` catches what the
 publisher raises without the user importing our internals. Every one the producer side raises is a
 `QueueworkerError`: PublishError (BrokerUnavailable, PublishRefused, Unroutable, MessageTooLarge), InvalidPayload,
-StoreUnavailable.
+StoreUnavailable, IdempotencyConflict (a key reused for another request), IdempotencyKeyInUse.
 """
 
 from __future__ import annotations
 
 from qw_core.errors import QueueworkerError
+from qw_core.idempotency import IdempotencyConflict, IdempotencyKeyInUse
 from qw_core.publishing import BrokerUnavailable, MessageTooLarge, PublishError, PublishRefused, Unroutable
 from qw_core.registry import InvalidPayload
 from qw_core.store import StoreUnavailable
@@ -21,6 +22,8 @@ from qw_workers.errors import Deferred, PermanentError, RetryableError
 __all__ = [
     "BrokerUnavailable",
     "Deferred",
+    "IdempotencyConflict",
+    "IdempotencyKeyInUse",
     "InvalidPayload",
     "MessageTooLarge",
     "PermanentError",

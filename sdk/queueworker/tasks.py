@@ -8,13 +8,14 @@ the decorator reads no settings and opens no connection, so importing a task mod
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from qw_core.registry import Registry, RetryPolicy, TaskSpec, backoff_ladder, default_registry, payload_model
 
-from queueworker.client import default_client
+from queueworker.client import Client, default_client
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -42,12 +43,31 @@ class Task(Generic[P, R]):
         process's shared client (`default_client()`, configured by QW_* variables). Raises a PublishError subclass
         or StoreUnavailable when the task could not be queued.
         """
-        return default_client().submit(self.kind, self.spec.to_args(self._arguments(args, kwargs)))
+        return self._submit(args, kwargs, {})
 
     async def send_async(self, *args: P.args, **kwargs: P.kwargs) -> str:
         """`send` for asyncio code: the blocking publish runs in a thread, so the event loop never waits on it."""
+        return await self._submit_async(args, kwargs, {})
+
+    def _submit(self, args: tuple[Any, ...], kwargs: dict[str, Any], send_options: dict[str, Any]) -> str:
         validated = self.spec.to_args(self._arguments(args, kwargs))
-        return await asyncio.to_thread(default_client().submit, self.kind, validated)
+        return default_client().submit(self.kind, validated, **send_options)
+
+    async def _submit_async(self, args: tuple[Any, ...], kwargs: dict[str, Any], send_options: dict[str, Any]) -> str:
+        validated = self.spec.to_args(self._arguments(args, kwargs))
+        return await asyncio.to_thread(functools.partial(default_client().submit, self.kind, validated, **send_options))
+
+    def options(self, **send_options: Any) -> BoundTask[P, R]:
+        """This task with options for `send`: `task.options(idempotency_key="order-17").send(...)`. The options are
+        `Client.submit`'s keyword arguments (an unknown one is a TypeError here); the arguments of `send` are always
+        the task's own, so a parameter named like an option is never mistaken for one."""
+        unknown = set(send_options) - send_option_names()
+        if unknown:
+            raise TypeError(
+                f"{self.kind}.options(): unknown option(s) {', '.join(sorted(unknown))}; "
+                f"the options are {', '.join(sorted(send_option_names()))}"
+            )
+        return BoundTask(self, send_options)
 
     def json_schema(self) -> dict[str, Any]:
         """The JSON Schema of this kind's payload (what POST /v1/tasks/{kind} and GET /v1/kinds show)."""
@@ -62,6 +82,30 @@ class Task(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<Task {self.kind!r} {self.spec.fn.__module__}.{self.spec.fn.__qualname__}>"
+
+
+class BoundTask(Generic[P, R]):
+    """A task with send options (`Task.options`): `send`/`send_async` queue it with them, through the process's
+    shared client like `Task.send`."""
+
+    def __init__(self, task: Task[P, R], send_options: dict[str, Any]) -> None:
+        self.task = task
+        self.send_options = dict(send_options)
+
+    def send(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        return self.task._submit(args, kwargs, self.send_options)
+
+    async def send_async(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        return await self.task._submit_async(args, kwargs, self.send_options)
+
+    def __repr__(self) -> str:
+        return f"<BoundTask {self.task.kind!r} {self.send_options!r}>"
+
+
+def send_option_names() -> frozenset[str]:
+    """`Client.submit`'s keyword-only parameters: what `Task.options` accepts, stated once (by the signature)."""
+    params = inspect.signature(Client.submit).parameters.values()
+    return frozenset(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
 
 
 @overload

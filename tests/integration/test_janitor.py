@@ -119,6 +119,19 @@ def test_the_upload_of_a_stuck_pending_row_goes_once_it_is_failed(store, storage
     assert not storage.exists(src) and store.get("stuck").source_key is None
 
 
+def test_a_pass_removes_expired_idempotency_keys_and_keeps_live_ones(store, storage):
+    from qw_core.idempotency import make_key
+
+    now = time.time()
+    for i, window in enumerate((10.0, 10.0, 10.0, DAY)):  # three expired at `now + 60`, one not
+        store.claim_key(f"t{i}", "acme", "email", make_key(f"k{i}", "email", {}, now, window), now=now)
+        store.confirm_queued(f"t{i}")
+    report = Janitor(store, storage, POLICY, batch_size=2).run_pass(now=now + 60)
+    assert report.keys_removed == 3
+    assert store.claim_key("t9", "acme", "email", make_key("k3", "email", {}, now, DAY)).outcome == "existing"
+    assert store.claim_key("t9", "acme", "email", make_key("k0", "email", {}, now, DAY)).outcome == "new"
+
+
 def test_a_late_confirm_never_revives_a_row_the_janitor_failed(store, storage):
     now = time.time()
     _image_task(store, storage, "stuck", "pending")

@@ -311,6 +311,17 @@ def test_a_task_that_already_ended_is_acked_as_a_duplicate_without_running(rig, 
     assert rig.status()[0] == ended
 
 
+def test_a_task_cancelled_before_it_started_is_acked_and_skipped_without_a_status_change(rig):
+    rig.queued()
+    assert rig.store.cancel(TASK_ID, "tenant").status == "cancelled"
+    rig.events.clear()
+    result = rig.settler.settle(delivery())
+    assert (result.outcome, result.reason) == ("cancelled", None)
+    assert rig.events == [STARTED, ("ack", 7)]  # no dead letter, no status write
+    assert rig.contexts == []  # the body never ran
+    assert rig.status() == ("cancelled", 0, "cancelled by the client before it started")
+
+
 def test_a_task_with_no_status_record_is_dead_lettered_as_permanent(rig):
     result = rig.settler.settle(delivery())
     error = "no status record for this task"

@@ -1,9 +1,10 @@
 """`python -m qw_workers janitor [--once]`: retention (qw_core.retention) applied to the store and the storage.
 
-Each pass runs four steps in bounded batches (QW_JANITOR_BATCH_SIZE rows per transaction): fail rows stuck in
-`pending`, remove the uploads of ended tasks, delete expired tasks (rows, results, side-effect rows), delete
-orphaned side-effect rows. Replicas never collide: on PostgreSQL every batch is taken with `FOR UPDATE SKIP
-LOCKED`, so two janitors take disjoint rows; SQLite serialises writers (BEGIN IMMEDIATE) and is single-host anyway.
+Each pass runs five steps in bounded batches (QW_JANITOR_BATCH_SIZE rows per transaction): fail rows stuck in
+`pending` (releasing their idempotency keys), remove the uploads of ended tasks, delete expired tasks (rows,
+results, side-effect rows, keys), delete orphaned side-effect rows, delete idempotency keys past their window.
+Replicas never collide: on PostgreSQL every batch is taken with `FOR UPDATE SKIP LOCKED`, so two janitors take
+disjoint rows; SQLite serialises writers (BEGIN IMMEDIATE) and is single-host anyway.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class PassReport:
     tasks_removed: int = 0
     files_removed: int = 0
     effects_removed: int = 0
+    keys_removed: int = 0
     seconds: float = 0.0
     batches: int = field(default=0)
 
@@ -64,7 +66,8 @@ class Janitor:
     def run_pass(self, now: float | None = None) -> PassReport:
         """One full pass at `now` (the clock, by default): every step until its last batch comes back short."""
         start = time.perf_counter()
-        cut = self.policy.cutoffs(time.time() if now is None else now)
+        now = time.time() if now is None else now
+        cut = self.policy.cutoffs(now)
         size, report = self.batch_size, PassReport()
         error = self.policy.stuck_error()
         report.failed_pending = self._drain(
@@ -79,6 +82,7 @@ class Janitor:
 
         report.tasks_removed = self._drain(purge, report)
         report.effects_removed = self._drain(lambda: self.store.purge_orphan_effects(cut.ended_before, size), report)
+        report.keys_removed = self._drain(lambda: self.store.purge_expired_keys(now, size), report)
         self.store.purge_rate_windows(time.time() - 3600)  # a few rows per tenant and hour
         report.seconds = time.perf_counter() - start
         return report

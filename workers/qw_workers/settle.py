@@ -21,9 +21,9 @@ Every path ends in exactly one final state, whichever step fails; the orders, by
   left 'processing'); only a worker stopped mid-outage hands it back, and then the broker dead-letters it itself
   (x-death: delivery_limit), the one case whose status stays behind (see RELIABILITY.md);
 - the task already ended, or this delivery is stale (start_attempt refused: a later attempt began, or this one's
-  retry copy was recorded): ack -> `duplicate`; with no status record at all, dead-letter it ("permanent") ->
-  `failed`; a dead/failed write that finds the task already ended (another copy finished it) acks -> `duplicate`,
-  no dead letter;
+  retry copy was recorded): ack -> `duplicate`; a task cancelled before it started: ack, nothing run -> `cancelled`;
+  with no status record at all, dead-letter it ("permanent") -> `failed`; a dead/failed write that finds the task
+  already ended (another copy finished it) acks -> `duplicate`, no dead letter;
 - undecodable body, or a task of another kind: mark it failed if the message has an id (best effort: a store
   that is down must not keep a poison message alive), dead-letter it ("undecodable"), ack -> `failed`;
 - the store is down before the task ran (start_attempt, a status read) or the handler's own store call raised
@@ -267,13 +267,17 @@ class Settler:
         return _Settled(outcome, task_id)
 
     def _not_started(self, d: Delivery, task_id: str, attempt: int) -> _Settled:
-        """The store refused it: it already ended or this delivery is stale (a duplicate), or it was never recorded."""
-        if self._store(lambda: self.store.get(task_id)) is None:
+        """The store refused it: it already ended or this delivery is stale (a duplicate), it was cancelled before
+        it started (skipped: acked, nothing run, no status change), or it was never recorded."""
+        rec = self._store(lambda: self.store.get(task_id))
+        if rec is None:
             error = "no status record for this task"
             self._dead_letter(d, "permanent", error, attempt)
             self.channel.ack(d)
             return _Settled("failed", task_id, "permanent", error)
         self.channel.ack(d)
+        if rec.status == "cancelled":
+            return _Settled("cancelled", task_id, error="skipped: cancelled before it started")
         return _Settled("duplicate", task_id)
 
     def _failed(self, d: Delivery, task_id: str, attempt: int, exc: Exception) -> _Settled:

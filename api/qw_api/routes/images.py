@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
@@ -11,10 +12,10 @@ from qw_core.storage import StorageFull
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from ..deps import Services, ServicesDep, TenantDep
+from ..deps import IdempotencyKeyHeader, Services, ServicesDep, TenantDep
 from ..limits import BodyTooLarge
 from ..schemas import TaskAccepted, problems
-from ..service import accepted, submit, unavailable
+from ..service import accepted, idempotency_key, submit, unavailable
 from ..uploads import Busy
 
 router = APIRouter(prefix="/v1", tags=["images"])
@@ -59,7 +60,9 @@ def _unprocessable(msg: str) -> HTTPException:
     openapi_extra=_form_schema(),
     responses=problems(401, 413, 415, 422, 503, 507),
 )
-async def upload_image(request: Request, tenant: TenantDep, services: ServicesDep) -> JSONResponse:
+async def upload_image(
+    request: Request, tenant: TenantDep, services: ServicesDep, idempotency: IdempotencyKeyHeader = None
+) -> JSONResponse:
     """Upload an image to process. The file is identified by decoding it, never by its name or content type."""
     settings = services.settings
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
@@ -84,8 +87,11 @@ async def upload_image(request: Request, tenant: TenantDep, services: ServicesDe
         ) from None
     payload = ImageTask(source_key=key, source_format=info.format, options=options)  # type: ignore[arg-type]
     task = TaskMessage(task_id=new_task_id(), tenant=tenant, created_at=utcnow(), payload=payload)
-    await submit(services, task, source_key=key)
-    return accepted(request, task.task_id)
+    idem = None
+    if idempotency is not None:  # the same request: the same file's bytes and options (the stored name is new)
+        same = {"sha256": hashlib.sha256(data).hexdigest(), "options": options.model_dump(mode="json")}
+        idem = idempotency_key(services, idempotency, "image", same)
+    return accepted(request, await submit(services, task, key, idem))
 
 
 async def _read_form(request: Request, max_bytes: int) -> tuple[bytes, dict[str, str]]:

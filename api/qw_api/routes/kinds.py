@@ -16,9 +16,9 @@ from pydantic import BaseModel
 from qw_core.messages import KINDS, TaskMessage, UserTask, new_task_id, utcnow
 from qw_core.registry import Registry, TaskSpec
 
-from ..deps import ServicesDep, TenantDep
+from ..deps import IdempotencyKeyHeader, ServicesDep, TenantDep
 from ..schemas import SUBMIT_ERRORS, TaskAccepted, problems
-from ..service import accepted, link, submit
+from ..service import accepted, idempotency_key, link, submit
 
 
 class KindView(BaseModel):
@@ -62,11 +62,13 @@ def build_router(registry: Registry) -> APIRouter:
 
 
 def _submit_route(spec: TaskSpec) -> Any:
-    async def submit_task(body: Any, tenant: TenantDep, services: ServicesDep, request: Request) -> JSONResponse:
+    async def submit_task(
+        body: Any, tenant: TenantDep, services: ServicesDep, request: Request, idempotency: IdempotencyKeyHeader = None
+    ) -> JSONResponse:
         payload = UserTask(kind=spec.kind, args=body.model_dump(mode="json"))
         task = TaskMessage(task_id=new_task_id(), tenant=tenant, created_at=utcnow(), payload=payload)
-        await submit(services, task)
-        return accepted(request, task.task_id)
+        key = idempotency_key(services, idempotency, spec.kind, payload.args)  # as the SDK's: one key space
+        return accepted(request, await submit(services, task, key=key))
 
     submit_task.__annotations__["body"] = spec.model  # FastAPI reads the body's model from the signature
     return submit_task

@@ -50,6 +50,24 @@ async def get_task(task_id: str, tenant: TenantDep, services: ServicesDep, reque
     return _view(rec, request)
 
 
+@router.delete("/tasks/{task_id}", response_model=TaskView, responses=problems(401, 404, 409))
+async def cancel_task(task_id: str, tenant: TenantDep, services: ServicesDep, request: Request) -> Response:
+    """Cancel a task that has not started: `queued` (never run, or waiting for its next retry) becomes `cancelled`,
+    and a worker that receives it later skips it. 409 with its `status` once it is processing or has ended; 200
+    again for a task already cancelled."""
+    try:
+        rec = await run_in_threadpool(services.store.cancel, task_id, tenant)
+    except StoreUnavailable as exc:
+        raise unavailable(services, "the task store is unavailable; nothing was cancelled") from exc
+    if rec is None or rec.status == "pending":
+        raise HTTPException(404, NOT_FOUND)
+    if rec.status != "cancelled":
+        started = "has ended" if rec.status in TERMINAL else "has started"
+        detail = f"the task {started} (status: {rec.status}); only a queued task can be cancelled"
+        return JSONResponse({"detail": detail, "status": rec.status}, status_code=409)
+    return JSONResponse(_view(rec, request).model_dump())
+
+
 @router.get(
     "/tasks/{task_id}/events",
     responses={200: {"content": {"text/event-stream": {}}}, **problems(401, 404)},
