@@ -7,11 +7,12 @@ import hmac
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from qw_core.delays import MAX_DELAY_SECONDS
 from qw_core.settings import ApiSettings
 from qw_core.storage import LocalStorage
-from qw_core.store import TaskStore
+from qw_core.store import PendingRow, TaskStore
 
 from .batching import WriteBatcher
 from .metrics import ApiMetrics
@@ -28,7 +29,7 @@ class Services:
     publisher: Publisher
     metrics: ApiMetrics
     key_hashes: dict[bytes, str]  # sha256(key) -> tenant
-    pending_writes: WriteBatcher[tuple[str, str, str, str | None]] = field(init=False)
+    pending_writes: WriteBatcher[PendingRow] = field(init=False)
     queued_writes: WriteBatcher[str] = field(init=False)
     uploads: UploadLimits = field(init=False)
     quotas: TenantQuotas = field(init=False)
@@ -89,3 +90,13 @@ def _tenant_of(services: Services, creds: HTTPAuthorizationCredentials | None) -
 
 
 TenantDep = Annotated[str, Depends(get_tenant)]
+
+# `?delay=<seconds>` on every route that queues a task: run it no earlier than that (status `scheduled` until then).
+DelayQuery = Annotated[
+    float | None,
+    Query(
+        gt=0,
+        le=MAX_DELAY_SECONDS,
+        description="Run the task no earlier than this many seconds from now (more than 0, at most 86400: a day).",
+    ),
+]

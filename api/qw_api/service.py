@@ -6,6 +6,7 @@ import time
 
 from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse
+from qw_core import delays as ladder
 from qw_core.messages import TaskMessage
 from qw_core.store import StoreUnavailable
 from qw_core.topology import TASKS_EXCHANGE
@@ -23,16 +24,25 @@ def unavailable(services: Services, what: str) -> HTTPException:
     )
 
 
-async def submit(services: Services, task: TaskMessage, source_key: str | None = None) -> None:
-    """Accept `task` or raise 503. On failure no row claims it is queued and its upload is removed."""
+async def submit(
+    services: Services, task: TaskMessage, source_key: str | None = None, not_before: float | None = None
+) -> None:
+    """Accept `task` or raise 503. On failure no row claims it is queued and its upload is removed.
+
+    `not_before` (epoch seconds): a delayed task, published through the delay ladder (qw_core.delays)."""
     try:
-        await services.pending_writes.write((task.task_id, task.tenant, task.kind, source_key))
+        await services.pending_writes.write((task.task_id, task.tenant, task.kind, source_key, not_before))
     except StoreUnavailable as exc:
         await _remove_upload(services, source_key)
         raise unavailable(services, "the task store is unavailable") from exc
     start = time.perf_counter()
     try:
-        await services.publisher.publish(TASKS_EXCHANGE, task.kind, task.to_bytes(), task.task_id)
+        if not_before is None:
+            await services.publisher.publish(TASKS_EXCHANGE, task.kind, task.to_bytes(), task.task_id)
+        else:
+            key = ladder.routing_key((not_before - time.time()) * 1000, task.kind)
+            headers = {ladder.H_NOT_BEFORE: round(not_before * 1000)}
+            await services.publisher.publish(ladder.ENTRY_EXCHANGE, key, task.to_bytes(), task.task_id, headers)
     except MessageTooLarge:
         await run_in_threadpool(services.store.discard_pending, task.task_id)
         await _remove_upload(services, source_key)
@@ -78,7 +88,15 @@ def link(request: Request, route: str, **params: str) -> str:
     return str(request.url_for(route, **params))
 
 
-def accepted(request: Request, task_id: str) -> JSONResponse:
+def accepted(request: Request, task_id: str, not_before: float | None = None) -> JSONResponse:
     """The 202 body (schema: TaskAccepted), built directly: no response-model pass on the hot path."""
     status_url = link(request, "get_task", task_id=task_id)
-    return JSONResponse({"task_id": task_id, "status": "queued", "status_url": status_url}, status_code=202)
+    body: dict[str, object] = {"task_id": task_id, "status": "queued", "status_url": status_url}
+    if not_before is not None:
+        body.update(status="scheduled", not_before=not_before)
+    return JSONResponse(body, status_code=202)
+
+
+def not_before_of(delay: float | None) -> float | None:
+    """The epoch seconds a task asked to wait `delay` seconds may run (the route's Query checked the range)."""
+    return None if delay is None else time.time() + delay

@@ -28,9 +28,10 @@ from queueworker.errors import (
     StoreUnavailable,
     Unroutable,
 )
-from queueworker.tasks import Task, task
+from queueworker.tasks import BoundTask, Task, task
 
 __all__ = [
+    "BoundTask",
     "BrokerUnavailable",
     "Client",
     "InvalidPayload",

@@ -49,6 +49,11 @@ class Task(Generic[P, R]):
         validated = self.spec.to_args(self._arguments(args, kwargs))
         return await asyncio.to_thread(default_client().submit, self.kind, validated)
 
+    def options(self, **send_options: Any) -> BoundTask[P, R]:
+        """This task with options for `Client.submit` (`delay=`, `not_before=`):
+        `reserve_stock.options(delay=30).send(order_id="o-1")`. Checked when it is sent."""
+        return BoundTask(self, send_options)
+
     def json_schema(self) -> dict[str, Any]:
         """The JSON Schema of this kind's payload (what POST /v1/tasks/{kind} and GET /v1/kinds show)."""
         return self.spec.json_schema()
@@ -64,6 +69,27 @@ class Task(Generic[P, R]):
         return f"<Task {self.kind!r} {self.spec.fn.__module__}.{self.spec.fn.__qualname__}>"
 
 
+class BoundTask(Generic[P, R]):
+    """A task and the keyword options its `send` passes to `Client.submit` (what `Task.options` returns)."""
+
+    def __init__(self, task: Task[P, R], send_options: dict[str, Any]) -> None:
+        self.task = task
+        self.send_options = send_options
+
+    def send(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        """`Task.send` with these options."""
+        validated = self.task.spec.to_args(self.task._arguments(args, kwargs))
+        return default_client().submit(self.task.kind, validated, **self.send_options)
+
+    async def send_async(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        """`Task.send_async` with these options."""
+        validated = self.task.spec.to_args(self.task._arguments(args, kwargs))
+        return await asyncio.to_thread(default_client().submit, self.task.kind, validated, **self.send_options)
+
+    def __repr__(self) -> str:
+        return f"<BoundTask {self.task.kind!r} {self.send_options!r}>"
+
+
 @overload
 def task(kind: Callable[P, R]) -> Task[P, R]: ...
 
@@ -76,6 +102,7 @@ def task(
     time_limit: float | None = None,
     retry_on: tuple[type[BaseException], ...] = (Exception,),
     backoff: tuple[float, float] | None = None,
+    jitter: float | None = None,
     registry: Registry | None = None,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
@@ -87,6 +114,7 @@ def task(
     time_limit: float | None = None,
     retry_on: tuple[type[BaseException], ...] = (Exception,),
     backoff: tuple[float, float] | None = None,
+    jitter: float | None = None,
     registry: Registry | None = None,
 ) -> Any:
     """Define a task kind from a function (sync or `async def`); use as `@task` or `@task(kind=..., ...)`.
@@ -96,6 +124,8 @@ def task(
     - `retry_on`: exception types that are retried; any other exception fails the task at once (dead letter,
       reason `permanent`). A payload that does not match the signature is never retried (`invalid-payload`).
     - `backoff`: `(min_seconds, max_seconds)`: retry delays doubling from min to max (default: QW_RETRY_DELAYS).
+    - `jitter`: each retry delay is multiplied by a random factor in [1 - jitter, 1 + jitter], 0..1 (default:
+      QW_RETRY_JITTER, 0.2).
     - `time_limit`: seconds an `async def` body may run before it is cancelled (a retryable failure).
     """
     if callable(kind):
@@ -104,12 +134,15 @@ def task(
         raise ValueError("retries must be between 0 and 100")
     if time_limit is not None and time_limit <= 0:
         raise ValueError("time_limit must be positive seconds")
+    if jitter is not None and not 0 <= jitter <= 1:
+        raise ValueError("jitter must be between 0 and 1 (a fraction of each retry delay)")
     if not retry_on or not all(isinstance(t, type) and issubclass(t, BaseException) for t in retry_on):
         raise TypeError("retry_on must be a non-empty tuple of exception classes")
     policy = RetryPolicy(
         max_attempts=None if retries is None else retries + 1,
         delays_ms=None if backoff is None else backoff_ladder(*backoff),
         retry_on=tuple(retry_on),
+        jitter=jitter,
     )
 
     def define(fn: Callable[P, R]) -> Task[P, R]:

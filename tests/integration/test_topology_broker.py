@@ -24,7 +24,7 @@ def channel(amqp_url):
     conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
     ch = conn.channel()
     ch.confirm_delivery()
-    declare_with_pika(ch, build_topology(["email"], [300], delivery_limit=2))
+    declare_with_pika(ch, build_topology(["email"], delivery_limit=2))
     yield ch
     conn.close()
 
@@ -40,7 +40,7 @@ def _get(ch, queue, timeout=10.0):
 
 
 def test_declaring_twice_is_harmless(amqp_url, channel):
-    declare_with_pika(channel, build_topology(["email"], [300], delivery_limit=2))
+    declare_with_pika(channel, build_topology(["email"], delivery_limit=2))
 
 
 def test_retry_queue_sends_the_message_back_after_its_delay(channel):

@@ -129,7 +129,7 @@ class TaskPublisher:
         self.store = store
         self.conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
         self.ch = self.conn.channel()
-        declare_with_pika(self.ch, build_topology(("image", "email"), retry_delays or RETRY_DELAYS, 10))
+        declare_with_pika(self.ch, build_topology(("image", "email"), 10))
         self.ch.confirm_delivery()
 
     @staticmethod

@@ -1,7 +1,7 @@
 """Prometheus metrics of a worker: namespace `queueworker`, subsystem `worker`, base units, bounded labels.
 
 Labels are the task kind (image|email, or an SDK kind: the kinds of the deployed task module), the outcome
-(succeeded|retried|failed|dead|duplicate|requeued) and the dead-letter reason
+(succeeded|retried|failed|dead|duplicate|requeued|delayed: sent back to wait, not due) and the dead-letter reason
 (undecodable|permanent|exhausted|delivery-limit, and an SDK kind's invalid-payload from its first count): never task
 ids or tenants.
 """
@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 NS, SUB = "queueworker", "worker"
 _KIND = ["kind"]
-OUTCOMES = ("succeeded", "retried", "failed", "dead", "duplicate", "requeued")
+OUTCOMES = ("succeeded", "retried", "failed", "dead", "duplicate", "requeued", "delayed")
 REASONS = ("undecodable", "permanent", "exhausted", "delivery-limit")
 
 

@@ -33,7 +33,7 @@ class Delivery:
 
 @dataclass(frozen=True)
 class Result:
-    outcome: str  # succeeded | retried | failed | dead | duplicate | requeued
+    outcome: str  # succeeded | retried | failed | dead | duplicate | requeued | delayed
     task_id: str | None
     attempt: int
     duration_s: float
@@ -82,7 +82,7 @@ class LoggingMiddleware(Middleware):
     def after_process(self, delivery: Delivery, result: Result) -> None:
         """One line a task: the JSON format carries the fields; the text format shows only the message, so the
         message itself names the task and says why it did not succeed."""
-        level = logging.INFO if result.outcome in ("succeeded", "duplicate", "retried") else logging.WARNING
+        level = logging.INFO if result.outcome in ("succeeded", "duplicate", "retried", "delayed") else logging.WARNING
         task_id = result.task_id or delivery.message_id
         fields: dict[str, Any] = {
             "task_id": task_id,

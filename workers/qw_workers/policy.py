@@ -41,15 +41,24 @@ def decide_failure(
     max_attempts: int,
     delays: Sequence[int],
     retry_on: tuple[type[BaseException], ...] = (Exception,),
+    jitter: float = 0.0,
+    rand: Callable[[], float] = random.random,
 ) -> Decision:
-    """Retry while attempts are left and the error is one the kind retries (`retry_on`; PermanentError never)."""
+    """Retry while attempts are left and the error is one the kind retries (`retry_on`; PermanentError never);
+    the delay is the ladder's, jittered (`jittered`)."""
     if isinstance(error, InvalidPayload):
         return Decision("failed", reason="invalid-payload")
     if isinstance(error, PermanentError) or not isinstance(error, (RetryableError, *retry_on)):
         return Decision("failed", reason="permanent")
     if attempt >= max_attempts:
         return Decision("dead", reason="exhausted")
-    return Decision("retry", delay_ms=retry_delay_ms(attempt, delays))
+    return Decision("retry", delay_ms=jittered(retry_delay_ms(attempt, delays), jitter, rand))
+
+
+def jittered(delay_ms: int, jitter: float, rand: Callable[[], float] = random.random) -> int:
+    """`delay_ms` times a uniform factor in [1 - jitter, 1 + jitter] (at least 1 ms): tasks that failed together
+    (a dependency down) come back spread out instead of in one burst."""
+    return max(1, round(delay_ms * (1 + jitter * (2 * rand() - 1))))
 
 
 def reconnect_delay(

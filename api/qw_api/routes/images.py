@@ -11,10 +11,10 @@ from qw_core.storage import StorageFull
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from ..deps import Services, ServicesDep, TenantDep
+from ..deps import DelayQuery, Services, ServicesDep, TenantDep
 from ..limits import BodyTooLarge
 from ..schemas import TaskAccepted, problems
-from ..service import accepted, submit, unavailable
+from ..service import accepted, not_before_of, submit, unavailable
 from ..uploads import Busy
 
 router = APIRouter(prefix="/v1", tags=["images"])
@@ -59,8 +59,11 @@ def _unprocessable(msg: str) -> HTTPException:
     openapi_extra=_form_schema(),
     responses=problems(401, 413, 415, 422, 503, 507),
 )
-async def upload_image(request: Request, tenant: TenantDep, services: ServicesDep) -> JSONResponse:
-    """Upload an image to process. The file is identified by decoding it, never by its name or content type."""
+async def upload_image(
+    request: Request, tenant: TenantDep, services: ServicesDep, delay: DelayQuery = None
+) -> JSONResponse:
+    """Upload an image to process (`?delay=` seconds: no earlier). The file is identified by decoding it, never by
+    its name or content type."""
     settings = services.settings
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise HTTPException(415, "send the image as multipart/form-data with a 'file' field")
@@ -84,8 +87,9 @@ async def upload_image(request: Request, tenant: TenantDep, services: ServicesDe
         ) from None
     payload = ImageTask(source_key=key, source_format=info.format, options=options)  # type: ignore[arg-type]
     task = TaskMessage(task_id=new_task_id(), tenant=tenant, created_at=utcnow(), payload=payload)
-    await submit(services, task, source_key=key)
-    return accepted(request, task.task_id)
+    due = not_before_of(delay)
+    await submit(services, task, source_key=key, not_before=due)
+    return accepted(request, task.task_id, due)
 
 
 async def _read_form(request: Request, max_bytes: int) -> tuple[bytes, dict[str, str]]:

@@ -16,9 +16,9 @@ from pydantic import BaseModel
 from qw_core.messages import KINDS, TaskMessage, UserTask, new_task_id, utcnow
 from qw_core.registry import Registry, TaskSpec
 
-from ..deps import ServicesDep, TenantDep
+from ..deps import DelayQuery, ServicesDep, TenantDep
 from ..schemas import SUBMIT_ERRORS, TaskAccepted, problems
-from ..service import accepted, link, submit
+from ..service import accepted, link, not_before_of, submit
 
 
 class KindView(BaseModel):
@@ -28,6 +28,7 @@ class KindView(BaseModel):
     payload_schema: dict[str, Any]
     max_attempts: int | None = None  # None: the workers' QW_MAX_ATTEMPTS
     retry_delays_ms: list[int] | None = None  # None: the workers' QW_RETRY_DELAYS
+    retry_jitter: float | None = None  # None: the workers' QW_RETRY_JITTER
     time_limit: float | None = None
 
 
@@ -62,11 +63,14 @@ def build_router(registry: Registry) -> APIRouter:
 
 
 def _submit_route(spec: TaskSpec) -> Any:
-    async def submit_task(body: Any, tenant: TenantDep, services: ServicesDep, request: Request) -> JSONResponse:
+    async def submit_task(
+        body: Any, tenant: TenantDep, services: ServicesDep, request: Request, delay: DelayQuery = None
+    ) -> JSONResponse:
         payload = UserTask(kind=spec.kind, args=body.model_dump(mode="json"))
         task = TaskMessage(task_id=new_task_id(), tenant=tenant, created_at=utcnow(), payload=payload)
-        await submit(services, task)
-        return accepted(request, task.task_id)
+        due = not_before_of(delay)
+        await submit(services, task, not_before=due)
+        return accepted(request, task.task_id, due)
 
     submit_task.__annotations__["body"] = spec.model  # FastAPI reads the body's model from the signature
     return submit_task
@@ -81,6 +85,7 @@ def _view(spec: TaskSpec, request: Request) -> KindView:
         payload_schema=spec.json_schema(),
         max_attempts=p.max_attempts,
         retry_delays_ms=list(p.delays_ms) if p.delays_ms is not None else None,
+        retry_jitter=p.jitter,
         time_limit=spec.time_limit,
     )
 
