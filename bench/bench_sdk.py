@@ -64,7 +64,7 @@ def vhost(broker: Broker) -> Iterator[str]:
 def bare_publish(url: str, n: int) -> float:
     conn = pika.BlockingConnection(pika.URLParameters(url))
     ch = conn.channel()
-    declare_with_pika(ch, build_topology(("noop",), [1000], 10, {"noop": ()}))
+    declare_with_pika(ch, build_topology(("noop",), 10))
     ch.confirm_delivery()
     props = pika.BasicProperties(delivery_mode=2, content_type="application/json", headers={H_ATTEMPT: 0})
     body = json.dumps({"kind": "noop", "args": {"n": 0}}).encode()

@@ -77,7 +77,7 @@ def worker_path(images: list[bytes], side: int, concurrency: int, broker: Broker
         storage = LocalStorage(settings.storage_dir)
         conn = pika.BlockingConnection(pika.URLParameters(url))
         ch = conn.channel()
-        declare_with_pika(ch, build_topology(("image", "email"), settings.retry_delays, settings.delivery_limit))
+        declare_with_pika(ch, build_topology(("image", "email"), settings.delivery_limit))
         ch.confirm_delivery()
         props = pika.BasicProperties(delivery_mode=2, content_type="application/json", headers={H_ATTEMPT: 0})
         for data in images:

@@ -7,12 +7,13 @@ import hmac
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from fastapi import Depends, Header, HTTPException, Request
+from fastapi import Depends, Header, HTTPException, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from qw_core.delays import MAX_DELAY_SECONDS
 from qw_core.idempotency import HEADER, KEY_PATTERN, MAX_KEY_LENGTH
 from qw_core.settings import ApiSettings
 from qw_core.storage import LocalStorage
-from qw_core.store import TaskStore
+from qw_core.store import PendingRow, TaskStore
 
 from .batching import WriteBatcher
 from .metrics import ApiMetrics
@@ -29,7 +30,7 @@ class Services:
     publisher: Publisher
     metrics: ApiMetrics
     key_hashes: dict[bytes, str]  # sha256(key) -> tenant
-    pending_writes: WriteBatcher[tuple[str, str, str, str | None]] = field(init=False)
+    pending_writes: WriteBatcher[PendingRow] = field(init=False)
     queued_writes: WriteBatcher[str] = field(init=False)
     uploads: UploadLimits = field(init=False)
     quotas: TenantQuotas = field(init=False)
@@ -103,5 +104,15 @@ IdempotencyKeyHeader = Annotated[
             "get the first task back instead of a second one (202, `Idempotent-Replayed: true`). The same key with a "
             "different request is 422. 1-255 printable ASCII characters, e.g. a UUID."
         ),
+    ),
+]
+
+# `?delay=<seconds>` on every route that queues a task: run it no earlier than that (status `scheduled` until then).
+DelayQuery = Annotated[
+    float | None,
+    Query(
+        gt=0,
+        le=MAX_DELAY_SECONDS,
+        description="Run the task no earlier than this many seconds from now (more than 0, at most 86400: a day).",
     ),
 ]

@@ -35,12 +35,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = open_store(settings.database_url)
-        # SDK kinds: their queues, not their retry queues (their workers declare those, with the delays they use).
-        producer_only = {kind: () for kind in registry.kinds()}
         kinds = (*KINDS, *registry.kinds())
-        topology = build_topology(
-            kinds, settings.retry_delays, settings.delivery_limit, producer_only, settings.queue_limits()
-        )
+        topology = build_topology(kinds, settings.delivery_limit, settings.queue_limits())
         publisher = Publisher(
             settings.rabbitmq_url.get_secret_value(), topology, settings.publish_timeout, settings.max_message_bytes
         )

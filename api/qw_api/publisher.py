@@ -25,6 +25,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 from pamqp.commands import Basic
+from qw_core import delays as ladder
 from qw_core.brokers import connect_order, parse_urls, redact
 from qw_core.topology import H_ATTEMPT, NOTIFICATIONS_EXCHANGE, TASKS_EXCHANGE, Topology, declare_with_aio_pika
 
@@ -100,7 +101,7 @@ class Publisher:
                 await declare_with_aio_pika(conn, self.topology)
                 self._exchanges = {
                     name: await channel.get_exchange(name, ensure=False)
-                    for name in (TASKS_EXCHANGE, NOTIFICATIONS_EXCHANGE)
+                    for name in (TASKS_EXCHANGE, NOTIFICATIONS_EXCHANGE, ladder.ENTRY_EXCHANGE)
                 }
                 self._connection, self._channel = conn, channel
                 self._ready.set()

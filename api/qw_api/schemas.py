@@ -6,13 +6,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-PublicStatus = Literal["queued", "processing", "succeeded", "failed", "dead", "cancelled"]
+# scheduled: accepted with ?delay=, waiting for its not_before; it goes to processing when a worker starts it.
+PublicStatus = Literal["scheduled", "queued", "processing", "succeeded", "failed", "dead", "cancelled"]
 
 
 class TaskAccepted(BaseModel):
     task_id: str
-    status: Literal["queued"] = "queued"
+    status: Literal["queued", "scheduled"] = "queued"
     status_url: str
+    not_before: float | None = Field(default=None, description="With ?delay=: when it may run (epoch seconds).")
 
 
 class TaskView(BaseModel):
@@ -25,6 +27,9 @@ class TaskView(BaseModel):
     result: Any = Field(default=None, description="An SDK task's return value (JSON), once it succeeded.")
     created_at: float
     updated_at: float
+    not_before: float | None = Field(
+        default=None, description="When a scheduled task (or a retry) is due, epoch seconds; null: at once."
+    )
 
 
 class NotificationRequest(BaseModel):

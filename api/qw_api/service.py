@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 
 from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse
+from qw_core import delays as ladder
 from qw_core.idempotency import (
     KEY_POLL_SECONDS,
     REPLAYED_HEADER,
@@ -39,19 +40,26 @@ class Accepted(NamedTuple):
 
     task_id: str
     replayed: bool = False
+    not_before: float | None = None
 
 
 async def submit(
-    services: Services, task: TaskMessage, source_key: str | None = None, key: IdempotencyKey | None = None
+    services: Services,
+    task: TaskMessage,
+    source_key: str | None = None,
+    key: IdempotencyKey | None = None,
+    not_before: float | None = None,
 ) -> Accepted:
     """Accept `task` or raise 503; under an idempotency `key` already used for this request, answer with the first
     task instead (422 for a key used for another request, 409 while its first request is still being queued). On
-    failure, or a replay, no row claims `task` is queued and its upload is removed."""
+    failure, or a replay, no row claims `task` is queued and its upload is removed.
+
+    `not_before` (epoch seconds): a delayed task, published through the delay ladder (qw_core.delays)."""
     try:
         if key is None:
-            await services.pending_writes.write((task.task_id, task.tenant, task.kind, source_key))
+            await services.pending_writes.write((task.task_id, task.tenant, task.kind, source_key, not_before))
         else:
-            claim = await _claim(services, task, key, source_key)
+            claim = await _claim(services, task, key, source_key, not_before)
             if claim.outcome == "existing":
                 await _remove_upload(services, source_key)
                 return Accepted(claim.task_id, replayed=True)
@@ -63,7 +71,12 @@ async def submit(
         raise
     start = time.perf_counter()
     try:
-        await services.publisher.publish(TASKS_EXCHANGE, task.kind, task.to_bytes(), task.task_id)
+        if not_before is None:
+            await services.publisher.publish(TASKS_EXCHANGE, task.kind, task.to_bytes(), task.task_id)
+        else:
+            rk = ladder.routing_key((not_before - time.time()) * 1000, task.kind)
+            headers = {ladder.H_NOT_BEFORE: round(not_before * 1000)}
+            await services.publisher.publish(ladder.ENTRY_EXCHANGE, rk, task.to_bytes(), task.task_id, headers)
     except MessageTooLarge:
         await run_in_threadpool(services.store.discard_pending, task.task_id)
         await _remove_upload(services, source_key)
@@ -74,7 +87,7 @@ async def submit(
             # The confirm never came (timeout, connection lost) but the broker had the message: a worker has
             # already moved the row on. The task is live; a 503 would invite a retry that runs it twice.
             services.metrics.tasks_submitted.labels(task.kind).inc()
-            return Accepted(task.task_id)
+            return Accepted(task.task_id, not_before=not_before)
         await _remove_upload(services, source_key)
         raise unavailable(services, f"the task could not be queued: {exc}") from exc
     services.metrics.publish_duration.labels(task.kind).observe(time.perf_counter() - start)
@@ -84,15 +97,19 @@ async def submit(
     except StoreUnavailable:
         pass
     services.metrics.tasks_submitted.labels(task.kind).inc()
-    return Accepted(task.task_id)
+    return Accepted(task.task_id, not_before=not_before)
 
 
-async def _claim(services: Services, task: TaskMessage, key: IdempotencyKey, source_key: str | None) -> KeyClaim:
+async def _claim(
+    services: Services, task: TaskMessage, key: IdempotencyKey, source_key: str | None, not_before: float | None
+) -> KeyClaim:
     """The store's claim of `key` (qw_core.idempotency); while the key's first request is still being queued (by
     this API or another replica), wait for its outcome, a little longer than one publish may take."""
     deadline = time.monotonic() + services.settings.publish_timeout + 1.0
     while True:
-        claim = await run_in_threadpool(services.store.claim_key, task.task_id, task.tenant, task.kind, key, source_key)
+        claim = await run_in_threadpool(
+            services.store.claim_key, task.task_id, task.tenant, task.kind, key, source_key, None, not_before
+        )
         if claim.outcome == "mismatch":
             raise HTTPException(422, str(IdempotencyConflict(key.key, claim.task_id)))
         if claim.outcome != "busy":
@@ -134,7 +151,9 @@ def accepted(request: Request, result: Accepted) -> JSONResponse:
     idempotency key's first task) is the first answer again, marked `Idempotent-Replayed: true`."""
     status_url = link(request, "get_task", task_id=result.task_id)
     headers = {REPLAYED_HEADER: "true"} if result.replayed else None
-    body = {"task_id": result.task_id, "status": "queued", "status_url": status_url}
+    body: dict[str, object] = {"task_id": result.task_id, "status": "queued", "status_url": status_url}
+    if result.not_before is not None:
+        body.update(status="scheduled", not_before=result.not_before)
     return JSONResponse(body, status_code=202, headers=headers)
 
 
@@ -143,3 +162,8 @@ def idempotency_key(services: Services, header: str | None, kind: str, payload: 
     if header is None:
         return None
     return make_key(header, kind, payload, time.time(), services.settings.idempotency_seconds)
+
+
+def not_before_of(delay: float | None) -> float | None:
+    """The epoch seconds a task asked to wait `delay` seconds may run (the route's Query checked the range)."""
+    return None if delay is None else time.time() + delay

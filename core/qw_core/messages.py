@@ -22,10 +22,11 @@ from pydantic import (
 SCHEMA_VERSION: Literal[1] = 1
 TaskKind = Literal["image", "email"]
 KINDS: tuple[TaskKind, ...] = ("image", "email")
-# A user kind names queues (`qw.<kind>`, `qw.<kind>.dead`, `qw.<kind>.retry.<ms>`) and routing keys: no dots, so one
-# kind's queue can never be another's dead or retry queue. Reserved names are ours (built-ins, the notifications log).
+# A user kind names queues (`qw.<kind>`, `qw.<kind>.dead`) and routing keys: no dots, so one kind's queue can never be
+# another's dead queue, and a kind is the last word of a delay ladder routing key. Reserved names are ours (built-ins,
+# the notifications log, the delay ladder `qw.delay.*`, and `retry`, once the name of the retry queues).
 KIND_PATTERN = r"^[a-z][a-z0-9_-]{0,47}$"
-RESERVED_KINDS: frozenset[str] = frozenset({*KINDS, "notifications", "tasks", "retry", "dead"})
+RESERVED_KINDS: frozenset[str] = frozenset({*KINDS, "notifications", "tasks", "retry", "dead", "delay"})
 ImageFormat = Literal["JPEG", "PNG", "WEBP", "GIF"]
 # The one list of image formats: what the API accepts and workers write (settings, storage and the form read it).
 IMAGE_FORMATS: tuple[ImageFormat, ...] = get_args(ImageFormat)

@@ -28,6 +28,7 @@ import pika
 import pika.exceptions
 
 from qw_core import brokers
+from qw_core import delays as ladder
 from qw_core.errors import QueueworkerError
 from qw_core.idempotency import KEY_POLL_SECONDS, IdempotencyConflict, IdempotencyKey, IdempotencyKeyInUse, KeyClaim
 from qw_core.messages import TaskMessage
@@ -87,22 +88,37 @@ class BlockingPublisher:
         self._lost: str | None = None
         self._declared: set[str] = set()
 
-    def publish(self, kind: str, body: bytes, message_id: str, headers: dict[str, Any] | None = None) -> None:
-        """Return once the broker confirmed the routed message; raise a PublishError subclass otherwise."""
+    def publish(
+        self,
+        kind: str,
+        body: bytes,
+        message_id: str,
+        headers: dict[str, Any] | None = None,
+        not_before: float | None = None,
+    ) -> None:
+        """Return once the broker confirmed the routed message; raise a PublishError subclass otherwise.
+
+        `not_before` (epoch seconds): the message goes through the delay ladder and reaches the kind's queue then."""
         if len(body) > self.max_message_bytes:
             raise MessageTooLarge(
                 f"the message would be {len(body)} bytes; the broker accepts at most {self.max_message_bytes}"
             )
+        headers = {H_ATTEMPT: 0, **(headers or {})}
+        exchange, key = TASKS_EXCHANGE, kind
+        if not_before is not None:
+            headers[ladder.H_NOT_BEFORE] = round(not_before * 1000)
         props = pika.BasicProperties(
             message_id=message_id,
             content_type="application/json",
             delivery_mode=pika.DeliveryMode.Persistent,
-            headers={H_ATTEMPT: 0, **(headers or {})},
+            headers=headers,
         )
         with self._lock:
             ch = self._live_channel(kind)
+            if not_before is not None:  # the time left is measured now, after any reconnect
+                exchange, key = ladder.ENTRY_EXCHANGE, ladder.routing_key((not_before - time.time()) * 1000, kind)
             try:
-                ch.basic_publish(TASKS_EXCHANGE, kind, body, props, mandatory=True)
+                ch.basic_publish(exchange, key, body, props, mandatory=True)
             except pika.exceptions.UnroutableError:
                 raise Unroutable(f"the broker has no queue for kind {kind!r}; nothing was queued") from None
             except pika.exceptions.NackError:
@@ -179,24 +195,25 @@ def accept(
     task: TaskMessage,
     key: IdempotencyKey | None = None,
     wait_seconds: float = KEY_WAIT_SECONDS,
+    not_before: float | None = None,
 ) -> str:
     """Row, confirmed publish, then visible: all or nothing, like the API's (qw_api.service.submit). Returns the
     task id: `task`'s, or under an idempotency `key` already used for the same request, the first task's.
 
-    Raises StoreUnavailable (nothing published) or a PublishError (the pending row withdrawn, so a copy the broker
-    kept after all is dead-lettered by the worker for want of a status record, never run; its key released);
-    IdempotencyConflict (the key names a different request) or IdempotencyKeyInUse (its first request was still
-    being queued after `wait_seconds`).
+    `not_before` (epoch seconds): a delayed task, 'scheduled' until it runs. Raises StoreUnavailable (nothing
+    published) or a PublishError (the pending row withdrawn, so a copy the broker kept after all is dead-lettered by
+    the worker for want of a status record, never run; its key released); IdempotencyConflict (the key names a
+    different request) or IdempotencyKeyInUse (its first request was still being queued after `wait_seconds`).
     """
     body = task.to_bytes()  # a payload that cannot be serialised fails here, before any row exists
     if key is None:
-        store.create_pending(task.task_id, task.tenant, task.kind)
+        store.create_pending(task.task_id, task.tenant, task.kind, not_before=not_before)
     else:
-        claim = _claim(store, task, key, wait_seconds)
+        claim = _claim(store, task, key, wait_seconds, not_before)
         if claim.outcome == "existing":
             return claim.task_id
     try:
-        publisher.publish(task.kind, body, task.task_id)
+        publisher.publish(task.kind, body, task.task_id, not_before=not_before)
     except BaseException:
         if not _withdraw(store, task.task_id):
             log.info("task %s: the publish failed but a worker already has it; accepted", task.task_id)
@@ -209,13 +226,15 @@ def accept(
     return task.task_id
 
 
-def _claim(store: TaskStore, task: TaskMessage, key: IdempotencyKey, wait_seconds: float) -> KeyClaim:
+def _claim(
+    store: TaskStore, task: TaskMessage, key: IdempotencyKey, wait_seconds: float, not_before: float | None
+) -> KeyClaim:
     """Bind `key` to `task` (a pending row written) or name the task it is bound to; while that one's first request
     is still publishing (`busy`), wait for its outcome: queued (then it is ours to return) or withdrawn (then the
     key is free again)."""
     deadline = time.monotonic() + wait_seconds
     while True:
-        claim = store.claim_key(task.task_id, task.tenant, task.kind, key)
+        claim = store.claim_key(task.task_id, task.tenant, task.kind, key, not_before=not_before)
         if claim.outcome == "mismatch":
             raise IdempotencyConflict(key.key, claim.task_id)
         if claim.outcome != "busy":

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from qw_core.errors import QueueworkerError
 from qw_core.messages import KIND_PATTERN, RESERVED_KINDS
 
-MAX_BACKOFF_STEPS = 8  # distinct delays of one kind: each is a retry queue on the broker
+MAX_BACKOFF_STEPS = 8  # distinct delays of one kind (routes through the delay ladder; a short, readable policy)
 
 
 class InvalidPayload(QueueworkerError, ValueError):
@@ -47,27 +47,29 @@ def describe_errors(errors: Sequence[Mapping[str, Any]]) -> str:
 class RetryPolicy:
     """How a kind retries. None means "the service's setting" (QW_MAX_ATTEMPTS, QW_RETRY_DELAYS), resolved at startup.
 
-    `max_attempts` counts the first try; `delays_ms` is the wait before each retry (the last one repeats); only
-    exceptions that are instances of `retry_on` are retried, any other one fails the task at once.
+    `max_attempts` counts the first try; `delays_ms` is the wait before each retry (the last one repeats), each
+    times a random factor in [1 - jitter, 1 + jitter] (QW_RETRY_JITTER); only exceptions that are instances of
+    `retry_on` are retried, any other one fails the task at once.
     """
 
     max_attempts: int | None = None
     delays_ms: tuple[int, ...] | None = None
     retry_on: tuple[type[BaseException], ...] = (Exception,)
+    jitter: float | None = None
 
-    def resolve(self, max_attempts: int, delays_ms: Sequence[int]) -> RetryPolicy:
+    def resolve(self, max_attempts: int, delays_ms: Sequence[int], jitter: float = 0.0) -> RetryPolicy:
         return RetryPolicy(
             self.max_attempts if self.max_attempts is not None else max_attempts,
             self.delays_ms if self.delays_ms is not None else tuple(delays_ms),
             self.retry_on,
+            self.jitter if self.jitter is not None else jitter,
         )
 
 
 def backoff_ladder(min_seconds: float, max_seconds: float, steps: int = MAX_BACKOFF_STEPS) -> tuple[int, ...]:
     """Doubling delays in ms from `min_seconds` up to `max_seconds` (included), at most `steps` of them.
 
-    Delays are fixed-TTL queues on the broker (one per distinct delay), so the ladder is finite; the last delay
-    repeats for every later retry.
+    The last delay repeats for every later retry.
     """
     if min_seconds <= 0 or max_seconds < min_seconds:
         raise ValueError("backoff needs 0 < min <= max seconds")

@@ -36,9 +36,11 @@ class CommonSettings(BaseSettings):
     # Retry policy shared by publisher (topology) and workers.
     max_attempts: int = Field(default=5, ge=1, le=20)
     retry_delays: list[int] = Field(default=[1_000, 5_000, 30_000, 120_000])
+    # Each retry waits its delay times a random factor in [1 - jitter, 1 + jitter] (spreads a burst of failures).
+    retry_jitter: float = Field(default=0.2, ge=0, le=1)
     delivery_limit: int = Field(default=10, ge=1, description="x-delivery-limit on quorum queues")
     # Queue bounds (qw_core.topology.QueueLimits), declared alike by the API, producers and workers, so every
-    # process must have the same values. A work queue (and each retry queue) past either limit refuses publishes:
+    # process must have the same values. A work queue (and each delay ladder queue) past either limit refuses publishes:
     # the API answers 503 + Retry-After. Dead-letter queues and the notification log keep their newest messages
     # (the oldest go first past a limit) for their retention time.
     queue_max_length: int = Field(default=100_000, ge=1)

@@ -19,7 +19,8 @@ from typing import Any, Literal
 from qw_core.errors import QueueworkerError
 from qw_core.idempotency import IdempotencyKey, KeyClaim
 
-Status = Literal["pending", "queued", "processing", "succeeded", "failed", "dead", "cancelled"]
+# scheduled: accepted with a delay, waiting for its not_before (queued once its first attempt could run).
+Status = Literal["pending", "scheduled", "queued", "processing", "succeeded", "failed", "dead", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "dead", "cancelled"})
 CANCELLED_ERROR = "cancelled by the client before it started"
 EffectClaim = Literal["claimed", "done", "busy", "stale"]
@@ -77,10 +78,17 @@ SCHEMA = (
 _BASE_COLUMNS = (
     "task_id, tenant, kind, status, attempts, error, source_key, result_key, completions, created_at, updated_at"
 )
-# `result` (a task's JSON return value, SDK kinds) came later: added to existing tables by `migrate`.
-_COLUMNS = f"{_BASE_COLUMNS}, result"
-_INSERT_PENDING = f"INSERT INTO tasks ({_BASE_COLUMNS}) VALUES (?, ?, ?, 'pending', 0, NULL, ?, NULL, 0, ?, ?)"
-_CONFIRM_QUEUED = "UPDATE tasks SET status='queued', updated_at=? WHERE task_id=? AND status='pending'"
+# Added to existing tables by `migrate`, later: `result` (a task's JSON return value, SDK kinds) and `not_before`
+# (epoch seconds before which it must not run: a delayed task, or a retry waiting in the delay ladder).
+_ADDED_COLUMNS = {"result": "TEXT", "not_before": "DOUBLE PRECISION"}
+_COLUMNS = f"{_BASE_COLUMNS}, result, not_before"
+_INSERT_PENDING = (
+    f"INSERT INTO tasks ({_BASE_COLUMNS}, not_before) VALUES (?, ?, ?, 'pending', 0, NULL, ?, NULL, 0, ?, ?, ?)"
+)
+_CONFIRM_QUEUED = (
+    "UPDATE tasks SET status=CASE WHEN not_before IS NULL THEN 'queued' ELSE 'scheduled' END, updated_at=? "
+    "WHERE task_id=? AND status='pending'"
+)
 _INSERT_KEY = (
     "INSERT INTO idempotency_keys (tenant, idem_key, fingerprint, task_id, created_at, expires_at) "
     "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, idem_key) DO NOTHING"
@@ -102,9 +110,11 @@ class TaskRecord:
     created_at: float
     updated_at: float
     result: str | None = None  # JSON text
+    not_before: float | None = None  # epoch seconds
 
 
 RemoveFiles = Callable[[list[str]], None]
+PendingRow = tuple[str, str, str, str | None] | tuple[str, str, str, str | None, float | None]
 _ENDED = f"status IN ({', '.join(repr(s) for s in sorted(TERMINAL))})"
 
 
@@ -152,12 +162,14 @@ class TaskStore:
             for stmt in SCHEMA:
                 cur.execute(stmt)
             cur.execute("SELECT * FROM tasks WHERE 1=0")
-            if "result" not in {str(d[0]) for d in cur.description}:
-                cur.execute(self._add_result_column)
+            have = {str(d[0]) for d in cur.description}
+            for column, sql_type in _ADDED_COLUMNS.items():
+                if column not in have:
+                    cur.execute(f"ALTER TABLE tasks ADD COLUMN {self._if_not_exists}{column} {sql_type}")
 
     # Both backends: a second process migrating at the same time must not fail (PostgreSQL's IF NOT EXISTS; SQLite
     # writers are serialised by BEGIN IMMEDIATE, so its check above already saw the other's column).
-    _add_result_column = "ALTER TABLE tasks ADD COLUMN result TEXT"
+    _if_not_exists = ""
 
     def ping(self) -> bool:
         try:
@@ -171,18 +183,25 @@ class TaskStore:
     # --- the API's side ----------------------------------------------------------------------
 
     def create_pending(
-        self, task_id: str, tenant: str, kind: str, source_key: str | None = None, now: float | None = None
+        self,
+        task_id: str,
+        tenant: str,
+        kind: str,
+        source_key: str | None = None,
+        now: float | None = None,
+        not_before: float | None = None,
     ) -> None:
-        """A task the broker has not confirmed yet: invisible to clients until `confirm_queued`."""
+        """A task the broker has not confirmed yet: invisible to clients until `confirm_queued` (which makes a task
+        with a `not_before` 'scheduled', any other 'queued')."""
         now = time.time() if now is None else now
-        self._execute(_INSERT_PENDING, (task_id, tenant, kind, source_key, now, now))
+        self._execute(_INSERT_PENDING, (task_id, tenant, kind, source_key, now, now, not_before))
 
-    def create_pending_many(self, rows: Sequence[tuple[str, str, str, str | None]], now: float | None = None) -> None:
-        """Many `create_pending` in one transaction: (task_id, tenant, kind, source_key) each."""
+    def create_pending_many(self, rows: Sequence[PendingRow], now: float | None = None) -> None:
+        """Many `create_pending` in one transaction: (task_id, tenant, kind, source_key[, not_before]) each."""
         now = time.time() if now is None else now
         with self._tx() as cur:
             cur.executemany(
-                self._sql(_INSERT_PENDING), [(t, tenant, kind, key, now, now) for t, tenant, kind, key in rows]
+                self._sql(_INSERT_PENDING), [(*r[:4], now, now, r[4] if len(r) > 4 else None) for r in rows]
             )
 
     def confirm_queued_many(self, task_ids: Sequence[str]) -> None:
@@ -211,6 +230,7 @@ class TaskStore:
         key: IdempotencyKey,
         source_key: str | None = None,
         now: float | None = None,
+        not_before: float | None = None,
     ) -> KeyClaim:
         """`create_pending` under an idempotency key, in one transaction: `new` (key bound, row written) only if no
         live key of the tenant names another task. A key that expired, or whose task is gone, is taken over by a
@@ -243,16 +263,17 @@ class TaskStore:
                 )
                 if cur.rowcount != 1:  # another request took it over first
                     return KeyClaim("busy", str(bound))
-            cur.execute(self._sql(_INSERT_PENDING), (task_id, tenant, kind, source_key, now, now))
+            cur.execute(self._sql(_INSERT_PENDING), (task_id, tenant, kind, source_key, now, now, not_before))
         return KeyClaim("new", task_id)
 
     def cancel(self, task_id: str, tenant: str) -> TaskRecord | None:
-        """Cancel the task if it has not started: status `queued` (never run, or waiting for a retry) becomes
+        """Cancel the task if it has not started: status `queued` (never run, or waiting for a retry) or `scheduled`
+        (delayed) becomes
         `cancelled`, in one conditional UPDATE, so a worker's claim (`start_attempt`) and a cancel cannot both win.
         Returns the task as it is afterwards (None: unknown to this tenant); its status says who won."""
         self._execute(
             "UPDATE tasks SET status='cancelled', error=?, updated_at=? "
-            "WHERE task_id=? AND tenant=? AND status='queued'",
+            "WHERE task_id=? AND tenant=? AND status IN ('queued', 'scheduled')",
             (CANCELLED_ERROR, time.time(), task_id, tenant),
         )
         return self.get(task_id, tenant)
@@ -299,8 +320,11 @@ class TaskStore:
             task_id,
         )
 
-    def schedule_retry(self, task_id: str, attempt: int, error: str) -> bool:
-        return self._advance("status='queued', attempts=?, error=?", (attempt, error[:2000]), task_id)
+    def schedule_retry(self, task_id: str, attempt: int, error: str, not_before: float | None = None) -> bool:
+        """Queued again after a failed attempt; `not_before`: when the retry is due (epoch seconds)."""
+        return self._advance(
+            "status='queued', attempts=?, error=?, not_before=?", (attempt, error[:2000], not_before), task_id
+        )
 
     def finish_failed(self, task_id: str, status: Literal["failed", "dead"], error: str, attempt: int) -> bool:
         return self._advance("status=?, error=?, attempts=?", (status, error[:2000], attempt), task_id)
@@ -492,7 +516,7 @@ class SqliteStore(TaskStore):
 class PostgresStore(TaskStore):
     placeholder = "%s"
     skip_locked = " FOR UPDATE SKIP LOCKED"
-    _add_result_column = "ALTER TABLE tasks ADD COLUMN IF NOT EXISTS result TEXT"
+    _if_not_exists = "IF NOT EXISTS "
 
     def __init__(self, url: str, min_size: int = 1, max_size: int = 10) -> None:
         from psycopg_pool import ConnectionPool

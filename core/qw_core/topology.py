@@ -1,9 +1,12 @@
 """The AMQP topology, declared in one place as plain data, with tiny adapters for pika and aio-pika.
 
     qw.tasks (direct) --<kind>--> qw.<kind>  (quorum, delivery limit, DLX -> qw.dead)
-    qw.retry (direct) --<kind>.<ms>--> qw.<kind>.retry.<ms> (quorum, TTL ms, DLX -> qw.tasks/<kind>)
+    qw.delay.<ms> (topic, LEVELS rungs) --...--> qw.delay.due (topic) --#.<kind>--> qw.<kind>
     qw.dead  (direct) --<kind>--> qw.<kind>.dead (quorum)
     qw.notifications (fanout) --> qw.notifications.log (quorum)
+
+Delayed tasks and retries go through the one delay ladder that every kind shares (qw_core.delays): a fixed set of
+quorum queues, each with its own TTL, that dead-letter into each other and finally into the kind's queue.
 
 Dead-lettering from quorum queues uses `at-least-once` (which needs `overflow=reject-publish`):
 RabbitMQ's default dead-lettering republishes without confirms and can drop messages.
@@ -11,10 +14,10 @@ Exchanges are declared before the queues that name them.
 
 Every queue is bounded (QueueLimits; the same arguments on RabbitMQ 3.10 and 4.x, whose quorum queues both take
 x-max-length, x-max-length-bytes, x-message-ttl and the overflows reject-publish and drop-head):
-- work and retry queues refuse past their limit (`reject-publish`: the publisher's confirm is a nack, so the API
-  answers 503 and a worker hands the original back). Nothing is dropped: a retry copy the broker refuses leaves
-  the original with the worker, and a retry whose delay ends while its work queue is full stays in the retry
-  queue (at-least-once dead-lettering repeats until the work queue takes it).
+- work queues and the delay ladder's queues refuse past their limit (`reject-publish`: the publisher's confirm is
+  a nack, so the API answers 503 and a worker hands the original back). Nothing is dropped: a retry copy the broker
+  refuses leaves the original with the worker, and a delayed message due while its work queue is full stays in its
+  rung (at-least-once dead-lettering repeats until the work queue takes it).
 - dead-letter queues and the notification log have no consumer: they keep the newest (`drop-head` drops the
   oldest past the limit) for a retention time (`x-message-ttl`), then drop them (they have no DLX).
 A broker holding a queue declared with other arguments (an upgrade) refuses the declaration; the declare
@@ -25,14 +28,15 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from qw_core import delays as ladder
 
 log = logging.getLogger(__name__)
 
 TASKS_EXCHANGE = "qw.tasks"
-RETRY_EXCHANGE = "qw.retry"
 DEAD_EXCHANGE = "qw.dead"
 NOTIFICATIONS_EXCHANGE = "qw.notifications"
 NOTIFICATIONS_QUEUE = "qw.notifications.log"
@@ -61,6 +65,8 @@ class QueueSpec:
 class Topology:
     exchanges: tuple[ExchangeSpec, ...]
     queues: tuple[QueueSpec, ...] = field(default=())
+    # Exchange-to-exchange bindings: (destination, source, routing key), declared after the exchanges.
+    exchange_bindings: tuple[tuple[str, str, str], ...] = ()
 
     def queue(self, name: str) -> QueueSpec:
         return next(q for q in self.queues if q.name == name)
@@ -72,14 +78,6 @@ def queue_name(kind: str) -> str:
 
 def dead_queue_name(kind: str) -> str:
     return f"qw.{kind}.dead"
-
-
-def retry_queue_name(kind: str, delay_ms: int) -> str:
-    return f"qw.{kind}.retry.{delay_ms}"
-
-
-def retry_routing_key(kind: str, delay_ms: int) -> str:
-    return f"{kind}.{delay_ms}"
 
 
 def retry_delay_ms(attempt: int, delays: Sequence[int]) -> int:
@@ -95,7 +93,7 @@ DAY_MS = 24 * 3600 * 1000
 
 @dataclass(frozen=True)
 class QueueLimits:
-    """How much each queue may hold. Work limits bound each work queue and each retry queue of a kind; dead limits
+    """How much each queue may hold. Work limits bound each work queue and each queue of the delay ladder; dead limits
     each kind's dead-letter queue; log limits the notification log. TTLs are milliseconds."""
 
     work_max_length: int = 100_000
@@ -135,25 +133,19 @@ def _quorum(**extra: Any) -> dict[str, Any]:
     return {"x-queue-type": "quorum", **extra}
 
 
-def build_topology(
-    kinds: Sequence[str],
-    retry_delays: Sequence[int],
-    delivery_limit: int,
-    kind_delays: Mapping[str, Sequence[int]] | None = None,
-    limits: QueueLimits | None = None,
-) -> Topology:
-    """Every kind the same way, built-in or SDK-defined; `kind_delays` gives a kind its own retry delays (its retry
-    queues), others use `retry_delays`. A kind's main and dead queues do not depend on its delays, so processes
-    that know different delays for a kind (a producer that never imported it) still declare them identically.
-    `limits` bound the queues (CommonSettings.queue_limits(); every process must pass the same)."""
-    kind_delays = kind_delays or {}
+def build_topology(kinds: Sequence[str], delivery_limit: int, limits: QueueLimits | None = None) -> Topology:
+    """Every kind the same way, built-in or SDK-defined, and the delay ladder they share. Nothing depends on a
+    kind's retry policy (its delays are routes through the ladder, not queues of their own), so every process that
+    knows a kind declares it identically. `limits` bound the queues (CommonSettings.queue_limits(); every process
+    must pass the same)."""
     limits = limits or QueueLimits()
-    exchanges = (
+    exchanges = [
         ExchangeSpec(DEAD_EXCHANGE, "direct"),
         ExchangeSpec(TASKS_EXCHANGE, "direct"),
-        ExchangeSpec(RETRY_EXCHANGE, "direct"),
         ExchangeSpec(NOTIFICATIONS_EXCHANGE, "fanout"),
-    )
+        ExchangeSpec(ladder.DUE_EXCHANGE, "topic"),
+        *(ExchangeSpec(ladder.rung_name(level), "topic") for level in range(ladder.LEVELS)),
+    ]
     queues: list[QueueSpec] = []
     for kind in kinds:
         queues.append(QueueSpec(dead_queue_name(kind), _quorum(**limits.dead()), ((DEAD_EXCHANGE, kind),)))
@@ -169,27 +161,36 @@ def build_topology(
                         **limits.work(),
                     }
                 ),
-                ((TASKS_EXCHANGE, kind),),
+                ((TASKS_EXCHANGE, kind), (ladder.DUE_EXCHANGE, ladder.due_binding(kind))),
             )
         )
-        for delay in sorted(set(kind_delays.get(kind, retry_delays))):
-            queues.append(
-                QueueSpec(
-                    retry_queue_name(kind, delay),
-                    _quorum(
-                        **{
-                            "x-message-ttl": delay,
-                            "x-dead-letter-exchange": TASKS_EXCHANGE,
-                            "x-dead-letter-routing-key": kind,
-                            "x-dead-letter-strategy": "at-least-once",
-                            **limits.work(),
-                        }
-                    ),
-                    ((RETRY_EXCHANGE, retry_routing_key(kind, delay)),),
-                )
-            )
+    queues.extend(_ladder_queues(limits))
     queues.append(QueueSpec(NOTIFICATIONS_QUEUE, _quorum(**limits.log()), ((NOTIFICATIONS_EXCHANGE, ""),)))
-    return Topology(exchanges, tuple(queues))
+    skips = tuple(
+        (ladder.next_exchange(level), ladder.rung_name(level), ladder.rung_pattern(level, 0))
+        for level in range(ladder.LEVELS)
+    )
+    return Topology(tuple(exchanges), tuple(queues), skips)
+
+
+def _ladder_queues(limits: QueueLimits) -> list[QueueSpec]:
+    """One queue per rung: it holds what its exchange routes with the rung's bit set for the rung's TTL, then
+    dead-letters it (routing key kept) to the next rung's exchange. Bounded like a work queue."""
+    return [
+        QueueSpec(
+            ladder.rung_name(level),
+            _quorum(
+                **{
+                    "x-message-ttl": ladder.rung_ttl_ms(level),
+                    "x-dead-letter-exchange": ladder.next_exchange(level),
+                    "x-dead-letter-strategy": "at-least-once",
+                    **limits.work(),
+                }
+            ),
+            ((ladder.rung_name(level), ladder.rung_pattern(level, 1)),),
+        )
+        for level in reversed(range(ladder.LEVELS))
+    ]
 
 
 _INEQUIVALENT = re.compile(r"inequivalent arg '([^']+)'")
@@ -228,6 +229,8 @@ def declare_with_pika(channel: Any, topology: Topology) -> None:
     try:
         for ex in topology.exchanges:
             decl.exchange_declare(exchange=ex.name, exchange_type=ex.type, durable=True)
+        for destination, source, key in topology.exchange_bindings:
+            decl.exchange_bind(destination=destination, source=source, routing_key=key)
         for q in topology.queues:
             decl = _declare_queue_with_pika(decl, q)
             for exchange, key in q.bindings:
@@ -261,8 +264,12 @@ async def declare_with_aio_pika(connection: Any, topology: Topology) -> None:
 
     channel = await connection.channel(publisher_confirms=False)
     try:
-        for ex in topology.exchanges:
-            await channel.declare_exchange(ex.name, aio_pika.ExchangeType(ex.type), durable=True)
+        declared = {
+            ex.name: await channel.declare_exchange(ex.name, aio_pika.ExchangeType(ex.type), durable=True)
+            for ex in topology.exchanges
+        }
+        for destination, source, key in topology.exchange_bindings:
+            await declared[destination].bind(declared[source], routing_key=key)
         for q in topology.queues:
             try:
                 queue = await channel.declare_queue(q.name, durable=True, arguments=q.arguments)

@@ -10,14 +10,17 @@ pool pattern": never a connection per task). After a fork the child builds its o
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from qw_core.delays import resolve_not_before
 from qw_core.idempotency import make_key
 from qw_core.messages import KINDS, TaskMessage, UserTask, new_task_id, utcnow
 from qw_core.publishing import BlockingPublisher, accept
@@ -29,7 +32,8 @@ from qw_core.topology import Topology, build_topology
 
 @dataclass(frozen=True)
 class TaskStatus:
-    """A task as the status store has it; `result` is the body's return value once it succeeded."""
+    """A task as the status store has it; `result` is the body's return value once it succeeded; `not_before`: when
+    a delayed task (status `scheduled`) or a retry (`queued`) is due."""
 
     task_id: str
     kind: str
@@ -37,6 +41,7 @@ class TaskStatus:
     attempts: int
     error: str | None
     result: Any
+    not_before: datetime | None = None
 
     @property
     def done(self) -> bool:
@@ -69,18 +74,24 @@ class Client:
         /,
         *,
         idempotency_key: str | None = None,
+        delay: float | timedelta | None = None,
+        not_before: datetime | None = None,
         **fields: Any,
     ) -> str:
         """Queue a task of `kind` with `payload` (a mapping, or keyword fields); returns its task id.
 
-        A kind defined in this process (its module imported) is validated here (InvalidPayload names the field);
-        any other kind is validated by its worker, which dead-letters a bad payload. Raises BrokerUnavailable,
-        PublishRefused (full queue), Unroutable (no queue for the kind), MessageTooLarge or StoreUnavailable.
-        `idempotency_key`: see `submit`. A payload field named like a keyword option goes in the `payload` mapping.
+        `delay` (seconds or a timedelta, up to a day) or `not_before` (an aware datetime at most a day ahead): the
+        task runs no earlier than that (status `scheduled` until then). `idempotency_key`: see `submit`. A payload
+        field named like a keyword option (`idempotency_key`, `delay`, `not_before`) goes in `payload`. A kind
+        defined in this process (its module imported) is validated here (InvalidPayload names the field); any other
+        kind is validated by its worker, which dead-letters a bad payload. Raises ValueError (a bad delay),
+        BrokerUnavailable, PublishRefused (full queue), Unroutable (no queue for the kind), MessageTooLarge or
+        StoreUnavailable.
         """
         args = {**(payload or {}), **fields}
         spec = self.registry.get(kind)
-        return self.submit(kind, spec.to_args(args) if spec else args, idempotency_key=idempotency_key)
+        valid = spec.to_args(args) if spec else args
+        return self.submit(kind, valid, idempotency_key=idempotency_key, delay=delay, not_before=not_before)
 
     async def enqueue_async(
         self,
@@ -89,13 +100,25 @@ class Client:
         /,
         *,
         idempotency_key: str | None = None,
+        delay: float | timedelta | None = None,
+        not_before: datetime | None = None,
         **fields: Any,
     ) -> str:
         """`enqueue` for asyncio code: the blocking publish runs in a worker thread."""
-        return await asyncio.to_thread(self.enqueue, kind, payload, idempotency_key=idempotency_key, **fields)
+        options: dict[str, Any] = {"idempotency_key": idempotency_key, "delay": delay, "not_before": not_before}
+        return await asyncio.to_thread(functools.partial(self.enqueue, kind, payload, **options, **fields))
 
-    def submit(self, kind: str, args: dict[str, Any], *, idempotency_key: str | None = None) -> str:
-        """Queue already-validated JSON `args` (Task.send validates against its own spec first).
+    def submit(
+        self,
+        kind: str,
+        args: dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        delay: float | timedelta | None = None,
+        not_before: datetime | None = None,
+    ) -> str:
+        """Queue already-validated JSON `args` (Task.send validates against its own spec first); `delay` and
+        `not_before` as in `enqueue`.
 
         `idempotency_key` (1-255 printable ASCII characters, e.g. a UUID; ValueError otherwise): the same key from
         the same tenant within QW_IDEMPOTENCY_SECONDS (default 24 h) returns the first task's id and queues
@@ -105,18 +128,20 @@ class Client:
         if kind in KINDS:
             raise ValueError(f"{kind!r} is a built-in kind: queue it through the HTTP API (POST /v1/{kind}s)")
         check_kind_name(kind)
+        now = utcnow()
+        due = resolve_not_before(delay, not_before, now)
         payload = UserTask(kind=kind, args=args)
-        task = TaskMessage(task_id=new_task_id(), tenant=self.settings.tenant, created_at=utcnow(), payload=payload)
+        task = TaskMessage(task_id=new_task_id(), tenant=self.settings.tenant, created_at=now, payload=payload)
         key = None
         if idempotency_key is not None:
             key = make_key(idempotency_key, kind, args, time.time(), self.settings.idempotency_seconds)
         store, publisher = self._connections()
-        return accept(store, publisher, task, key)
+        return accept(store, publisher, task, key, not_before=due.timestamp() if due else None)
 
     def cancel(self, task_id: str) -> bool:
-        """Cancel a task that has not started (status `queued`: never run, or waiting for a retry): True once it is
-        `cancelled` (now or before; a worker that receives it skips it), False if it is processing or has ended.
-        LookupError for a task this client's tenant does not have."""
+        """Cancel a task that has not started (status `queued`: never run, or waiting for a retry; or `scheduled`):
+        True once it is `cancelled` (now or before; a worker that receives it skips it), False if it is processing
+        or has ended. LookupError for a task this client's tenant does not have."""
         rec = self._connections()[0].cancel(task_id, self.settings.tenant)
         if rec is None or rec.status == "pending":
             raise LookupError(f"no task {task_id!r} for tenant {self.settings.tenant!r}")
@@ -128,7 +153,8 @@ class Client:
         if rec is None or rec.status == "pending":
             return None
         result = json.loads(rec.result) if rec.result is not None else None
-        return TaskStatus(rec.task_id, rec.kind, rec.status, rec.attempts, rec.error, result)
+        due = datetime.fromtimestamp(rec.not_before, UTC) if rec.not_before is not None else None
+        return TaskStatus(rec.task_id, rec.kind, rec.status, rec.attempts, rec.error, result, due)
 
     def wait(self, task_id: str, timeout: float = 30.0, interval: float = 0.1) -> TaskStatus:
         """Poll until the task ended (succeeded, failed, dead or cancelled); TimeoutError after `timeout` seconds."""
@@ -168,14 +194,11 @@ class Client:
 
 
 def producer_topology(settings: ClientSettings) -> Callable[[str], Topology]:
-    """What a producer declares for a kind: its queue and dead-letter queue, as the worker declares them. Not its
-    retry queues: only a worker publishes to those, with the delays it knows (a producer's QW_RETRY_DELAYS may
-    differ, and would leave unused queues behind)."""
+    """What a producer declares for a kind: its queue and dead-letter queue and the delay ladder, as the worker
+    declares them."""
 
     def topology_for(kind: str) -> Topology:
-        return build_topology(
-            (kind,), settings.retry_delays, settings.delivery_limit, {kind: ()}, settings.queue_limits()
-        )
+        return build_topology((kind,), settings.delivery_limit, settings.queue_limits())
 
     return topology_for
 

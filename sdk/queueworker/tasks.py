@@ -58,9 +58,9 @@ class Task(Generic[P, R]):
         return await asyncio.to_thread(functools.partial(default_client().submit, self.kind, validated, **send_options))
 
     def options(self, **send_options: Any) -> BoundTask[P, R]:
-        """This task with options for `send`: `task.options(idempotency_key="order-17").send(...)`. The options are
-        `Client.submit`'s keyword arguments (an unknown one is a TypeError here); the arguments of `send` are always
-        the task's own, so a parameter named like an option is never mistaken for one."""
+        """This task with options for `send`: `task.options(idempotency_key="order-17", delay=30).send(...)`. The
+        options are `Client.submit`'s keyword arguments (an unknown one is a TypeError here); the arguments of `send`
+        are always the task's own, so a parameter named like an option is never mistaken for one."""
         unknown = set(send_options) - send_option_names()
         if unknown:
             raise TypeError(
@@ -120,6 +120,7 @@ def task(
     time_limit: float | None = None,
     retry_on: tuple[type[BaseException], ...] = (Exception,),
     backoff: tuple[float, float] | None = None,
+    jitter: float | None = None,
     registry: Registry | None = None,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
@@ -131,6 +132,7 @@ def task(
     time_limit: float | None = None,
     retry_on: tuple[type[BaseException], ...] = (Exception,),
     backoff: tuple[float, float] | None = None,
+    jitter: float | None = None,
     registry: Registry | None = None,
 ) -> Any:
     """Define a task kind from a function (sync or `async def`); use as `@task` or `@task(kind=..., ...)`.
@@ -140,6 +142,8 @@ def task(
     - `retry_on`: exception types that are retried; any other exception fails the task at once (dead letter,
       reason `permanent`). A payload that does not match the signature is never retried (`invalid-payload`).
     - `backoff`: `(min_seconds, max_seconds)`: retry delays doubling from min to max (default: QW_RETRY_DELAYS).
+    - `jitter`: each retry delay is multiplied by a random factor in [1 - jitter, 1 + jitter], 0..1 (default:
+      QW_RETRY_JITTER, 0.2).
     - `time_limit`: seconds an `async def` body may run before it is cancelled (a retryable failure).
     """
     if callable(kind):
@@ -148,12 +152,15 @@ def task(
         raise ValueError("retries must be between 0 and 100")
     if time_limit is not None and time_limit <= 0:
         raise ValueError("time_limit must be positive seconds")
+    if jitter is not None and not 0 <= jitter <= 1:
+        raise ValueError("jitter must be between 0 and 1 (a fraction of each retry delay)")
     if not retry_on or not all(isinstance(t, type) and issubclass(t, BaseException) for t in retry_on):
         raise TypeError("retry_on must be a non-empty tuple of exception classes")
     policy = RetryPolicy(
         max_attempts=None if retries is None else retries + 1,
         delays_ms=None if backoff is None else backoff_ladder(*backoff),
         retry_on=tuple(retry_on),
+        jitter=jitter,
     )
 
     def define(fn: Callable[P, R]) -> Task[P, R]:

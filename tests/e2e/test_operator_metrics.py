@@ -68,7 +68,7 @@ def _backlog(amqp_url: str) -> None:
     conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
     try:
         ch = conn.channel()
-        declare_with_pika(ch, build_topology(("email",), [1000], 10))
+        declare_with_pika(ch, build_topology(("email",), 10))
         ch.confirm_delivery()
         for i in range(BACKLOG):
             props = pika.BasicProperties(delivery_mode=2, message_id=f"m{i}")

@@ -80,7 +80,7 @@ def test_a_full_queue_refuses_an_sdk_client_and_leaves_no_row(amqp_url, tmp_path
 
 def _limits_topology(**limits):
     settings = ClientSettings(**limits)
-    return build_topology(["email"], [300], 2, limits=settings.queue_limits())
+    return build_topology(["email"], 2, limits=settings.queue_limits())
 
 
 def test_a_dead_letter_queue_keeps_the_newest_past_its_length(channel):
@@ -111,9 +111,11 @@ def test_a_dead_letter_older_than_the_retention_is_gone(channel):
 
 def _as_before(topology: Topology) -> Topology:
     """What the version before bounded queues declared: no length limits; nothing but the type on the queues
-    nobody consumes."""
+    nobody consumes. The delay ladder came later: it is declared as this version does."""
 
     def old(q: QueueSpec) -> QueueSpec:
+        if q.name.startswith("qw.delay."):
+            return q
         if q.name.endswith(".dead") or q.name == NOTIFICATIONS_QUEUE:
             return QueueSpec(q.name, {"x-queue-type": "quorum"}, q.bindings)
         return QueueSpec(q.name, {k: v for k, v in q.arguments.items() if k not in LIMIT_ARGS}, q.bindings)
@@ -126,12 +128,13 @@ def _errors(caplog) -> list[logging.LogRecord]:
 
 
 def test_declaring_over_queues_of_an_older_version_uses_them_and_logs_one_error_per_queue(channel, caplog):
-    new = build_topology(["email"], [300], 2)
+    new = build_topology(["email"], 2)
     declare_with_pika(channel, _as_before(new))
     caplog.set_level(logging.ERROR, "qw_core.topology")
     declare_with_pika(channel, new)  # no exception: the queues are there, only their arguments differ
     errors = _errors(caplog)
-    assert sorted(r.queue for r in errors) == sorted(q.name for q in new.queues)  # type: ignore[attr-defined]
+    older = [q.name for q in new.queues if not q.name.startswith("qw.delay.")]
+    assert sorted(r.queue for r in errors) == sorted(older)  # type: ignore[attr-defined]
     message = next(r.getMessage() for r in errors if r.queue == queue_name("email"))  # type: ignore[attr-defined]
     assert "queue qw.email" in message and "x-max-length" in message
     assert "delete_queue qw.email --if-empty" in message and "set_policy" in message
@@ -142,8 +145,8 @@ def test_declaring_over_queues_of_an_older_version_uses_them_and_logs_one_error_
 
 def test_the_api_and_the_sdk_client_start_over_queues_of_an_older_version(api_settings, channel, tmp_path, caplog):
     kinds = ("image", "email")
-    declare_with_pika(channel, _as_before(build_topology(kinds, api_settings.retry_delays, 10)))
-    declare_with_pika(channel, _as_before(build_topology(("inventory",), [1000], 10, {"inventory": ()})))
+    declare_with_pika(channel, _as_before(build_topology(kinds, 10)))
+    declare_with_pika(channel, _as_before(build_topology(("inventory",), 10)))
     caplog.set_level(logging.ERROR, "qw_core.topology")
     with running_api(api_settings) as (base, _), client(base) as http:
         wait_for("API ready", lambda: http.get("/readyz").status_code == 200, 20)
@@ -157,7 +160,7 @@ def test_the_api_and_the_sdk_client_start_over_queues_of_an_older_version(api_se
 
 
 def test_a_worker_starts_over_queues_of_an_older_version_and_says_how_to_migrate(amqp_url, channel, tmp_path):
-    declare_with_pika(channel, _as_before(build_topology(("email",), [200, 400], 10)))
+    declare_with_pika(channel, _as_before(build_topology(("email",), 10)))
     env = worker_env(amqp_url, f"sqlite:///{tmp_path}/qw.db", tmp_path / "storage")
     with running_worker("email", env, tmp_path / "logs") as worker:  # ready: it consumes, no crash loop
         log = worker.log()

@@ -154,7 +154,7 @@ def test_a_flood_of_sdk_clients_is_refused_once_full_and_the_broker_never_alarms
 
     conn = pika.BlockingConnection(pika.URLParameters(amqp_url))  # the queue the sampler watches, as a client would
     limits = ClientSettings(queue_max_length=LIMIT).queue_limits()
-    declare_with_pika(conn.channel(), build_topology(("inventory",), [1000], 10, {"inventory": ()}, limits))
+    declare_with_pika(conn.channel(), build_topology(("inventory",), 10, limits))
     conn.close()
     codes, figures = _flood(broker, amqp_url, queue_name("inventory"), offer)
     assert codes["refused"] > 0 and len(rows) == CLIENTS

@@ -56,7 +56,7 @@ def test_a_posted_task_runs_on_a_worker_and_shows_its_result(sdk_api, amqp_url, 
 def test_an_unknown_kind_is_404_with_the_known_ones_and_needs_a_key(sdk_api):
     http, services, _ = sdk_api
     r = http.post("/v1/tasks/nope", json={})
-    assert r.status_code == 404 and "flaky, inventory, summarise" in r.json()["detail"]
+    assert r.status_code == 404 and "flaky, inventory, stamped, summarise" in r.json()["detail"]
     assert "POST /v1/emails" in http.post("/v1/tasks/email", json={}).json()["detail"]
     with client(str(http.base_url), None) as anon:
         assert anon.post("/v1/tasks/inventory", json=ORDER).status_code == 401
@@ -79,12 +79,14 @@ def test_a_bad_payload_is_422_naming_the_field_and_queues_nothing(sdk_api, amqp_
 def test_kinds_lists_each_kind_with_its_json_schema_and_docs_show_it(sdk_api):
     http, _, _ = sdk_api
     kinds = {k["kind"]: k for k in http.get("/v1/kinds").json()}
-    assert set(kinds) == {"inventory", "flaky", "summarise"}
+    assert set(kinds) == {"inventory", "flaky", "summarise", "stamped"}
     inv = kinds["inventory"]
     assert inv["submit_url"].endswith("/v1/tasks/inventory") and inv["max_attempts"] == 4
     assert inv["payload_schema"]["required"] == ["order_id", "items"]
     assert inv["payload_schema"]["additionalProperties"] is False
     assert kinds["flaky"]["retry_delays_ms"] == [200, 400] and kinds["summarise"]["time_limit"] == 1.0
+    assert kinds["stamped"]["retry_jitter"] == 0.5 and kinds["flaky"]["retry_jitter"] is None  # None: the workers'
+
     openapi = http.get("/openapi.json").json()
     assert "/v1/tasks/inventory" in openapi["paths"] and "InventoryPayload" in openapi["components"]["schemas"]
 
@@ -117,4 +119,28 @@ def test_no_server_errors_from_fuzzing_the_kind_routes(sdk_api, tmp_path):
     ]  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)  # noqa: S603
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
-    assert "4 selected" in r.stdout, r.stdout[-3000:]  # the three kinds' routes and /v1/kinds, not filtered away
+    assert "5 selected" in r.stdout, r.stdout[-3000:]  # the four kinds' routes and /v1/kinds, not filtered away
+
+
+def test_a_delay_query_schedules_the_task_and_a_bad_one_is_422_with_nothing_queued(sdk_api, amqp_url, tmp_path):
+    http, services, settings = sdk_api
+    log = tmp_path / "stamps"
+    r = http.post("/v1/tasks/stamped?delay=2", json={"log": str(log)})
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert body["status"] == "scheduled" and abs(body["not_before"] - (time.time() + 2)) < 1
+    view = http.get(body["status_url"]).json()
+    assert view["status"] == "scheduled" and view["not_before"] == body["not_before"]
+    for bad in ("0", "-1", "86401", "soon"):
+        r = http.post(f"/v1/tasks/stamped?delay={bad}", json={"log": str(log)})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "delay"], r.text
+    r = http.post("/v1/emails?delay=90000", json={"to": "a@example.com", "subject": "s", "text": "t"})
+    assert r.status_code == 422 and "86400" in r.text
+    assert services.store.counts("acme") == {"scheduled": 1}  # the refused ones left no row
+    env = worker_env(amqp_url, settings.database_url, settings.storage_dir, QW_APP=APP)
+    with running_worker("stamped", env, tmp_path / "logs"):
+        done = wait_for(
+            "the task", lambda: (v := http.get(body["status_url"]).json())["status"] == "succeeded" and v, 20
+        )
+    assert float(log.read_text().split()[0]) >= body["not_before"]
+    assert done["not_before"] == body["not_before"]

@@ -1,17 +1,16 @@
-"""The declared topology on a real RabbitMQ: retries come back after their delay, dead letters are kept."""
+"""The declared topology on a real RabbitMQ: delayed messages come back after their delay, dead letters are kept."""
 
 import time
 
 import pika
 import pytest
+from qw_core import delays as ladder
 from qw_core.topology import (
-    RETRY_EXCHANGE,
     TASKS_EXCHANGE,
     build_topology,
     dead_queue_name,
     declare_with_pika,
     queue_name,
-    retry_routing_key,
 )
 
 from tests.support.wait import wait_for
@@ -24,7 +23,7 @@ def channel(amqp_url):
     conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
     ch = conn.channel()
     ch.confirm_delivery()
-    declare_with_pika(ch, build_topology(["email"], [300], delivery_limit=2))
+    declare_with_pika(ch, build_topology(["email"], delivery_limit=2))
     yield ch
     conn.close()
 
@@ -40,21 +39,24 @@ def _get(ch, queue, timeout=10.0):
 
 
 def test_declaring_twice_is_harmless(amqp_url, channel):
-    declare_with_pika(channel, build_topology(["email"], [300], delivery_limit=2))
+    declare_with_pika(channel, build_topology(["email"], delivery_limit=2))
 
 
-def test_retry_queue_sends_the_message_back_after_its_delay(channel):
+@pytest.mark.parametrize("delay_ms", [0, 300, 1_500])
+def test_the_delay_ladder_sends_the_message_to_its_kind_after_its_delay(channel, delay_ms):
+    start = time.monotonic()
     channel.basic_publish(
-        RETRY_EXCHANGE,
-        retry_routing_key("email", 300),
+        ladder.ENTRY_EXCHANGE,
+        ladder.routing_key(delay_ms, "email"),
         b"again",
         pika.BasicProperties(delivery_mode=2),
         mandatory=True,
     )
-    start = time.monotonic()
-    method, _, body = _get(channel, queue_name("email"))
+    method, props, body = _get(channel, queue_name("email"))
+    waited = time.monotonic() - start
     assert body == b"again"
-    assert time.monotonic() - start >= 0.25
+    assert delay_ms / 1000 - 0.05 <= waited <= delay_ms / 1000 + 1.0
+    assert len(props.headers.get("x-death", []) if props.headers else []) == bin(ladder.units(delay_ms)).count("1")
     channel.basic_ack(method.delivery_tag)
 
 

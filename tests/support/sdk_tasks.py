@@ -7,6 +7,7 @@ too, so `reserve_stock.send(...)` validates here first.
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 from pydantic import BaseModel, Field
@@ -44,3 +45,15 @@ async def summarise(values: list[float], sleep: float = 0.0) -> dict[str, float]
     """An async body: runs on the worker thread's event loop; cancelled after its 1 s time limit."""
     await asyncio.sleep(sleep)
     return {"total": sum(values), "count": len(values)}
+
+
+@task(kind="stamped", retries=1, backoff=(2, 2), jitter=0.5)
+def stamped(log: str, fail_times: int = 0) -> int:
+    """Appends the time of each attempt (epoch seconds) to the file `log`; fails the first `fail_times` attempts."""
+    path = Path(log)
+    with path.open("a") as f:
+        f.write(f"{time.time()}\n")
+    made = len(path.read_text().split())
+    if made <= fail_times:
+        raise Flaky(f"attempt {made} fails")
+    return made

@@ -125,11 +125,11 @@ def running_worker(kind: str, env: dict[str, Any], log_dir: Path, wait: bool = T
 class TaskPublisher:
     """Publishes as the API does: pending row, persistent publish with confirms and mandatory, queued row."""
 
-    def __init__(self, amqp_url: str, store: TaskStore, retry_delays: list[int] | None = None) -> None:
+    def __init__(self, amqp_url: str, store: TaskStore) -> None:
         self.store = store
         self.conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
         self.ch = self.conn.channel()
-        declare_with_pika(self.ch, build_topology(("image", "email"), retry_delays or RETRY_DELAYS, 10))
+        declare_with_pika(self.ch, build_topology(("image", "email"), 10))
         self.ch.confirm_delivery()
 
     @staticmethod

@@ -286,14 +286,12 @@ def test_keep_up_guard_stops_a_scale_down_below_the_arrival_rate() -> None:
 # --- deferrals (a rate limit: qw_workers.errors.Deferred) -------------------------------------------------------
 
 
-def test_a_deferral_is_never_dead_and_takes_the_retry_queue_nearest_its_wait():
+def test_a_deferral_is_never_dead_and_waits_at_least_what_it_asked():
     from qw_workers.errors import Deferred
-    from qw_workers.policy import decide_failure, deferrals_of, nearest_delay_ms
+    from qw_workers.policy import decide_failure, deferrals_of
 
     delays = [1_000, 5_000, 30_000]
-    assert nearest_delay_ms(0.2, delays) == 1_000  # shorter than every queue: the shortest
-    assert nearest_delay_ms(7, delays) == 5_000  # never later than asked
-    assert nearest_delay_ms(600, delays) == 30_000
-    decision = decide_failure(Deferred("rate", 7), attempt=99, max_attempts=3, delays=delays)
-    assert (decision.action, decision.delay_ms) == ("defer", 5_000)
+    for draw, expected in ((0.0, 7_000), (1.0, 8_400)):
+        decision = decide_failure(Deferred("rate", 7), 99, 3, delays, jitter=0.2, rand=lambda d=draw: d)
+        assert (decision.action, decision.delay_ms) == ("defer", expected)
     assert [deferrals_of(h) for h in (None, {}, {"x-qw-deferred": 3}, {"x-qw-deferred": "x"})] == [0, 0, 3, 0]

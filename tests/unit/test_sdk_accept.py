@@ -18,7 +18,7 @@ class Publisher:
     def __init__(self, store: SqliteStore, error: Exception | None = None, worker_started: bool = False) -> None:
         self.store, self.error, self.worker_started, self.sent = store, error, worker_started, []
 
-    def publish(self, kind: str, body: bytes, message_id: str, headers: Any = None) -> None:
+    def publish(self, kind: str, body: bytes, message_id: str, headers: Any = None, not_before: Any = None) -> None:
         self.sent.append(message_id)
         if self.worker_started:  # the broker had it and a worker picked it up before the confirm got lost
             self.store.start_attempt(message_id, 1)

@@ -11,7 +11,7 @@ from qw_core.registry import (
     load_app,
     payload_model,
 )
-from qw_core.topology import build_topology, dead_queue_name, queue_name, retry_queue_name
+from qw_core.topology import build_topology, dead_queue_name, queue_name
 from qw_workers.errors import PermanentError, RetryableError
 from qw_workers.policy import Decision, decide_failure
 
@@ -92,8 +92,9 @@ def test_backoff_bounds_are_checked(lo, hi):
 
 
 def test_policy_resolves_unset_parts_from_settings():
-    assert RetryPolicy().resolve(5, [100]) == RetryPolicy(5, (100,))
-    assert RetryPolicy(2, (7,)).resolve(5, [100]) == RetryPolicy(2, (7,))
+    assert RetryPolicy().resolve(5, [100]) == RetryPolicy(5, (100,), jitter=0.0)
+    assert RetryPolicy(2, (7,)).resolve(5, [100], 0.2) == RetryPolicy(2, (7,), jitter=0.2)
+    assert RetryPolicy(jitter=0.0).resolve(5, [100], 0.2).jitter == 0.0  # the kind's own, even none, wins
 
 
 class Flaky(Exception):
@@ -122,23 +123,17 @@ def test_an_invalid_payload_is_never_retried():
     assert decide_failure(err, 1, 5, (10,)) == Decision("failed", reason="invalid-payload")
 
 
-def test_a_user_kind_gets_the_same_topology_as_a_built_in_with_its_own_retry_queues():
+def test_a_user_kind_gets_the_same_topology_as_a_built_in_whatever_its_retry_policy():
     r = Registry()
     r.add(spec("inventory", RetryPolicy(delays_ms=(500, 1000))))
-    r.add(spec("plain"))
-    delays = {"inventory": (500, 1000)}  # the kind's own backoff; `plain` uses QW_RETRY_DELAYS
-    topo = build_topology(("email", *r.kinds()), [200, 400], 10, delays)
+    topo = build_topology(("email", *r.kinds()), 10)
     assert topo.queue(queue_name("inventory")).arguments == topo.queue(queue_name("email")).arguments | {
         "x-dead-letter-routing-key": "inventory"
     }
     assert topo.queue(dead_queue_name("inventory")).arguments == topo.queue(dead_queue_name("email")).arguments
-    names = {q.name for q in topo.queues}
-    assert {retry_queue_name("inventory", 500), retry_queue_name("inventory", 1000)} <= names
-    assert retry_queue_name("inventory", 200) not in names and retry_queue_name("plain", 200) in names
-    # A producer declares a kind's queue and dead queue alike, and no retry queues (its worker does).
-    bare = build_topology(("inventory",), [200, 400], 10, {"inventory": ()})
-    assert bare.queue(queue_name("inventory")) == topo.queue(queue_name("inventory"))
-    assert [q.name for q in bare.queues if ".retry." in q.name] == []
+    # Retries go through the shared delay ladder: a producer and a worker declare a kind identically.
+    assert build_topology(("inventory",), 10).queue(queue_name("inventory")) == topo.queue(queue_name("inventory"))
+    assert not [q.name for q in topo.queues if ".retry." in q.name]
 
 
 def test_the_worker_cli_resolves_built_in_and_app_kinds_and_names_the_known_ones():

@@ -13,19 +13,12 @@ from itertools import count
 from typing import Any
 
 import pytest
+from qw_core import delays as ladder
 from qw_core.messages import EmailTask, ImageTask, TaskMessage, utcnow
 from qw_core.settings import WorkerSettings
 from qw_core.storage import LocalStorage
 from qw_core.store import SqliteStore, StoreUnavailable
-from qw_core.topology import (
-    DEAD_EXCHANGE,
-    H_ATTEMPT,
-    H_DEFERRED,
-    H_ERROR,
-    H_REASON,
-    RETRY_EXCHANGE,
-    retry_routing_key,
-)
+from qw_core.topology import DEAD_EXCHANGE, H_ATTEMPT, H_DEFERRED, H_ERROR, H_REASON
 from qw_workers.context import TaskContext
 from qw_workers.errors import Deferred, PermanentError, RetryableError
 from qw_workers.middleware import Delivery
@@ -33,6 +26,8 @@ from qw_workers.settle import ConnectionLost, Settler, StoreBackoff
 
 TASK_ID = "t1"
 DELAYS = [200, 400]
+WALL = 1_700_000_000.0  # the rig's wall clock (epoch seconds)
+RETRY = ladder.ENTRY_EXCHANGE  # retries go through the delay ladder
 Event = tuple[Any, ...]
 STARTED: Event = ("store", "start_attempt")
 PAUSE: Event = ("pause",)
@@ -87,9 +82,9 @@ class RecordingStore(SqliteStore):
         write = super().succeed
         return self._write("succeed", lambda: write(task_id, result_key, result))
 
-    def schedule_retry(self, task_id: str, attempt: int, error: str) -> bool:
+    def schedule_retry(self, task_id: str, attempt: int, error: str, not_before: float | None = None) -> bool:
         write = super().schedule_retry
-        return self._write("schedule_retry", lambda: write(task_id, attempt, error))
+        return self._write("schedule_retry", lambda: write(task_id, attempt, error, not_before))
 
     def finish_failed(self, task_id: str, status: Any, error: str, attempt: int) -> bool:
         write = super().finish_failed
@@ -111,6 +106,7 @@ class Rig:
         self.now = 0.0
         self.pauses: list[float] = []
         self.stopping = False
+        self.jitter_draw = 0.5  # the middle of the jitter range: the retry delay exactly
         self.backoff = StoreBackoff(clock=lambda: self.now, rand=lambda: 1.0)
         settings = WorkerSettings(max_attempts=3, retry_delays=DELAYS, delivery_limit=4)
         ticks = count()
@@ -124,6 +120,8 @@ class Rig:
             lambda: next(ticks),
             self.backoff,
             self._pause,
+            wall=lambda: WALL,
+            rand=lambda: self.jitter_draw,
         )
 
     def _pause(self, seconds: float) -> bool:
@@ -224,25 +222,66 @@ def test_retryable_error_with_attempts_left_publishes_a_retry_copy_then_marks_qu
     assert (result.outcome, result.attempt, result.reason, result.error) == ("retried", made + 1, None, error)
     assert rig.events == [
         STARTED,
-        ("publish", RETRY_EXCHANGE, retry_routing_key("email", delay), {H_ATTEMPT: made + 1, H_ERROR: error}),
+        ("publish", RETRY, ladder.routing_key(delay, "email"), retry_headers(made + 1, error, delay)),
         ("store", "schedule_retry"),
         ("ack", 7),
     ]
     assert rig.status() == ("queued", made + 1, error)
+    assert rig.store.get(TASK_ID).not_before == WALL + delay / 1000
 
 
-@pytest.mark.parametrize(("wait", "delay"), [(0.05, 200), (0.3, 200), (30.0, 400)])
-def test_a_deferred_task_goes_through_the_retry_queue_nearest_its_wait_and_counts_the_deferral(rig, wait, delay):
-    """Deferred (a rate limit) is no failure: on the last attempt it still goes back, marked x-qw-deferred + 1."""
+def retry_headers(attempt: int, error: str, delay_ms: float) -> dict[str, Any]:
+    """What a retry copy carries: the attempt, the error, when it is due; no dead-lettering history."""
+    due = {ladder.H_NOT_BEFORE: round(WALL * 1000 + delay_ms)}
+    return {**dict.fromkeys(ladder.DEATH_HEADERS), H_ATTEMPT: attempt, H_ERROR: error, **due}
+
+
+@pytest.mark.parametrize(("draw", "delay"), [(0.0, 160), (1.0, 240), (0.25, 180)])
+def test_the_retry_delay_is_jittered_by_the_settings_fraction(rig, draw, delay):
+    """QW_RETRY_JITTER 0.2 (the default): 200 ms becomes 160..240 ms, uniformly."""
     rig.queued()
+    rig.jitter_draw = draw
+    rig.handler = raises(RetryableError("451"))
+    rig.settler.settle(delivery())
+    publish = next(e for e in rig.events if e[0] == "publish")
+    assert publish[2] == ladder.routing_key(delay, "email")
+    assert publish[3][ladder.H_NOT_BEFORE] == round(WALL * 1000 + delay)
+
+
+@pytest.mark.parametrize("ahead_ms", [1, 2_500, 90_000_000])
+def test_a_task_not_due_goes_back_through_the_ladder_without_an_attempt(rig, ahead_ms):
+    """Given a delivery whose not_before is ahead of the worker's clock (clock skew, or longer than the ladder
+    holds), then it is not run: a copy waits the time left, the original is acked, the status is untouched."""
+    rig.queued()
+    ran = []
+    rig.handler = lambda task, ctx: ran.append(task) or "results/x.txt"
+    result = rig.settler.settle(delivery(**{ladder.H_NOT_BEFORE: round(WALL * 1000) + ahead_ms, "x-death": [{}]}))
+    assert result.outcome == "delayed" and not ran
+    headers = {**dict.fromkeys(ladder.DEATH_HEADERS)}
+    assert rig.events == [("publish", RETRY, ladder.routing_key(ahead_ms, "email"), headers), ("ack", 7)]
+    assert rig.status() == ("queued", 0, None)
+
+
+def test_a_task_whose_time_has_come_runs(rig):
+    rig.queued()
+    result = rig.settler.settle(delivery(**{ladder.H_NOT_BEFORE: round(WALL * 1000)}))
+    assert result.outcome == "succeeded"
+
+
+@pytest.mark.parametrize(("wait", "draw", "delay"), [(0.05, 0.0, 50), (30.0, 0.0, 30_000), (30.0, 1.0, 36_000)])
+def test_a_deferred_task_goes_back_through_the_ladder_after_its_wait_and_counts_the_deferral(rig, wait, draw, delay):
+    """Deferred (a rate limit) is no failure: on the last attempt it still goes back, after its wait (jittered
+    upwards only: QW_RETRY_JITTER 0.2 makes 30 s 30..36 s), marked x-qw-deferred + 1."""
+    rig.queued()
+    rig.jitter_draw = draw
     rig.handler = raises(Deferred("over the rate", wait))
     result = rig.settler.settle(delivery(**{H_ATTEMPT: 2}))  # the third of 3 attempts
     error = "Deferred: over the rate"
     assert (result.outcome, result.attempt, result.reason) == ("deferred", 3, None)
-    headers = {H_ATTEMPT: 3, H_ERROR: error, H_DEFERRED: 1}
+    headers = {**retry_headers(3, error, delay), H_DEFERRED: 1}
     assert rig.events == [
         STARTED,
-        ("publish", RETRY_EXCHANGE, retry_routing_key("email", delay), headers),
+        ("publish", RETRY, ladder.routing_key(delay, "email"), headers),
         ("store", "schedule_retry"),
         ("ack", 7),
     ]
@@ -481,7 +520,7 @@ def test_a_retry_copy_confirmed_is_never_followed_by_a_requeue_even_if_its_statu
     rig.handler = raises(RetryableError("451"))
     result = rig.settler.settle(delivery())
     assert result.outcome == "retried"
-    assert [e[:2] for e in rig.events] == [STARTED, ("publish", RETRY_EXCHANGE), ("ack", 7)]
+    assert [e[:2] for e in rig.events] == [STARTED, ("publish", RETRY), ("ack", 7)]
     assert rig.status() == ("processing", 1, None) and rig.backoff.down
     rig.store.down.clear()
     rig.handler = lambda task, ctx: "results/x.txt"
@@ -583,7 +622,7 @@ def test_a_copy_the_broker_refuses_hands_the_message_back_after_a_delay_without_
     [
         ("ack", None, [STARTED, ("store", "succeed")]),
         ("publish", raises(RetryableError("451")), [STARTED]),
-        ("ack", raises(RetryableError("451")), [STARTED, ("publish", RETRY_EXCHANGE), ("store", "schedule_retry")]),
+        ("ack", raises(RetryableError("451")), [STARTED, ("publish", RETRY), ("store", "schedule_retry")]),
         ("publish", raises(PermanentError("550")), [STARTED, ("store", "finish_failed")]),
     ],
 )

@@ -1,9 +1,9 @@
 import pytest
+from qw_core import delays as ladder
 from qw_core.settings import CommonSettings
 from qw_core.topology import (
     DEAD_EXCHANGE,
     NOTIFICATIONS_QUEUE,
-    RETRY_EXCHANGE,
     TASKS_EXCHANGE,
     QueueLimits,
     build_topology,
@@ -11,7 +11,6 @@ from qw_core.topology import (
     inequivalent_arg,
     queue_name,
     retry_delay_ms,
-    retry_queue_name,
 )
 
 
@@ -26,7 +25,7 @@ def test_attempt_zero_is_a_programming_error():
 
 
 def test_work_queue_dead_letters_at_least_once_to_its_dlq():
-    topo = build_topology(["image"], [1000], delivery_limit=7)
+    topo = build_topology(["image"], delivery_limit=7)
     args = topo.queue(queue_name("image")).arguments
     assert args["x-queue-type"] == "quorum"
     assert args["x-delivery-limit"] == 7
@@ -36,20 +35,36 @@ def test_work_queue_dead_letters_at_least_once_to_its_dlq():
     assert (DEAD_EXCHANGE, "image") in topo.queue(dead_queue_name("image")).bindings
 
 
-def test_delay_queue_returns_messages_to_the_work_queue_after_its_ttl():
-    topo = build_topology(["email"], [1000, 5000, 1000], delivery_limit=5)
-    q = topo.queue(retry_queue_name("email", 5000))
-    assert q.arguments["x-message-ttl"] == 5000
-    assert q.arguments["x-dead-letter-exchange"] == TASKS_EXCHANGE
-    assert q.arguments["x-dead-letter-routing-key"] == "email"
-    assert q.bindings == ((RETRY_EXCHANGE, "email.5000"),)
-    assert len([x for x in topo.queues if ".retry." in x.name]) == 2  # duplicates collapse
+def test_each_rung_holds_its_bit_for_its_ttl_then_passes_the_message_down_keeping_its_routing_key():
+    topo = build_topology(["email"], delivery_limit=5)
+    q = topo.queue(ladder.rung_name(3))
+    assert q.name == "qw.delay.800" and q.arguments["x-message-ttl"] == 800
+    assert q.arguments["x-dead-letter-exchange"] == ladder.rung_name(2)
+    assert "x-dead-letter-routing-key" not in q.arguments  # the route is the routing key
+    assert q.arguments["x-dead-letter-strategy"] == "at-least-once"
+    assert q.bindings == ((ladder.rung_name(3), "*." * (ladder.LEVELS - 4) + "1.#"),)
+    # A 0 bit skips the rung at once (exchange to exchange); the last rung hands over to the kinds' queues.
+    assert (ladder.rung_name(2), ladder.rung_name(3), "*." * (ladder.LEVELS - 4) + "0.#") in topo.exchange_bindings
+    assert topo.queue(ladder.rung_name(0)).arguments["x-dead-letter-exchange"] == ladder.DUE_EXCHANGE
+    assert (ladder.DUE_EXCHANGE, "#.email") in topo.queue(queue_name("email")).bindings
+    assert (TASKS_EXCHANGE, "email") in topo.queue(queue_name("email")).bindings
+
+
+def test_the_ladder_is_shared_by_every_kind_and_nothing_depends_on_retry_policies():
+    one, two = build_topology(["email"], 5), build_topology(["image", "email", "inventory"], 5)
+    rungs = [q for q in one.queues if q.name.startswith("qw.delay.")]
+    assert len(rungs) == ladder.LEVELS and rungs == [q for q in two.queues if q.name.startswith("qw.delay.")]
+    assert one.exchange_bindings == two.exchange_bindings
+    assert not [q for q in two.queues if ".retry." in q.name]
 
 
 def test_exchanges_are_declared_before_the_queues_that_name_them():
-    topo = build_topology(["image", "email"], [1000], 5)
+    topo = build_topology(["image", "email"], 5)
     names = [e.name for e in topo.exchanges]
     assert names.index(DEAD_EXCHANGE) == 0
+    named = {q.arguments.get("x-dead-letter-exchange") for q in topo.queues} - {None}
+    bound = {source for _, source, _ in topo.exchange_bindings} | {d for d, _, _ in topo.exchange_bindings}
+    assert named | bound <= set(names)
 
 
 # Bounded queues (issue 15): every queue has a length and a byte limit; which overflow depends on who reads it.
@@ -70,8 +85,8 @@ LIMITS = QueueLimits(
     [
         (queue_name("email"), {"x-max-length": 11, "x-max-length-bytes": 12, "x-overflow": "reject-publish"}),
         (
-            retry_queue_name("email", 1000),
-            {"x-max-length": 11, "x-max-length-bytes": 12, "x-overflow": "reject-publish", "x-message-ttl": 1000},
+            ladder.rung_name(0),
+            {"x-max-length": 11, "x-max-length-bytes": 12, "x-overflow": "reject-publish", "x-message-ttl": 100},
         ),
         (
             dead_queue_name("email"),
@@ -84,18 +99,18 @@ LIMITS = QueueLimits(
     ],
 )
 def test_every_queue_is_bounded_by_its_limits(queue, expected):
-    args = build_topology(["email"], [1000], 5, limits=LIMITS).queue(queue).arguments
+    args = build_topology(["email"], 5, limits=LIMITS).queue(queue).arguments
     assert {k: args.get(k) for k in expected} == expected
 
 
 def test_without_limits_every_queue_still_has_the_default_bounds():
-    for q in build_topology(["image", "email"], [1000], 5).queues:
+    for q in build_topology(["image", "email"], 5).queues:
         assert q.arguments["x-max-length"] > 0, q.name
         assert q.arguments["x-max-length-bytes"] > 0, q.name
 
 
 def test_queues_nobody_consumes_keep_the_newest_for_a_while_and_never_refuse():
-    topo = build_topology(["image"], [1000], 5)
+    topo = build_topology(["image"], 5)
     for name in (dead_queue_name("image"), NOTIFICATIONS_QUEUE):
         args = topo.queue(name).arguments
         assert args["x-overflow"] == "drop-head"

@@ -60,12 +60,13 @@ class IoBridge:
         self._io(d.generation, lambda ch: ch.basic_nack(d.delivery_tag, requeue=True))
 
     def publish_copy(self, d: Delivery, exchange: str, routing_key: str, headers: dict[str, Any]) -> None:
-        """Same body and message_id, new headers; returns once the broker confirmed it (routed)."""
+        """Same body and message_id, new headers (None removes one); returns once the broker confirmed it (routed)."""
+        merged = {k: v for k, v in {**d.headers, **headers}.items() if v is not None}
         props = pika.BasicProperties(
             message_id=d.message_id,
             content_type=d.content_type or "application/json",
             delivery_mode=pika.DeliveryMode.Persistent,
-            headers={**d.headers, **headers},
+            headers=merged,
         )
         self._io(d.generation, lambda ch: ch.basic_publish(exchange, routing_key, d.body, props, mandatory=True))
 

@@ -1,9 +1,9 @@
 """Prometheus metrics of a worker: namespace `queueworker`, subsystem `worker`, base units, bounded labels.
 
 Labels are the task kind (image|email, or an SDK kind: the kinds of the deployed task module), the outcome
-(succeeded|retried|failed|dead|duplicate|requeued|cancelled) and the dead-letter reason
-(undecodable|permanent|exhausted|delivery-limit, and an SDK kind's invalid-payload from its first count): never task
-ids or tenants.
+(succeeded|retried|deferred|failed|dead|duplicate|requeued|delayed: sent back to wait, not due|cancelled) and the
+dead-letter reason (undecodable|permanent|exhausted|delivery-limit, and an SDK kind's invalid-payload from its first
+count): never task ids or tenants.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 NS, SUB = "queueworker", "worker"
 _KIND = ["kind"]
-OUTCOMES = ("succeeded", "retried", "failed", "dead", "duplicate", "requeued", "cancelled")
+OUTCOMES = ("succeeded", "retried", "deferred", "failed", "dead", "duplicate", "requeued", "delayed", "cancelled")
 REASONS = ("undecodable", "permanent", "exhausted", "delivery-limit")
 
 

@@ -33,7 +33,7 @@ class Delivery:
 
 @dataclass(frozen=True)
 class Result:
-    outcome: str  # succeeded | retried | deferred | failed | dead | duplicate | requeued | cancelled
+    outcome: str  # succeeded | retried | deferred | failed | dead | duplicate | requeued | delayed | cancelled
     task_id: str | None
     attempt: int
     duration_s: float
@@ -82,7 +82,7 @@ class LoggingMiddleware(Middleware):
     def after_process(self, delivery: Delivery, result: Result) -> None:
         """One line a task: the JSON format carries the fields; the text format shows only the message, so the
         message itself names the task and says why it did not succeed."""
-        quiet = ("succeeded", "duplicate", "retried", "deferred", "cancelled")
+        quiet = ("succeeded", "duplicate", "retried", "deferred", "delayed", "cancelled")
         level = logging.INFO if result.outcome in quiet else logging.WARNING
         task_id = result.task_id or delivery.message_id
         fields: dict[str, Any] = {

@@ -44,31 +44,34 @@ def deferrals_of(headers: dict[str, Any] | None) -> int:
         return 0
 
 
-def nearest_delay_ms(wanted_s: float, delays: Sequence[int]) -> int:
-    """The longest retry queue delay that does not overshoot `wanted_s`, or the shortest one if all do."""
-    fitting = [d for d in delays if d <= wanted_s * 1000]
-    return max(fitting) if fitting else min(delays)
-
-
 def decide_failure(
     error: BaseException,
     attempt: int,
     max_attempts: int,
     delays: Sequence[int],
     retry_on: tuple[type[BaseException], ...] = (Exception,),
+    jitter: float = 0.0,
+    rand: Callable[[], float] = random.random,
 ) -> Decision:
-    """Retry while attempts are left and the error is one the kind retries (`retry_on`; PermanentError never).
-    `Deferred` is no failure: it goes back after about its delay, whatever the attempts (the caller passes the
-    attempts made, deferrals not counted)."""
+    """Retry while attempts are left and the error is one the kind retries (`retry_on`; PermanentError never);
+    the delay is the ladder's, jittered (`jittered`). `Deferred` is no failure: it goes back after its delay
+    (jittered upwards only: never before it asked), whatever the attempts (the caller passes the attempts made,
+    deferrals not counted)."""
     if isinstance(error, Deferred):
-        return Decision("defer", delay_ms=nearest_delay_ms(error.delay, delays))
+        return Decision("defer", delay_ms=max(1, round(error.delay * 1000 * (1 + jitter * rand()))))
     if isinstance(error, InvalidPayload):
         return Decision("failed", reason="invalid-payload")
     if isinstance(error, PermanentError) or not isinstance(error, (RetryableError, *retry_on)):
         return Decision("failed", reason="permanent")
     if attempt >= max_attempts:
         return Decision("dead", reason="exhausted")
-    return Decision("retry", delay_ms=retry_delay_ms(attempt, delays))
+    return Decision("retry", delay_ms=jittered(retry_delay_ms(attempt, delays), jitter, rand))
+
+
+def jittered(delay_ms: int, jitter: float, rand: Callable[[], float] = random.random) -> int:
+    """`delay_ms` times a uniform factor in [1 - jitter, 1 + jitter] (at least 1 ms): tasks that failed together
+    (a dependency down) come back spread out instead of in one burst."""
+    return max(1, round(delay_ms * (1 + jitter * (2 * rand() - 1))))
 
 
 def reconnect_delay(

@@ -60,7 +60,7 @@ class Worker:
         kinds: Iterable[str] = ("image", "email"),
         policy: RetryPolicy | None = None,
     ) -> None:
-        """`policy`: an SDK kind's own retry policy; its delays are this kind's retry queues."""
+        """`policy`: an SDK kind's own retry policy."""
         self.kind = kind
         self.settings = settings
         self.middleware = list(middleware)
@@ -82,11 +82,8 @@ class Worker:
             pause=self._stop.wait,
             policy=policy or RetryPolicy(),
         )
-        delays = {kind: self._settler.retry_policy.delays_ms or settings.retry_delays}
         declared = tuple(dict.fromkeys((*kinds, kind)))
-        self.topology: Topology = build_topology(
-            declared, settings.retry_delays, settings.delivery_limit, delays, settings.queue_limits()
-        )
+        self.topology: Topology = build_topology(declared, settings.delivery_limit, settings.queue_limits())
         self._ready = threading.Event()
         self._lock = threading.Lock()  # guards _inflight
         self._inflight = 0

@@ -6,7 +6,11 @@ Every path ends in exactly one final state, whichever step fails; the orders, by
 
 - the handler returned: mark it succeeded (held, see below), ack -> `succeeded`; if another delivery of the same
   task finished first, ack -> `duplicate`;
-- the handler raised and attempts are left: publish a copy to the retry delay queue (confirmed), mark it queued
+- not due yet (its `x-qw-not-before` is ahead of this worker's clock: clock skew, or a delay past the ladder's
+  reach): a copy back through the delay ladder for the time left (confirmed), ack -> `delayed`; not an attempt,
+  no status write. If the copy is refused the original is handed back, like any refused copy;
+- the handler raised and attempts are left: publish a copy through the delay ladder (confirmed; the kind's
+  delay, jittered), mark it queued
   (best effort), ack -> `retried`. Once the copy is confirmed it carries the task, so the original is acked
   whatever the store says, never handed back (that was two live copies); a status write that failed leaves
   'processing' until the copy starts. If the copy is refused, nothing was written: hand the original back;
@@ -29,7 +33,7 @@ Every path ends in exactly one final state, whichever step fails; the orders, by
 - the store is down before the task ran (start_attempt, a status read) or the handler's own store call raised
   StoreUnavailable: nothing irreversible is recorded, so wait the shared backoff, then hand the message back
   (requeue) -> `requeued`; it does not count as a failed attempt;
-- `Deferred` (a rate limit): a copy through the retry queue nearest its delay, with x-qw-deferred + 1 (the
+- `Deferred` (a rate limit): a copy through the delay ladder for its delay, with x-qw-deferred + 1 (the
   attempts left are counted without deferrals), then the ack -> `deferred`;
 - the store is down at a write that records an outcome already reached ("held": succeeded, dead, failed): the
   message is held and the write retried after each backoff (rerunning the handler would redo its work, and an
@@ -55,20 +59,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol, TypeVar
 
+from qw_core import delays as ladder
 from qw_core.messages import TaskMessage
 from qw_core.registry import RetryPolicy
 from qw_core.settings import WorkerSettings
 from qw_core.storage import LocalStorage
 from qw_core.store import StoreUnavailable, TaskStore
-from qw_core.topology import (
-    DEAD_EXCHANGE,
-    H_ATTEMPT,
-    H_DEFERRED,
-    H_ERROR,
-    H_REASON,
-    RETRY_EXCHANGE,
-    retry_routing_key,
-)
+from qw_core.topology import DEAD_EXCHANGE, H_ATTEMPT, H_DEFERRED, H_ERROR, H_REASON
 
 from qw_workers.context import Handler, Output, TaskContext
 from qw_workers.middleware import Delivery, Result
@@ -91,7 +88,8 @@ class Channel(Protocol):
     def requeue(self, d: Delivery) -> None: ...
 
     def publish_copy(self, d: Delivery, exchange: str, routing_key: str, headers: dict[str, Any]) -> None:
-        """Same body and message_id, the delivery's headers updated with `headers`; returns once confirmed."""
+        """Same body and message_id, the delivery's headers updated with `headers` (a None value removes that
+        header); returns once confirmed."""
         ...
 
 
@@ -171,10 +169,11 @@ class Settler:
     """Settles the deliveries of one task kind; one instance serves every worker thread (its only state is the
     shared `backoff`).
 
-    `clock` times the task for `Result.duration_s` (tests pass a fake one). `pause(seconds)` waits and returns True
-    when the worker is stopping (then a held message is handed back at once); the runtime passes its stop event's
-    `wait`. `policy`: the kind's own retry policy (SDK kinds); its unset parts come from the settings
-    (QW_MAX_ATTEMPTS, QW_RETRY_DELAYS).
+    `clock` times the task for `Result.duration_s` and `wall` (epoch seconds) says whether a task is due (tests
+    pass fake ones; `rand` draws the retry jitter). `pause(seconds)` waits and returns True when the worker is
+    stopping (then a held message is handed back at once); the runtime passes its stop event's `wait`. `policy`: the
+    kind's own retry policy (SDK kinds); its unset parts come from the settings (QW_MAX_ATTEMPTS, QW_RETRY_DELAYS,
+    QW_RETRY_JITTER).
     """
 
     kind: str
@@ -187,11 +186,14 @@ class Settler:
     backoff: StoreBackoff = field(default_factory=StoreBackoff)
     pause: Callable[[float], bool] = _sleep
     policy: RetryPolicy = field(default_factory=RetryPolicy)
+    wall: Callable[[], float] = time.time
+    rand: Callable[[], float] = random.random
 
     @property
     def retry_policy(self) -> RetryPolicy:
         """The policy in force: the kind's own, completed from the settings."""
-        return self.policy.resolve(self.settings.max_attempts, self.settings.retry_delays)
+        s = self.settings
+        return self.policy.resolve(s.max_attempts, s.retry_delays, s.retry_jitter)
 
     def settle(self, d: Delivery) -> Result:
         """Run and settle `d`; the outcome says which branch (module docstring) it took. Raises ConnectionLost."""
@@ -245,6 +247,11 @@ class Settler:
             return _Settled("requeued", task_id, error=describe(exc))
 
     def _attempt(self, d: Delivery, task_id: str, attempt: int, task: TaskMessage) -> _Settled:
+        due_ms = ladder.not_before_ms(d.headers)
+        if due_ms is not None and due_ms > self.wall() * 1000:
+            self._through_ladder(d, due_ms - self.wall() * 1000, {})
+            self.channel.ack(d)
+            return _Settled("delayed", task_id)
         if self.last_delivery(d):
             # Every earlier delivery died with its worker (crash loop, OOM kill) or was handed back. If this one
             # goes back too, the broker dead-letters it behind our back and the status says "processing" for ever.
@@ -285,15 +292,16 @@ class Settler:
         p = self.retry_policy
         assert p.max_attempts is not None and p.delays_ms is not None  # resolved from the settings
         deferred = deferrals_of(d.headers)
-        decision = decide_failure(exc, attempt - deferred, p.max_attempts, p.delays_ms, p.retry_on)
+        jitter = p.jitter or 0.0
+        decision = decide_failure(exc, attempt - deferred, p.max_attempts, p.delays_ms, p.retry_on, jitter, self.rand)
         if decision.action in ("retry", "defer"):
-            rk = retry_routing_key(self.kind, decision.delay_ms)
-            headers: dict[str, Any] = {H_ATTEMPT: attempt, H_ERROR: error}
+            due = self.wall() + decision.delay_ms / 1000
+            headers: dict[str, Any] = {H_ATTEMPT: attempt, H_ERROR: error, ladder.H_NOT_BEFORE: round(due * 1000)}
             if decision.action == "defer":
                 headers[H_DEFERRED] = deferred + 1  # run numbers stay monotonic; attempts are runs - deferrals
-            self.channel.publish_copy(d, RETRY_EXCHANGE, rk, headers)
+            self._through_ladder(d, decision.delay_ms, headers)
             # Confirmed: the copy carries the task now. Never hand the original back (two live copies).
-            self._best_effort(lambda: self.store.schedule_retry(task_id, attempt, error))
+            self._best_effort(lambda: self.store.schedule_retry(task_id, attempt, error, due))
             self.channel.ack(d)
             return _Settled("retried" if decision.action == "retry" else "deferred", task_id, error=error)
         assert decision.reason is not None
@@ -314,6 +322,13 @@ class Settler:
         logger = logging.getLogger(f"qw_workers.{self.kind}")
         fields = {"task_id": task_id, "kind": self.kind, "attempt": attempt}
         return TaskContext(self.settings, self.store, self.storage, attempt, logging.LoggerAdapter(logger, fields))
+
+    def _through_ladder(self, d: Delivery, delay_ms: float, headers: dict[str, Any]) -> None:
+        """A copy of `d` back to this kind's queue after `delay_ms`, through the delay ladder; without the broker's
+        dead-lettering history, which would make it drop the copy as a cycle (qw_core.delays)."""
+        forget: dict[str, Any] = dict.fromkeys(ladder.DEATH_HEADERS)
+        rk = ladder.routing_key(delay_ms, self.kind)
+        self.channel.publish_copy(d, ladder.ENTRY_EXCHANGE, rk, {**forget, **headers})
 
     def _dead_letter(self, d: Delivery, reason: str, error: str, attempt: int) -> None:
         headers = {H_REASON: reason, H_ERROR: error, H_ATTEMPT: attempt}

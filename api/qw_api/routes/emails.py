@@ -4,9 +4,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from qw_core.messages import EmailFields, EmailTask, TaskMessage, new_task_id, utcnow
 
-from ..deps import IdempotencyKeyHeader, ServicesDep, TenantDep
+from ..deps import DelayQuery, IdempotencyKeyHeader, ServicesDep, TenantDep
 from ..schemas import SUBMIT_ERRORS, TaskAccepted
-from ..service import accepted, idempotency_key, submit
+from ..service import accepted, idempotency_key, not_before_of, submit
 
 router = APIRouter(prefix="/v1", tags=["emails"])
 
@@ -18,8 +18,9 @@ async def send_email(
     services: ServicesDep,
     request: Request,
     idempotency: IdempotencyKeyHeader = None,
+    delay: DelayQuery = None,
 ) -> JSONResponse:
-    """Queue an email. 202 means the broker has durably accepted it."""
+    """Queue an email (`?delay=` seconds: send it no earlier). 202 means the broker has durably accepted it."""
     task = TaskMessage(task_id=new_task_id(), tenant=tenant, created_at=utcnow(), payload=EmailTask.from_fields(body))
     key = idempotency_key(services, idempotency, task.kind, body.model_dump(mode="json"))
-    return accepted(request, await submit(services, task, key=key))
+    return accepted(request, await submit(services, task, key=key, not_before=not_before_of(delay)))

@@ -12,10 +12,10 @@ from qw_core.storage import StorageFull
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from ..deps import IdempotencyKeyHeader, Services, ServicesDep, TenantDep
+from ..deps import DelayQuery, IdempotencyKeyHeader, Services, ServicesDep, TenantDep
 from ..limits import BodyTooLarge
 from ..schemas import TaskAccepted, problems
-from ..service import accepted, idempotency_key, submit, unavailable
+from ..service import accepted, idempotency_key, not_before_of, submit, unavailable
 from ..uploads import Busy
 
 router = APIRouter(prefix="/v1", tags=["images"])
@@ -61,9 +61,14 @@ def _unprocessable(msg: str) -> HTTPException:
     responses=problems(401, 413, 415, 422, 503, 507),
 )
 async def upload_image(
-    request: Request, tenant: TenantDep, services: ServicesDep, idempotency: IdempotencyKeyHeader = None
+    request: Request,
+    tenant: TenantDep,
+    services: ServicesDep,
+    idempotency: IdempotencyKeyHeader = None,
+    delay: DelayQuery = None,
 ) -> JSONResponse:
-    """Upload an image to process. The file is identified by decoding it, never by its name or content type."""
+    """Upload an image to process (`?delay=` seconds: no earlier). The file is identified by decoding it, never by
+    its name or content type."""
     settings = services.settings
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise HTTPException(415, "send the image as multipart/form-data with a 'file' field")
@@ -91,7 +96,7 @@ async def upload_image(
     if idempotency is not None:  # the same request: the same file's bytes and options (the stored name is new)
         same = {"sha256": hashlib.sha256(data).hexdigest(), "options": options.model_dump(mode="json")}
         idem = idempotency_key(services, idempotency, "image", same)
-    return accepted(request, await submit(services, task, key, idem))
+    return accepted(request, await submit(services, task, key, idem, not_before_of(delay)))
 
 
 async def _read_form(request: Request, max_bytes: int) -> tuple[bytes, dict[str, str]]:

@@ -16,9 +16,9 @@ from pydantic import BaseModel
 from qw_core.messages import KINDS, TaskMessage, UserTask, new_task_id, utcnow
 from qw_core.registry import Registry, TaskSpec
 
-from ..deps import IdempotencyKeyHeader, ServicesDep, TenantDep
+from ..deps import DelayQuery, IdempotencyKeyHeader, ServicesDep, TenantDep
 from ..schemas import SUBMIT_ERRORS, TaskAccepted, problems
-from ..service import accepted, idempotency_key, link, submit
+from ..service import accepted, idempotency_key, link, not_before_of, submit
 
 
 class KindView(BaseModel):
@@ -28,6 +28,7 @@ class KindView(BaseModel):
     payload_schema: dict[str, Any]
     max_attempts: int | None = None  # None: the workers' QW_MAX_ATTEMPTS
     retry_delays_ms: list[int] | None = None  # None: the workers' QW_RETRY_DELAYS
+    retry_jitter: float | None = None  # None: the workers' QW_RETRY_JITTER
     time_limit: float | None = None
 
 
@@ -63,12 +64,17 @@ def build_router(registry: Registry) -> APIRouter:
 
 def _submit_route(spec: TaskSpec) -> Any:
     async def submit_task(
-        body: Any, tenant: TenantDep, services: ServicesDep, request: Request, idempotency: IdempotencyKeyHeader = None
+        body: Any,
+        tenant: TenantDep,
+        services: ServicesDep,
+        request: Request,
+        idempotency: IdempotencyKeyHeader = None,
+        delay: DelayQuery = None,
     ) -> JSONResponse:
         payload = UserTask(kind=spec.kind, args=body.model_dump(mode="json"))
         task = TaskMessage(task_id=new_task_id(), tenant=tenant, created_at=utcnow(), payload=payload)
         key = idempotency_key(services, idempotency, spec.kind, payload.args)  # as the SDK's: one key space
-        return accepted(request, await submit(services, task, key=key))
+        return accepted(request, await submit(services, task, key=key, not_before=not_before_of(delay)))
 
     submit_task.__annotations__["body"] = spec.model  # FastAPI reads the body's model from the signature
     return submit_task
@@ -83,6 +89,7 @@ def _view(spec: TaskSpec, request: Request) -> KindView:
         payload_schema=spec.json_schema(),
         max_attempts=p.max_attempts,
         retry_delays_ms=list(p.delays_ms) if p.delays_ms is not None else None,
+        retry_jitter=p.jitter,
         time_limit=spec.time_limit,
     )
 

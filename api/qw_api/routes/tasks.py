@@ -39,6 +39,7 @@ def _view(rec: TaskRecord, request: Request) -> TaskView:
     return TaskView(
         task_id=rec.task_id, kind=rec.kind, status=rec.status, attempts=rec.attempts,  # type: ignore[arg-type]
         error=rec.error, result_url=result_url, result=result, created_at=rec.created_at, updated_at=rec.updated_at,
+        not_before=rec.not_before,
     )  # fmt: skip
 
 
