@@ -26,6 +26,8 @@ from queueworker.errors import (
     QueueworkerError,
     RetryableError,
     StoreUnavailable,
+    TaskProcessDied,
+    TimeLimitExceeded,
     Unroutable,
 )
 from queueworker.tasks import Task, task
@@ -42,7 +44,9 @@ __all__ = [
     "RetryableError",
     "StoreUnavailable",
     "Task",
+    "TaskProcessDied",
     "TaskStatus",
+    "TimeLimitExceeded",
     "Unroutable",
     "default_client",
     "set_default_client",

@@ -12,10 +12,11 @@ from qw_core.errors import QueueworkerError
 from qw_core.publishing import BrokerUnavailable, MessageTooLarge, PublishError, PublishRefused, Unroutable
 from qw_core.registry import InvalidPayload
 from qw_core.store import StoreUnavailable
-from qw_workers.errors import PermanentError, RetryableError
+from qw_workers.errors import PermanentError, RetryableError, TaskProcessDied, TimeLimitExceeded
 
 # Raised by task bodies to steer the worker: PermanentError fails the task at once (dead letter, no retry);
-# RetryableError asks for a retry even when `retry_on` would not match.
+# RetryableError asks for a retry even when `retry_on` would not match. Raised by the worker about a body (for
+# `retry_on`): TimeLimitExceeded (the body overran its time_limit), TaskProcessDied (a sync body's process died).
 
 __all__ = [
     "BrokerUnavailable",
@@ -27,5 +28,7 @@ __all__ = [
     "QueueworkerError",
     "RetryableError",
     "StoreUnavailable",
+    "TaskProcessDied",
+    "TimeLimitExceeded",
     "Unroutable",
 ]

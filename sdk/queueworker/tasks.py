@@ -96,7 +96,8 @@ def task(
     - `retry_on`: exception types that are retried; any other exception fails the task at once (dead letter,
       reason `permanent`). A payload that does not match the signature is never retried (`invalid-payload`).
     - `backoff`: `(min_seconds, max_seconds)`: retry delays doubling from min to max (default: QW_RETRY_DELAYS).
-    - `time_limit`: seconds an `async def` body may run before it is cancelled (a retryable failure).
+    - `time_limit`: seconds the body may run: an `async def` body is then cancelled, a plain one (which runs in
+      a child process of its worker slot) killed; the attempt fails with TimeLimitExceeded (retried per retry_on).
     """
     if callable(kind):
         return task()(kind)
