@@ -7,10 +7,11 @@ tests/support/sdk_limited.py, which the child imports as a worker would.
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 from qw_core.registry import default_registry
-from qw_workers.child import ChildProcess
+from qw_workers.child import TERM_GRACE, ChildProcess
 from qw_workers.errors import PermanentError, RetryableError, TaskProcessDied, TimeLimitExceeded
 from qw_workers.policy import decide_failure, describe
 
@@ -41,9 +42,10 @@ def test_the_body_runs_in_one_child_reused_between_tasks(child):
 
 def test_an_overrun_is_stopped_and_the_child_reaped_and_replaced(child):
     child.run({"n": 1}, 1000)
-    old = child.pid
+    old, started = child.pid, time.monotonic()
     with pytest.raises(TimeLimitExceeded, match="time limit of 1s"):
         child.run({"n": 2, "sleep": 30}, 1000)
+    assert time.monotonic() - started < 1.0 + TERM_GRACE + 1.0  # the limit, the kill's grace; not the 30 s body
     assert child.pid is None and gone(old)
     assert child.run({"n": 3}, 1000).startswith('{"n":3,') and child.pid != old
 
