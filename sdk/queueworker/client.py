@@ -5,6 +5,8 @@ confirmed by the broker, then the row made visible (queued): qw_core.publishing.
 synchronous form. A Client holds one broker connection and one store for the whole process and is safe to share
 between threads; `default_client()` is that shared instance, built on first use from QW_* variables (the "connection
 pool pattern": never a connection per task). After a fork the child builds its own: a socket must not be shared.
+asyncio code (`enqueue_async`, `submit_async`) gets one more connection per event loop (qw_core.aio_publishing),
+on which all its coroutines publish at once; the store's row writes run in a thread there.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from qw_core.aio_publishing import AsyncPublisher, accept_async
 from qw_core.messages import KINDS, TaskMessage, UserTask, new_task_id, utcnow
 from qw_core.publishing import BlockingPublisher, accept
 from qw_core.registry import Registry, check_kind_name, default_registry
@@ -60,6 +63,7 @@ class Client:
         self._lock = threading.Lock()
         self._store: TaskStore | None = None
         self._publisher: BlockingPublisher | None = None
+        self._aio: dict[asyncio.AbstractEventLoop, AsyncPublisher] = {}  # one connection per event loop
 
     def enqueue(self, kind: str, payload: Mapping[str, Any] | None = None, /, **fields: Any) -> str:
         """Queue a task of `kind` with `payload` (a mapping, or keyword fields); returns its task id.
@@ -68,24 +72,39 @@ class Client:
         any other kind is validated by its worker, which dead-letters a bad payload. Raises BrokerUnavailable,
         PublishRefused (full queue), Unroutable (no queue for the kind), MessageTooLarge or StoreUnavailable.
         """
-        args = {**(payload or {}), **fields}
-        spec = self.registry.get(kind)
-        return self.submit(kind, spec.to_args(args) if spec else args)
+        return self.submit(kind, self._args(kind, payload, fields))
 
     async def enqueue_async(self, kind: str, payload: Mapping[str, Any] | None = None, /, **fields: Any) -> str:
-        """`enqueue` for asyncio code: the blocking publish runs in a worker thread."""
-        return await asyncio.to_thread(self.enqueue, kind, payload, **fields)
+        """`enqueue` for asyncio code: published on this event loop's own connection (the row writes in a thread)."""
+        return await self.submit_async(kind, self._args(kind, payload, fields))
 
-    def submit(self, kind: str, args: dict[str, Any]) -> str:
+    def submit(self, kind: str, args: dict[str, Any], **send_options: Any) -> str:
         """Queue already-validated JSON `args` (Task.send validates against its own spec first)."""
+        task = self._prepare(kind, args, **send_options)
+        store, publisher = self._connections()
+        accept(store, publisher, task)
+        return task.task_id
+
+    async def submit_async(self, kind: str, args: dict[str, Any], **send_options: Any) -> str:
+        """`submit` for asyncio code: many coroutines publish at once on the loop's one connection."""
+        task = self._prepare(kind, args, **send_options)
+        store = self._store if self._store is not None else await asyncio.to_thread(self._open_store)
+        await accept_async(store, self._aio_publisher(), task)
+        return task.task_id
+
+    def _args(self, kind: str, payload: Mapping[str, Any] | None, fields: dict[str, Any]) -> dict[str, Any]:
+        """The payload as JSON arguments, validated here when the kind is defined in this process."""
+        args = {**(payload or {}), **fields}
+        spec = self.registry.get(kind)
+        return spec.to_args(args) if spec else args
+
+    def _prepare(self, kind: str, args: dict[str, Any]) -> TaskMessage:
+        """The task message for `kind` (shared by the sync and asyncio paths; send options land here)."""
         if kind in KINDS:
             raise ValueError(f"{kind!r} is a built-in kind: queue it through the HTTP API (POST /v1/{kind}s)")
         check_kind_name(kind)
         payload = UserTask(kind=kind, args=args)
-        task = TaskMessage(task_id=new_task_id(), tenant=self.settings.tenant, created_at=utcnow(), payload=payload)
-        store, publisher = self._connections()
-        accept(store, publisher, task)
-        return task.task_id
+        return TaskMessage(task_id=new_task_id(), tenant=self.settings.tenant, created_at=utcnow(), payload=payload)
 
     def status(self, task_id: str) -> TaskStatus | None:
         """The task's status and result, or None if no such task is visible (not queued yet or unknown)."""
@@ -110,9 +129,16 @@ class Client:
         with self._lock:
             if self._publisher is not None:
                 self._publisher.close()
+            for aio in self._aio.values():
+                aio.close_soon()
             if self._store is not None:
                 self._store.close()
             self._store = self._publisher = None
+            self._aio.clear()
+
+    async def aclose(self) -> None:
+        """`close` for asyncio code (the store's close runs in a thread)."""
+        await asyncio.to_thread(self.close)
 
     def __enter__(self) -> Client:
         return self
@@ -120,11 +146,30 @@ class Client:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    def _connections(self) -> tuple[TaskStore, BlockingPublisher]:
-        """The store and the publisher, made on first use (a Client that is never used opens nothing)."""
+    def _open_store(self) -> TaskStore:
         with self._lock:
             if self._store is None:
                 self._store = open_store(self.settings.database_url)
+            return self._store
+
+    def _aio_publisher(self) -> AsyncPublisher:
+        """The running loop's publisher (made on first use; those of closed loops are forgotten)."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            for gone in [lp for lp in self._aio if lp.is_closed()]:
+                del self._aio[gone]
+            if loop not in self._aio:
+                s = self.settings
+                self._aio[loop] = AsyncPublisher(
+                    s.rabbitmq_urls(), producer_topology(s), s.heartbeat, s.max_message_bytes
+                )
+            return self._aio[loop]
+
+    def _connections(self) -> tuple[TaskStore, BlockingPublisher]:
+        """The store and the publisher, made on first use (a Client that is never used opens nothing)."""
+        self._open_store()
+        with self._lock:
+            assert self._store is not None
             if self._publisher is None:
                 s = self.settings
                 topology = producer_topology(s)

@@ -7,7 +7,6 @@ the decorator reads no settings and opens no connection, so importing a task mod
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 from collections.abc import Callable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
@@ -45,9 +44,9 @@ class Task(Generic[P, R]):
         return default_client().submit(self.kind, self.spec.to_args(self._arguments(args, kwargs)))
 
     async def send_async(self, *args: P.args, **kwargs: P.kwargs) -> str:
-        """`send` for asyncio code: the blocking publish runs in a thread, so the event loop never waits on it."""
-        validated = self.spec.to_args(self._arguments(args, kwargs))
-        return await asyncio.to_thread(default_client().submit, self.kind, validated)
+        """`send` for asyncio code: published on the event loop's own connection of the shared client; the status
+        row writes run in a thread, so the event loop never waits on them."""
+        return await default_client().submit_async(self.kind, self.spec.to_args(self._arguments(args, kwargs)))
 
     def json_schema(self) -> dict[str, Any]:
         """The JSON Schema of this kind's payload (what POST /v1/tasks/{kind} and GET /v1/kinds show)."""
