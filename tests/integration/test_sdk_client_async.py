@@ -9,7 +9,6 @@ import urllib.parse
 
 import pytest
 from queueworker import BrokerUnavailable, Client, PublishRefused, Unroutable, set_default_client
-from qw_core.settings import ClientSettings
 from qw_core.topology import TASKS_EXCHANGE, queue_name
 from rabbitmq import SBIN, Broker, free_broker_ports
 
