@@ -7,6 +7,7 @@ import asyncio
 import time
 import urllib.parse
 
+import pika
 import pytest
 from queueworker import BrokerUnavailable, Client, PublishRefused, Unroutable, set_default_client
 from qw_core.topology import TASKS_EXCHANGE, queue_name
@@ -31,20 +32,28 @@ def rows(c: Client) -> dict[str, int]:
     return c._open_store().counts()
 
 
+def depth(url: str, queue: str) -> int:
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        return int(conn.channel().queue_declare(queue, passive=True).method.message_count)
+    finally:
+        conn.close()
+
+
 def vhost_connections(broker, vhost: str) -> list[dict]:
     return [c for c in broker.api("/api/connections") if c.get("vhost") == vhost]
 
 
 @matrix
-async def test_many_concurrent_enqueues_share_one_connection_and_each_is_confirmed(client, broker, vhost):
+async def test_many_concurrent_enqueues_share_one_connection_and_each_is_confirmed(client, broker, vhost, amqp_url):
     ids = await asyncio.gather(
         *(client.enqueue_async("inventory", {**ORDER, "order_id": f"o-{i}"}) for i in range(200))
     )
     assert len(set(ids)) == 200 and rows(client) == {"queued": 200}
     conns = wait_for("the broker listing the connection", lambda: vhost_connections(broker, vhost), 10)
-    assert [c["client_properties"]["connection_name"] for c in conns] == ["qw-client"]
-    v, q = urllib.parse.quote(vhost, safe=""), urllib.parse.quote(queue_name("inventory"), safe="")
-    wait_for("200 messages ready", lambda: broker.api(f"/api/queues/{v}/{q}").get("messages") == 200, 20)
+    assert len(conns) == 1  # 4.x without the metrics collector lists no client properties; 3.10 names it
+    assert conns[0].get("client_properties", {}).get("connection_name", "qw-client") == "qw-client"
+    assert depth(amqp_url, queue_name("inventory")) == 200
 
 
 @matrix
