@@ -123,6 +123,14 @@ def _sdk_rows(s: dict[str, Any]) -> list[str]:
     return [
         f"| sdk | no-op tasks/s through `send()` (validate, rows, confirmed publish) | {s['send_per_s']} | "
         f"bare pika confirmed publish {s['bare_publish_per_s']} | {s['send_to_bare_ratio']} |",
+        *(
+            [
+                f"| sdk | no-op tasks/s through `await send_async()`, 64 coroutines on one loop | "
+                f"{s['send_async_per_s']} | `send()` {s['send_per_s']} | {s['send_async_to_send_ratio']} |"
+            ]
+            if "send_async_per_s" in s
+            else []
+        ),
         f"| sdk | no-op tasks/s through the worker (validate, run, status, ack) | {s['worker_per_s']} | "
         f"bare pika consumer acking {s['bare_consumer_per_s']} | {s['worker_to_bare_ratio']} |",
     ]

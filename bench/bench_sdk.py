@@ -2,7 +2,8 @@
 """The SDK's overhead as ratios measured in the same run, with a no-op task:
 
 - producing: `task.send()` (validate, pending row, confirmed mandatory publish, queued row) versus a bare pika loop
-  publishing the same bodies with confirms on one channel;
+  publishing the same bodies with confirms on one channel; and `await task.send_async()` from many coroutines of one
+  event loop at once (one AsyncioConnection, the row writes in threads) versus that `send()`;
 - consuming: the worker runtime (decode, validate, run, status rows, ack; `python -m qw_workers` minus the process)
   versus a bare pika consumer that only acks, both with the worker's prefetch.
 
@@ -14,6 +15,7 @@ RabbitMQ 3.10 as a private node on free ports (started and removed here); SQLite
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 import tempfile
@@ -108,6 +110,30 @@ def sdk_send(client: Client, n: int) -> float:
         set_default_client(previous)
 
 
+def sdk_send_async(client: Client, n: int, concurrency: int = 64) -> float:
+    """`concurrency` coroutines sending at once, `n` tasks in all, on one event loop."""
+
+    async def sends() -> float:
+        await noop.send_async(n=-1)  # connects and declares
+        left = iter(range(n))
+
+        async def sender() -> None:
+            for i in left:
+                await noop.send_async(n=i)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(sender() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+        await client.aclose()
+        return n / elapsed
+
+    previous = set_default_client(client)
+    try:
+        return asyncio.run(sends())
+    finally:
+        set_default_client(previous)
+
+
 def sdk_worker(url: str, work: Path, n: int) -> float:
     settings = WorkerSettings(
         rabbitmq_url=url, database_url=f"sqlite:///{work}/bench.db", storage_dir=work / "storage", prefetch=PREFETCH
@@ -141,11 +167,15 @@ def run(broker: Broker, n: int) -> dict[str, float | int]:
         send = sdk_send(client, n)
         client.close()
         worker = sdk_worker(url, Path(tmp), n + 1)  # the start-up send too
+    with vhost(broker) as url, tempfile.TemporaryDirectory(prefix="qw-bench-sdk-") as tmp:
+        send_async = sdk_send_async(Client(url, database_url=f"sqlite:///{tmp}/bench.db", registry=REGISTRY), n)
     return {
         "tasks": n,
         "send_per_s": round(send, 1),
         "bare_publish_per_s": round(publish, 1),
         "send_to_bare_ratio": round(send / publish, 3),
+        "send_async_per_s": round(send_async, 1),
+        "send_async_to_send_ratio": round(send_async / send, 3),
         "worker_per_s": round(worker, 1),
         "bare_consumer_per_s": round(consume, 1),
         "worker_to_bare_ratio": round(worker / consume, 3),

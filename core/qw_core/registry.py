@@ -103,7 +103,7 @@ def payload_model(fn: Callable[..., Any], kind: str) -> type[BaseModel]:
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """One kind: its function, payload model and policy. `time_limit` (seconds) bounds an `async def` body."""
+    """One kind: its function, payload model and policy. `time_limit` (seconds) bounds the body's run."""
 
     kind: str
     fn: Callable[..., Any]

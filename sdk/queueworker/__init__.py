@@ -29,6 +29,8 @@ from queueworker.errors import (
     QueueworkerError,
     RetryableError,
     StoreUnavailable,
+    TaskProcessDied,
+    TimeLimitExceeded,
     Unroutable,
 )
 from queueworker.tasks import BoundTask, Task, task
@@ -49,7 +51,9 @@ __all__ = [
     "RetryableError",
     "StoreUnavailable",
     "Task",
+    "TaskProcessDied",
     "TaskStatus",
+    "TimeLimitExceeded",
     "Unroutable",
     "default_client",
     "set_default_client",

@@ -5,12 +5,13 @@ confirmed by the broker, then the row made visible (queued): qw_core.publishing.
 synchronous form. A Client holds one broker connection and one store for the whole process and is safe to share
 between threads; `default_client()` is that shared instance, built on first use from QW_* variables (the "connection
 pool pattern": never a connection per task). After a fork the child builds its own: a socket must not be shared.
+asyncio code (`enqueue_async`, `submit_async`) gets one more connection per event loop (qw_core.aio_publishing),
+on which all its coroutines publish at once; the store's row writes run in a thread there.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import os
 import threading
@@ -20,8 +21,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from qw_core.aio_publishing import AsyncPublisher, accept_async
 from qw_core.delays import resolve_not_before
-from qw_core.idempotency import make_key
+from qw_core.idempotency import IdempotencyKey, make_key
 from qw_core.messages import KINDS, TaskMessage, UserTask, new_task_id, utcnow
 from qw_core.publishing import BlockingPublisher, accept
 from qw_core.registry import Registry, check_kind_name, default_registry
@@ -66,6 +68,7 @@ class Client:
         self._lock = threading.Lock()
         self._store: TaskStore | None = None
         self._publisher: BlockingPublisher | None = None
+        self._aio: dict[asyncio.AbstractEventLoop, AsyncPublisher] = {}  # one connection per event loop
 
     def enqueue(
         self,
@@ -88,9 +91,7 @@ class Client:
         BrokerUnavailable, PublishRefused (full queue), Unroutable (no queue for the kind), MessageTooLarge or
         StoreUnavailable.
         """
-        args = {**(payload or {}), **fields}
-        spec = self.registry.get(kind)
-        valid = spec.to_args(args) if spec else args
+        valid = self._args(kind, payload, fields)
         return self.submit(kind, valid, idempotency_key=idempotency_key, delay=delay, not_before=not_before)
 
     async def enqueue_async(
@@ -104,9 +105,9 @@ class Client:
         not_before: datetime | None = None,
         **fields: Any,
     ) -> str:
-        """`enqueue` for asyncio code: the blocking publish runs in a worker thread."""
-        options: dict[str, Any] = {"idempotency_key": idempotency_key, "delay": delay, "not_before": not_before}
-        return await asyncio.to_thread(functools.partial(self.enqueue, kind, payload, **options, **fields))
+        """`enqueue` for asyncio code: published on this event loop's own connection (the row writes in a thread)."""
+        valid = self._args(kind, payload, fields)
+        return await self.submit_async(kind, valid, idempotency_key=idempotency_key, delay=delay, not_before=not_before)
 
     def submit(
         self,
@@ -125,6 +126,49 @@ class Client:
         nothing, also over HTTP (`Idempotency-Key`) and across processes. The same key with another kind or other
         args raises IdempotencyConflict; IdempotencyKeyInUse if the first request is still being queued after 10 s.
         """
+        task, key, due = self._prepare(kind, args, idempotency_key, delay, not_before)
+        store, publisher = self._connections()
+        return accept(store, publisher, task, key, not_before=due)
+
+    async def submit_async(
+        self,
+        kind: str,
+        args: dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        delay: float | timedelta | None = None,
+        not_before: datetime | None = None,
+    ) -> str:
+        """`submit` for asyncio code: many coroutines publish at once on the loop's one connection."""
+        task, key, due = self._prepare(kind, args, idempotency_key, delay, not_before)
+        store = self._store if self._store is not None else await asyncio.to_thread(self._open_store)
+        return await accept_async(store, self._aio_publisher(), task, key, not_before=due)
+
+    def cancel(self, task_id: str) -> bool:
+        """Cancel a task that has not started (status `queued`: never run, or waiting for a retry; or `scheduled`):
+        True once it is `cancelled` (now or before; a worker that receives it skips it), False if it is processing
+        or has ended. LookupError for a task this client's tenant does not have."""
+        rec = self._connections()[0].cancel(task_id, self.settings.tenant)
+        if rec is None or rec.status == "pending":
+            raise LookupError(f"no task {task_id!r} for tenant {self.settings.tenant!r}")
+        return rec.status == "cancelled"
+
+    def _args(self, kind: str, payload: Mapping[str, Any] | None, fields: dict[str, Any]) -> dict[str, Any]:
+        """The payload as JSON arguments, validated here when the kind is defined in this process."""
+        args = {**(payload or {}), **fields}
+        spec = self.registry.get(kind)
+        return spec.to_args(args) if spec else args
+
+    def _prepare(
+        self,
+        kind: str,
+        args: dict[str, Any],
+        idempotency_key: str | None,
+        delay: float | timedelta | None,
+        not_before: datetime | None,
+    ) -> tuple[TaskMessage, IdempotencyKey | None, float | None]:
+        """The task message, its idempotency key and when it is due (shared by the sync and asyncio paths); every
+        check that can fail runs here, before anything connects."""
         if kind in KINDS:
             raise ValueError(f"{kind!r} is a built-in kind: queue it through the HTTP API (POST /v1/{kind}s)")
         check_kind_name(kind)
@@ -135,17 +179,7 @@ class Client:
         key = None
         if idempotency_key is not None:
             key = make_key(idempotency_key, kind, args, time.time(), self.settings.idempotency_seconds)
-        store, publisher = self._connections()
-        return accept(store, publisher, task, key, not_before=due.timestamp() if due else None)
-
-    def cancel(self, task_id: str) -> bool:
-        """Cancel a task that has not started (status `queued`: never run, or waiting for a retry; or `scheduled`):
-        True once it is `cancelled` (now or before; a worker that receives it skips it), False if it is processing
-        or has ended. LookupError for a task this client's tenant does not have."""
-        rec = self._connections()[0].cancel(task_id, self.settings.tenant)
-        if rec is None or rec.status == "pending":
-            raise LookupError(f"no task {task_id!r} for tenant {self.settings.tenant!r}")
-        return rec.status == "cancelled"
+        return task, key, due.timestamp() if due else None
 
     def status(self, task_id: str) -> TaskStatus | None:
         """The task's status and result, or None if no such task is visible (not queued yet or unknown)."""
@@ -171,9 +205,16 @@ class Client:
         with self._lock:
             if self._publisher is not None:
                 self._publisher.close()
+            for aio in self._aio.values():
+                aio.close_soon()
             if self._store is not None:
                 self._store.close()
             self._store = self._publisher = None
+            self._aio.clear()
+
+    async def aclose(self) -> None:
+        """`close` for asyncio code (the store's close runs in a thread)."""
+        await asyncio.to_thread(self.close)
 
     def __enter__(self) -> Client:
         return self
@@ -181,11 +222,30 @@ class Client:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    def _connections(self) -> tuple[TaskStore, BlockingPublisher]:
-        """The store and the publisher, made on first use (a Client that is never used opens nothing)."""
+    def _open_store(self) -> TaskStore:
         with self._lock:
             if self._store is None:
                 self._store = open_store(self.settings.database_url)
+            return self._store
+
+    def _aio_publisher(self) -> AsyncPublisher:
+        """The running loop's publisher (made on first use; those of closed loops are forgotten)."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            for gone in [lp for lp in self._aio if lp.is_closed()]:
+                del self._aio[gone]
+            if loop not in self._aio:
+                s = self.settings
+                self._aio[loop] = AsyncPublisher(
+                    s.rabbitmq_urls(), producer_topology(s), s.heartbeat, s.max_message_bytes
+                )
+            return self._aio[loop]
+
+    def _connections(self) -> tuple[TaskStore, BlockingPublisher]:
+        """The store and the publisher, made on first use (a Client that is never used opens nothing)."""
+        self._open_store()
+        with self._lock:
+            assert self._store is not None
             if self._publisher is None:
                 s = self.settings
                 topology = producer_topology(s)

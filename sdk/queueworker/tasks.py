@@ -7,8 +7,6 @@ the decorator reads no settings and opens no connection, so importing a task mod
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import inspect
 from collections.abc import Callable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
@@ -46,7 +44,8 @@ class Task(Generic[P, R]):
         return self._submit(args, kwargs, {})
 
     async def send_async(self, *args: P.args, **kwargs: P.kwargs) -> str:
-        """`send` for asyncio code: the blocking publish runs in a thread, so the event loop never waits on it."""
+        """`send` for asyncio code: published on the event loop's own connection of the shared client; the status
+        row writes run in a thread, so the event loop never waits on them."""
         return await self._submit_async(args, kwargs, {})
 
     def _submit(self, args: tuple[Any, ...], kwargs: dict[str, Any], send_options: dict[str, Any]) -> str:
@@ -55,7 +54,7 @@ class Task(Generic[P, R]):
 
     async def _submit_async(self, args: tuple[Any, ...], kwargs: dict[str, Any], send_options: dict[str, Any]) -> str:
         validated = self.spec.to_args(self._arguments(args, kwargs))
-        return await asyncio.to_thread(functools.partial(default_client().submit, self.kind, validated, **send_options))
+        return await default_client().submit_async(self.kind, validated, **send_options)
 
     def options(self, **send_options: Any) -> BoundTask[P, R]:
         """This task with options for `send`: `task.options(idempotency_key="order-17", delay=30).send(...)`. The
@@ -144,7 +143,8 @@ def task(
     - `backoff`: `(min_seconds, max_seconds)`: retry delays doubling from min to max (default: QW_RETRY_DELAYS).
     - `jitter`: each retry delay is multiplied by a random factor in [1 - jitter, 1 + jitter], 0..1 (default:
       QW_RETRY_JITTER, 0.2).
-    - `time_limit`: seconds an `async def` body may run before it is cancelled (a retryable failure).
+    - `time_limit`: seconds the body may run: an `async def` body is then cancelled, a plain one (which runs in
+      a child process of its worker slot) killed; the attempt fails with TimeLimitExceeded (retried per retry_on).
     """
     if callable(kind):
         return task()(kind)

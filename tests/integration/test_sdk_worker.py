@@ -6,7 +6,9 @@ The user's module is tests/support/sdk_tasks.py; workers run it with `python -m 
 
 from __future__ import annotations
 
+import os
 import signal
+import time
 import urllib.parse
 
 import pytest
@@ -15,12 +17,13 @@ from qw_core.registry import Registry
 from qw_core.store import open_store
 from qw_core.topology import H_ATTEMPT, H_ERROR, H_REASON, dead_queue_name, queue_name
 
-from tests.support import sdk_tasks
+from tests.support import sdk_limited, sdk_tasks
 from tests.support.wait import wait_for
 from tests.support.workers import TaskPublisher, running_worker, worker_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.broker_matrix]  # on RabbitMQ 3.10 and 4.x
 APP = "tests.support.sdk_tasks"
+LIMITED = "tests.support.sdk_limited"  # `crunch`: a sync body with a 1 s time limit, 1 retry
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -114,3 +117,60 @@ def test_sigterm_mid_task_finishes_the_task_in_hand_and_leaves_the_rest_queued(r
     [done] = [t for t in ids if client.status(t).status == "succeeded"]
     assert client.status(done).result["order_id"] in {"o-0", "o-1", "o-2"}
     assert peek.depth(queue_name("inventory")) == 2  # its ack reached the broker; the others wait, unstarted
+
+
+def children(pid: int) -> list[tuple[int, str]]:
+    """(pid, state) of each child process of `pid`, zombies included (state Z), from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
+        except OSError:
+            continue
+        if int(ppid) == pid:
+            found.append((int(entry), state))
+    return found
+
+
+def duration_sum(w) -> float:
+    return w.metric("queueworker_worker_task_duration_seconds_sum", kind="crunch") or 0.0
+
+
+@pytest.mark.parametrize("rig", ["sqlite"], indirect=True)
+def test_a_sync_body_past_its_time_limit_is_stopped_retried_then_dead_and_the_worker_serves_on(rig):
+    client, store, peek, env, tmp = rig
+    with running_worker("crunch", {**env, "QW_APP": LIMITED, "QW_CONCURRENCY": "1"}, tmp / "logs") as w:
+        # Given a worker whose one slot has run a task in its child process
+        first = client.wait(sdk_limited.crunch.send(n=1), 20)
+        [(child, _)] = children(w.proc.pid)
+        assert first.result == {"n": 1, "pid": child} and child != w.proc.pid
+        before = duration_sum(w)
+        # When a body sleeps 30 s past its 1 s limit
+        slow = client.wait(sdk_limited.crunch.send(n=2, sleep=30), 30)
+        # Then each attempt was stopped at the limit (plus the kill's grace and a new child's start), not 30 s
+        per_attempt = (duration_sum(w) - before) / 2
+        assert per_attempt < 5, per_attempt
+        assert (slow.status, slow.attempts) == ("dead", 2) and "time limit of 1s" in slow.error
+        [(headers, _)] = peek.drain(dead_queue_name("crunch"))
+        assert headers[H_REASON] == "exhausted" and "TimeLimitExceeded" in headers[H_ERROR]
+        # and the next task on the same worker succeeds, in a new child; the killed ones were reaped
+        after = client.wait(sdk_limited.crunch.send(n=3), 20)
+        assert after.status == "succeeded" and w.is_ready()
+        assert children(w.proc.pid) == [(after.result["pid"], "S")] and after.result["pid"] != child
+
+
+@pytest.mark.parametrize("rig", ["sqlite"], indirect=True)
+def test_a_sync_body_whose_process_exits_is_retried_then_dead(rig):
+    client, store, peek, env, tmp = rig
+    with running_worker("crunch", {**env, "QW_APP": LIMITED}, tmp / "logs") as w:
+        t0 = time.monotonic()
+        dead = client.wait(sdk_limited.crunch.send(n=1, exit_code=1), 30)
+        ok = client.wait(sdk_limited.crunch.send(n=2), 20)
+        assert w.is_ready(), time.monotonic() - t0
+        assert w.metric("queueworker_worker_retries_total", kind="crunch") == 1.0
+    assert (dead.status, dead.attempts) == ("dead", 2)
+    assert dead.error == "TaskProcessDied: the task's process exited with code 1"
+    assert ok.status == "succeeded" and ok.result["n"] == 2

@@ -87,5 +87,5 @@ def reconnect_delay(
 def describe(error: BaseException) -> str:
     """A short, single-line error text for the status row and the dead-letter header."""
     text = str(error).replace("\r", " ").replace("\n", " ").strip()
-    name = type(error).__name__
+    name = getattr(error, "type_name", None) or type(error).__name__  # a child process's error keeps its own name
     return (f"{name}: {text}" if text else name)[:500]

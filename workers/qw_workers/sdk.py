@@ -6,9 +6,11 @@ The settle machine (qw_workers.settle) does the rest exactly as for the built-in
   raises InvalidPayload, which the policy turns into an immediate dead letter (reason `invalid-payload`), never a
   retry: the same bytes would fail the same way every time;
 - an `async def` body runs on an event loop owned by the worker thread (one per thread, kept between tasks, so
-  clients a body caches on its loop stay usable); its `time_limit` cancels it, and the overrun counts as a
-  retryable failure (TimeLimitExceeded). A sync body cannot be stopped from outside its thread, so its limit is
-  not enforced here;
+  clients a body caches on its loop stay usable); its `time_limit` cancels it, and the overrun fails the attempt
+  with TimeLimitExceeded (retried per `retry_on`);
+- a sync body with a `time_limit` runs in the worker slot's child process (qw_workers.child), which is killed on
+  overrun (TimeLimitExceeded) and replaced; a sync body without one runs right here on the worker thread, at no
+  cost: a thread cannot be stopped from outside, a process can;
 - the return value must be JSON (pydantic's serialiser: models, dates, ... are fine; NaN and infinities become
   null, as in pydantic's JSON) and at most QW_MAX_RESULT_BYTES; otherwise the task fails permanently, since
   running it again returns the same value.
@@ -25,33 +27,29 @@ from pydantic_core import PydanticSerializationError, to_json
 from qw_core.messages import TaskMessage, UserTask
 from qw_core.registry import TaskSpec
 
+from qw_workers.child import run_in_child
 from qw_workers.context import Handler, Output, TaskContext
-from qw_workers.errors import PermanentError
+from qw_workers.errors import PermanentError, TimeLimitExceeded
 
 _loops = threading.local()
 log = logging.getLogger("qw_workers.sdk")
 
-
-class TimeLimitExceeded(Exception):
-    """An async body ran longer than its kind's time_limit and was cancelled."""
+__all__ = ["TimeLimitExceeded", "encode_result", "make_handler"]
 
 
 def make_handler(spec: TaskSpec) -> Handler:
     """The Handler that runs `spec`'s function for one task message of its kind."""
-    if spec.time_limit is not None and not spec.is_async:
-        log.warning(
-            "task kind %s: time_limit=%gs is not enforced for a plain (sync) function; make it `async def` to have "
-            "overruns cancelled",
-            spec.kind,
-            spec.time_limit,
-        )
+    in_child = spec.time_limit is not None and not spec.is_async
 
     def handle(task: TaskMessage, ctx: TaskContext) -> Output:
         payload = task.payload
         assert isinstance(payload, UserTask) and payload.kind == spec.kind  # settle checks the kind first
         args = dict(spec.validate(payload.args))  # raises InvalidPayload before any user code runs
+        limit = ctx.settings.max_result_bytes
+        if in_child:
+            return Output(result=run_in_child(spec, payload.args, limit))
         value = _run_async(spec, args) if spec.is_async else spec.fn(**args)
-        return Output(result=encode_result(value, ctx.settings.max_result_bytes))
+        return Output(result=encode_result(value, limit))
 
     return handle
 
