@@ -30,7 +30,7 @@ from pika.channel import Channel
 
 from qw_core import brokers
 from qw_core import delays as ladder
-from qw_core.idempotency import IdempotencyKey
+from qw_core.idempotency import KEY_POLL_SECONDS, IdempotencyConflict, IdempotencyKey, IdempotencyKeyInUse, KeyClaim
 from qw_core.messages import TaskMessage
 from qw_core.publishing import (
     KEY_WAIT_SECONDS,
@@ -39,7 +39,6 @@ from qw_core.publishing import (
     PublishError,
     PublishRefused,
     Unroutable,
-    _claim,
     _withdraw,
 )
 from qw_core.store import StoreUnavailable, TaskStore
@@ -346,7 +345,7 @@ async def accept_async(
     if key is None:
         await asyncio.to_thread(store.create_pending, task.task_id, task.tenant, task.kind, None, None, not_before)
     else:
-        claim = await asyncio.to_thread(_claim, store, task, key, wait_seconds, not_before)
+        claim = await _claim_async(store, task, key, wait_seconds, not_before)
         if claim.outcome == "existing":
             return claim.task_id
     try:
@@ -361,3 +360,22 @@ async def accept_async(
     except StoreUnavailable:
         pass  # the broker has it; the worker's own status writes move the task on
     return task.task_id
+
+
+async def _claim_async(
+    store: TaskStore, task: TaskMessage, key: IdempotencyKey, wait_seconds: float, not_before: float | None
+) -> KeyClaim:
+    """qw_core.publishing's key claim, waiting on the event loop, not in a thread: coroutines that wait for the first
+    request of their key must not hold the threads its own row writes need (asyncio.to_thread's pool is small)."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        claim = await asyncio.to_thread(
+            store.claim_key, task.task_id, task.tenant, task.kind, key, None, None, not_before
+        )
+        if claim.outcome == "mismatch":
+            raise IdempotencyConflict(key.key, claim.task_id)
+        if claim.outcome != "busy":
+            return claim
+        if time.monotonic() >= deadline:
+            raise IdempotencyKeyInUse(key.key)
+        await asyncio.sleep(KEY_POLL_SECONDS)

@@ -131,3 +131,19 @@ async def test_broker_stopped_is_broker_unavailable_then_the_next_enqueue_reconn
         assert rows(c) == {"queued": 2}
     finally:
         await c.aclose()
+
+
+@matrix
+async def test_async_sends_take_the_same_idempotency_keys_and_delays_as_the_blocking_ones(client, amqp_url):
+    """The asyncio path is the blocking one's twin: one key gives one task across both paths (concurrent coroutines
+    included), and a delayed task is `scheduled` and waits in the delay ladder, not in the kind's queue."""
+    keyed = await asyncio.gather(*(client.enqueue_async("inventory", ORDER, idempotency_key="k-1") for _ in range(8)))
+    assert len(set(keyed)) == 1
+    assert await asyncio.to_thread(client.enqueue, "inventory", ORDER, idempotency_key="k-1") == keyed[0]
+    later = await client.enqueue_async("inventory", ORDER, delay=3600)
+    st = client.status(later)
+    assert st.status == "scheduled" and st.not_before is not None
+    assert 3590 < st.not_before.timestamp() - time.time() <= 3600
+    assert depth(amqp_url, queue_name("inventory")) == 1  # only the keyed task; the delayed one is on the ladder
+    assert rows(client) == {"queued": 1, "scheduled": 1}
+    assert await asyncio.to_thread(client.cancel, later) and client.status(later).status == "cancelled"
