@@ -60,17 +60,26 @@ _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: 
 
 
 async def get_tenant(
-    request: Request, services: ServicesDep, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    services: ServicesDep, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> str:
-    """The tenant of the request's API key (401 without a valid one). A POST creates work: it also takes one of
-    the tenant's tokens (429 + Retry-After when it has none)."""
-    tenant = _tenant_of(services, creds)
-    if request.method == "POST":
-        try:
-            services.quotas.admit(tenant)
-        except OverLimit as exc:
-            raise over_limit(exc) from None
+    """The tenant of the request's API key (401 without a valid one)."""
+    return _tenant_of(services, creds)
+
+
+TenantDep = Annotated[str, Depends(get_tenant)]
+
+
+async def get_producer(tenant: TenantDep, services: ServicesDep) -> str:
+    """The tenant of a request that creates work (a task, a notification): it also takes one of the tenant's
+    tokens (429 + Retry-After when it has none). Reads, cancels and streams never do."""
+    try:
+        services.quotas.admit(tenant)
+    except OverLimit as exc:
+        raise over_limit(exc) from None
     return tenant
+
+
+ProducerDep = Annotated[str, Depends(get_producer)]
 
 
 def over_limit(exc: OverLimit) -> HTTPException:
@@ -89,8 +98,6 @@ def _tenant_of(services: Services, creds: HTTPAuthorizationCredentials | None) -
             return tenant
     raise unauthorized
 
-
-TenantDep = Annotated[str, Depends(get_tenant)]
 
 # A route that creates a task takes an optional idempotency key (qw_core.idempotency); a malformed one is 422.
 IdempotencyKeyHeader = Annotated[

@@ -4,7 +4,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from qw_core.messages import EmailFields, EmailTask, TaskMessage, new_task_id, utcnow
 
-from ..deps import DelayQuery, IdempotencyKeyHeader, ServicesDep, TenantDep
+from ..deps import DelayQuery, IdempotencyKeyHeader, ProducerDep, ServicesDep
 from ..schemas import SUBMIT_ERRORS, TaskAccepted
 from ..service import accepted, idempotency_key, not_before_of, submit
 
@@ -14,7 +14,7 @@ router = APIRouter(prefix="/v1", tags=["emails"])
 @router.post("/emails", status_code=202, response_model=TaskAccepted, responses=SUBMIT_ERRORS)
 async def send_email(
     body: EmailFields,
-    tenant: TenantDep,
+    tenant: ProducerDep,
     services: ServicesDep,
     request: Request,
     idempotency: IdempotencyKeyHeader = None,

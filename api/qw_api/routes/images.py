@@ -12,7 +12,7 @@ from qw_core.storage import StorageFull
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from ..deps import DelayQuery, IdempotencyKeyHeader, Services, ServicesDep, TenantDep
+from ..deps import DelayQuery, IdempotencyKeyHeader, ProducerDep, Services, ServicesDep
 from ..limits import BodyTooLarge
 from ..schemas import TaskAccepted, problems
 from ..service import accepted, idempotency_key, not_before_of, submit, unavailable
@@ -62,7 +62,7 @@ def _unprocessable(msg: str) -> HTTPException:
 )
 async def upload_image(
     request: Request,
-    tenant: TenantDep,
+    tenant: ProducerDep,
     services: ServicesDep,
     idempotency: IdempotencyKeyHeader = None,
     delay: DelayQuery = None,

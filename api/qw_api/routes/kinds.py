@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from qw_core.messages import KINDS, TaskMessage, UserTask, new_task_id, utcnow
 from qw_core.registry import Registry, TaskSpec
 
-from ..deps import DelayQuery, IdempotencyKeyHeader, ServicesDep, TenantDep
+from ..deps import DelayQuery, IdempotencyKeyHeader, ProducerDep, ServicesDep, TenantDep
 from ..schemas import SUBMIT_ERRORS, TaskAccepted, problems
 from ..service import accepted, idempotency_key, link, not_before_of, submit
 
@@ -65,7 +65,7 @@ def build_router(registry: Registry) -> APIRouter:
 def _submit_route(spec: TaskSpec) -> Any:
     async def submit_task(
         body: Any,
-        tenant: TenantDep,
+        tenant: ProducerDep,
         services: ServicesDep,
         request: Request,
         idempotency: IdempotencyKeyHeader = None,

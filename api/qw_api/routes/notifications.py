@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from qw_core.messages import Notification, new_task_id, utcnow
 from qw_core.topology import NOTIFICATIONS_EXCHANGE
 
-from ..deps import ServicesDep, TenantDep
+from ..deps import ProducerDep, ServicesDep
 from ..publisher import PublishUnavailable
 from ..schemas import SUBMIT_ERRORS, NotificationAccepted, NotificationRequest
 from ..service import unavailable
@@ -16,7 +16,7 @@ router = APIRouter(prefix="/v1", tags=["notifications"])
 
 @router.post("/notifications", status_code=202, response_model=NotificationAccepted, responses=SUBMIT_ERRORS)
 async def publish_notification(
-    body: NotificationRequest, tenant: TenantDep, services: ServicesDep
+    body: NotificationRequest, tenant: ProducerDep, services: ServicesDep
 ) -> NotificationAccepted:
     """Publish an event to every subscriber of the fanout exchange (the seed guide's pub/sub pattern)."""
     note = Notification(
