@@ -81,3 +81,23 @@ def platform(api_settings, amqp_url, tmp_path, request):
         ):
             with client(base) as http:
                 yield http, mails
+
+
+@pytest.fixture
+def email_rig(amqp_url, tmp_path, request):
+    """What an email worker test needs: a publisher, the store (SQLite; `postgres` as the indirect param), the
+    worker's environment and the test's directory."""
+    from qw_core.store import open_store
+
+    from tests.support.workers import TaskPublisher, worker_env
+
+    if getattr(request, "param", "sqlite") == "postgres":
+        db = request.getfixturevalue("pg_url")
+    else:
+        db = f"sqlite:///{tmp_path}/qw.db"
+    store = open_store(db)
+    pub = TaskPublisher(amqp_url, store)
+    env = worker_env(amqp_url, db, tmp_path / "storage", QW_SMTP_FROM="QueueWorker <noreply@qw.test>")
+    yield pub, store, env, tmp_path
+    pub.close()
+    store.close()

@@ -8,24 +8,17 @@ from __future__ import annotations
 import time
 
 import pytest
-from qw_core.store import open_store
 
 from tests.support.smtp import smtp_server
 from tests.support.wait import wait_for
-from tests.support.workers import TaskPublisher, running_worker, worker_env
+from tests.support.workers import running_worker
 
 LEASE = 60.0  # the email worker's claim lease at its default SMTP timeout (mail.claim_lease)
 
 
 @pytest.fixture
-def rig(amqp_url, tmp_path):
-    db = f"sqlite:///{tmp_path}/qw.db"
-    store = open_store(db)
-    pub = TaskPublisher(amqp_url, store)
-    env = worker_env(amqp_url, db, tmp_path / "storage", QW_SMTP_FROM="noreply@qw.test")
-    yield pub, store, env, tmp_path
-    pub.close()
-    store.close()
+def rig(email_rig):
+    return email_rig
 
 
 def in_doubt(store, task_id: str) -> None:

@@ -3,28 +3,18 @@
 from __future__ import annotations
 
 import pytest
-from qw_core.store import open_store
 from qw_core.topology import H_ATTEMPT, H_REASON, dead_queue_name
 
 from tests.support.smtp import smtp_server
 from tests.support.wait import wait_for
-from tests.support.workers import TaskPublisher, running_worker, worker_env
+from tests.support.workers import running_worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.broker_matrix]  # on RabbitMQ 3.10 and 4.x
 
 
 @pytest.fixture
-def rig(amqp_url, tmp_path, request):
-    if getattr(request, "param", "sqlite") == "postgres":
-        db = request.getfixturevalue("pg_url")
-    else:
-        db = f"sqlite:///{tmp_path}/qw.db"
-    store = open_store(db)
-    pub = TaskPublisher(amqp_url, store)
-    env = worker_env(amqp_url, db, tmp_path / "storage", QW_SMTP_FROM="QueueWorker <noreply@qw.test>")
-    yield pub, store, env, tmp_path
-    pub.close()
-    store.close()
+def rig(email_rig):
+    return email_rig
 
 
 def settled(store, task_id):
@@ -32,7 +22,7 @@ def settled(store, task_id):
     return rec if rec and rec.status in ("succeeded", "failed", "dead") else None
 
 
-@pytest.mark.parametrize("rig", ["sqlite", "postgres"], indirect=True)
+@pytest.mark.parametrize("email_rig", ["sqlite", "postgres"], indirect=True)
 def test_mail_received_with_headers_and_multipart_body(rig):
     pub, store, env, tmp = rig
     with smtp_server() as (port, smtp):
@@ -114,7 +104,7 @@ def test_permanent_smtp_refusal_fails_without_retry(rig):
     assert headers[H_REASON] == "permanent"
 
 
-@pytest.mark.parametrize("rig", ["sqlite", "postgres"], indirect=True)
+@pytest.mark.parametrize("email_rig", ["sqlite", "postgres"], indirect=True)
 def test_duplicate_delivery_sends_one_email(rig):
     pub, store, env, tmp = rig
     with smtp_server() as (port, smtp):
