@@ -207,6 +207,8 @@ def define_task(
         raise ValueError("jitter must be between 0 and 1 (a fraction of each retry delay)")
     if not retry_on or not all(isinstance(t, type) and issubclass(t, BaseException) for t in retry_on):
         raise TypeError("retry_on must be a non-empty tuple of exception classes")
+    if payload is not None and time_limit is not None:
+        raise ValueError("a built-in kind's body runs on the worker thread: it takes no time_limit")
     policy = RetryPolicy(
         max_attempts=None if retries is None else retries + 1,
         delays_ms=None if backoff is None else backoff_ladder(*backoff),

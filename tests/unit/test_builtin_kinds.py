@@ -94,9 +94,11 @@ def test_a_user_module_cannot_define_a_built_in_kind(kind):
         Registry([*BUILTINS, *theirs])
 
 
-def test_only_a_kind_the_envelope_carries_can_be_built_in():
+def test_only_a_kind_the_envelope_carries_can_be_built_in_and_its_body_has_no_time_limit():
     with pytest.raises(ValueError, match="'thumbnail' is not a built-in kind"):
         define_task("thumbnail", payload=ImageTask, registry=Registry())(images.process)
+    with pytest.raises(ValueError, match="takes no time_limit"):
+        define_task("image", payload=ImageTask, time_limit=5, registry=Registry())
 
 
 def test_a_workers_registry_holds_the_built_ins_and_the_apps_kinds():
