@@ -38,8 +38,8 @@ from qw_core.settings import WorkerSettings  # noqa: E402
 from qw_core.storage import LocalStorage  # noqa: E402
 from qw_core.store import open_store  # noqa: E402
 from qw_core.topology import H_ATTEMPT, TASKS_EXCHANGE, build_topology, declare_with_pika, queue_name  # noqa: E402
+from qw_workers.handlers import make_handler  # noqa: E402
 from qw_workers.runtime import Worker  # noqa: E402
-from qw_workers.sdk import make_handler  # noqa: E402
 from rabbitmq import Broker, free_broker_ports  # noqa: E402
 
 REGISTRY = Registry()

@@ -8,12 +8,12 @@ from importlib import resources
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
-from qw_core.messages import KINDS
 from qw_core.registry import Registry, load_app
 from qw_core.settings import ApiSettings
 from qw_core.storage import LocalStorage, disk_usage
 from qw_core.store import open_store
 from qw_core.topology import build_topology
+from qw_workers.builtins import BUILTINS
 
 from .deps import Services, hash_key
 from .limits import BodySizeLimit, BodyTooLarge
@@ -30,13 +30,13 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     if not keys:
         raise ValueError("QW_API_KEYS is empty: set key:tenant pairs (or @/path/to/file) so clients can authenticate")
     # SDK kinds: importing QW_APP registers them; without it the API knows none (not whatever this process imported).
-    registry = load_app(settings.app) if settings.app else Registry()
+    # The built-in kinds are listed with them (GET /v1/kinds) but queued only by their own routes.
+    registry = Registry([*BUILTINS, *(load_app(settings.app) if settings.app else ())])
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = open_store(settings.database_url)
-        kinds = (*KINDS, *registry.kinds())
-        topology = build_topology(kinds, settings.delivery_limit, settings.queue_limits())
+        topology = build_topology(registry.kinds(), settings.delivery_limit, settings.queue_limits())
         publisher = Publisher(
             settings.rabbitmq_url.get_secret_value(), topology, settings.publish_timeout, settings.max_message_bytes
         )

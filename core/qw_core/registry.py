@@ -1,6 +1,7 @@
 """The task kinds a process knows: each kind's payload schema and retry policy, by kind name.
 
-The SDK's `@task` decorator (package `queueworker`) fills a `Registry`; the worker (`--app MODULE`), the API
+`define_task` is the one way a kind is defined: the SDK's `@task` (package `queueworker`) and the built-in image and
+email kinds (qw_workers.builtins) both go through it into a `Registry`; the worker (`--app MODULE`), the API
 (`QW_APP`) and the producer (`Client`) read it. It lives in qw_core, not in the worker package, because the API
 needs the schemas and policies too and must not depend on the worker runtime. Everything here is pure: building a
 payload model from a signature, validating, computing a backoff ladder; no I/O, no settings read at import.
@@ -12,14 +13,14 @@ import importlib
 import inspect
 import re
 import typing
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from qw_core.errors import QueueworkerError
-from qw_core.messages import KIND_PATTERN, RESERVED_KINDS
+from qw_core.messages import KIND_PATTERN, KINDS, RESERVED_KINDS
 
 MAX_BACKOFF_STEPS = 8  # distinct delays of one kind (routes through the delay ladder; a short, readable policy)
 
@@ -103,13 +104,20 @@ def payload_model(fn: Callable[..., Any], kind: str) -> type[BaseModel]:
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """One kind: its function, payload model and policy. `time_limit` (seconds) bounds the body's run."""
+    """One kind: its function, payload model and policy. `time_limit` (seconds) bounds the body's run.
+
+    `builtin`: a kind of queueworker's own (image, email). Its payload model is the envelope's own payload type
+    (qw_core.messages: what messages already in queues carry), and its body is called `fn(payload, ctx)` with the
+    worker's TaskContext (storage, the store, the task's id and tenant), returning what a worker Handler returns. A
+    user kind's body is called with the payload's fields as keyword arguments and returns a JSON value.
+    """
 
     kind: str
     fn: Callable[..., Any]
     model: type[BaseModel]
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     time_limit: float | None = None
+    builtin: bool = False
 
     @property
     def is_async(self) -> bool:
@@ -130,21 +138,27 @@ class TaskSpec:
         return self.model.model_json_schema()
 
 
-def check_kind_name(kind: str) -> None:
+def check_kind_name(kind: str, builtin: bool = False) -> None:
+    """A user kind must not take a reserved name; a built-in kind must be one the message envelope carries (its
+    payload type is on the wire: qw_core.messages.KINDS)."""
     if not re.fullmatch(KIND_PATTERN, kind):
         raise ValueError(f"task kind {kind!r} must match {KIND_PATTERN} (it names queues and routing keys)")
-    if kind in RESERVED_KINDS:
+    if builtin and kind not in KINDS:
+        raise ValueError(f"task kind {kind!r} is not a built-in kind ({', '.join(KINDS)})")
+    if not builtin and kind in RESERVED_KINDS:
         raise ValueError(f"task kind {kind!r} is reserved by queueworker; choose another name")
 
 
 class Registry:
     """Kinds by name. A kind is defined once: a second definition of the same name is an error, not an override."""
 
-    def __init__(self) -> None:
+    def __init__(self, specs: Iterable[TaskSpec] = ()) -> None:
         self._specs: dict[str, TaskSpec] = {}
+        for spec in specs:
+            self.add(spec)
 
     def add(self, spec: TaskSpec) -> None:
-        check_kind_name(spec.kind)
+        check_kind_name(spec.kind, spec.builtin)
         known = self._specs.get(spec.kind)
         if known is not None and known.fn is not spec.fn:
             raise ValueError(f"task kind {spec.kind!r} is already defined by {_where(known.fn)}")
@@ -165,6 +179,51 @@ class Registry:
 
 # The process's registry: `@task` adds to it, `load_app` fills it by importing the user's module.
 default_registry = Registry()
+
+
+def define_task(
+    kind: str | None = None,
+    *,
+    retries: int | None = None,
+    time_limit: float | None = None,
+    retry_on: tuple[type[BaseException], ...] = (Exception,),
+    backoff: tuple[float, float] | None = None,
+    jitter: float | None = None,
+    registry: Registry | None = None,
+    payload: type[BaseModel] | None = None,
+) -> Callable[[Callable[..., Any]], TaskSpec]:
+    """The decorator every kind is defined with: checks the options now, then turns a function into a `TaskSpec`
+    (payload model, `RetryPolicy`, time limit) registered in `registry` (default: the process's).
+
+    The options are `queueworker.task`'s (documented there and in docs/sdk.md). `payload` is for the built-in kinds
+    only: their payload model is given (the envelope's ImageTask / EmailTask) instead of built from the signature,
+    and the body is called `fn(payload, ctx)` (see TaskSpec.builtin).
+    """
+    if retries is not None and not 0 <= retries <= 100:
+        raise ValueError("retries must be between 0 and 100")
+    if time_limit is not None and time_limit <= 0:
+        raise ValueError("time_limit must be positive seconds")
+    if jitter is not None and not 0 <= jitter <= 1:
+        raise ValueError("jitter must be between 0 and 1 (a fraction of each retry delay)")
+    if not retry_on or not all(isinstance(t, type) and issubclass(t, BaseException) for t in retry_on):
+        raise TypeError("retry_on must be a non-empty tuple of exception classes")
+    if payload is not None and time_limit is not None:
+        raise ValueError("a built-in kind's body runs on the worker thread: it takes no time_limit")
+    policy = RetryPolicy(
+        max_attempts=None if retries is None else retries + 1,
+        delays_ms=None if backoff is None else backoff_ladder(*backoff),
+        retry_on=tuple(retry_on),
+        jitter=jitter,
+    )
+
+    def define(fn: Callable[..., Any]) -> TaskSpec:
+        name = kind or fn.__name__
+        model = payload if payload is not None else payload_model(fn, name)
+        spec = TaskSpec(name, fn, model, policy, time_limit, builtin=payload is not None)
+        (registry if registry is not None else default_registry).add(spec)
+        return spec
+
+    return define
 
 
 class AppNotFound(ImportError):

@@ -1,8 +1,9 @@
 """`@task`: a plain function becomes a task kind, registered with its payload schema and retry policy.
 
 The decorated object still calls the function directly (`reserve_stock(...)` runs it here, e.g. in a unit test);
-`.send(...)` queues it instead. Everything the worker and the API need is in the registry entry (qw_core.registry):
-the decorator reads no settings and opens no connection, so importing a task module is cheap and side-effect free.
+`.send(...)` queues it instead. Everything the worker and the API need is in the registry entry, made by
+qw_core.registry.define_task (the one decorator every kind, built-in ones included, is defined with): it
+reads no settings and opens no connection, so importing a task module is cheap and side-effect free.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from qw_core.registry import Registry, RetryPolicy, TaskSpec, backoff_ladder, default_registry, payload_model
+from qw_core.registry import Registry, TaskSpec, define_task
 
 from queueworker.client import Client, default_client
 
@@ -148,25 +149,17 @@ def task(
     """
     if callable(kind):
         return task()(kind)
-    if retries is not None and not 0 <= retries <= 100:
-        raise ValueError("retries must be between 0 and 100")
-    if time_limit is not None and time_limit <= 0:
-        raise ValueError("time_limit must be positive seconds")
-    if jitter is not None and not 0 <= jitter <= 1:
-        raise ValueError("jitter must be between 0 and 1 (a fraction of each retry delay)")
-    if not retry_on or not all(isinstance(t, type) and issubclass(t, BaseException) for t in retry_on):
-        raise TypeError("retry_on must be a non-empty tuple of exception classes")
-    policy = RetryPolicy(
-        max_attempts=None if retries is None else retries + 1,
-        delays_ms=None if backoff is None else backoff_ladder(*backoff),
-        retry_on=tuple(retry_on),
+    register = define_task(
+        kind,
+        retries=retries,
+        time_limit=time_limit,
+        retry_on=retry_on,
+        backoff=backoff,
         jitter=jitter,
+        registry=registry,
     )
 
     def define(fn: Callable[P, R]) -> Task[P, R]:
-        name = kind or fn.__name__
-        spec = TaskSpec(name, fn, payload_model(fn, name), policy, time_limit)
-        (registry if registry is not None else default_registry).add(spec)
-        return Task(spec)
+        return Task(register(fn))
 
     return define

@@ -65,6 +65,31 @@ def test_an_unknown_kind_is_404_with_the_known_ones_and_needs_a_key(sdk_api):
     assert services.store.counts() == {}
 
 
+def test_an_api_without_qw_app_lists_the_built_in_kinds_at_their_own_routes(amqp_url, tmp_path):
+    settings = ApiSettings(
+        rabbitmq_url=amqp_url, database_url=f"sqlite:///{tmp_path}/qw.db", storage_dir=tmp_path / "storage",
+        api_keys="key-acme:acme",
+    )  # fmt: skip
+    with running_api(settings) as (base, _), client(base) as http:
+        kinds = {k["kind"]: k for k in http.get("/v1/kinds").json()}
+    assert set(kinds) == {"image", "email"} and all(k["builtin"] for k in kinds.values())
+    assert kinds["image"]["submit_url"] == f"{base}/v1/images" and kinds["email"]["submit_url"] == f"{base}/v1/emails"
+    assert kinds["image"]["payload_schema"]["required"] == ["source_key", "source_format"]
+    assert kinds["email"]["max_attempts"] is None and kinds["email"]["description"].startswith("Send one email")
+
+
+def test_a_built_in_kind_cannot_be_queued_at_the_generic_route(sdk_api):
+    """POST /v1/tasks/image would let a client name any storage key as its source: the built-ins are queued only at
+    their own routes (the upload for images), and the generic route says where."""
+    http, services, _ = sdk_api
+    forged = {"source_key": "uploads/globex/secret.png", "source_format": "PNG"}
+    for kind, body in (("image", forged), ("email", {"to": "a@example.com", "subject": "hi", "text": "x"})):
+        r = http.post(f"/v1/tasks/{kind}", json=body)
+        assert r.status_code == 404 and f"queue it with POST /v1/{kind}s" in r.json()["detail"]
+    assert services.store.counts() == {}
+    assert "/v1/tasks/image" not in http.get("/openapi.json").json()["paths"]
+
+
 def test_a_bad_payload_is_422_naming_the_field_and_queues_nothing(sdk_api, amqp_url):
     http, services, _ = sdk_api
     r = http.post("/v1/tasks/inventory", json={"order_id": "o-1", "items": [{"sku": "A", "qty": 0}]})
@@ -79,7 +104,8 @@ def test_a_bad_payload_is_422_naming_the_field_and_queues_nothing(sdk_api, amqp_
 def test_kinds_lists_each_kind_with_its_json_schema_and_docs_show_it(sdk_api):
     http, _, _ = sdk_api
     kinds = {k["kind"]: k for k in http.get("/v1/kinds").json()}
-    assert set(kinds) == {"inventory", "flaky", "summarise", "stamped"}
+    assert set(kinds) == {"image", "email", "inventory", "flaky", "summarise", "stamped"}
+    assert [k for k, v in kinds.items() if v["builtin"]] == ["email", "image"]
     inv = kinds["inventory"]
     assert inv["submit_url"].endswith("/v1/tasks/inventory") and inv["max_attempts"] == 4
     assert inv["payload_schema"]["required"] == ["order_id", "items"]

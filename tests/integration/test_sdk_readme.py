@@ -122,7 +122,7 @@ def _check(outputs: list[str], cmds: list[str]) -> None:
     assert json.loads(posted)["status"] == "queued"
     kinds = json.loads(next(o for c, o in zip(cmds, outputs, strict=True) if "/v1/kinds" in c))
     by_kind = {k["kind"]: k for k in kinds}
-    assert set(by_kind) == {"inventory", "confirmation", "analytics"}
+    assert set(by_kind) == {"image", "email", "inventory", "confirmation", "analytics"}
     assert by_kind["inventory"]["payload_schema"]["required"] == ["order_id", "items"]
     status = json.loads(outputs[-1])
     assert status["task_id"] == _task_id(posted) and status["kind"] == "inventory"

@@ -16,7 +16,7 @@ from qw_core.storage import LocalStorage
 from qw_core.store import SqliteStore
 from qw_workers.context import Output, TaskContext
 from qw_workers.errors import PermanentError
-from qw_workers.sdk import TimeLimitExceeded, encode_result, make_handler
+from qw_workers.handlers import TimeLimitExceeded, encode_result, make_handler
 
 
 class Item(BaseModel):
@@ -44,7 +44,7 @@ def test_the_decorated_function_still_runs_here_and_is_registered(reg):
 
 def test_bare_decorator_names_the_kind_after_the_function_and_keeps_settings_defaults(reg, monkeypatch):
     monkeypatch.setattr("qw_core.registry.default_registry", reg)
-    monkeypatch.setattr("queueworker.tasks.default_registry", reg)
+    monkeypatch.setattr("qw_core.registry.default_registry", reg)
 
     @task
     async def record_sale(order_id: str) -> None:
@@ -82,7 +82,7 @@ def test_send_arguments_bind_like_a_call(reg):
 def _context(tmp_path, max_result_bytes: int = 1000) -> TaskContext:
     settings = WorkerSettings(max_result_bytes=max_result_bytes)
     log = logging.LoggerAdapter(logging.getLogger("t"), {})
-    return TaskContext(settings, SqliteStore(":memory:"), LocalStorage(tmp_path), 1, log)
+    return TaskContext(settings, SqliteStore(":memory:"), LocalStorage(tmp_path), 1, log, "t1", "a")
 
 
 def _message(kind: str, **args) -> TaskMessage:

@@ -136,13 +136,13 @@ def test_a_user_kind_gets_the_same_topology_as_a_built_in_whatever_its_retry_pol
     assert not [q.name for q in topo.queues if ".retry." in q.name]
 
 
-def test_the_worker_cli_resolves_built_in_and_app_kinds_and_names_the_known_ones():
+def test_the_worker_cli_resolves_built_in_and_app_kinds_from_the_registry_and_names_the_known_ones():
     from qw_workers.__main__ import resolve_kind
-    from qw_workers.handlers import HANDLERS
+    from qw_workers.builtins import BUILTINS
 
-    assert resolve_kind("email", "") == (HANDLERS["email"], None)
-    handler, policy = resolve_kind("flaky", "tests.support.sdk_tasks")
-    assert callable(handler) and policy is not None and policy.max_attempts == 4
+    assert resolve_kind("email", "") is BUILTINS.get("email")
+    spec = resolve_kind("flaky", "tests.support.sdk_tasks")
+    assert not spec.builtin and spec.policy.max_attempts == 4
     with pytest.raises(SystemExit, match=r"unknown task kind 'nope' in --app tests.support.sdk_tasks; known kinds: "
                        r"email, image, .*inventory"):  # fmt: skip
         resolve_kind("nope", "tests.support.sdk_tasks")

@@ -1,7 +1,8 @@
-"""Worker runtime (consume, ack, retry, dead-letter, graceful stop, metrics) and the image and email handlers.
+"""Worker runtime (consume, ack, retry, dead-letter, graceful stop, metrics) and the built-in image and email kinds.
 
-python -m qw_workers image|email
-python -m qw_workers --app shop.tasks inventory   # a kind defined with queueworker.task (qw_workers.sdk)
+python -m qw_workers image|email                  # built-in kinds (qw_workers.builtins)
+python -m qw_workers --app shop.tasks inventory   # a kind defined with queueworker.task
+Both are found in the registry and run by qw_workers.handlers.make_handler.
 """
 
 from qw_workers.errors import PermanentError, RetryableError

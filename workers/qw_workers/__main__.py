@@ -1,7 +1,8 @@
 """`python -m qw_workers [--app MODULE] KIND`: build everything once at startup, serve health + metrics, consume.
 
-KIND is a built-in kind (image, email) or one defined with `queueworker.task` in MODULE (default QW_APP), which is
-imported first so its definitions register. `python -m qw_workers janitor [--once]` runs retention instead
+KIND is a built-in kind (image, email: qw_workers.builtins) or one defined with `queueworker.task` in MODULE (default
+QW_APP), which is imported first so its definitions register. Either way the kind is looked up in the registry and
+its handler built by qw_workers.handlers.make_handler. `python -m qw_workers janitor [--once]` runs retention instead
 (qw_workers/janitor.py)."""
 
 from __future__ import annotations
@@ -12,10 +13,7 @@ import os
 import signal
 import sys
 
-from qw_core.registry import RetryPolicy
-
-from qw_workers.context import Handler
-from qw_workers.handlers import HANDLERS
+from qw_core.registry import TaskSpec
 
 TEST_DELAY_ENV = "QW_TEST_TASK_DELAY"  # tests only: seconds to sleep before each task
 
@@ -36,23 +34,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def resolve_kind(kind: str, app: str) -> tuple[Handler, RetryPolicy | None]:
-    """The handler and policy of `kind`: a built-in one, or an SDK kind from `app` (imported here)."""
-    if kind in HANDLERS:
-        return HANDLERS[kind], None
-    from qw_core.registry import AppNotFound, load_app
+def resolve_kind(kind: str, app: str) -> TaskSpec:
+    """`kind`'s registry entry: a built-in one, or one `app` defines (imported here)."""
+    from qw_core.registry import AppNotFound
 
-    from qw_workers.sdk import make_handler
+    from qw_workers.builtins import worker_registry
 
     try:
-        spec = load_app(app).get(kind)
+        registry = worker_registry(app)
     except AppNotFound as exc:
         raise SystemExit(f"qw_workers: {exc}") from None
+    spec = registry.get(kind)
     if spec is None:
-        known = ", ".join([*sorted(HANDLERS), *load_app("").kinds()])
+        known = ", ".join(s.kind for s in sorted(registry, key=lambda s: not s.builtin))  # the built-ins first
         where = f"in --app {app}" if app else "(no --app module given, and QW_APP is empty)"
         raise SystemExit(f"unknown task kind {kind!r} {where}; known kinds: {known}")
-    return make_handler(spec), spec.policy
+    return spec
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,12 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.app and os.getcwd() not in sys.path:  # `--app shop.tasks` from the working directory, like `python -m`
         sys.path.insert(0, os.getcwd())
-    handler, policy = resolve_kind(args.kind, args.app)
+    spec = resolve_kind(args.kind, args.app)
     from qw_core.logs import configure_logging
     from qw_core.settings import WorkerSettings, load
     from qw_core.storage import LocalStorage
     from qw_core.store import open_store
 
+    from qw_workers.handlers import make_handler
     from qw_workers.health import HealthServer
     from qw_workers.metrics import WorkerMetrics
     from qw_workers.middleware import LoggingMiddleware, MetricsMiddleware, Middleware, slowed
@@ -80,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("qw_workers")
     metrics = WorkerMetrics(args.kind)
     middleware: list[Middleware] = [MetricsMiddleware(metrics), LoggingMiddleware()]
+    handler = make_handler(spec)
     delay = float(os.environ.get(TEST_DELAY_ENV, "0") or 0)
     if delay > 0:
         if settings.env == "prod":
@@ -88,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         handler = slowed(handler, delay)
     store = open_store(settings.database_url)
     storage = LocalStorage(settings.storage_dir)
-    worker = Worker(args.kind, handler, settings, store, storage, middleware, policy=policy)
+    worker = Worker(args.kind, handler, settings, store, storage, middleware, policy=spec.policy)
     health = HealthServer(settings.metrics_host, settings.metrics_port, metrics.registry, lambda: worker.ready).start()
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -196,7 +196,7 @@ def _find_spec(module: str, qualname: str, kind: str) -> TaskSpec:
 
 
 def _outcome(spec: TaskSpec, args: dict[str, Any], max_result_bytes: int) -> tuple[Any, ...]:
-    from qw_workers.sdk import encode_result  # here: the parent imports this module from qw_workers.sdk
+    from qw_workers.handlers import encode_result  # here: the parent imports this module from there
 
     try:
         value = spec.fn(**dict(spec.validate(args)))

@@ -1,4 +1,5 @@
-"""What a handler gets besides its task: settings, the store, storage, the attempt number and a logger."""
+"""What a handler gets besides its task: settings, the store, storage, the attempt number, a logger, and the task's
+id and tenant (a built-in body gets its payload and this: `fn(payload, ctx)`)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ class TaskContext:
     storage: LocalStorage
     attempt: int
     log: logging.LoggerAdapter[logging.Logger]
+    task_id: str
+    tenant: str
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import io
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 from qw_core.images import ImageRejected, open_image
-from qw_core.messages import IMAGE_FORMATS, ImageOptions, ImageTask, TaskMessage
+from qw_core.messages import IMAGE_FORMATS, ImageOptions, ImageTask
 from qw_core.storage import StorageError
 
 from qw_workers.context import TaskContext
@@ -90,9 +90,9 @@ def transform_image(
     return out.getvalue(), fmt
 
 
-def handle(task: TaskMessage, ctx: TaskContext) -> str:
-    payload = task.payload
-    assert isinstance(payload, ImageTask)
+def process(payload: ImageTask, ctx: TaskContext) -> str:
+    """Resize, convert and watermark an uploaded image (POST /v1/images); the result's storage key is the task's
+    result (GET /v1/tasks/{id}/result serves the file)."""
     try:
         data = ctx.storage.read(payload.source_key)
     except (FileNotFoundError, IsADirectoryError, StorageError) as exc:
@@ -102,6 +102,6 @@ def handle(task: TaskMessage, ctx: TaskContext) -> str:
         out, fmt = transform_image(data, payload.options, payload.source_format, s.max_image_pixels, s.max_output_side)
     except ImageRejected as exc:
         raise PermanentError(str(exc)) from exc
-    key = ctx.storage.task_key("results", task.tenant, task.task_id, fmt)
+    key = ctx.storage.task_key("results", ctx.tenant, ctx.task_id, fmt)
     ctx.storage.write(key, out)
     return key

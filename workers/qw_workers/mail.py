@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate
 
-from qw_core.messages import EmailTask, TaskMessage
+from qw_core.messages import EmailTask
 from qw_core.settings import WorkerSettings
 from qw_core.store import StoreUnavailable
 
@@ -154,12 +154,11 @@ def claim_lease(settings: WorkerSettings) -> float:
     return max(60.0, 4 * settings.smtp_timeout)
 
 
-def handle(task: TaskMessage, ctx: TaskContext) -> None:
-    payload = task.payload
-    assert isinstance(payload, EmailTask)
-    msg = build_message(task.task_id, payload, render(payload), ctx.settings.smtp_from, time.time())
+def send(payload: EmailTask, ctx: TaskContext) -> None:
+    """Send one email (POST /v1/emails) at most once, over the tenant's outbound rate only when its window allows."""
+    msg = build_message(ctx.task_id, payload, render(payload), ctx.settings.smtp_from, time.time())
     resend = ctx.settings.email_resend_in_doubt
-    claim = ctx.store.claim_effect(task.task_id, EFFECT, claim_lease(ctx.settings), take_over=resend)
+    claim = ctx.store.claim_effect(ctx.task_id, EFFECT, claim_lease(ctx.settings), take_over=resend)
     if claim == "stale":
         raise PermanentError(
             "an earlier attempt began sending this email and its outcome was never recorded (it died, or the store "
@@ -174,32 +173,32 @@ def handle(task: TaskMessage, ctx: TaskContext) -> None:
             "an earlier attempt claimed this email's send and did not finish (it may have sent it before it died); "
             "not sending again, to avoid a duplicate"
         )
-    _within_rate(task, ctx)
+    _within_rate(ctx)
     try:
         deliver(msg, str(payload.to), ctx.settings)
     except SmtpFailure as failure:
         if not failure.maybe_sent:
-            ctx.store.release_effect(task.task_id, EFFECT)
+            ctx.store.release_effect(ctx.task_id, EFFECT)
         if failure.permanent:
             raise PermanentError(str(failure)) from failure
         raise RetryableError(str(failure)) from failure
-    _record_sent(ctx, task.task_id)
+    _record_sent(ctx, ctx.task_id)
     return None
 
 
-def _within_rate(task: TaskMessage, ctx: TaskContext) -> None:
+def _within_rate(ctx: TaskContext) -> None:
     """The tenant's outbound rate (QW_EMAIL_TENANT_RATE / _LIMITS per QW_EMAIL_RATE_WINDOW_SECONDS), counted in the
     store over every email worker. Past it the claim is released and the mail deferred (not failed, no attempt
     used) until its window ends."""
-    rate = ctx.settings.email_rate(task.tenant)
+    rate = ctx.settings.email_rate(ctx.tenant)
     if rate <= 0:
         return
     window = ctx.settings.email_rate_window_seconds
-    wait = ctx.store.take_token(task.tenant, EFFECT, rate, window)
+    wait = ctx.store.take_token(ctx.tenant, EFFECT, rate, window)
     if wait:
-        ctx.store.release_effect(task.task_id, EFFECT)
+        ctx.store.release_effect(ctx.task_id, EFFECT)
         limit = f"{rate} per {window}s"
-        raise Deferred(f"tenant {task.tenant!r} reached its email rate of {limit}; deferred about {wait:.0f}s", wait)
+        raise Deferred(f"tenant {ctx.tenant!r} reached its email rate of {limit}; deferred about {wait:.0f}s", wait)
 
 
 def _record_sent(ctx: TaskContext, task_id: str, attempts: int = 6) -> None:

@@ -46,7 +46,8 @@ The backoff (`StoreBackoff`) is one per worker, shared by its threads: exponenti
 30 s), reset by the first store call that succeeds. While it runs, a thread about to start a new delivery waits
 for it first, so the deliveries the worker holds (its prefetch) stay held and no new ones come in.
 
-SDK task kinds plug in here as `Handler`s: a kind needs nothing but a handler and a `Settler` built for it.
+Every kind plugs in here as a `Handler` made from its registry entry (qw_workers.handlers.make_handler): a kind
+needs nothing but that handler and a `Settler` built for it.
 """
 
 from __future__ import annotations
@@ -260,7 +261,7 @@ class Settler:
         if not self._store(lambda: self.store.start_attempt(task_id, attempt)):
             return self._not_started(d, task_id, attempt)
         try:
-            output = self.handler(task, self._context(task_id, attempt))
+            output = self.handler(task, self._context(task, attempt))
         except StoreUnavailable as exc:  # the handler's own store call: an outage, not a failed attempt
             raise _StoreDown(exc, self.backoff.failed()) from exc
         except Exception as exc:
@@ -318,10 +319,11 @@ class Settler:
         self.channel.ack(d)
         return _Settled(status, task_id, reason, error)
 
-    def _context(self, task_id: str, attempt: int) -> TaskContext:
+    def _context(self, task: TaskMessage, attempt: int) -> TaskContext:
         logger = logging.getLogger(f"qw_workers.{self.kind}")
-        fields = {"task_id": task_id, "kind": self.kind, "attempt": attempt}
-        return TaskContext(self.settings, self.store, self.storage, attempt, logging.LoggerAdapter(logger, fields))
+        fields = {"task_id": task.task_id, "kind": self.kind, "attempt": attempt}
+        log = logging.LoggerAdapter(logger, fields)
+        return TaskContext(self.settings, self.store, self.storage, attempt, log, task.task_id, task.tenant)
 
     def _through_ladder(self, d: Delivery, delay_ms: float, headers: dict[str, Any]) -> None:
         """A copy of `d` back to this kind's queue after `delay_ms`, through the delay ladder; without the broker's
