@@ -61,3 +61,19 @@ def png_with_bad_data(png: bytes) -> bytes:
     garbled = png[start : start + 2] + bytes(b ^ 0x55 for b in png[start + 2 : start + length])
     crc = struct.pack(">I", zlib.crc32(b"IDAT" + garbled))
     return png[:start] + garbled + crc + png[start + length + 4 :]
+
+
+def largest_accepted_png(max_pixels: int, max_bytes: int) -> bytes:
+    """An RGBA PNG of exactly `max_pixels` pixels (decoded: 4 bytes each) that is as close to `max_bytes` as a
+    quick encode gets: random rows (incompressible) on top of a flat rest."""
+    width = 8000
+    height = max_pixels // width
+    img = Image.new("RGBA", (width, height), (40, 90, 160, 255))
+    noisy_rows = int(max_bytes * 0.9) // (width * 4)
+    noise = random.Random(max_pixels).randbytes(width * noisy_rows * 4)
+    img.paste(Image.frombytes("RGBA", (width, noisy_rows), noise), (0, 0))
+    buf = io.BytesIO()
+    img.save(buf, "PNG", compress_level=1)
+    data = buf.getvalue()
+    assert width * height == max_pixels and len(data) <= max_bytes, (width * height, len(data))
+    return data
