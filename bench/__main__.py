@@ -27,6 +27,7 @@ BENCHES: dict[str, list[str]] = {
     "reaction": [PY, "bench/bench_reaction.py", "--bursts", "20"],
     "policy-replay": [PY, "-m", "bench.replay"],
     "sdk": [PY, "bench/bench_sdk.py", "--tasks", "1000"],
+    "uploads": [PY, "bench/bench_uploads.py", "--parallel", "16"],
 }
 
 
@@ -110,6 +111,7 @@ def _rows(results: dict[str, dict[str, Any]]) -> list[str]:
                 f"{r['p95_wait_vs_keda']}, {r['replica_seconds_vs_keda']} |"
             )
     rows += _sdk_rows(results.get("sdk", {}))
+    rows += _upload_rows(results.get("uploads", {}))
     for name, data in results.items():
         if "error" in data:
             rows.append(f"| {name} | FAILED: {data['error']} | | | |")
@@ -134,6 +136,27 @@ def _sdk_rows(s: dict[str, Any]) -> list[str]:
         f"| sdk | no-op tasks/s through the worker (validate, run, status, ack) | {s['worker_per_s']} | "
         f"bare pika consumer acking {s['bare_consumer_per_s']} | {s['worker_to_bare_ratio']} |",
     ]
+
+
+def _upload_rows(u: dict[str, Any]) -> list[str]:
+    """The API's bounded image check against the full decode it used to do (and the workers still do)."""
+    if "api" not in u:
+        return []
+    check, full = u["api"]["check"], u["api"]["full_decode"]
+    rows = [
+        f"| uploads | API peak RSS MiB, {u['parallel']} parallel 40 MP PNG uploads (default budgets) | "
+        f"{check['peak_rss_mib']} | full decode {full['peak_rss_mib']} | "
+        f"{u['ratios']['api_peak_rss_check_over_full_decode']} |",
+        f"| uploads | seconds until all {u['parallel']} answered | {check['all_answered_s']} | full decode "
+        f"{full['all_answered_s']} | {u['ratios']['api_all_answered_check_over_full_decode']} |",
+    ]
+    for name, f in u["formats"].items():
+        c, d, r = f["check"], f["full_decode"], f["ratio_check_over_full"]
+        rows.append(
+            f"| uploads, 40 MP {name} | check: s; peak RSS MiB | {c['seconds']}; {c['peak_rss_added_mib']} | "
+            f"full decode {d['seconds']}; {d['peak_rss_added_mib']} | {r['seconds']}; {r['peak_rss_added_mib']} |"
+        )
+    return rows
 
 
 def main() -> int:

@@ -4,10 +4,11 @@ inside the pod's memory limit (and its /tmp) instead of getting it OOM-killed.
 Two budgets, each a FIFO weighted semaphore of bytes:
 - bodies: the declared Content-Length (the largest allowed when undeclared) of every upload being received,
   spooled (the multipart parser writes parts over 1 MiB to /tmp) and read into memory;
-- decoding: the decoded size (width x height x bands, from the header) of every image being verified by a full
-  decode. A 40-megapixel RGBA image takes 160 MB decoded: without this, eight at once need 1.3 GB.
-Two, not one: a request holds its body bytes while it waits to decode, so one shared pool could fill with bodies
-that all wait for decode room no one can free.
+- checking: what the bounded check of every image being validated allocates, estimated from its header
+  (qw_core.images: a PNG's largest chunk at most the file, a JPEG at 1/8 scale plus libjpeg's coefficient buffer
+  when multi-scan, a GIF's first frame). The API never decodes fully: a 40-megapixel RGBA PNG would take 160 MB.
+Two, not one: a request holds its body bytes while it waits for its check, so one shared pool could fill with bodies
+that all wait for check room no one can free.
 
 A request heavier than a whole budget is capped at it (it runs alone). A request that cannot get its bytes within
 `upload_wait_seconds` gets 503 + Retry-After: the client retries later, nothing was stored or queued.
@@ -16,11 +17,8 @@ A request heavier than a whole budget is capped at it (it runs alone). A request
 from __future__ import annotations
 
 import asyncio
-import io
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-
-from PIL import Image
 
 
 class Busy(Exception):
@@ -74,21 +72,10 @@ class ByteBudget:
                 self._cond.notify_all()
 
 
-def decoded_size(data: bytes, formats: list[str] | tuple[str, ...]) -> int:
-    """Bytes a full decode of `data` allocates, from its header alone (0 when the header is unreadable: the
-    decode that follows refuses the file anyway)."""
-    try:
-        with Image.open(io.BytesIO(data), formats=[f.upper() for f in formats]) as img:
-            w, h = img.size
-            return w * h * max(1, len(img.getbands()))
-    except Exception:  # noqa: BLE001 - any header the decoder cannot read is refused by identify() next
-        return 0
-
-
 class UploadLimits:
-    def __init__(self, body_bytes: int, decode_bytes: int, wait_seconds: float, max_upload_bytes: int) -> None:
+    def __init__(self, body_bytes: int, check_bytes: int, wait_seconds: float, max_upload_bytes: int) -> None:
         self.bodies = ByteBudget(body_bytes)
-        self.decoding = ByteBudget(decode_bytes)
+        self.checking = ByteBudget(check_bytes)
         self.wait_seconds = wait_seconds
         self.max_upload_bytes = max_upload_bytes
 
@@ -96,5 +83,5 @@ class UploadLimits:
         declared = int(content_length) if content_length and content_length.isdigit() else self.max_upload_bytes
         return self.bodies.hold(min(declared, self.max_upload_bytes), self.wait_seconds)
 
-    def decode(self, data: bytes, formats: list[str] | tuple[str, ...]) -> AbstractAsyncContextManager[None]:
-        return self.decoding.hold(decoded_size(data, formats), self.wait_seconds)
+    def check(self, nbytes: int) -> AbstractAsyncContextManager[None]:
+        return self.checking.hold(nbytes, self.wait_seconds)

@@ -33,7 +33,6 @@ uploaded image, the result downloaded. Figures go into bench/results/real-node.j
 from __future__ import annotations
 
 import collections
-import io
 import json
 import os
 import secrets
@@ -51,7 +50,6 @@ import images
 import pytest
 import real_node
 import yaml
-from PIL import Image
 from postgres import Postgres
 from qw_core.settings import ApiSettings
 from qw_core.store import open_store
@@ -79,6 +77,7 @@ from tests.e2e.real_stack import (
     worker_in_progress,
     write_figures,
 )
+from tests.support.images import largest_accepted_png
 from tests.support.smtp import smtp_server
 from tests.support.util import free_port
 
@@ -271,21 +270,6 @@ class Peaks:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
-
-
-def largest_accepted_png(max_pixels: int, max_bytes: int) -> bytes:
-    """An RGBA PNG of exactly `max_pixels` pixels (decoded: 4 bytes each) that is as close to `max_bytes` as a
-    quick encode gets: random rows (incompressible) on top of a flat rest."""
-    width = 8000
-    height = max_pixels // width
-    img = Image.new("RGBA", (width, height), (40, 90, 160, 255))
-    noisy_rows = int(max_bytes * 0.9) // (width * 4)
-    img.paste(Image.frombytes("RGBA", (width, noisy_rows), os.urandom(width * noisy_rows * 4)), (0, 0))
-    buf = io.BytesIO()
-    img.save(buf, "PNG", compress_level=1)
-    data = buf.getvalue()
-    assert width * height == max_pixels and len(data) <= max_bytes, (width * height, len(data))
-    return data
 
 
 # ---------------------------------------------------------------- the chart, one release for the class

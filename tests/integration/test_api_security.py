@@ -7,7 +7,7 @@ import socket
 import pytest
 from qw_core.topology import queue_name
 
-from tests.support.images import bomb_png, image_bytes
+from tests.support.images import bomb_png, image_bytes, noisy_image_bytes, png_with_bad_crc
 
 pytestmark = pytest.mark.integration
 EMAIL = {"to": "ann@example.com", "subject": "Hello", "text": "Hi"}
@@ -44,11 +44,28 @@ def test_non_images_and_refused_formats_are_422(http, nothing_changed, name):
     assert "refused" in r.json()["detail"]
 
 
-def test_decompression_bomb_is_refused(http, nothing_changed):
-    data = bomb_png(20_000)  # 400 megapixels in a few KB
+DAMAGED_FILES = {
+    **{f"{fmt.lower()}-cut-short": noisy_image_bytes(fmt)[:-100] for fmt in ("PNG", "JPEG", "WEBP", "GIF")},
+    "png-bad-crc": png_with_bad_crc(noisy_image_bytes("PNG")),
+    "png-without-its-end": noisy_image_bytes("PNG")[:-12],
+}
+
+
+@pytest.mark.parametrize("name", sorted(DAMAGED_FILES))
+def test_damaged_images_are_422_and_say_so(http, nothing_changed, name):
+    """Given an image of an accepted format cut short or damaged in transit: the API's bounded check (no full
+    decode) finds it, and the answer says what is wrong."""
+    r = http.post("/v1/images", files={"file": (f"{name}.jpg", DAMAGED_FILES[name], "image/jpeg")})
+    assert r.status_code == 422, r.text
+    assert "refused: the image could not be decoded, it is damaged or truncated" in r.json()["detail"]
+
+
+@pytest.mark.parametrize(("side", "why"), [(7_000, "7000x7000 pixels; the limit is"), (20_000, "too large to decode")])
+def test_decompression_bomb_is_refused(http, nothing_changed, side, why):
+    data = bomb_png(side)  # 49 (over our limit) or 400 (over Pillow's own) megapixels in a few KB
     assert len(data) < 200_000
     r = http.post("/v1/images", files={"file": ("bomb.png", data, "image/png")})
-    assert r.status_code == 422 and "limit" in r.json()["detail"]
+    assert r.status_code == 422 and why in r.json()["detail"], r.text
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import json
 import pytest
 from PIL import Image
 
-from tests.support.images import image_bytes
+from tests.support.images import image_bytes, noisy_image_bytes, png_with_bad_data
 from tests.support.wait import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.broker_matrix]  # on RabbitMQ 3.10 and 4.x
@@ -33,6 +33,21 @@ def test_uploaded_image_is_processed_and_downloadable(platform):
     assert result.status_code == 200 and result.headers["content-type"] == "image/png"
     img = Image.open(io.BytesIO(result.content))
     assert (img.format, img.size) == ("PNG", (100, 75))
+
+
+def test_an_image_only_a_full_decode_finds_broken_ends_failed_with_the_reason(platform):
+    """Given a PNG whose chunks all check out but whose compressed pixels are garbage: the API's bounded check
+    accepts it (it never decodes pixels), the worker's full decode refuses it: `failed` after one attempt, with
+    the reason, and the worker goes on serving the next upload."""
+    http, _ = platform
+    bad = png_with_bad_data(noisy_image_bytes("PNG"))
+    r = http.post("/v1/images", files={"file": ("bad.png", bad, "image/png")})
+    assert r.status_code == 202, r.text
+    task = _final(http, r.json()["task_id"])
+    assert (task["status"], task["attempts"], task["result_url"]) == ("failed", 1, None), task
+    assert "could not be decoded, it is damaged or truncated" in task["error"], task
+    good = http.post("/v1/images", files={"file": ("ok.png", image_bytes(), "image/png")}).json()["task_id"]
+    assert _final(http, good)["status"] == "succeeded"
 
 
 def test_events_follow_a_real_task_to_its_end(platform):

@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from qw_api.uploads import Busy, ByteBudget, decoded_size
-
-from tests.support.images import image_bytes
+from qw_api.uploads import Busy, ByteBudget
 
 
 def run(coro):  # type: ignore[no-untyped-def]
@@ -83,10 +81,3 @@ def test_a_cancelled_waiter_leaves_the_line() -> None:
 async def _take(budget: ByteBudget, n: int, seen: list[str]) -> None:
     async with budget.hold(n, 2):
         seen.append(f"got {n}")
-
-
-def test_decoded_size_comes_from_the_header() -> None:
-    png = image_bytes("PNG", (300, 200), mode="RGBA")
-    assert decoded_size(png, ["PNG"]) == 300 * 200 * 4
-    assert decoded_size(b"not an image", ["PNG"]) == 0
-    assert decoded_size(png, ["JPEG"]) == 0  # a format not allowed is not even opened

@@ -6,7 +6,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
-from qw_core.images import ImageInfo, ImageRejected, identify
+from qw_core.images import ImageInfo, ImageRejected, check, inspect
 from qw_core.messages import IMAGE_FORMATS, ImageOptions, ImageTask, TaskMessage, new_task_id, utcnow
 from qw_core.storage import StorageFull
 from starlette.concurrency import run_in_threadpool
@@ -67,18 +67,17 @@ async def upload_image(
     idempotency: IdempotencyKeyHeader = None,
     delay: DelayQuery = None,
 ) -> JSONResponse:
-    """Upload an image to process (`?delay=` seconds: no earlier). The file is identified by decoding it, never by
-    its name or content type."""
+    """Upload an image to process (`?delay=` seconds: no earlier). The file is identified by its content (header
+    and a bounded check of the data, qw_core/images.py), never by its name or content type."""
     settings = services.settings
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise HTTPException(415, "send the image as multipart/form-data with a 'file' field")
     try:
-        # The pod's memory: bodies and decodes in flight are bounded (qw_api/uploads.py); past the wait, 503.
+        # The pod's memory: bodies and checks in flight are bounded (qw_api/uploads.py); past the wait, 503.
         async with services.uploads.body(request.headers.get("content-length")):
             data, raw_options = await _read_form(request, settings.max_upload_bytes)
             options = _options(raw_options)
-            async with services.uploads.decode(data, settings.allowed_formats):
-                info = await _identify(services, data)
+            info = await _identify(services, data)
             key = services.storage.new_key("uploads", tenant, info.format)
             await run_in_threadpool(services.storage.write, key, data)
     except Busy:
@@ -130,9 +129,13 @@ def _options(raw: dict[str, str]) -> ImageOptions:
 
 
 async def _identify(services: Services, data: bytes) -> ImageInfo:
+    """The header, then the bounded check inside the check budget; 422 for what is not an accepted image."""
     settings = services.settings
     try:
-        return await run_in_threadpool(identify, data, settings.allowed_formats, settings.max_image_pixels)
+        info = await run_in_threadpool(inspect, data, settings.allowed_formats, settings.max_image_pixels)
+        async with services.uploads.check(info.check_bytes):
+            await run_in_threadpool(check, data, info, settings.max_image_pixels)
     except ImageRejected as exc:
         services.metrics.rejected_uploads.labels("not-an-accepted-image").inc()
         raise HTTPException(422, f"the file was refused: {exc}") from None
+    return info
