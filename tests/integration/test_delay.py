@@ -75,7 +75,7 @@ def test_a_delayed_task_runs_no_earlier_than_its_delay_and_soon_after(rig):
     assert done.status == "succeeded"
     late = started - st.not_before.timestamp()
     print(f"delay 3 s: started {late:+.3f} s after not_before")
-    assert 0 <= late <= 1.5
+    assert 0 <= late <= 2.5  # never early; late by well under a rung of the 3 s route (1.6 s), plus a busy machine
 
 
 def test_a_long_delay_is_scheduled_and_does_not_run(rig):
@@ -100,7 +100,10 @@ def test_several_delays_run_in_the_order_they_are_due(rig):
         for task_id in ids:
             assert client.wait(task_id, 20).status == "succeeded"
     starts = [_starts(lg)[0] for lg in logs]
-    assert sorted(range(len(delays)), key=starts.__getitem__) == [3, 1, 2, 0]
+    due = [client.status(task_id).not_before.timestamp() for task_id in ids]
+    assert all(start >= d for start, d in zip(starts, due, strict=True))  # none before its time
+    # In the order they were due (sending them took time too: that order, not the delays' one).
+    assert sorted(range(len(ids)), key=starts.__getitem__) == sorted(range(len(ids)), key=due.__getitem__)
 
 
 def test_retries_are_jittered_and_a_delayed_task_goes_through_the_ladder_again(rig):
@@ -114,7 +117,7 @@ def test_retries_are_jittered_and_a_delayed_task_goes_through_the_ladder_again(r
     assert [(d.status, d.attempts) for d in done] == [("succeeded", 2)] * len(ids)
     waits = [_starts(lg)[1] - _starts(lg)[0] for lg in logs]
     print("retry waits:", [round(w, 2) for w in waits])
-    assert all(0.9 <= w <= 3.0 + 1.0 for w in waits)
+    assert all(0.9 <= w <= 3.0 + 3.0 for w in waits)  # never before 2 s - 50 %; the top allows a busy machine
     assert max(waits) - min(waits) > 0.2  # not all the same delay
 
 
@@ -125,7 +128,7 @@ def test_a_task_delivered_before_its_time_goes_back_to_wait(rig):
     log = tmp / "early"
     task = TaskMessage(task_id=new_task_id(), tenant="acme", created_at=utcnow(),
                        payload=UserTask(kind="stamped", args={"log": str(log)}))  # fmt: skip
-    due = time.time() + 2
+    due = time.time() + 6  # well after the worker is up and has it, even on a busy machine
     store.create_pending(task.task_id, "acme", "stamped", not_before=due)
     store.confirm_queued(task.task_id)
     declare_with_pika(ch, build_topology(["stamped"], 10))
@@ -133,7 +136,7 @@ def test_a_task_delivered_before_its_time_goes_back_to_wait(rig):
     props = pika.BasicProperties(message_id=task.task_id, delivery_mode=2, headers=headers)
     with running_worker("stamped", env, tmp / "logs") as w:
         ch.basic_publish(TASKS_EXCHANGE, "stamped", task.to_bytes(), props)  # straight to the work queue
-        assert client.wait(task.task_id, 20).status == "succeeded"
+        assert client.wait(task.task_id, 30).status == "succeeded"
         assert w.metric("queueworker_worker_tasks_processed_total", kind="stamped", outcome="delayed") >= 1
     [started] = _starts(log)
     assert started >= due
