@@ -242,3 +242,7 @@ def test_the_shop_image_from_the_workers_image_loads_its_module_as_the_chart_run
     assert (out.returncode, out.stdout.split()) == (0, ["analytics", "confirmation", "inventory"]), out.stderr
     out = run(podman, ref, "--help")  # the worker's own CLI, unchanged
     assert out.returncode == 0 and "--app" in out.stdout, out.stderr
+    # The shop's README shows this Containerfile as it is (its comments aside).
+    shown = re.search(r"```dockerfile\n(.*?)```", (images.SHOP_DIR / "README.md").read_text(), re.S)
+    lines = (images.SHOP_DIR / "Containerfile").read_text().splitlines(keepends=True)
+    assert shown and shown.group(1) == "".join(ln for ln in lines if not ln.startswith("#")), "README != Containerfile"
