@@ -7,8 +7,11 @@ What the test changes in the README's commands, and nothing else (printed when i
   a pod's loopback is its own) and the API key placeholder;
 - `helm install` gets one values file more (printed): the locally built images (imagePullPolicy IfNotPresent:
   imported into the node's containerd, no registry), the real node's placement (nodeSelector + toleration for
-  the operator, the API, the workers; the `helm test` pod follows the API's), the SMTP server and the broker's
-  Prometheus endpoint (`rabbitmq.prometheusUrl`, which the README recommends);
+  the operator, the API, the workers; the `helm test` pod follows the API's), the SMTP server, the broker's
+  Prometheus endpoint (`rabbitmq.prometheusUrl`, which the README recommends), and the shop's `inventory` and
+  `analytics` kinds (`workers.userKinds` from examples/shop/values.yaml, only the image replaced: the shop's image,
+  examples/shop/Containerfile FROM the workers image, built and loaded here; the Secret `shop-database` its README
+  asks for, pointing at the shop's own database on the same PostgreSQL);
 - the plain manifests name ghcr.io/queueworker/*:0.1.0: the same local images are tagged with those names in the
   node's containerd, and while they run the real node is the only schedulable node (kwok's node cordoned, the
   real node's taint lifted, both put back after), as on a one-node cluster: the YAML needs no placement.
@@ -18,14 +21,15 @@ PersistentVolume without a class bound to the claim's name (claimRef), for each 
 
 The chart (one release for the class TestHelmRelease): operator Ready and leading (kopf peering: its log and the
 KopfPeering's status), the API serving /readyz through its Service, `helm test` passing, an image uploaded through
-the Service processed by a worker pod and the result downloaded, a burst of emails scaling the email workers up
-(real pods; every mail received once) and back to their minimum. Then the closed loop of
-tests/e2e/test_closed_loop.py on real pods (same burst, same scaling, same per-worker settings: its drain time
-beside the process-level one), and again with a worker pod deleted mid-task and a scale-in while the workers are
-busy (the kubelet's SIGTERM within the chart's grace period): every task done once, every mail sent once. The
-probes: a broker outage makes every worker pod unready (and back), while the API keeps answering through its
-Service (503 + Retry-After for new work, task status still served). The memory limits: the largest image the API
-accepts, uploaded by many clients at once, stays inside the API's and the image workers' limits (cgroup peaks).
+the Service processed by a worker pod and the result downloaded, the shop's tasks queued with the SDK's Client from
+the host (analytics scaled from 0 to a pod and back; every task's effect in the shop's tables once), a burst of
+emails scaling the email workers up (real pods; every mail received once) and back to their minimum. Then the closed
+loop of tests/e2e/test_closed_loop.py on real pods (same burst, same scaling, same per-worker settings: its drain
+time beside the process-level one), and again with a worker pod deleted mid-task and a scale-in while the workers
+are busy (the kubelet's SIGTERM within the chart's grace period): every task done once, every mail sent once. The
+probes: a broker outage makes every worker pod unready (and back), while the API keeps answering through its Service
+(503 + Retry-After for new work, task status still served). The memory limits: the largest image the API accepts,
+uploaded by many clients at once, stays inside the API's and the image workers' limits (cgroup peaks).
 The plain manifests: operator Ready and leading, the example QueueWorker (min 0) scaling a worker pod up for an
 uploaded image, the result downloaded. Figures go into bench/results/real-node.json under "helm_and_manifests".
 """
