@@ -4,6 +4,7 @@
     python3 scripts/images.py build [--python-image IMAGE]   # api, workers, operator -> localhost/queueworker-*:TAG
     python3 scripts/images.py save  [--python-image IMAGE] [--out DIR]   # + `podman save` archives, paths printed
     python3 scripts/images.py bench [--python-image IMAGE]   # cold (empty store) and warm builds, sizes
+    python3 scripts/images.py shop  [--python-image IMAGE] [--save]   # examples/shop's workers image, FROM ours
 
 The base: where no container registry is reachable, `mmdebstrap` makes a minimal bookworm root with Debian's
 python3 (3.11) and `podman import` turns it into an image; it is remade only when its recipe (below) changes.
@@ -17,6 +18,9 @@ secret (mounted for that RUN only, never in a layer). Builds use the host's netw
 
 Archives (`save`): one docker-archive per image in .images/ (QW_IMAGES_DIR to move it), with images.json naming
 each image and its archive, for `ctr -n k8s.io images import` on a kubelet node; `archives()` returns the paths.
+An image of your own task module (`shop`): the workers image plus a module, from the module's own Containerfile
+(examples/shop/Containerfile, `FROM ${WORKERS_IMAGE}`), as a team builds theirs; tagged by a hash of the workers
+image and what that Containerfile copies, so it is rebuilt only when either changes.
 Stdlib only: the tests and `make images` share it.
 """
 
@@ -48,6 +52,8 @@ REPO_PREFIX = "localhost/queueworker-"
 CONTEXT = ("pyproject.toml", "core", "api", "workers", "operator", "sdk")
 IGNORED_PARTS = ("__pycache__",)
 IGNORED_SUFFIXES = (".pyc", ".egg-info")
+SHOP_DIR = ROOT / "examples" / "shop"
+SHOP_REPO = "localhost/shop-workers"
 KEEP_TAGS = 3  # older tags of our images are removed by `build`: every source change makes a new ~240 MB layer
 
 BASE_REF = "localhost/qw-base:bookworm"
@@ -233,19 +239,48 @@ def build(
     return Built(tag, python_image, names, seconds, sizes)
 
 
-def prune_old_tags(podman: Podman, prefix: str = REPO_PREFIX, keep: str = "", count: int = KEEP_TAGS) -> None:
+def prune_old_tags(
+    podman: Podman,
+    prefix: str = REPO_PREFIX,
+    keep: str = "",
+    count: int = KEEP_TAGS,
+    targets: tuple[str, ...] = TARGETS,
+) -> None:
     """Keep the newest `count` tags of each of our repositories (and `keep`); remove the others."""
     out = podman("images", "--format", "{{.Repository}}:{{.Tag}} {{.CreatedAt}}", check=False)
     by_repo: dict[str, list[tuple[str, str]]] = {}
     for line in out.stdout.splitlines():
         ref, _, created = line.partition(" ")  # created: "2026-12-01 01:52:39 +0000 UTC", sorts as text
         repo, _, tag = ref.rpartition(":")
-        if repo.startswith(prefix) and repo[len(prefix) :] in TARGETS:
+        if repo.startswith(prefix) and repo[len(prefix) :] in targets:
             by_repo.setdefault(repo, []).append((created, tag))
     for repo, tags in by_repo.items():
         newest_first = [tag for _, tag in sorted(tags, reverse=True)]
         for old in [t for t in newest_first[count:] if t != keep]:
             podman("rmi", f"{repo}:{old}", check=False)
+
+
+# --- an image of your own task module -------------------------------------------------------------------------
+
+
+def build_app(
+    workers_ref: str, context: Path = SHOP_DIR, repository: str = SHOP_REPO, podman: Podman | None = None
+) -> str:
+    """`context`/Containerfile built FROM `workers_ref` (its WORKERS_IMAGE argument), context `context`; returns
+    the image reference, built only when that tag is missing. Older tags of `repository` are pruned."""
+    podman = podman or Podman()
+    h = hashlib.sha256(f"{workers_ref}\0{podman.inspect(workers_ref, '{{.Id}}')}\0".encode())
+    for f in [context / "Containerfile", *sorted(context.glob("*.py"))]:  # what the Containerfile copies
+        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    ref = f"{repository}:c{h.hexdigest()[:15]}"
+    if podman.exists(ref):
+        return ref
+    with _locked("build"):
+        podman("build", "--layers", "--network=none", "--build-arg", f"WORKERS_IMAGE={workers_ref}",
+               "-t", ref, "-f", str(context / "Containerfile"), str(context))  # fmt: skip
+        prefix, _, name = repository.rpartition("/")
+        prune_old_tags(podman, prefix + "/", keep=ref.rpartition(":")[2], targets=(name,))
+    return ref
 
 
 # --- archives for a kubelet node -----------------------------------------------------------------------------
@@ -275,6 +310,26 @@ def save(built: Built, out: Path | None = None, podman: Podman | None = None) ->
     manifest = {"tag": built.tag, "python_image": built.python_image, "images": entries}
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     return paths
+
+
+def save_app(ref: str, out: Path | None = None, podman: Podman | None = None) -> Path:
+    """One docker-archive of an app image (build_app's), named by its content tag: written once; the archives of
+    the repository's other tags are removed."""
+    podman = podman or Podman()
+    out = out or images_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    repo, _, tag = ref.rpartition(":")
+    name = repo.rpartition("/")[2]
+    path = out / f"{name}-{tag}.tar"
+    if not path.exists():
+        tmp = path.with_suffix(".tar.tmp")
+        tmp.unlink(missing_ok=True)
+        podman("save", "--format", "docker-archive", "-o", str(tmp), ref)
+        tmp.rename(path)
+    for old in out.glob(f"{name}-*.tar"):
+        if old != path:
+            old.unlink()
+    return path
 
 
 def archives(python_image: str | None = BASE_REF, out: Path | None = None) -> dict[str, Path]:
@@ -350,6 +405,9 @@ def main(argv: list[str] | None = None) -> int:
         sp.add_argument("--force", action="store_true", help="run podman build even if the tag exists")
         if name == "save":
             sp.add_argument("--out", type=Path, default=None, help="archive folder (default .images/)")
+    shop = sub.add_parser("shop", help=f"build {SHOP_REPO} (examples/shop/Containerfile) FROM the workers image")
+    shop.add_argument("--python-image", default=os.environ.get("PYTHON_IMAGE") or None)
+    shop.add_argument("--save", action="store_true", help="also write its archive (.images/)")
     bp = sub.add_parser("bench", help="cold and warm build times and sizes -> bench/results/images.json")
     bp.add_argument("--python-image", default=os.environ.get("PYTHON_IMAGE") or BASE_REF)
     args = p.parse_args(argv)
@@ -362,6 +420,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "save":
         for path in archives(args.python_image, args.out).values():
             print(path)
+    elif args.cmd == "shop":
+        ref = build_app(build(args.python_image).refs["workers"])
+        print(save_app(ref) if args.save else ref)
     elif args.cmd == "bench":
         print(json.dumps(bench(args.python_image), indent=2))
     return 0

@@ -819,11 +819,13 @@ def start_node(
     """Adds the real node to the control plane in cluster_dir (its pki/ signs the node's certificates) and
     returns once the node is Ready. On failure everything started is stopped and the host restored."""
     _check_host()
-    started = time.monotonic()
     cluster_dir = cluster_dir.resolve()
     d = cluster_dir / "node"
     pki = cluster_dir / "pki"
     _claim_host(d, server, lock_wait)
+    # The start's own deadline counts from here: waiting for another run's node must not eat it (a 5 min wait
+    # left containerd a second to open its socket).
+    started = time.monotonic()
     try:
         return _start(d, pki, server, bin_dir.resolve(), die_with_parent, started + timeout, started)
     except BaseException:

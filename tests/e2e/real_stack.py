@@ -76,6 +76,17 @@ class Stack:
     api_key: str
     figures: dict[str, Any] = field(default_factory=dict)
     volumes: list[str] = field(default_factory=list)
+    shop_image: str = ""  # examples/shop's workers image (FROM ours), loaded on the node
+    shop_database_url: str = ""  # the shop's own PostgreSQL database as the pods reach it (the gateway address)
+
+    @property
+    def amqp_url(self) -> str:
+        """The broker as the host reaches it, with the pods' user."""
+        return f"amqp://qw:{self.subs['PASS']}@127.0.0.1:{self.broker.port}/%2F"
+
+    @property
+    def shop_database_host_url(self) -> str:
+        return self.shop_database_url.replace(f"@{self.node.gateway_ip}:", "@127.0.0.1:")
 
     @property
     def store_url(self) -> str:

@@ -7,8 +7,11 @@ What the test changes in the README's commands, and nothing else (printed when i
   a pod's loopback is its own) and the API key placeholder;
 - `helm install` gets one values file more (printed): the locally built images (imagePullPolicy IfNotPresent:
   imported into the node's containerd, no registry), the real node's placement (nodeSelector + toleration for
-  the operator, the API, the workers; the `helm test` pod follows the API's), the SMTP server and the broker's
-  Prometheus endpoint (`rabbitmq.prometheusUrl`, which the README recommends);
+  the operator, the API, the workers; the `helm test` pod follows the API's), the SMTP server, the broker's
+  Prometheus endpoint (`rabbitmq.prometheusUrl`, which the README recommends), and the shop's `inventory` and
+  `analytics` kinds (`workers.userKinds` from examples/shop/values.yaml, only the image replaced: the shop's image,
+  examples/shop/Containerfile FROM the workers image, built and loaded here; the Secret `shop-database` its README
+  asks for, pointing at the shop's own database on the same PostgreSQL);
 - the plain manifests name ghcr.io/queueworker/*:0.1.0: the same local images are tagged with those names in the
   node's containerd, and while they run the real node is the only schedulable node (kwok's node cordoned, the
   real node's taint lifted, both put back after), as on a one-node cluster: the YAML needs no placement.
@@ -18,14 +21,15 @@ PersistentVolume without a class bound to the claim's name (claimRef), for each 
 
 The chart (one release for the class TestHelmRelease): operator Ready and leading (kopf peering: its log and the
 KopfPeering's status), the API serving /readyz through its Service, `helm test` passing, an image uploaded through
-the Service processed by a worker pod and the result downloaded, a burst of emails scaling the email workers up
-(real pods; every mail received once) and back to their minimum. Then the closed loop of
-tests/e2e/test_closed_loop.py on real pods (same burst, same scaling, same per-worker settings: its drain time
-beside the process-level one), and again with a worker pod deleted mid-task and a scale-in while the workers are
-busy (the kubelet's SIGTERM within the chart's grace period): every task done once, every mail sent once. The
-probes: a broker outage makes every worker pod unready (and back), while the API keeps answering through its
-Service (503 + Retry-After for new work, task status still served). The memory limits: the largest image the API
-accepts, uploaded by many clients at once, stays inside the API's and the image workers' limits (cgroup peaks).
+the Service processed by a worker pod and the result downloaded, the shop's tasks queued with the SDK's Client from
+the host (analytics scaled from 0 to a pod and back; every task's effect in the shop's tables once), a burst of
+emails scaling the email workers up (real pods; every mail received once) and back to their minimum. Then the closed
+loop of tests/e2e/test_closed_loop.py on real pods (same burst, same scaling, same per-worker settings: its drain
+time beside the process-level one), and again with a worker pod deleted mid-task and a scale-in while the workers
+are busy (the kubelet's SIGTERM within the chart's grace period): every task done once, every mail sent once. The
+probes: a broker outage makes every worker pod unready (and back), while the API keeps answering through its Service
+(503 + Retry-After for new work, task status still served). The memory limits: the largest image the API accepts,
+uploaded by many clients at once, stays inside the API's and the image workers' limits (cgroup peaks).
 The plain manifests: operator Ready and leading, the example QueueWorker (min 0) scaling a worker pod up for an
 uploaded image, the result downloaded. Figures go into bench/results/real-node.json under "helm_and_manifests".
 """
@@ -47,10 +51,12 @@ from typing import Any
 import cluster as control_plane
 import httpx
 import images
+import psycopg
 import pytest
 import real_node
 import yaml
 from postgres import Postgres
+from queueworker import Client
 from qw_core.settings import ApiSettings
 from qw_core.store import open_store
 from rabbitmq import Broker, free_broker_ports
@@ -59,6 +65,7 @@ from tests.e2e.real_stack import (
     FULLNAME,
     NAMESPACE,
     RELEASE,
+    REPO,
     RssPeaks,
     Stack,
     api_client,
@@ -98,6 +105,10 @@ FINAL = ("succeeded", "dead", "failed")
 TENANT = "tenant"  # the README's API key line names it
 EMAIL_WORKERS = "app.kubernetes.io/component=worker-email"
 IMAGE_WORKERS = "app.kubernetes.io/component=worker-image"
+SHOP_VALUES = REPO / "examples" / "shop" / "values.yaml"
+SHOP_KINDS = ("inventory", "analytics")  # the shop's kinds this release runs (confirmation would need its SMTP)
+SHOP_ORDERS = 30  # each: one inventory and one analytics task, as the shop's POST /orders queues them
+SHOP_ITEMS = [{"sku": "A", "qty": 1}, {"sku": "C", "qty": 2}]
 
 
 # ---------------------------------------------------------------- fixtures
@@ -121,22 +132,28 @@ def stack(k8s_cluster: control_plane.Cluster, tmp_path_factory: pytest.TempPathF
         try:
             t = time.monotonic()
 
-            def load_images() -> images.Built:
+            def load_images() -> tuple[images.Built, str]:
                 built = images.build(images.BASE_REF)
                 for path in images.save(built).values():
                     real_node.load_image(node, path)
-                return built
+                # The shop's image, as its README says a team builds theirs: FROM the workers image just built.
+                t = time.monotonic()
+                shop = images.build_app(built.refs["workers"])
+                real_node.load_image(node, images.save_app(shop))
+                figures["shop_image_built_and_loaded_s"] = round(time.monotonic() - t, 1)
+                return built, shop
 
             with ThreadPoolExecutor(3) as pool:
                 built_f = pool.submit(load_images)
                 broker_f = pool.submit(broker.start)
                 pg_f = pool.submit(pg.start)
-                built = built_f.result()
+                built, shop_image = built_f.result()
                 broker_f.result()
                 pg_f.result()
             figures["images_and_servers_ready_s"] = round(time.monotonic() - t, 1)
             broker.add_user("qw", password)
             pg.add_user("qw", password, "qw")
+            shop_database_url = pg.add_user("shop", secrets.token_hex(12), "shop")  # the shop's own database
             subs = {
                 "USER": "qw",
                 "PASS": password,
@@ -147,8 +164,9 @@ def stack(k8s_cluster: control_plane.Cluster, tmp_path_factory: pytest.TempPathF
             }
             print("\nREADME placeholders replaced:", json.dumps({k: v for k, v in subs.items() if k != "PASS"}))
             s = Stack(
-                k8s_cluster, node, built, broker, pg, smtp_port, recorder, host_dir, subs, api_key, figures, volumes
-            )
+                k8s_cluster, node, built, broker, pg, smtp_port, recorder, host_dir, subs, api_key, figures, volumes,
+                shop_image, shop_database_url,
+            )  # fmt: skip
             # A namespace of an earlier, killed run (a reused control plane) must be gone first.
             k8s_cluster.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--timeout=120s")
             for cmd in parts(readme_block())["secrets"]:
@@ -172,6 +190,24 @@ def stack(k8s_cluster: control_plane.Cluster, tmp_path_factory: pytest.TempPathF
                 control_plane.stop_node(k8s_cluster.dir)
             figures["module_s"] = round(time.monotonic() - started, 1)
             write_figures(figures)
+
+
+def shop_kinds(image: str) -> list[dict[str, Any]]:
+    """examples/shop/values.yaml's entries for SHOP_KINDS, as shipped but for the image (the one built here)."""
+    shipped = yaml.safe_load(SHOP_VALUES.read_text())["workers"]["userKinds"]
+    repository, _, tag = image.rpartition(":")
+    return [{**k, "image": {"repository": repository, "tag": tag}} for k in shipped if k["name"] in SHOP_KINDS]
+
+
+def shop_tables(s: Stack) -> dict[str, Any]:
+    """What the shop's tasks wrote in the shop's own database (read from the host)."""
+    with psycopg.connect(s.shop_database_host_url) as conn:
+        one = lambda sql: conn.execute(sql).fetchone()  # noqa: E731
+        return {
+            "reservations": one("SELECT count(*), coalesce(sum(units), 0) FROM shop_reservations"),
+            "sales": one("SELECT count(*), coalesce(sum(total_cents), 0) FROM shop_sales"),
+            "stock": dict(conn.execute("SELECT sku, qty FROM shop_stock").fetchall()),
+        }
 
 
 # ---------------------------------------------------------------- helpers of the closed loop on real pods
@@ -291,18 +327,28 @@ def release(stack: Stack) -> Iterator[Stack]:
     values["workers"]["kinds"] = {
         "email": {"smtp": {"host": s.node.gateway_ip, "port": s.smtp_port, "starttls": False}}
     }
+    # The shop's inventory and analytics kinds as examples/shop/values.yaml ships them, from the shop's image.
+    values["workers"]["userKinds"] = shop_kinds(s.shop_image)
     values_file = s.host_dir / "real-node-values.yaml"
     values_file.write_text(yaml.safe_dump(values))
     print("\nvalues added to the README's helm install:\n" + values_file.read_text())
     s.volume_for(f"{FULLNAME}-storage")
+    # The Secret examples/shop's README asks for: the shop's own database.
+    s.kubectl(
+        "-n", NAMESPACE, "create", "secret", "generic", "shop-database", f"--from-literal=url={s.shop_database_url}"
+    )
     install = next(c for c in parts(readme_block())["helm"] if c.startswith("helm install"))
     s.figures["helm"] = {}
     try:
         t0 = time.monotonic()
         s.run_readme(install, "-f", str(values_file))
 
-        # Every pod Ready: the operator, two API replicas, one worker of each kind (their minReplicas).
+        # Every pod Ready: the operator, two API replicas, one worker of each kind (their minReplicas), and the
+        # shop's kinds at theirs (inventory 1: its example keeps one warm; analytics 0).
         expected = {"operator": 1, "api": 2, "worker-image": 1, "worker-email": 1}
+        expected |= {
+            f"worker-{k['name']}": k["minReplicas"] for k in values["workers"]["userKinds"] if k.get("minReplicas")
+        }
 
         def all_ready() -> bool:
             by: dict[str, int] = {}
@@ -338,6 +384,67 @@ class TestHelmRelease:
         t = time.monotonic()
         image_roundtrip(client, 60)
         s.figures["helm"]["image_task_roundtrip_s"] = round(time.monotonic() - t, 1)
+
+    def test_a_users_kinds_run_from_their_image_and_scale_from_their_queues(self, release: Stack) -> None:
+        """examples/shop's inventory (one replica kept warm, as shipped) and analytics (none while its queue is
+        empty) kinds, from the shop's image: SHOP_ORDERS orders' tasks enqueued with the SDK's Client from the
+        host. The operator starts an analytics pod from zero and stops it after the drain; every task succeeds
+        once and its effect is in the shop's own tables."""
+        s = release
+        analytics, inventory = (f"{FULLNAME}-{k}-worker" for k in ("analytics", "inventory"))
+        for kind in SHOP_KINDS:  # the test's scale-down windows (the CRD's defaults: 300 s each)
+            scaling = {"scaleDownStabilizationSeconds": STABILIZATION_S, "cooldownSeconds": STABILIZATION_S}
+            patch = json.dumps({"spec": {"scaling": scaling}})
+            s.kubectl("-n", NAMESPACE, "patch", "qw", f"{FULLNAME}-{kind}", "--type=merge", "-p", patch)
+        wait_for("the analytics Deployment, at 0 replicas", lambda: s.get("deployment", analytics)["spec"]["replicas"]
+                 == 0, 60, lambda: pod_state(s))  # fmt: skip
+        pods = "app.kubernetes.io/component=worker-analytics"
+        assert s.pods(pods) == []
+        peaks = Peaks(s, pods, analytics)
+        client = Client(s.amqp_url, database_url=s.store_url, tenant=TENANT)
+        store = open_store(s.store_url)
+        try:
+            t0 = time.monotonic()
+            ids = []
+            for i in range(SHOP_ORDERS):
+                order_id = f"e2e-{i}"
+                ids.append(client.enqueue("inventory", order_id=order_id, items=SHOP_ITEMS))
+                ids.append(client.enqueue("analytics", order_id=order_id, total_cents=1000 + i))
+            enqueued = time.monotonic() - t0
+            wait_for("an analytics pod Ready", lambda: any(ready(p) for p in s.pods(pods)), 120, lambda: pod_state(s))
+            first_ready = time.monotonic() - t0
+            wait_for("every task final", lambda: final_count_of(store, ids) >= len(ids), 120,
+                     lambda: store.counts(TENANT))  # fmt: skip
+            drained = time.monotonic() - t0
+            records = [store.get(t) for t in ids]
+            assert collections.Counter(r.status for r in records if r) == {"succeeded": len(ids)}, records[:3]
+            assert all(r.completions == 1 for r in records if r), "a task completed twice"
+            tables = shop_tables(s)
+            n = SHOP_ORDERS
+            assert tables["reservations"] == (n, n * sum(i["qty"] for i in SHOP_ITEMS)), tables
+            assert tables["sales"] == (n, sum(1000 + i for i in range(n))), tables
+            assert (tables["stock"]["A"], tables["stock"]["C"]) == (100_000 - n, 100_000 - 2 * n), tables
+
+            wait_for("analytics back to 0 pods, inventory to its 1", lambda: (
+                s.get("deployment", analytics)["spec"]["replicas"] == 0 and not s.pods(pods)
+                and s.get("deployment", inventory)["spec"]["replicas"] == 1
+            ), 2 * STABILIZATION_S + 90, lambda: pod_state(s))  # fmt: skip
+            peaks.stop()
+            assert peaks.first_scale_up is not None and peaks.peak >= 1, (peaks.first_scale_up, peaks.peak)
+            s.figures["shop_kinds"] = {
+                "tasks": len(ids),
+                "enqueued_s": round(enqueued, 1),
+                "first_task_to_analytics_spec_replicas_up_s": peaks.first_scale_up,
+                "first_task_to_first_analytics_pod_running_s": peaks.first_new_running,
+                "first_task_to_first_analytics_pod_ready_s": round(first_ready, 1),
+                "drain_s": round(drained, 1),
+                "back_to_zero_s": round(time.monotonic() - t0, 1),
+                "peak_running_analytics_pods": peaks.peak,
+            }
+        finally:
+            peaks.stop()
+            client.close()
+            store.close()
 
     def test_an_email_burst_scales_real_worker_pods_up_and_back(self, release: Stack) -> None:
         """The shipped email QueueWorker (only its scale-down window shortened): a burst through the API's

@@ -225,3 +225,24 @@ def test_the_readme_image_commands_run_as_written_and_leave_importable_archives(
             assert member is not None
             [image] = json.load(member)
         assert image["RepoTags"] == [entry["ref"]], "ctr -n k8s.io images import names the image from RepoTags"
+
+
+def test_the_shop_image_from_the_workers_image_loads_its_module_as_the_chart_runs_it(podman, built) -> None:
+    """examples/shop/Containerfile, FROM the workers image as a team's own image: same user and entry point, the
+    shop's package on PYTHONPATH with QW_APP naming it, importable with a read-only root; built once per content."""
+    ref = images.build_app(built.refs["workers"])
+    assert images.build_app(built.refs["workers"]) == ref  # cached: the same tag, no second build
+    config = json.loads(podman("image", "inspect", "--format", "{{json .Config}}", ref).stdout)
+    assert config["User"] == "10001:10001"
+    assert (config["Entrypoint"], config.get("Cmd")) == ENTRY_POINTS["workers"]
+    env = dict(e.split("=", 1) for e in config["Env"])
+    assert (env["PYTHONPATH"], env["QW_APP"]) == ("/app/examples", "shop.tasks")
+    load = "import os; from qw_core.registry import load_app; print(*load_app(os.environ['QW_APP']).kinds())"
+    out = run(podman, ref, "-c", load, opts=["--entrypoint=python"])
+    assert (out.returncode, out.stdout.split()) == (0, ["analytics", "confirmation", "inventory"]), out.stderr
+    out = run(podman, ref, "--help")  # the worker's own CLI, unchanged
+    assert out.returncode == 0 and "--app" in out.stdout, out.stderr
+    # The shop's README shows this Containerfile as it is (its comments aside).
+    shown = re.search(r"```dockerfile\n(.*?)```", (images.SHOP_DIR / "README.md").read_text(), re.S)
+    lines = (images.SHOP_DIR / "Containerfile").read_text().splitlines(keepends=True)
+    assert shown and shown.group(1) == "".join(ln for ln in lines if not ln.startswith("#")), "README != Containerfile"
