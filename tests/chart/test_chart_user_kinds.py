@@ -100,3 +100,15 @@ def test_a_kind_listed_twice_is_refused_by_name() -> None:
     twice = (*BASE, *(s.replace("[0]", "[1]") for s in BASE))
     out = helm(*template_args(MINIMAL, sets=twice), check=False)
     assert out.returncode != 0 and '"orders" is listed twice' in out.stderr, out.stderr
+
+
+def test_a_kinds_cooldown_and_scale_down_window_are_values_with_the_crds_defaults() -> None:
+    """A kind that runs rarely should go back to 0 soon after its queue empties: set it per entry, not by patching."""
+    sets = ("workers.userKinds[0].cooldownSeconds=10", "workers.userKinds[0].scaleDownStabilizationSeconds=15")
+    qws = workers(render(MINIMAL, SHOP_VALUES, sets=sets))
+    first = yaml.safe_load(SHOP_VALUES.read_text())["workers"]["userKinds"][0]["name"]
+    assert qws[first]["spec"]["scaling"]["cooldownSeconds"] == 10
+    assert qws[first]["spec"]["scaling"]["scaleDownStabilizationSeconds"] == 15
+    others = [qw for kind, qw in qws.items() if kind not in (first, "image", "email")]
+    assert others and all(qw["spec"]["scaling"]["cooldownSeconds"] == 300 for qw in others)  # userKindDefaults
+    assert "cooldownSeconds" not in qws["email"]["spec"]["scaling"]  # built-in kinds: the CRD's default, as before

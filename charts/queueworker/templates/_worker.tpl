@@ -24,6 +24,12 @@ spec:
   scaling:
     mode: QueueLength
     messagesPerReplica: {{ $w.messagesPerReplica }}
+    {{- if hasKey $w "cooldownSeconds" }}
+    cooldownSeconds: {{ $w.cooldownSeconds }}
+    {{- end }}
+    {{- if hasKey $w "scaleDownStabilizationSeconds" }}
+    scaleDownStabilizationSeconds: {{ $w.scaleDownStabilizationSeconds }}
+    {{- end }}
   template:
     metadata:
       labels:
