@@ -45,7 +45,9 @@ class OperatorMetrics:
         )
         self.replicas_desired = Gauge("replicas_desired", "Replicas the policy asks for", qw, **on)
         self.replicas_max = Gauge("replicas_max", "spec.maxReplicas (alerts compare current to it)", qw, **on)
-        self.replicas_current = Gauge("replicas_current", "The Deployment's spec.replicas", qw, **on)
+        self.replicas_current = Gauge(
+            "replicas_current", "The Deployment's observed replicas (its status.replicas: pods that exist)", qw, **on
+        )
         self.scale_events = Counter("scale_events_total", "Replica changes made", ["direction"], **on)
         self.broker_read_seconds = Histogram(
             "broker_read_duration_seconds",

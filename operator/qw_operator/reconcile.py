@@ -20,7 +20,7 @@ import kopf
 
 from qw_operator.crd import PAUSED_ANNOTATION
 from qw_operator.metrics import OperatorMetrics
-from qw_operator.observe import Reading, read_queue
+from qw_operator.observe import Reading, Replicas, read_queue
 from qw_operator.policy import Decision, History, Policy, decide
 from qw_operator.rabbitmq import BrokerPoller, Snapshot
 from qw_operator.scaler import Kube, target_name
@@ -28,7 +28,7 @@ from qw_operator.status import Conditions, build_status, condition_status, histo
 
 log = logging.getLogger(__name__)
 
-ReplicaLookup = Callable[[str, str], "int | None"]
+ReplicaLookup = Callable[[str, str], "Replicas | None"]
 PENDING_SECONDS = 15.0  # trust our own write over a lagging Deployment index for this long
 
 
@@ -63,8 +63,8 @@ class Ticker:
         meta = self.body.get("metadata") or {}
         return (meta.get("annotations") or {}).get(PAUSED_ANNOTATION) == "true"
 
-    def current_replicas(self, target: str, now: float) -> int | None:
-        seen = self.lookup(self.namespace, target)
+    def current_replicas(self, seen: int, now: float) -> int:
+        """The spec.replicas the policy scales from: the index's, or our own write while the index lags it."""
         if self.pending is not None:
             value, until = self.pending
             if seen == value or now > until:
@@ -78,13 +78,14 @@ class Ticker:
         now = self.clock()
         target = target_name(self.name, self.spec)
         problem = self.target_problem(target)
-        current = None if problem else self.current_replicas(target, now)
+        seen = None if problem else self.lookup(self.namespace, target)
+        current = None if seen is None else self.current_replicas(seen.spec, now)
         reading = read_queue(snap, str(self.spec.get("vhost", "/")), str(self.spec["queue"]))
         decision = None if current is None else self.decide(reading, current, now)
         if decision is not None and decision.replicas != current:
             await self.kube.set_replicas(self.namespace, target, decision.replicas)
             self.pending = (decision.replicas, now + PENDING_SECONDS)
-        await self.report(reading, decision, current, target, now, problem)
+        await self.report(reading, decision, current, target, now, problem, seen)
         return decision
 
     def decide(self, reading: Reading, current: int, now: float) -> Decision:
@@ -103,16 +104,18 @@ class Ticker:
         target: str,
         now: float,
         problem: str | None = None,
+        observed: Replicas | None = None,
     ) -> None:
         previous = self.last_status.get("conditions") or []
         self._post_events(previous, reading, decision, current, target, problem)
-        self._record_metrics(reading, decision, current)
+        self._record_metrics(reading, decision, current, observed)
         generation = (self.body.get("metadata") or {}).get("generation")
         status = build_status(
             previous,
             reading,
             decision,
             current=current,
+            observed=observed,
             target=target,
             paused=self.paused,
             generation=generation,
@@ -149,7 +152,9 @@ class Ticker:
             kopf.warn(self.body, reason="FallbackActive", message=decision.reason)
         self.fallback_active = decision.fallback
 
-    def _record_metrics(self, reading: Reading, decision: Decision | None, current: int | None) -> None:
+    def _record_metrics(
+        self, reading: Reading, decision: Decision | None, current: int | None, observed: Replicas | None
+    ) -> None:
         m, qw = self.metrics, (self.namespace, self.name)
         q = reading.queue
         m.queue_metrics_available.labels(*qw).set(0 if q is None else 1)
@@ -161,7 +166,8 @@ class Ticker:
             m.queue_messages.labels(*qw, "ready").set(q.ready)
             m.queue_messages.labels(*qw, "unacked").set(q.unacked)
         m.replicas_desired.labels(*qw).set(decision.replicas)
-        m.replicas_current.labels(*qw).set(decision.replicas)
+        if observed is not None:
+            m.replicas_current.labels(*qw).set(observed.current)
         m.replicas_max.labels(*qw).set(int(self.spec.get("maxReplicas", 0)))
 
     async def write_status(self, patch: dict[str, Any]) -> None:

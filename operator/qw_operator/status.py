@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from qw_operator.observe import Reading
+from qw_operator.observe import Reading, Replicas
 from qw_operator.policy import Decision, History
 from qw_operator.rabbitmq import QueueMetrics
 
@@ -86,6 +86,7 @@ def build_status(
     decision: Decision | None,
     *,
     current: int | None,
+    observed: Replicas | None,
     target: str,
     paused: bool,
     generation: int | None,
@@ -95,6 +96,8 @@ def build_status(
     """One tick's status patch, from the conditions last written, what it read and what it decided.
 
     `current` is the replica count the tick started from (a decision that differs is a scale: lastScaleTime);
+    `observed` is the Deployment as last seen, reported as `replicas` / `readyReplicas` (what runs, not what was
+    asked for: `desiredReplicas` is the decision);
     None, with `decision` None, is a missing target Deployment: then only BrokerReachable, Ready
     (TargetNotFound; TargetNotOwned with `target_problem`, a Deployment the operator must not scale) and
     observedGeneration. Unknown values are written as None (a merge patch removes them).
@@ -118,7 +121,8 @@ def build_status(
     if reading.queue is not None:
         status["queue"] = queue_status(reading.queue)
     status.update(
-        replicas=decision.replicas,
+        replicas=None if observed is None else observed.current,
+        readyReplicas=None if observed is None else observed.ready,
         desiredReplicas=decision.replicas,
         reason=decision.reason,
         observedGeneration=generation,

@@ -9,6 +9,7 @@ import kopf
 import pytest
 from prometheus_client import CollectorRegistry
 from qw_operator.metrics import OperatorMetrics
+from qw_operator.observe import Replicas
 from qw_operator.policy import History
 from qw_operator.rabbitmq import QueueMetrics, Snapshot
 from qw_operator.reconcile import Ticker, run
@@ -35,7 +36,11 @@ def no_events(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     return events
 
 
-def make(body_extra: dict[str, Any] | None = None, replicas: int | None = 1) -> tuple[Ticker, FakeKube, list[float]]:
+def make(
+    body_extra: dict[str, Any] | None = None, replicas: int | None = 1, observed: dict[str, Any] | None = None
+) -> tuple[Ticker, FakeKube, list[float]]:
+    """A Ticker on a fake clock; the Deployment's spec.replicas is `replicas` (None: missing) and runs just that,
+    all ready, unless `observed` (a dict the test may change) says `current` / `ready` otherwise."""
     body = {
         "metadata": {"name": "w", "namespace": "ns", "generation": 3, "annotations": {}},
         "spec": {
@@ -50,14 +55,20 @@ def make(body_extra: dict[str, Any] | None = None, replicas: int | None = 1) -> 
     }
     kube = FakeKube()
     clock = [1000.0]
-    state = {"replicas": replicas}
+    seen = {} if observed is None else observed
+
+    def lookup(ns: str, name: str) -> Replicas | None:
+        if replicas is None:
+            return None
+        return Replicas(replicas, seen.get("current", replicas), seen.get("ready", replicas))
+
     t = Ticker(
         "ns",
         "w",
         body,
         kube,  # type: ignore[arg-type]
         OperatorMetrics(CollectorRegistry()),
-        lambda ns, name: state["replicas"],
+        lookup,
         clock=lambda: clock[0],
     )
     return t, kube, clock
@@ -75,7 +86,8 @@ async def test_scales_up_once_and_writes_status(no_events: list[tuple[str, str]]
     assert kube.replica_patches == [("dep", 5)]
     assert no_events[0][0] == "ScaledUp"
     st = kube.status_patches[-1]
-    assert st["replicas"] == 5 and st["queue"]["ready"] == 45 and st["observedGeneration"] == 3
+    assert st["desiredReplicas"] == 5 and st["queue"]["ready"] == 45 and st["observedGeneration"] == 3
+    assert st["replicas"] == st["readyReplicas"] == 1  # what the Deployment ran when the tick read it
     assert {c["type"] for c in st["conditions"]} == {
         "Ready",
         "Active",
@@ -164,6 +176,23 @@ def test_condition_transition_time_moves_only_on_status_change() -> None:
     assert c1["lastTransitionTime"] == c2["lastTransitionTime"] != c3["lastTransitionTime"]
 
 
+async def test_current_is_what_the_deployment_runs_and_desired_is_the_decision() -> None:
+    """Given a Deployment asked for 5 of which a quota lets 3 exist and 2 be ready: the status, the printer
+    columns and the replicas_current gauge say 3 (ready 2); desiredReplicas and replicas_desired say 5."""
+    observed = {"current": 1, "ready": 1}
+    t, kube, clock = make(observed=observed)
+    await t.tick(snap(ready=45))
+    observed.update(current=3, ready=2)
+    clock[0] += 1
+    await t.tick(snap(2, ready=45))
+    st = kube.status_patches[-1]
+    assert (st["replicas"], st["readyReplicas"], st["desiredReplicas"]) == (3, 2, 5)
+    qw = {"namespace": "ns", "name": "w"}
+    assert t.metrics.registry.get_sample_value("queueworker_operator_replicas_current", qw) == 3
+    assert t.metrics.registry.get_sample_value("queueworker_operator_replicas_desired", qw) == 5
+    assert kube.replica_patches == [("dep", 5)]  # the decision stands: not re-patched because fewer run
+
+
 async def test_metrics_per_queueworker() -> None:
     t, _, _ = make()
     await t.tick(snap(ready=45))
@@ -236,7 +265,8 @@ async def test_a_scaling_tick_writes_the_whole_status_once(no_events: list[tuple
                 "depthSource": "ManagementAPI",
                 "rateSource": "ManagementAPI",
             },
-            "replicas": 5,
+            "replicas": 1,
+            "readyReplicas": 1,
             "desiredReplicas": 5,
             "reason": why,
             "observedGeneration": 3,
@@ -265,6 +295,7 @@ async def test_a_scaling_tick_writes_the_whole_status_once(no_events: list[tuple
         "lastScaleReason",
         "queue",
         "replicas",
+        "readyReplicas",
         "desiredReplicas",
         "reason",
         "observedGeneration",
