@@ -161,4 +161,5 @@ async def scale(
 
     ticker = reconcile.Ticker(str(namespace), name, body, memo.kube, memo.metrics, lookup)
     ticker.target_problem = target_problem
+    ticker.min_interval = memo.cfg.status_min_interval_seconds
     await reconcile.run(ticker, memo.brokers.pollers, uid, stopped, memo.cfg.default_interval)

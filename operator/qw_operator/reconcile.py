@@ -3,7 +3,9 @@ replicas only on change) -> report (events, metrics, and the status `status.buil
 it changed).
 
 `Ticker` holds what one QueueWorker carries between ticks (history from its status at start, the last status it
-wrote, a replica count it just wrote that the Deployment index may not show yet). `run()` is the loop a kopf
+wrote and when, a replica count it just wrote that the Deployment index may not show yet). The history is kept
+here between status writes: a busy queue's churn (depth, rates, lastActiveTime) is written at most every
+`min_interval` seconds, a change a user must see (`status.visible`) at once. `run()` is the loop a kopf
 daemon drives: it waits for the broker's next snapshot rather than polling the broker itself.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -24,7 +27,14 @@ from qw_operator.observe import Reading, Replicas, read_queue
 from qw_operator.policy import Decision, History, Policy, decide
 from qw_operator.rabbitmq import BrokerPoller, Snapshot
 from qw_operator.scaler import Kube, target_name
-from qw_operator.status import Conditions, build_status, condition_status, history_from_status, unknown_broker_status
+from qw_operator.status import (
+    Conditions,
+    build_status,
+    condition_status,
+    history_from_status,
+    should_write,
+    unknown_broker_status,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +53,8 @@ class Ticker:
     clock: Callable[[], float] = time.time
     history: History = field(default_factory=History)
     last_status: dict[str, Any] = field(default_factory=dict)
+    min_interval: float = 10.0  # QW_STATUS_MIN_INTERVAL_SECONDS
+    last_write: float = -math.inf  # clock() of the last status write
     pending: tuple[int, float] | None = None
     fallback_active: bool = False
     # Why the target Deployment must not be scaled although it exists (a template-form QueueWorker whose
@@ -171,12 +183,14 @@ class Ticker:
         m.replicas_max.labels(*qw).set(int(self.spec.get("maxReplicas", 0)))
 
     async def write_status(self, patch: dict[str, Any]) -> None:
-        """Patch the status only when the patch changes it."""
+        """Patch the status when `should_write` says so. A patch not written is not lost: the next one is built
+        from the same in-memory history and compared with what was last written."""
         merged = {**self.last_status, **patch}
-        if merged == self.last_status:
+        now = self.clock()
+        if not should_write(self.last_status, merged, now - self.last_write, self.min_interval):
             return
         await self.kube.patch_status(self.namespace, self.name, patch)
-        self.last_status = merged
+        self.last_status, self.last_write = merged, now
 
 
 async def run(

@@ -133,6 +133,36 @@ def build_status(
     return status
 
 
+def visible(status: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What a user reads of a status and must see at once: replicas (current, ready, desired), a scale and its
+    reason, the generation acted on, where the depth comes from, and each condition's status and reason (a
+    transition; the Active one also persists the exact lastActiveTime when a queue goes idle). Not in it: values
+    that move on every tick of a busy queue (depth, rates, the reason's and conditions' numbers, the history)."""
+    reason = str(status.get("reason") or "")
+    return (
+        status.get("replicas"),
+        status.get("readyReplicas"),
+        status.get("desiredReplicas"),
+        status.get("lastScaleTime"),
+        status.get("lastScaleReason"),
+        status.get("observedGeneration"),
+        (status.get("queue") or {}).get("depthSource"),
+        reason.split(":", 1)[0],  # the verb: Steady, ScaleUp, Cooldown, Paused, MetricsUnavailable...
+        tuple((c.get("type"), c.get("status"), c.get("reason")) for c in status.get("conditions") or ()),
+    )
+
+
+def should_write(
+    written: Mapping[str, Any], wanted: Mapping[str, Any], since_write: float, min_interval: float
+) -> bool:
+    """Whether to PATCH `wanted` over the status last `written` (`since_write` seconds ago): at once when something
+    `visible` changed, else (only churning values changed: a busy queue's depth, rates, lastActiveTime) at most
+    every `min_interval` seconds; never when nothing changed. Between writes the history lives in the Ticker."""
+    if wanted == written:
+        return False
+    return visible(wanted) != visible(written) or since_write >= min_interval
+
+
 def queue_status(q: QueueMetrics) -> dict[str, Any]:
     return {
         "ready": q.ready,
