@@ -66,7 +66,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.cfg, memo.metrics, memo.session, memo.brokers = cfg, metrics, session, brokers
     api_client = _kube_client()
     await Kube.check_crd(api_client)
-    memo.kube = Kube(api_client)
+    memo.kube = Kube(api_client, on_retry=lambda status: metrics.kube_write_retries.labels(str(status)).inc())
     log.info("operator started: brokers %s; depth from Prometheus endpoints for %s", sorted(pollers), sorted(prom))
 
 

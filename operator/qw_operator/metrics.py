@@ -58,6 +58,9 @@ class OperatorMetrics:
         )
         self.broker_read_errors = Counter("broker_read_errors_total", "Failed management API reads", ["broker"], **on)
         self.reconcile_errors = Counter("reconcile_errors_total", "Ticks that failed with an error", **on)
+        self.kube_write_retries = Counter(
+            "kube_write_retries_total", "Kubernetes writes retried after a 409, 429 or 5xx", ["status"], **on
+        )
 
     def broker_result(self, broker: str, seconds: float, error: BaseException | None) -> None:
         self.broker_read_seconds.labels(broker).observe(seconds)

@@ -7,6 +7,7 @@ from typing import Any
 
 import kopf
 import pytest
+from kubernetes.client.rest import ApiException
 from prometheus_client import CollectorRegistry
 from qw_operator.metrics import OperatorMetrics
 from qw_operator.observe import Replicas
@@ -447,3 +448,20 @@ async def test_an_unknown_broker_is_reported_as_not_ready() -> None:
     assert kube.status_patches == [
         {"conditions": [cond("Ready", "False", "UnknownBroker", "broker 'eu' is not configured in the operator")]}
     ]
+
+
+async def test_a_status_write_that_failed_is_made_by_the_next_tick() -> None:
+    """Retries exhausted (the tick fails, `tick failed` in the log): the status is not taken as written."""
+    t, kube, clock = make(replicas=1)
+    real = kube.patch_status
+
+    async def refuse(namespace: str, name: str, status: dict[str, Any]) -> None:
+        raise ApiException(status=429, reason="Too Many Requests")
+
+    kube.patch_status = refuse  # type: ignore[method-assign]
+    with pytest.raises(ApiException):
+        await t.tick(snap(ready=45))
+    kube.patch_status = real  # type: ignore[method-assign]
+    clock[0] += 1
+    await t.tick(snap(2, ready=45))
+    assert len(kube.status_patches) == 1 and kube.status_patches[0]["desiredReplicas"] == 5
