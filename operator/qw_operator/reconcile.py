@@ -55,6 +55,7 @@ class Ticker:
     last_status: dict[str, Any] = field(default_factory=dict)
     min_interval: float = 10.0  # QW_STATUS_MIN_INTERVAL_SECONDS
     last_write: float = -math.inf  # clock() of the last status write
+    unwritten: dict[str, Any] = field(default_factory=dict)  # a patch whose write failed (its lastScaleTime)
     pending: tuple[int, float] | None = None
     fallback_active: bool = False
     # Why the target Deployment must not be scaled although it exists (a template-form QueueWorker whose
@@ -184,13 +185,19 @@ class Ticker:
 
     async def write_status(self, patch: dict[str, Any]) -> None:
         """Patch the status when `should_write` says so. A patch not written is not lost: the next one is built
-        from the same in-memory history and compared with what was last written."""
+        from the same in-memory history and compared with what was last written. A patch whose write failed
+        (retries exhausted) goes under the next one, so a scale's lastScaleTime is not lost with it."""
+        patch = {**self.unwritten, **patch}
         merged = {**self.last_status, **patch}
         now = self.clock()
         if not should_write(self.last_status, merged, now - self.last_write, self.min_interval):
             return
-        await self.kube.patch_status(self.namespace, self.name, patch)
-        self.last_status, self.last_write = merged, now
+        try:
+            await self.kube.patch_status(self.namespace, self.name, patch)
+        except BaseException:
+            self.unwritten = patch
+            raise
+        self.last_status, self.last_write, self.unwritten = merged, now, {}
 
 
 async def run(

@@ -100,14 +100,11 @@ def test_a_busy_queueworker_writes_its_status_about_once_per_10_seconds(env: Env
     def settled() -> list[str]:
         """QueueWorkers not yet at 1 desired, 1 running and ready."""
         got = env.custom.list_namespaced_custom_object("queueworker.dev", "v1alpha1", env.namespace, "queueworkers")
-        done = {
-            q["metadata"]["name"]
-            for q in got["items"]
-            if (lambda s: (s.get("desiredReplicas"), s.get("replicas"), s.get("readyReplicas")) == (1, 1, 1))(
-                q.get("status", {})
-            )
+        statuses = {q["metadata"]["name"]: q.get("status", {}) for q in got["items"]}
+        replicas = {
+            n: tuple(st.get(f) for f in ("desiredReplicas", "replicas", "readyReplicas")) for n, st in statuses.items()
         }
-        return sorted(set(names) - done)
+        return sorted(n for n in names if replicas.get(n) != (1, 1, 1))
 
     wait_for("all 20 at 1 ready replica", lambda: not settled(), 90, 0.5, state=settled)
     # When they stay busy (only lastActiveTime, rates and reason numbers move) for WINDOW seconds

@@ -465,3 +465,5 @@ async def test_a_status_write_that_failed_is_made_by_the_next_tick() -> None:
     clock[0] += 1
     await t.tick(snap(2, ready=45))
     assert len(kube.status_patches) == 1 and kube.status_patches[0]["desiredReplicas"] == 5
+    # and the scale of the failed tick is reported, not lost with its write
+    assert kube.status_patches[0]["lastScaleReason"] == "ScaleUp: backlog 45 / 10 per replica -> 5"
