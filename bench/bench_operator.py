@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from qw_operator.metrics import OperatorMetrics  # noqa: E402
+from qw_operator.observe import Replicas  # noqa: E402
 from qw_operator.rabbitmq import BrokerPoller, ManagementReader, Snapshot, parse_queue, split_credentials  # noqa: E402
 from qw_operator.reconcile import Ticker  # noqa: E402
 from rabbitmq import Broker  # noqa: E402
@@ -75,7 +76,7 @@ def tickers(n: int, vhost: str, kube: CountingKube) -> list[Ticker]:
             "metadata": {"name": f"qw{i}", "namespace": "bench", "generation": 1, "annotations": {}},
             "spec": {"queue": f"q{i:05d}", "vhost": vhost, "maxReplicas": 10, "scaleTargetRef": {"name": f"d{i}"}},
         }
-        out.append(Ticker("bench", f"qw{i}", body, kube, metrics, lambda ns, name: 1))  # type: ignore[arg-type]
+        out.append(Ticker("bench", f"qw{i}", body, kube, metrics, lambda ns, name: Replicas(1, 1, 1)))  # type: ignore[arg-type]
     return out
 
 

@@ -257,6 +257,9 @@ class OperatorSettings(CommonSettings):
     # Watch requests: the server ends each after this long; the client gives up a bit later (stalled watches).
     watch_server_timeout: int = 300
     watch_client_timeout: int = 330
+    # A busy QueueWorker's status (depth, rates, lastActiveTime) is written at most this often; replicas,
+    # conditions and scale decisions at once. The persisted lastActiveTime is exact when a queue goes idle.
+    status_min_interval_seconds: float = 10.0
 
     # Optional, per broker: its rabbitmq_prometheus endpoint (e.g. http://rabbitmq:15692). When set, queue depth
     # comes from the per-object metrics there (~2.5 s fresher than the management API), and on RabbitMQ 4.x the

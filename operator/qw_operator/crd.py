@@ -141,8 +141,9 @@ CONDITION = _obj(
 STATUS = _obj(
     "What the operator saw and did.",
     {
-        "replicas": _int("The Deployment's spec.replicas as last seen."),
-        "desiredReplicas": _int("What the policy asked for at the last tick."),
+        "replicas": _int("The Deployment's observed replicas (its status.replicas: pods that exist, ready or not)."),
+        "readyReplicas": _int("The Deployment's ready replicas (its status.readyReplicas)."),
+        "desiredReplicas": _int("What the policy asked for at the last tick (the Deployment's spec.replicas)."),
         "queue": _obj(
             "Queue metrics from the last successful read.",
             {
@@ -212,6 +213,12 @@ def queueworker_crd() -> dict[str, Any]:
                         {"name": "Ready", "type": "integer", "jsonPath": ".status.queue.ready"},
                         {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
                         {"name": "Desired", "type": "integer", "jsonPath": ".status.desiredReplicas"},
+                        {
+                            "name": "Ready-Replicas",
+                            "type": "integer",
+                            "jsonPath": ".status.readyReplicas",
+                            "priority": 1,
+                        },  # fmt: skip
                         {
                             "name": "Depth-From",
                             "type": "string",

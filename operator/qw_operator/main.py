@@ -16,6 +16,7 @@ from qw_core.settings import OperatorSettings
 from qw_operator import reconcile
 from qw_operator.crd import GROUP, PLURAL, VERSION
 from qw_operator.metrics import OperatorMetrics, process_registry
+from qw_operator.observe import Replicas
 from qw_operator.rabbitmq import BrokerPoller, Brokers, ManagementReader, PrometheusReader
 from qw_operator.scaler import Kube, TemplateRefused, check_template, not_owned_reason, owned_deployment
 
@@ -65,7 +66,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.cfg, memo.metrics, memo.session, memo.brokers = cfg, metrics, session, brokers
     api_client = _kube_client()
     await Kube.check_crd(api_client)
-    memo.kube = Kube(api_client)
+    memo.kube = Kube(api_client, on_retry=lambda status: metrics.kube_write_retries.labels(str(status)).inc())
     log.info("operator started: brokers %s; depth from Prometheus endpoints for %s", sorted(pollers), sorted(prom))
 
 
@@ -77,11 +78,14 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.index("apps", "v1", "deployments")
 def deployment_replicas(
-    namespace: str | None, name: str, spec: kopf.Spec, **_: Any
-) -> dict[tuple[str | None, str], int]:
-    """Current spec.replicas of every Deployment in the watched namespaces: ticks read this, not the API."""
+    namespace: str | None, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any
+) -> dict[tuple[str | None, str], Replicas]:
+    """spec.replicas and the observed (status) replicas of every Deployment in the watched namespaces, from the
+    one watch kopf keeps: ticks read this, never the API (the index is updated on every event, status ones too)."""
     replicas = spec.get("replicas")
-    return {(namespace, name): 1 if replicas is None else int(replicas)}
+    wanted = 1 if replicas is None else int(replicas)
+    current, ready = int(status.get("replicas") or 0), int(status.get("readyReplicas") or 0)
+    return {(namespace, name): Replicas(wanted, current, ready)}
 
 
 @kopf.index("apps", "v1", "deployments")
@@ -139,9 +143,9 @@ async def scale(
     memo: kopf.Memo,
     **kwargs: Any,
 ) -> None:
-    deployment_replicas: kopf.Index[tuple[str | None, str], int] = kwargs["deployment_replicas"]  # the index above
+    deployment_replicas: kopf.Index[tuple[str | None, str], Replicas] = kwargs["deployment_replicas"]  # above
 
-    def lookup(ns: str, dep: str) -> int | None:
+    def lookup(ns: str, dep: str) -> Replicas | None:
         for value in deployment_replicas.get((ns, dep), []):
             return value
         return None
@@ -157,4 +161,5 @@ async def scale(
 
     ticker = reconcile.Ticker(str(namespace), name, body, memo.kube, memo.metrics, lookup)
     ticker.target_problem = target_problem
+    ticker.min_interval = memo.cfg.status_min_interval_seconds
     await reconcile.run(ticker, memo.brokers.pollers, uid, stopped, memo.cfg.default_interval)

@@ -45,7 +45,9 @@ class OperatorMetrics:
         )
         self.replicas_desired = Gauge("replicas_desired", "Replicas the policy asks for", qw, **on)
         self.replicas_max = Gauge("replicas_max", "spec.maxReplicas (alerts compare current to it)", qw, **on)
-        self.replicas_current = Gauge("replicas_current", "The Deployment's spec.replicas", qw, **on)
+        self.replicas_current = Gauge(
+            "replicas_current", "The Deployment's observed replicas (its status.replicas: pods that exist)", qw, **on
+        )
         self.scale_events = Counter("scale_events_total", "Replica changes made", ["direction"], **on)
         self.broker_read_seconds = Histogram(
             "broker_read_duration_seconds",
@@ -56,6 +58,9 @@ class OperatorMetrics:
         )
         self.broker_read_errors = Counter("broker_read_errors_total", "Failed management API reads", ["broker"], **on)
         self.reconcile_errors = Counter("reconcile_errors_total", "Ticks that failed with an error", **on)
+        self.kube_write_retries = Counter(
+            "kube_write_retries_total", "Kubernetes writes retried after a 409, 429 or 5xx", ["status"], **on
+        )
 
     def broker_result(self, broker: str, seconds: float, error: BaseException | None) -> None:
         self.broker_read_seconds.labels(broker).observe(seconds)

@@ -1,4 +1,5 @@
-"""Observe: one queue in a broker's snapshot, as the policy and the status read it.
+"""Observe: one queue in a broker's snapshot, and the target Deployment's replicas, as the policy and the status
+read them.
 
 The operator's tick (`reconcile.py`) and the local autoscaler (`local.py`) both start here, so for both a queue
 the broker lists without depth, or a failed read, is unknown (replicas held), never an empty queue.
@@ -7,11 +8,23 @@ the broker lists without depth, or a failed read, is unknown (replicas held), ne
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from qw_operator.policy import Observation
 from qw_operator.rabbitmq import QueueMetrics, Snapshot
 
 NO_SNAPSHOT = "no fresh metrics from the broker"
+
+
+class Replicas(NamedTuple):
+    """A Deployment as the operator's watch last saw it. The policy scales from `spec` (what the operator and
+    users asked for); the status and the `replicas_current` gauge report `current` and `ready`, what the
+    Deployment controller made of it (its `.status.replicas` and `.status.readyReplicas`): a quota, a pod that
+    cannot be scheduled or a crash-looping one shows there and nowhere in the decision."""
+
+    spec: int
+    current: int
+    ready: int
 
 
 @dataclass(frozen=True)

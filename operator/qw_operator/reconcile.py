@@ -3,7 +3,9 @@ replicas only on change) -> report (events, metrics, and the status `status.buil
 it changed).
 
 `Ticker` holds what one QueueWorker carries between ticks (history from its status at start, the last status it
-wrote, a replica count it just wrote that the Deployment index may not show yet). `run()` is the loop a kopf
+wrote and when, a replica count it just wrote that the Deployment index may not show yet). The history is kept
+here between status writes: a busy queue's churn (depth, rates, lastActiveTime) is written at most every
+`min_interval` seconds, a change a user must see (`status.visible`) at once. `run()` is the loop a kopf
 daemon drives: it waits for the broker's next snapshot rather than polling the broker itself.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -20,15 +23,22 @@ import kopf
 
 from qw_operator.crd import PAUSED_ANNOTATION
 from qw_operator.metrics import OperatorMetrics
-from qw_operator.observe import Reading, read_queue
+from qw_operator.observe import Reading, Replicas, read_queue
 from qw_operator.policy import Decision, History, Policy, decide
 from qw_operator.rabbitmq import BrokerPoller, Snapshot
 from qw_operator.scaler import Kube, target_name
-from qw_operator.status import Conditions, build_status, condition_status, history_from_status, unknown_broker_status
+from qw_operator.status import (
+    Conditions,
+    build_status,
+    condition_status,
+    history_from_status,
+    should_write,
+    unknown_broker_status,
+)
 
 log = logging.getLogger(__name__)
 
-ReplicaLookup = Callable[[str, str], "int | None"]
+ReplicaLookup = Callable[[str, str], "Replicas | None"]
 PENDING_SECONDS = 15.0  # trust our own write over a lagging Deployment index for this long
 
 
@@ -43,6 +53,9 @@ class Ticker:
     clock: Callable[[], float] = time.time
     history: History = field(default_factory=History)
     last_status: dict[str, Any] = field(default_factory=dict)
+    min_interval: float = 10.0  # QW_STATUS_MIN_INTERVAL_SECONDS
+    last_write: float = -math.inf  # clock() of the last status write
+    unwritten: dict[str, Any] = field(default_factory=dict)  # a patch whose write failed (its lastScaleTime)
     pending: tuple[int, float] | None = None
     fallback_active: bool = False
     # Why the target Deployment must not be scaled although it exists (a template-form QueueWorker whose
@@ -63,8 +76,8 @@ class Ticker:
         meta = self.body.get("metadata") or {}
         return (meta.get("annotations") or {}).get(PAUSED_ANNOTATION) == "true"
 
-    def current_replicas(self, target: str, now: float) -> int | None:
-        seen = self.lookup(self.namespace, target)
+    def current_replicas(self, seen: int, now: float) -> int:
+        """The spec.replicas the policy scales from: the index's, or our own write while the index lags it."""
         if self.pending is not None:
             value, until = self.pending
             if seen == value or now > until:
@@ -78,13 +91,14 @@ class Ticker:
         now = self.clock()
         target = target_name(self.name, self.spec)
         problem = self.target_problem(target)
-        current = None if problem else self.current_replicas(target, now)
+        seen = None if problem else self.lookup(self.namespace, target)
+        current = None if seen is None else self.current_replicas(seen.spec, now)
         reading = read_queue(snap, str(self.spec.get("vhost", "/")), str(self.spec["queue"]))
         decision = None if current is None else self.decide(reading, current, now)
         if decision is not None and decision.replicas != current:
             await self.kube.set_replicas(self.namespace, target, decision.replicas)
             self.pending = (decision.replicas, now + PENDING_SECONDS)
-        await self.report(reading, decision, current, target, now, problem)
+        await self.report(reading, decision, current, target, now, problem, seen)
         return decision
 
     def decide(self, reading: Reading, current: int, now: float) -> Decision:
@@ -103,16 +117,18 @@ class Ticker:
         target: str,
         now: float,
         problem: str | None = None,
+        observed: Replicas | None = None,
     ) -> None:
         previous = self.last_status.get("conditions") or []
         self._post_events(previous, reading, decision, current, target, problem)
-        self._record_metrics(reading, decision, current)
+        self._record_metrics(reading, decision, current, observed)
         generation = (self.body.get("metadata") or {}).get("generation")
         status = build_status(
             previous,
             reading,
             decision,
             current=current,
+            observed=observed,
             target=target,
             paused=self.paused,
             generation=generation,
@@ -149,7 +165,9 @@ class Ticker:
             kopf.warn(self.body, reason="FallbackActive", message=decision.reason)
         self.fallback_active = decision.fallback
 
-    def _record_metrics(self, reading: Reading, decision: Decision | None, current: int | None) -> None:
+    def _record_metrics(
+        self, reading: Reading, decision: Decision | None, current: int | None, observed: Replicas | None
+    ) -> None:
         m, qw = self.metrics, (self.namespace, self.name)
         q = reading.queue
         m.queue_metrics_available.labels(*qw).set(0 if q is None else 1)
@@ -161,16 +179,25 @@ class Ticker:
             m.queue_messages.labels(*qw, "ready").set(q.ready)
             m.queue_messages.labels(*qw, "unacked").set(q.unacked)
         m.replicas_desired.labels(*qw).set(decision.replicas)
-        m.replicas_current.labels(*qw).set(decision.replicas)
+        if observed is not None:
+            m.replicas_current.labels(*qw).set(observed.current)
         m.replicas_max.labels(*qw).set(int(self.spec.get("maxReplicas", 0)))
 
     async def write_status(self, patch: dict[str, Any]) -> None:
-        """Patch the status only when the patch changes it."""
+        """Patch the status when `should_write` says so. A patch not written is not lost: the next one is built
+        from the same in-memory history and compared with what was last written. A patch whose write failed
+        (retries exhausted) goes under the next one, so a scale's lastScaleTime is not lost with it."""
+        patch = {**self.unwritten, **patch}
         merged = {**self.last_status, **patch}
-        if merged == self.last_status:
+        now = self.clock()
+        if not should_write(self.last_status, merged, now - self.last_write, self.min_interval):
             return
-        await self.kube.patch_status(self.namespace, self.name, patch)
-        self.last_status = merged
+        try:
+            await self.kube.patch_status(self.namespace, self.name, patch)
+        except BaseException:
+            self.unwritten = patch
+            raise
+        self.last_status, self.last_write, self.unwritten = merged, now, {}
 
 
 async def run(

@@ -1,14 +1,18 @@
 """Kubernetes writes: the owned worker Deployment (built as a dict from the QueueWorker) and replica patches.
 
 The sync `kubernetes` client is made once at startup and its calls run in worker threads, so the event loop
-(and every other QueueWorker's tick) never waits on one slow request.
+(and every other QueueWorker's tick) never waits on one slow request. A replica or status write the apiserver
+refuses for now (429 Too Many Requests, 409 Conflict, 5xx) is retried with jittered exponential backoff, after
+its Retry-After when it sends one; other errors (403, 404, 422) are not retried.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import Mapping
+import logging
+import random
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from kubernetes import client as k8s
@@ -17,6 +21,21 @@ from kubernetes.client.rest import ApiException
 from qw_operator.crd import GROUP, PLURAL, VERSION
 
 NAME_LABEL = f"{GROUP}/queueworker"
+log = logging.getLogger(__name__)
+
+
+def retryable(exc: ApiException) -> bool:
+    """The apiserver may accept the same write later: throttled, a conflicting writer, or a server error."""
+    return exc.status in (409, 429) or (exc.status or 0) >= 500
+
+
+def retry_after(exc: ApiException) -> float | None:
+    """The apiserver's Retry-After (seconds) on a 429, if any."""
+    value = (exc.headers or {}).get("Retry-After")
+    try:
+        return None if value is None else max(0.0, float(value))
+    except ValueError:
+        return None
 
 
 def deployment_name(qw_name: str) -> str:
@@ -91,10 +110,36 @@ def not_owned_reason(controller_uid: str | None, uid: str) -> str | None:
 class Kube:
     """The few Kubernetes calls the operator makes. One ApiClient for the process."""
 
-    def __init__(self, api_client: k8s.ApiClient) -> None:
+    attempts = 6  # 0.5 + 1 + 2 + 4 + 8 s of backoff at most (jittered down to half), then the error is raised
+    backoff = 0.5
+    max_backoff = 8.0
+
+    def __init__(self, api_client: k8s.ApiClient, on_retry: Callable[[int], None] = lambda status: None) -> None:
         self.apps = k8s.AppsV1Api(api_client)
         self.custom = k8s.CustomObjectsApi(api_client)
         self.calls = 0
+        self.on_retry = on_retry  # counts retries by HTTP status (a metric)
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+    async def _write(self, call: Callable[..., Any], *args: Any) -> Any:
+        """`call(*args)` in a thread, retried while `retryable`; the last error is raised (the tick fails and the
+        next one writes again: a status not written stays different from the one last written)."""
+        delay = self.backoff
+        for attempt in range(1, self.attempts + 1):
+            self.calls += 1
+            try:
+                return await asyncio.to_thread(call, *args)
+            except ApiException as exc:
+                if not retryable(exc) or attempt == self.attempts:
+                    raise
+                self.on_retry(int(exc.status or 0))
+                wait = retry_after(exc)
+                wait = min(self.max_backoff, delay * random.uniform(0.5, 1.0) if wait is None else wait)
+                log.debug("%s: %s %s, retry %d in %.2fs", getattr(call, "__name__", call), exc.status, exc.reason,
+                          attempt, wait)  # fmt: skip
+                await self.sleep(wait)
+                delay = min(self.max_backoff, 2 * delay)
+        raise AssertionError("unreachable")
 
     @staticmethod
     async def check_crd(api_client: k8s.ApiClient) -> None:
@@ -123,14 +168,10 @@ class Kube:
         return "updated"
 
     async def set_replicas(self, namespace: str, name: str, replicas: int) -> None:
-        self.calls += 1
-        await asyncio.to_thread(
-            self.apps.patch_namespaced_deployment, name, namespace, {"spec": {"replicas": replicas}}
-        )
+        await self._write(self.apps.patch_namespaced_deployment, name, namespace, {"spec": {"replicas": replicas}})
 
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        self.calls += 1
-        await asyncio.to_thread(
+        await self._write(
             self.custom.patch_namespaced_custom_object_status,
             GROUP,
             VERSION,

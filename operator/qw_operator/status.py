@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from qw_operator.observe import Reading
+from qw_operator.observe import Reading, Replicas
 from qw_operator.policy import Decision, History
 from qw_operator.rabbitmq import QueueMetrics
 
@@ -86,6 +86,7 @@ def build_status(
     decision: Decision | None,
     *,
     current: int | None,
+    observed: Replicas | None,
     target: str,
     paused: bool,
     generation: int | None,
@@ -95,6 +96,8 @@ def build_status(
     """One tick's status patch, from the conditions last written, what it read and what it decided.
 
     `current` is the replica count the tick started from (a decision that differs is a scale: lastScaleTime);
+    `observed` is the Deployment as last seen, reported as `replicas` / `readyReplicas` (what runs, not what was
+    asked for: `desiredReplicas` is the decision);
     None, with `decision` None, is a missing target Deployment: then only BrokerReachable, Ready
     (TargetNotFound; TargetNotOwned with `target_problem`, a Deployment the operator must not scale) and
     observedGeneration. Unknown values are written as None (a merge patch removes them).
@@ -118,7 +121,8 @@ def build_status(
     if reading.queue is not None:
         status["queue"] = queue_status(reading.queue)
     status.update(
-        replicas=decision.replicas,
+        replicas=None if observed is None else observed.current,
+        readyReplicas=None if observed is None else observed.ready,
         desiredReplicas=decision.replicas,
         reason=decision.reason,
         observedGeneration=generation,
@@ -127,6 +131,36 @@ def build_status(
         history=history_to_status(decision.history),
     )
     return status
+
+
+def visible(status: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What a user reads of a status and must see at once: replicas (current, ready, desired), a scale and its
+    reason, the generation acted on, where the depth comes from, and each condition's status and reason (a
+    transition; the Active one also persists the exact lastActiveTime when a queue goes idle). Not in it: values
+    that move on every tick of a busy queue (depth, rates, the reason's and conditions' numbers, the history)."""
+    reason = str(status.get("reason") or "")
+    return (
+        status.get("replicas"),
+        status.get("readyReplicas"),
+        status.get("desiredReplicas"),
+        status.get("lastScaleTime"),
+        status.get("lastScaleReason"),
+        status.get("observedGeneration"),
+        (status.get("queue") or {}).get("depthSource"),
+        reason.split(":", 1)[0],  # the verb: Steady, ScaleUp, Cooldown, Paused, MetricsUnavailable...
+        tuple((c.get("type"), c.get("status"), c.get("reason")) for c in status.get("conditions") or ()),
+    )
+
+
+def should_write(
+    written: Mapping[str, Any], wanted: Mapping[str, Any], since_write: float, min_interval: float
+) -> bool:
+    """Whether to PATCH `wanted` over the status last `written` (`since_write` seconds ago): at once when something
+    `visible` changed, else (only churning values changed: a busy queue's depth, rates, lastActiveTime) at most
+    every `min_interval` seconds; never when nothing changed. Between writes the history lives in the Ticker."""
+    if wanted == written:
+        return False
+    return visible(wanted) != visible(written) or since_write >= min_interval
 
 
 def queue_status(q: QueueMetrics) -> dict[str, Any]:

@@ -42,6 +42,7 @@ def test_crd_shape() -> None:
         "Ready",
         "Replicas",
         "Desired",
+        "Ready-Replicas",
         "Depth-From",
         "Age",
     ]

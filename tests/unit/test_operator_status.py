@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from qw_operator.observe import NO_SNAPSHOT, Reading, read_queue
+from qw_operator.observe import NO_SNAPSHOT, Reading, Replicas, read_queue
 from qw_operator.policy import Decision, History, Observation
 from qw_operator.rabbitmq import QueueMetrics, Snapshot
 from qw_operator.status import build_status, queue_status, unknown_broker_status
@@ -24,9 +24,21 @@ def build(
     current: int | None = 2,
     paused: bool = False,
     previous: list[dict[str, Any]] | None = None,
+    observed: Replicas | None = None,
 ) -> dict[str, Any]:
+    """`observed` defaults to a Deployment that runs what it was asked for (`current`), all ready."""
+    if observed is None and current is not None:
+        observed = Replicas(current, current, current)
     return build_status(
-        previous, reading, decision, current=current, target="dep", paused=paused, generation=7, now=NOW
+        previous,
+        reading,
+        decision,
+        current=current,
+        observed=observed,
+        target="dep",
+        paused=paused,
+        generation=7,
+        now=NOW,
     )
 
 
@@ -42,6 +54,7 @@ def test_a_scale_writes_every_field_and_condition() -> None:
         "lastScaleReason",
         "queue",
         "replicas",
+        "readyReplicas",
         "desiredReplicas",
         "reason",
         "observedGeneration",
@@ -50,7 +63,8 @@ def test_a_scale_writes_every_field_and_condition() -> None:
         "history",
     ]
     assert st["lastScaleTime"] == T0 and st["lastScaleReason"] == d.reason == st["reason"]
-    assert st["replicas"] == st["desiredReplicas"] == 5 and st["observedGeneration"] == 7
+    # The decision is desired; what runs is still the 2 the Deployment had when this tick read it
+    assert (st["replicas"], st["readyReplicas"], st["desiredReplicas"]) == (2, 2, 5) and st["observedGeneration"] == 7
     assert st["queue"] == {
         "ready": 45,
         "unacked": 2,
@@ -79,6 +93,12 @@ def test_a_scale_writes_every_field_and_condition() -> None:
     ready = next(c for c in st["conditions"] if c["type"] == "Ready")
     assert ready["observedGeneration"] == 7 and ready["lastTransitionTime"] == T0
     assert all("observedGeneration" not in c for c in st["conditions"] if c["type"] != "Ready")
+
+
+def test_replicas_are_what_the_deployment_runs_not_what_was_decided() -> None:
+    """A quota or unschedulable pods: the Deployment asks for 4, 3 pods exist, 1 is ready; the policy holds 4."""
+    st = build(Reading(BUSY, True), Decision(4, "Steady"), current=4, observed=Replicas(4, 3, 1))
+    assert (st["replicas"], st["readyReplicas"], st["desiredReplicas"]) == (3, 1, 4)
 
 
 def test_no_scale_no_scale_time() -> None:

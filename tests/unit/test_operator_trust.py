@@ -50,6 +50,7 @@ def test_a_deployment_not_owned_is_reported_as_such_not_as_missing() -> None:
         Reading(None, True),
         None,
         current=None,
+        observed=None,
         target="victim-worker",
         paused=False,
         generation=1,
