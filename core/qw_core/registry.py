@@ -231,22 +231,36 @@ class AppNotFound(ImportError):
 
 
 def load_app(module: str, registry: Registry = default_registry) -> Registry:
-    """Import the user's task module (`shop.tasks`) so its `@task` definitions register; the registry after.
+    """Import the user's task module (`shop.tasks`) so its `@task` definitions register; the kinds it defines.
 
+    Those are the kinds whose function lives in the module or below it (`shop.tasks.mail`), or that the module
+    imports by name: not whatever else this process happened to import (a test run imports many task modules).
     A module that is not on the path raises AppNotFound with what to do; an import error inside the user's module
     (a missing dependency of theirs) propagates as it is, traceback and all.
     """
-    if module:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name is None or not (module == exc.name or module.startswith(exc.name + ".")):
-                raise
-            raise AppNotFound(
-                f"task module {module!r} (QW_APP / --app) not found: no module named {exc.name!r}; run from the "
-                "directory that holds it, or add that directory to PYTHONPATH"
-            ) from None
-    return registry
+    if not module:
+        return Registry()
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not (module == exc.name or module.startswith(exc.name + ".")):
+            raise
+        raise AppNotFound(
+            f"task module {module!r} (QW_APP / --app) not found: no module named {exc.name!r}; run from the "
+            "directory that holds it, or add that directory to PYTHONPATH"
+        ) from None
+    named = {id(v) for v in vars(mod).values()}
+
+    def defined_here(spec: TaskSpec) -> bool:
+        home = getattr(spec.fn, "__module__", "") or ""
+        return (
+            home == module
+            or home.startswith(module + ".")
+            or id(spec.fn) in named
+            or any(getattr(v, "spec", None) is spec for v in vars(mod).values())
+        )
+
+    return Registry(spec for spec in registry if defined_here(spec))
 
 
 def _where(fn: Callable[..., Any]) -> str:

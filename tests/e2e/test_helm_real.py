@@ -717,7 +717,9 @@ def test_plain_manifests_as_the_readme_says(stack: Stack) -> None:
         worker.join()
         if failed:
             raise failed[0]
-        assert s.get("qw", "images")["status"]["replicas"] >= 1
+        # status.replicas is what the Deployment runs (not the decision): it shows the pod by the next tick.
+        wait_for("the QueueWorker's status to show the running worker",
+                 lambda: (s.get("qw", "images").get("status") or {}).get("replicas", 0) >= 1, 30)  # fmt: skip
         s.figures["manifests"]["upload_to_result_s"] = round(time.monotonic() - t, 1)
     finally:
         # The QueueWorker before the operator (its finalizer is the operator's to remove); the rest goes with the

@@ -162,3 +162,12 @@ def test_make_dev_autoscales_the_kinds_of_qw_app_and_the_local_pools_take_any_ki
     assert [task_kind(k) for k in ("image", "email", "inventory")] == ["image", "email", "inventory"]
     with pytest.raises(argparse.ArgumentTypeError):
         task_kind("Bad.Kind")
+
+
+def test_load_app_gives_the_kinds_of_that_module_not_all_this_process_imported():
+    """A process that imported other task modules first (a test run, a notebook) still serves only QW_APP's."""
+    import tests.support.sdk_limited  # noqa: F401 - defines `crunch` in the process's registry
+
+    kinds = set(load_app("tests.support.sdk_tasks").kinds())
+    assert "crunch" not in kinds and {"inventory", "flaky", "summarise"} <= kinds
+    assert set(load_app("tests.support.sdk_limited").kinds()) == {"crunch"}
