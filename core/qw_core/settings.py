@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from pathlib import Path
@@ -197,18 +198,25 @@ class WorkerSettings(CommonSettings):
 
     def email_rate(self, tenant: str) -> int:
         """The tenant's mails per window (0: no limit)."""
-        raw = parse_pairs(self.email_tenant_limits, "=", "QW_EMAIL_TENANT_LIMITS", "tenant=mails_per_window")
-        if tenant not in raw:
-            return self.email_tenant_rate
-        return int(raw[tenant])
+        return _email_overrides(self.email_tenant_limits).get(tenant, self.email_tenant_rate)
 
     @field_validator("email_tenant_limits")
     @classmethod
     def _email_limits(cls, v: str) -> str:
-        for tenant, limit in parse_pairs(v, "=", "QW_EMAIL_TENANT_LIMITS", "tenant=mails_per_window").items():
+        for tenant, limit in _email_limit_pairs(v).items():
             if not limit.isdigit():
                 raise ValueError(f"{tenant}={limit}: the limit must be a whole number of mails per window (0: none)")
         return v
+
+
+def _email_limit_pairs(raw: str) -> dict[str, str]:
+    return parse_pairs(raw, "=", "QW_EMAIL_TENANT_LIMITS", "tenant=mails_per_window")
+
+
+@functools.lru_cache(maxsize=8)
+def _email_overrides(raw: str) -> dict[str, int]:
+    """QW_EMAIL_TENANT_LIMITS parsed once per value (`email_rate` runs for every mail; an @file is read once)."""
+    return {tenant: int(limit) for tenant, limit in _email_limit_pairs(raw).items()}
 
 
 class JanitorSettings(CommonSettings):
