@@ -12,15 +12,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
+from tests.support.procs import background
 from tests.support.util import free_port, http_ok
 from tests.support.wait import wait_for
 
@@ -47,23 +46,6 @@ def commands() -> list[str]:
 def test_the_python_block_is_the_example_module():
     [block] = re.findall(r"```python\n(.*?)```", section(), re.S)
     assert block == (ROOT / "examples/shop/tasks.py").read_text()
-
-
-@contextmanager
-def background(cmd: str, env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(["bash", "-c", cmd], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
 
 
 def run(cmd: str, env: dict[str, str]) -> str:

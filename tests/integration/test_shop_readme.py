@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_sdk_readme import background
+from tests.support.procs import background
 from tests.support.util import free_port, http_ok
 from tests.support.wait import wait_for
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -16,6 +15,7 @@ import uvicorn
 from qw_api.main import create_app
 from qw_core.settings import ApiSettings
 
+from tests.support.procs import stop_group
 from tests.support.util import free_port, http_ok
 from tests.support.wait import wait_for
 
@@ -59,10 +59,4 @@ def api_process(env: dict[str, str], log: Path, timeout: float = 60) -> Iterator
         assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
         yield base
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_group(proc)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tests.support.procs import stop_group
 from tests.support.smtp import Recorder
 from tests.support.util import free_port, http_ok
 from tests.support.wait import wait_for
@@ -41,13 +41,7 @@ def shop_service(env: dict[str, str], log: Path) -> Iterator[str]:
         assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
         yield base
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_group(proc)
 
 
 def mails_per_order(smtp: Recorder) -> collections.Counter[str]:
