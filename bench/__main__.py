@@ -204,8 +204,7 @@ def main() -> int:
         "",
         "Pictures drawn from the same JSON (bench/plots; `python -m bench.plots` redraws them):",
         "",
-        *(f"![{png.stem}]({png.name})" for png in pictures),
-        "",
+        *(f"![{png.stem}]({png.name})\n" for png in pictures),
     ]
     (RESULTS / "README.md").write_text("\n".join(table))
     print("\n".join(table))
