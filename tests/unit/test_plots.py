@@ -16,7 +16,8 @@ from bench.plots.reaction import SERIES, reaction_figure
 from bench.plots.replay import replay_figure
 from bench.plots.results import draw_all
 from bench.plots.timelines import DEMO_STATUSES, closed_loop_figure, demo_figure
-from tests.support.timeline import png_size
+from tests.support.timeline import Sampler, png_size
+from tests.support.wait import wait_for
 
 MACHINE = {"machine": "x86_64, 2 cores, Python 3.11.7", "measured": "2026-12-02T06:00:00Z"}
 
@@ -123,3 +124,24 @@ def test_png_size_refuses_a_file_that_is_not_a_png(tmp_path) -> None:
     (tmp_path / "x.png").write_bytes(b"GIF89a" + bytes(30))
     with pytest.raises(AssertionError, match="not a PNG"):
         png_size(tmp_path / "x.png")
+
+
+def test_sampler_keeps_each_probe_value_as_a_series_skips_failed_samples_and_closes() -> None:
+    """The closed loop's timeline recorder: a probe that fails (a broker restarting) loses that sample only."""
+    calls: list[int] = []
+    closed: list[bool] = []
+
+    def probe() -> dict[str, int] | None:
+        calls.append(1)
+        n = len(calls)
+        if n == 2:
+            raise ConnectionError("broker restarting")
+        return None if n == 3 else {"depth": 10 * n, "workers": n}
+
+    with Sampler(probe, every=0.01, close=lambda: closed.append(True)) as sampler:
+        wait_for("a few samples", lambda: len(calls) >= 6, 30, 0.01)
+    series = sampler.series()
+    kept = [n for n in range(1, len(calls) + 1) if n not in (2, 3)]  # the last one taken at the block's end
+    assert series["depth"] == [10 * n for n in kept] and series["workers"] == kept
+    assert len(series["t_s"]) == len(kept) and series["t_s"] == sorted(series["t_s"])
+    assert closed == [True]
