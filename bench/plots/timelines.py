@@ -16,7 +16,7 @@ DEMO_STATUSES = ("queued", "processing", "succeeded", "failed", "dead")
 def closed_loop_figure(data: dict[str, Any]) -> Figure:
     """Each run (autoscaling, fixed min) one line style in every panel: queue depth, worker processes, tasks done."""
     fig = new_figure(*SIZE)
-    axes = stacked(fig, ["queue depth (tasks)", "workers (processes)", "completed tasks"])
+    axes = stacked(fig, ["queue depth (ready tasks)", "workers (processes)", "completed tasks"])
     for i, run in enumerate(data["runs"]):
         tl, label = run["timeline"], run["figures"]["mode"]
         for ax, key in zip(axes, ("depth", "workers", "completed"), strict=True):
@@ -24,8 +24,8 @@ def closed_loop_figure(data: dict[str, Any]) -> Figure:
     from_zero(axes)
     axes[1].yaxis.get_major_locator().set_params(integer=True)
     axes[0].legend(loc="upper right", fontsize=8)
-    fig.suptitle(f"Closed loop: {data['tasks']:,} email tasks through the API, drained by "
-                 f"{data['min_replicas']}-{data['max_replicas']} workers", fontsize=11)  # fmt: skip
+    fig.suptitle(f"Closed loop: {data['tasks']:,} email tasks through the API; autoscaling between "
+                 f"{data['min_replicas']} and {data['max_replicas']} workers", fontsize=11)  # fmt: skip
     fig.subplots_adjust(top=0.93, bottom=0.1, left=0.1, right=0.97, hspace=0.12)
     caption(fig, f"Real API, broker, operator, PostgreSQL and SMTP ({data['smtp_latency_s']:g} s per mail); "
             "time from the first post", data)  # fmt: skip
@@ -37,7 +37,7 @@ def demo_figure(data: dict[str, Any]) -> Figure:
     tl = data["timeline"]
     t = tl["t_s"]
     fig = new_figure(*SIZE)
-    ax_q, ax_w, ax_s = stacked(fig, ["queue depth (tasks)", "workers (consumers)", "tasks by status"])
+    ax_q, ax_w, ax_s = stacked(fig, ["queue depth (ready tasks)", "workers (consumers)", "tasks by status"])
     ax_q.plot(t, tl["depth"], drawstyle="steps-post", label="queue depth", **style(1, len(t)))
     ax_w.plot(t, tl["workers"], drawstyle="steps-post", label="workers", **style(0, len(t)))
     for i, status in enumerate(DEMO_STATUSES):
