@@ -364,7 +364,7 @@ def loop_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     b.destroy()
 
 
-def test_with_faults_every_task_ends_succeeded_or_dead_with_a_reason_and_no_mail_twice(
+def test_with_faults_every_task_ends_succeeded_or_in_doubt_with_a_reason_and_no_mail_twice(
     k8s_cluster, loop_broker, pg_url, tmp_path
 ) -> None:
     tasks = max(1000, TASKS // 2)
@@ -372,10 +372,13 @@ def test_with_faults_every_task_ends_succeeded_or_dead_with_a_reason_and_no_mail
     fig = run["figures"]
     records, sent = run["records"], run["sent"]
     statuses = collections.Counter(r.status for r in records.values())
-    reasons = collections.Counter(r.error for r in records.values() if r.status == "dead")
+    reasons = collections.Counter(r.error for r in records.values() if r.status != "succeeded")
     print("closed-loop:", json.dumps({**fig, "statuses": statuses, "dead_reasons": reasons}))
-    assert set(statuses) <= {"succeeded", "dead"}, statuses  # nothing lost, nothing stuck
-    dead = [r for r in records.values() if r.status == "dead"]
+    assert set(statuses) <= {"succeeded", "dead", "failed"}, statuses  # nothing lost, nothing stuck
+    # An in-doubt send ends `dead` while another attempt's claim still blocks it (retries exhausted), or `failed`
+    # (PermanentError) once that claim's lease has expired: on a slow, loaded machine the redelivery can come after
+    # the lease. Either way it is final and says why.
+    dead = [r for r in records.values() if r.status != "succeeded"]
     assert all(r.error for r in dead), [r.task_id for r in dead if not r.error]  # dead always says why
     assert all("avoid a duplicate" in str(r.error) for r in dead), [r.error for r in dead]  # the in-doubt send
     # Only a task whose send was in flight when its worker was SIGKILLed may be in doubt; with one task at a time
