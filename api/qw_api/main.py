@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from qw_core.registry import Registry, load_app
 from qw_core.settings import ApiSettings
-from qw_core.storage import LocalStorage, disk_usage
+from qw_core.storage import disk_usage, open_storage
 from qw_core.store import open_store
 from qw_core.topology import build_topology
 from qw_workers.builtins import BUILTINS
@@ -43,7 +43,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         app.state.services = Services(
             settings=settings,
             store=store,
-            storage=LocalStorage(settings.storage_dir),
+            storage=open_storage(settings),
             publisher=publisher,
             metrics=metrics,
             key_hashes={hash_key(k): t for k, t in keys.items()},
@@ -57,7 +57,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             store.close()
 
     metrics = ApiMetrics()
-    metrics.registry.register(StorageUsage(lambda: disk_usage(settings.storage_dir)))
+    if not settings.storage_url:  # a volume's used and free bytes; a bucket has no such figures
+        metrics.registry.register(StorageUsage(lambda: disk_usage(settings.storage_dir)))
     app = FastAPI(
         title="queueworker API",
         version="1.0",
