@@ -31,8 +31,9 @@ if TYPE_CHECKING:
     from qw_core.settings import CommonSettings
 
 T = TypeVar("T")
-# Parts of 8 MiB, two in flight: an upload holds at most ~16 MiB of it in memory, whatever its size.
-TRANSFER = TransferConfig(multipart_threshold=8 * 1024 * 1024, multipart_chunksize=8 * 1024 * 1024, max_concurrency=2)
+# Parts of 8 MiB, one at a time in the calling thread: an upload holds one part in memory, whatever its size (the
+# API's memory is the point; parts in parallel would hold several).
+TRANSFER = TransferConfig(multipart_threshold=8 * 1024 * 1024, multipart_chunksize=8 * 1024 * 1024, use_threads=False)
 _MISSING = {"404", "NoSuchKey", "NotFound"}
 DAY = 24 * 3600
 
@@ -124,8 +125,13 @@ class S3Storage(Keys):
         return self._call("read", key, obj["Body"].read)
 
     def read_into(self, key: str, dst: BinaryIO) -> None:
-        k = self.object_key(key)
-        self._call("download", key, lambda: self.client.download_fileobj(self.bucket, k, dst, Config=TRANSFER))
+        """One GET, copied a chunk at a time (the transfer manager's HEAD and thread pool cost more than they save
+        on objects of a few MiB: measured in bench/bench_s3.py)."""
+        blob = self.open(key)
+        try:
+            self._call("read", key, lambda: [dst.write(chunk) for chunk in blob.chunks])
+        finally:
+            blob.close()
 
     def open(self, key: str) -> Blob:
         k = self.object_key(key)
