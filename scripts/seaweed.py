@@ -22,8 +22,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 ACCESS_KEY = "qwdevaccesskey"
@@ -147,13 +145,6 @@ class Seaweed:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(30)
-
-    def http_ok(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.endpoint}/status", timeout=2):  # noqa: S310 - our own 127.0.0.1
-                return True
-        except (urllib.error.URLError, OSError):
-            return False
 
 
 def main(argv: list[str] | None = None) -> int:

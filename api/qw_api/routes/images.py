@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, BinaryIO
@@ -21,6 +22,7 @@ from ..service import accepted, idempotency_key, not_before_of, submit, unavaila
 from ..uploads import Busy
 
 router = APIRouter(prefix="/v1", tags=["images"])
+log = logging.getLogger("qw_api.images")
 
 OPTION_FIELDS = tuple(ImageOptions.model_fields)
 _SCHEMA_KEYS = {"type", "minimum", "maximum", "maxLength", "enum", "description"}
@@ -87,9 +89,10 @@ async def upload_image(
                 digest = await run_in_threadpool(_sha256, file) if idempotency is not None else ""
     except Busy:
         raise unavailable(services, "too many uploads are in progress on this server") from None
-    except StorageUnavailable as exc:
+    except StorageUnavailable as exc:  # the client learns that it failed, the log says where (no endpoint leaks out)
+        log.warning("upload refused: %s", exc)
         services.metrics.rejected_uploads.labels("storage-unavailable").inc()
-        raise unavailable(services, f"the upload storage cannot be reached ({exc})") from None
+        raise unavailable(services, "the upload storage is unavailable") from None
     except StorageFull:
         services.metrics.rejected_uploads.labels("storage-full").inc()
         raise HTTPException(

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 
@@ -18,6 +19,7 @@ from ..schemas import TaskView, problems
 from ..service import link, unavailable
 
 router = APIRouter(prefix="/v1", tags=["tasks"])
+log = logging.getLogger("qw_api.tasks")
 NOT_FOUND = "no such task"  # the same answer for another tenant's task: never reveal it exists
 SSE_KEEPALIVE_SECONDS = 15.0
 SSE_MAX_SECONDS = 900.0
@@ -156,9 +158,10 @@ async def get_task_result(task_id: str, tenant: TenantDep, services: ServicesDep
     except FileNotFoundError:
         raise HTTPException(404, "the result file is gone") from None
     except StorageUnavailable as exc:
+        log.warning("result of %s not served: %s", task_id, exc)
         raise HTTPException(
             503,
-            f"the result storage cannot be reached ({exc}); try again shortly",
+            "the result storage is unavailable; try again shortly",
             headers={"Retry-After": str(services.settings.retry_after_seconds)},
         ) from None
     return _streamed(blob, media_type, filename)
