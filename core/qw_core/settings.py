@@ -147,7 +147,7 @@ class ApiSettings(CommonSettings):
     max_message_bytes: int = Field(default=16 * 1024 * 1024, gt=0, le=512 * 1024 * 1024)
     retry_after_seconds: int = 5
     sse_poll_interval: float = 0.2
-    # What image uploads may hold at once in one API process (qw_api/uploads.py): bodies being received and read
+    # What image uploads may hold at once in one API process (qw_api/uploads.py): bodies being received and spooled
     # (their Content-Length), and what checking images allocates (never a full decode: qw_core/images.py; the name
     # is kept from when the API decoded fully); a request that waits longer than
     # upload_wait_seconds for room gets 503 + Retry-After. Sized for the chart's 512Mi API limit.
