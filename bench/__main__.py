@@ -33,6 +33,7 @@ BENCHES: dict[str, list[str]] = {
     "sdk": [PY, "bench/bench_sdk.py", "--tasks", "1000"],
     "uploads": [PY, "bench/bench_uploads.py", "--parallel", "16"],
     "closed-loop": [PY, "bench/bench_closed_loop.py", "--tasks", "1000"],
+    "s3": [PY, "bench/bench_s3.py", "--images", "200", "--rounds", "2"],
 }
 
 
@@ -119,6 +120,7 @@ def _rows(results: dict[str, dict[str, Any]]) -> list[str]:
     rows += _closed_loop_rows(results.get("closed-loop", {}))
     rows += _sdk_rows(results.get("sdk", {}))
     rows += _upload_rows(results.get("uploads", {}))
+    rows += _s3_rows(results.get("s3", {}))
     for name, data in results.items():
         if "error" in data:
             rows.append(f"| {name} | FAILED: {data['error']} | | | |")
@@ -156,6 +158,20 @@ def _sdk_rows(s: dict[str, Any]) -> list[str]:
         ),
         f"| sdk | no-op tasks/s through the worker (validate, run, status, ack) | {s['worker_per_s']} | "
         f"bare pika consumer acking {s['bare_consumer_per_s']} | {s['worker_to_bare_ratio']} |",
+    ]
+
+
+def _s3_rows(s: dict[str, Any]) -> list[str]:
+    if "workers" not in s:
+        return []
+    w, u = s["workers"], s["uploads"]
+    return [
+        f"| s3 | image worker images/s on S3 (SeaweedFS) vs the local directory | {w['s3_images_per_s']} | directory "
+        f"{w['directory_images_per_s']} | {w['ratio_s3_over_directory']} |",
+        f"| s3 | API peak RSS added by one {u['file_mib']} MiB upload, MiB: S3; directory | "
+        f"{u['s3']['added_by_the_upload_mib']}; {u['directory']['added_by_the_upload_mib']} | file read whole "
+        f"{u['directory_whole_file_baseline']['added_by_the_upload_mib']} | "
+        f"{u['ratios']['s3_added_over_whole_file']}; {u['ratios']['directory_added_over_whole_file']} |",
     ]
 
 

@@ -88,3 +88,36 @@ def test_wrong_key_is_shown_to_the_person(platform, browser_page, tmp_path):
     page.click("#submit")
     page.wait_for_selector("#status:text('refused')", timeout=10_000)
     assert "HTTP 401" in page.inner_text("#error")
+
+
+def test_the_page_shows_a_result_redirected_to_the_s3_store(api_settings, amqp_url, s3_env, browser_page, tmp_path):
+    """Results on S3 with QW_RESULT_REDIRECT_SECONDS: the page's fetch follows the 302 to the presigned URL on the
+    store's origin (allowed by the page's CSP; the store answers CORS) and shows the image."""
+    from pydantic import SecretStr
+
+    from tests.support.api import running_api
+    from tests.support.workers import running_worker, worker_env
+
+    settings = api_settings.model_copy(
+        update={
+            "storage_url": s3_env["QW_STORAGE_URL"],
+            "s3_endpoint_url": s3_env["QW_S3_ENDPOINT_URL"],
+            "s3_access_key_id": SecretStr(s3_env["QW_S3_ACCESS_KEY_ID"]),
+            "s3_secret_access_key": SecretStr(s3_env["QW_S3_SECRET_ACCESS_KEY"]),
+            "result_redirect_seconds": 60,
+        }
+    )
+    photo = tmp_path / "holiday.png"
+    photo.write_bytes(image_bytes("PNG", (640, 480), "green"))
+    env = worker_env(amqp_url, settings.database_url, tmp_path / "unused", **s3_env)
+    with running_api(settings) as (base, _), running_worker("image", env, tmp_path / "logs"):
+        page = browser_page
+        page.goto(base)
+        page.fill("#key", "key-acme")
+        page.set_input_files("#file", str(photo))
+        page.fill("input[name=width]", "160")
+        page.click("#submit")
+        page.wait_for_selector("#status[data-status=succeeded]", timeout=30_000)
+        img = page.wait_for_selector("#result-image", timeout=10_000)
+        assert img.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [160, 120]
+        assert page.inner_text("#error") == ""
