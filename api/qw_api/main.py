@@ -8,6 +8,7 @@ from importlib import resources
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
+from qw_core.events import publish_changes
 from qw_core.registry import Registry, load_app
 from qw_core.settings import ApiSettings
 from qw_core.storage import LocalStorage, disk_usage
@@ -19,7 +20,8 @@ from .deps import Services, hash_key
 from .limits import BodySizeLimit, BodyTooLarge
 from .metrics import ApiMetrics, ObserveRequests, StorageUsage
 from .publisher import MessageTooLarge, Publisher
-from .routes import emails, health, images, kinds, notifications, tasks
+from .push import EventConsumer
+from .routes import emails, events, health, images, kinds, notifications, tasks
 
 MULTIPART_OVERHEAD = 64 * 1024
 
@@ -48,12 +50,22 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             metrics=metrics,
             key_hashes={hash_key(k): t for k, t in keys.items()},
         )
+        services = app.state.services
+        urls = settings.rabbitmq_urls()
+        events = publish_changes(store, urls) if settings.publish_events else None
+        consumer = EventConsumer(urls, services.hub) if settings.events_push else None
         await publisher.start()
+        if consumer is not None:
+            await consumer.start()
         await publisher.wait_connected(5.0)  # start serving anyway: /readyz tells the truth
         try:
             yield
         finally:
+            if consumer is not None:
+                await consumer.stop()
             await publisher.stop()
+            if events is not None:
+                events.close()
             store.close()
 
     metrics = ApiMetrics()
@@ -64,7 +76,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         description="Submit images and emails as background tasks; follow them by polling or server-sent events.",
         lifespan=lifespan,
     )
-    for module in (images, emails, notifications, tasks):
+    for module in (images, emails, notifications, tasks, events):
         app.include_router(module.router)
     app.include_router(kinds.build_router(registry))
     app.include_router(health.router)
