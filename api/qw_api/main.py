@@ -18,7 +18,7 @@ from qw_workers.builtins import BUILTINS
 
 from .deps import Services, hash_key
 from .limits import BodySizeLimit, BodyTooLarge
-from .metrics import ApiMetrics, ObserveRequests, StorageUsage
+from .metrics import ApiMetrics, ObserveRequests, StorageUsage, StoreTransactions
 from .publisher import MessageTooLarge, Publisher
 from .push import EventConsumer
 from .routes import emails, events, health, images, kinds, notifications, tasks
@@ -70,6 +70,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     metrics = ApiMetrics()
     metrics.registry.register(StorageUsage(lambda: disk_usage(settings.storage_dir)))
+    metrics.registry.register(StoreTransactions(lambda: _store_transactions(app)))
     app = FastAPI(
         title="queueworker API",
         version="1.0",
@@ -109,3 +110,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_json_bytes, large_paths=uploads)
     app.add_middleware(ObserveRequests, metrics=metrics)
     return app
+
+
+def _store_transactions(app: FastAPI) -> int:
+    services = getattr(app.state, "services", None)
+    return services.store.transactions if services is not None else 0

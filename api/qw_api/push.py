@@ -97,6 +97,12 @@ class Hub:
                 for sub in subs:
                     sub.deliver(RESYNC)
 
+    def known(self, task_id: str, seq: int) -> None:
+        """A subscriber read the task at `seq` from the store: what comes next needs no wait for older changes
+        (a task that changed before this process started would otherwise wait REORDER_WAIT_SECONDS once)."""
+        if task_id not in self._next and task_id not in self._held:
+            self._next[task_id] = seq + 1
+
     def receive(self, rec: TaskRecord) -> None:
         """One change from the broker, in any order: passed on in each task's seq order, each seq once."""
         self.received += 1

@@ -62,6 +62,7 @@ class EventPublisher:
         self.dropped = 0
         self._buffer: queue.Queue[tuple[str, bytes] | None] = queue.Queue(capacity)
         self._stop = threading.Event()
+        self.connected = threading.Event()
         self._thread = threading.Thread(target=self._run, name="qw-events", daemon=True)
 
     def start(self) -> EventPublisher:
@@ -108,10 +109,12 @@ class EventPublisher:
             try:
                 channel = conn.channel()
                 channel.exchange_declare(EVENTS_EXCHANGE, "topic", durable=True)
+                self.connected.set()
                 self._pump(conn, channel)
             except Exception as exc:
                 log.warning("status events: broker connection lost (%s); reconnecting", exc)
             finally:
+                self.connected.clear()
                 if conn.is_open:
                     with contextlib.suppress(Exception):  # it is going away either way
                         conn.close()

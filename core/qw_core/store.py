@@ -140,6 +140,7 @@ class TaskStore:
 
     placeholder = "?"
     on_change: ChangeListener | None = None
+    transactions = 0  # per instance once counted (`_tx` of each backend): what a scrape of the API reports
     # Appended to the janitor's SELECTs: PostgreSQL replicas take disjoint batches instead of waiting on each other.
     skip_locked = ""
 
@@ -530,6 +531,7 @@ class SqliteStore(TaskStore):
 
     @contextmanager
     def _tx(self, write: bool = True) -> Iterator[Any]:
+        self.transactions += 1
         conn = self._conn()
         try:
             cur = conn.cursor()
@@ -562,6 +564,7 @@ class PostgresStore(TaskStore):
     def _tx(self, write: bool = True) -> Iterator[Any]:
         import psycopg
 
+        self.transactions += 1
         try:
             with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
                 yield cur

@@ -102,3 +102,13 @@ async def test_the_hub_forgets_the_least_recently_changed_tasks_past_its_bound()
     hub.receive(rec(1, task_id="a"))  # forgotten: seq 1 is expected again, so a repeat is passed on
     hub.receive(rec(1, task_id="c"))  # remembered: a repeat is not
     assert drain(sub) == [1, 1, 1, 1]
+
+
+async def test_a_task_read_from_the_store_needs_no_wait_for_changes_before_it():
+    hub = Hub(reorder_wait=5)
+    sub = hub.subscribe(Subscription("acme", task_id="t1"))
+    hub.known("t1", 4)  # the stream sent the stored state, seq 4: the next change is 5
+    hub.receive(rec(5))
+    hub.known("t1", 2)  # older knowledge changes nothing
+    hub.receive(rec(6))
+    assert drain(sub) == [5, 6]

@@ -85,6 +85,8 @@ async def task_events(
             services.hub.unsubscribe(sub)
         raise
     resume = _resume_from(last_event_id)
+    if sub is not None:
+        services.hub.known(task_id, first.seq)
     if sub is None:
         stream = _polled(services, request, first, resume)
     else:
