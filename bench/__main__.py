@@ -28,6 +28,7 @@ BENCHES: dict[str, list[str]] = {
     "policy-replay": [PY, "-m", "bench.replay"],
     "sdk": [PY, "bench/bench_sdk.py", "--tasks", "1000"],
     "uploads": [PY, "bench/bench_uploads.py", "--parallel", "16"],
+    "push": [PY, "bench/bench_push.py", "--subscribers", "1000", "10000"],
 }
 
 
@@ -112,9 +113,36 @@ def _rows(results: dict[str, dict[str, Any]]) -> list[str]:
             )
     rows += _sdk_rows(results.get("sdk", {}))
     rows += _upload_rows(results.get("uploads", {}))
+    rows += _push_rows(results.get("push", {}))
     for name, data in results.items():
         if "error" in data:
             rows.append(f"| {name} | FAILED: {data['error']} | | | |")
+    return rows
+
+
+def _push_rows(p: dict[str, Any]) -> list[str]:
+    """Status to N subscribers of one API: pushed from the broker against each stream polling the store."""
+    rows = []
+    by = {(r["subscribers"], r["mode"]): r for r in p.get("results", [])}
+    for n in sorted({n for n, _ in by}):
+        push, poll = by.get((n, "push"), {}), by.get((n, "poll"), {})
+        if "p99_ms" not in push:
+            continue
+        ratio = p.get("ratios", {}).get(str(n), {})
+        base = (
+            f"polling stream {poll['p50_ms']} / {poll['p99_ms']}"
+            if "p99_ms" in poll
+            else "polling: " + str(poll.get("error", "not run"))[:60]
+        )
+        rows.append(
+            f"| push, {n:,} subscribers | store write -> client, p50 / p99 ms | {push['p50_ms']} / {push['p99_ms']} | "
+            f"{base} | {ratio.get('p99_push_over_poll', '')} |"
+        )
+        poll_tx = poll.get("store_tx_per_s", "")
+        rows.append(
+            f"| push, {n:,} subscribers | store transactions/s meanwhile | {push['store_tx_per_s']} | "
+            f"polling {poll_tx} | |"
+        )
     return rows
 
 

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
+import multiprocessing
 import os
 import resource
 import signal
@@ -40,6 +42,22 @@ from qw_core.events import EventPublisher  # noqa: E402
 from qw_core.store import open_store  # noqa: E402
 
 KEY, TENANT = "bench-key", "bench"
+# `python -m qw_api`, logging every collection of the oldest generation and its pause (a stall seen in the figures
+# may be the collector's, or the machine's).
+GC_LOGGING_API = """
+import gc, runpy, sys, time
+began = {}
+def log(phase, info):
+    if info["generation"] != 2:
+        return
+    if phase == "start":
+        began["t"] = time.perf_counter()
+    else:
+        ms = (time.perf_counter() - began["t"]) * 1000
+        print(f"gc gen2 {ms:.0f} ms", file=sys.stderr, flush=True)
+gc.callbacks.append(log)
+runpy.run_module("qw_api", run_name="__main__")
+"""
 CONNECTS_AT_ONCE = 200
 
 
@@ -63,15 +81,15 @@ def _free_port() -> int:
 
 
 @contextmanager
-def api(amqp_url: str, db_url: str, tmp: Path, push: bool, streams: int) -> Iterator[int]:
+def api(amqp_url: str, db_url: str, tmp: Path, push: bool, streams: int) -> Iterator[tuple[int, Path]]:
     port = _free_port()
     env = {**os.environ, "QW_ENV": "test", "QW_LOG_LEVEL": "WARNING", "QW_RABBITMQ_URL": amqp_url,
            "QW_DATABASE_URL": db_url, "QW_STORAGE_DIR": str(tmp / "storage"), "QW_API_KEYS": f"{KEY}:{TENANT}",
            "QW_API_PORT": str(port), "QW_EVENTS_PUSH": "true" if push else "false",
            "QW_MAX_STREAMS": str(streams + 100), "QW_MAX_STREAMS_PER_TENANT": str(streams + 100)}  # fmt: skip
     log = open(tmp / f"api-{port}.log", "ab")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "-m", "qw_api"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", GC_LOGGING_API], env=env, cwd=ROOT, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -82,7 +100,7 @@ def api(amqp_url: str, db_url: str, tmp: Path, push: bool, streams: int) -> Iter
                 time.sleep(0.2)
         else:
             raise RuntimeError("the API did not become ready: " + (tmp / f"api-{port}.log").read_text()[-2000:])
-        yield port
+        yield port, tmp / f"api-{port}.log"
     finally:
         proc.terminate()
         try:
@@ -160,13 +178,20 @@ def write_changes(db_url: str, amqp_url: str, task_ids: list[str], rate: float) 
         store.close()
 
 
-async def measure(port: int, db_url: str, amqp_url: str, task_ids: list[str], changes: int, rate: float) -> dict:
+def gc_pauses(api_log: Path) -> list[float]:
+    return [float(line.split()[2]) for line in api_log.read_text().splitlines() if line.startswith("gc gen2 ")]
+
+
+async def measure(
+    port: int, db_url: str, amqp_url: str, task_ids: list[str], changes: int, rate: float, api_log: Path
+) -> dict:
     subs = [Subscriber(t) for t in task_ids]
     gate = asyncio.Semaphore(CONNECTS_AT_ONCE)
     opened = time.monotonic()
     runs = [asyncio.create_task(s.run(port, gate)) for s in subs]
     waiting = asyncio.gather(*(s.ready.wait() for s in subs))
-    done, _ = await asyncio.wait({waiting, *runs}, timeout=600, return_when=asyncio.FIRST_COMPLETED)
+    watched: set[asyncio.Future[Any]] = {waiting, *runs}
+    done, _ = await asyncio.wait(watched, timeout=600, return_when=asyncio.FIRST_COMPLETED)
     if waiting not in done:  # a stream ended or failed first, or the time ran out
         raise RuntimeError(f"only {sum(s.ready.is_set() for s in subs)} of {len(subs)} subscribers got their state")
     subscribe_s = time.monotonic() - opened
@@ -175,17 +200,28 @@ async def measure(port: int, db_url: str, amqp_url: str, task_ids: list[str], ch
     step = max(1, len(task_ids) // changes)
     chosen = task_ids[::step][:changes]
     before, t0 = await asyncio.to_thread(store_transactions, port), time.monotonic()
-    await asyncio.to_thread(write_changes, db_url, amqp_url, chosen, rate)
+    gc_before = len(gc_pauses(api_log))
+    # The writer is a process of its own, as a worker is; this one only receives. Its collector stays off while
+    # it measures: a full collection over 10,000 connections' objects would stall the clock, not the server.
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    writer = multiprocessing.get_context("spawn").Process(target=write_changes, args=(db_url, amqp_url, chosen, rate))
+    writer.start()
+    await asyncio.to_thread(writer.join)
     deadline = time.monotonic() + 30
     by_id = {s.task_id: s for s in subs}
     while time.monotonic() < deadline and not all(by_id[t].latencies for t in chosen):  # noqa: ASYNC110
         await asyncio.sleep(0.1)
     elapsed = time.monotonic() - t0
+    gc.enable()
     after = await asyncio.to_thread(store_transactions, port)
     for r in runs:
         r.cancel()
     await asyncio.gather(*runs, return_exceptions=True)
     lat = [x for t in chosen for x in by_id[t].latencies]
+    slowest = sorted(range(len(chosen)), key=lambda i: -max(by_id[chosen[i]].latencies or [0]))[:8]
+    log(f"slowest changes (index, ms): {[(i, round(max(by_id[chosen[i]].latencies) * 1000)) for i in slowest]}")
     return {
         "subscribers": len(subs),
         "changes": len(chosen),
@@ -195,6 +231,7 @@ async def measure(port: int, db_url: str, amqp_url: str, task_ids: list[str], ch
         "p99_ms": pct(lat, 99),
         "max_ms": pct(lat, 100),
         "store_tx_per_s": round((after - before) / elapsed, 1),
+        "api_gc_gen2_pauses_ms": gc_pauses(api_log)[gc_before:],  # the API's full collections while measuring
         "subscribe_seconds": round(subscribe_s, 1),
     }
 
@@ -215,9 +252,9 @@ def run_one(amqp_url: str, n: int, push: bool, changes: int, rate: float) -> dic
         db_url = f"sqlite:///{tmp}/qw.db"
         ids = prepare(db_url, n)
         log(f"{n} tasks stored; starting the API (push={push})")
-        with api(amqp_url, db_url, tmp, push, n) as port:
+        with api(amqp_url, db_url, tmp, push, n) as (port, api_log):
             log("API ready")
-            out = asyncio.run(measure(port, db_url, amqp_url, ids, changes, rate))
+            out = asyncio.run(measure(port, db_url, amqp_url, ids, changes, rate, api_log))
     return {"mode": "push" if push else "poll", **out}
 
 

@@ -63,6 +63,7 @@ class EventPublisher:
         self._buffer: queue.Queue[tuple[str, bytes] | None] = queue.Queue(capacity)
         self._stop = threading.Event()
         self.connected = threading.Event()
+        self.connected_once = False
         self._thread = threading.Thread(target=self._run, name="qw-events", daemon=True)
 
     def start(self) -> EventPublisher:
@@ -101,7 +102,9 @@ class EventPublisher:
             try:
                 conn = pika.BlockingConnection(pika.URLParameters(url))
             except Exception as exc:  # broker away: drop what waits (subscribers re-read the store), try again
-                log.warning("status events: cannot connect to the broker (%s); retrying", exc)
+                if attempt == 1 or self.connected_once:  # once per outage, not every second
+                    log.warning("status events: cannot connect to the broker (%s); retrying", exc)
+                    self.connected_once = False
                 self._drain_dropped()
                 if self._stop.wait(self.reconnect_seconds):
                     return
@@ -110,6 +113,7 @@ class EventPublisher:
                 channel = conn.channel()
                 channel.exchange_declare(EVENTS_EXCHANGE, "topic", durable=True)
                 self.connected.set()
+                self.connected_once = True
                 self._pump(conn, channel)
             except Exception as exc:
                 log.warning("status events: broker connection lost (%s); reconnecting", exc)
