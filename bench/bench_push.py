@@ -191,7 +191,7 @@ async def measure(
     runs = [asyncio.create_task(s.run(port, gate)) for s in subs]
     waiting = asyncio.gather(*(s.ready.wait() for s in subs))
     watched: set[asyncio.Future[Any]] = {waiting, *runs}
-    done, _ = await asyncio.wait(watched, timeout=600, return_when=asyncio.FIRST_COMPLETED)
+    done, _ = await asyncio.wait(watched, timeout=300, return_when=asyncio.FIRST_COMPLETED)
     if waiting not in done:  # a stream ended or failed first, or the time ran out
         raise RuntimeError(f"only {sum(s.ready.is_set() for s in subs)} of {len(subs)} subscribers got their state")
     subscribe_s = time.monotonic() - opened

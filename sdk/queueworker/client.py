@@ -23,12 +23,12 @@ from typing import Any
 
 from qw_core.aio_publishing import AsyncPublisher, accept_async
 from qw_core.delays import resolve_not_before
+from qw_core.events import EventPublisher, publish_changes
 from qw_core.idempotency import IdempotencyKey, make_key
 from qw_core.messages import KINDS, TaskMessage, UserTask, new_task_id, utcnow
 from qw_core.publishing import BlockingPublisher, accept
 from qw_core.registry import Registry, check_kind_name, default_registry
 from qw_core.settings import ClientSettings
-from qw_core.events import EventPublisher, publish_changes
 from qw_core.store import TERMINAL, TaskStore, open_store
 from qw_core.topology import Topology, build_topology
 
