@@ -233,6 +233,7 @@ async def measure(
         "store_tx_per_s": round((after - before) / elapsed, 1),
         "api_gc_gen2_pauses_ms": gc_pauses(api_log)[gc_before:],  # the API's full collections while measuring
         "subscribe_seconds": round(subscribe_s, 1),
+        "load_average_1m": round(os.getloadavg()[0], 1),  # this machine is shared: how busy it was
     }
 
 

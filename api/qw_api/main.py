@@ -54,6 +54,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         urls = settings.rabbitmq_urls()
         events = publish_changes(store, urls) if settings.publish_events else None
         consumer = EventConsumer(urls, services.hub) if settings.events_push else None
+        app.state.event_consumer = consumer
         await publisher.start()
         if consumer is not None:
             await consumer.start()

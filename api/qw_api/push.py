@@ -32,6 +32,7 @@ RESYNC: Final = _Resync()
 Item = TaskRecord | _Resync
 REORDER_WAIT_SECONDS = 0.2  # how long a change waits for the one before it (published by another process)
 REMEMBERED_TASKS = 100_000  # tasks whose next seq the hub remembers (least recently changed forgotten first)
+CONNECTION_NAME = "qw-api-events"  # how the broker's management UI names this consumer's connection
 QUEUE_MAX_LENGTH = 100_000  # this process's event queue on the broker: the oldest dropped past it
 
 
@@ -59,7 +60,8 @@ class Subscription:
     async def get(self, wait: float) -> Item | None:
         """The next change, RESYNC, or None after `wait` seconds of silence."""
         try:
-            return await asyncio.wait_for(self.queue.get(), wait)
+            async with asyncio.timeout(wait):  # no task per call, unlike wait_for: 10,000 streams wait here
+                return await self.queue.get()
         except TimeoutError:
             return None
 
@@ -177,7 +179,7 @@ class EventConsumer:
     async def _consume(self, url: str) -> None:
         import aio_pika
 
-        connection = await aio_pika.connect(url, timeout=10)
+        connection = await aio_pika.connect(url, timeout=10, client_properties={"connection_name": CONNECTION_NAME})
         try:
             channel = await connection.channel(publisher_confirms=False)
             exchange = await channel.declare_exchange(EVENTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)

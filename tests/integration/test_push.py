@@ -4,11 +4,13 @@ real broker, the real store and real worker processes."""
 from __future__ import annotations
 
 import json
+import urllib.parse
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from qw_api.push import Subscription
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
@@ -186,3 +188,30 @@ def test_a_change_made_through_one_api_process_is_pushed_by_another(api_settings
             wait_for("the cancel pushed by B", lambda: len(on_b.statuses(task_id)) == 2, 15)
         assert [v["status"] for v in on_b.statuses(task_id)] == ["scheduled", "cancelled"]
         assert [f.json()["status"] for f in task_on_b.frames] == ["scheduled", "cancelled"]
+
+
+def test_a_change_lost_while_the_api_rebinds_reaches_the_task_stream_from_the_store(push_settings, broker, vhost):
+    """Given a task stream open, when the broker closes the API's event consumer (its exclusive queue goes with it)
+    and the task is cancelled before the consumer is back: the change was routed nowhere, yet the stream shows it,
+    read from the store when the consumer rebinds (every subscriber resyncs)."""
+    from qw_api.push import CONNECTION_NAME  # noqa: PLC0415
+
+    q = urllib.parse.quote(vhost, safe="")
+
+    def consumers():
+        return [c["name"] for c in broker.api(f"/api/vhosts/{q}/connections")
+                if c.get("client_properties", {}).get("connection_name") == CONNECTION_NAME]  # fmt: skip
+
+    with running_api(push_settings) as (base, app), client(base) as http:
+        task_id = http.post("/v1/emails?delay=60", json=EMAIL).json()["task_id"]
+        with sse(base, f"/v1/tasks/{task_id}/events") as live:
+            wait_for("the stored state", lambda: live.frames, 10)
+            names = wait_for("the consumer's connection listed", consumers, 30, 0.5)
+            hub = app.state.services.hub
+            hub.subscribe(spy := Subscription("acme"))
+            broker.api(f"/api/connections/{urllib.parse.quote(names[0], safe='')}", "DELETE")
+            wait_for("the consumer gone", lambda: not spy.queue.empty(), 15, 0.02)  # its RESYNC
+            assert http.delete(f"/v1/tasks/{task_id}").json()["status"] == "cancelled"
+            assert not app.state.event_consumer.bound.is_set()  # so the cancel was routed to no queue of ours
+            wait_for("the stream to end", lambda: live.ended, 30)
+        assert [f.json()["status"] for f in live.frames] == ["scheduled", "cancelled"]
