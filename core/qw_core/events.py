@@ -27,6 +27,7 @@ from qw_core.topology import EVENTS_EXCHANGE
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "application/json"
+CONNECTION_NAME = "qw-status-events"  # as the broker's management UI lists it
 # Not sent: where the upload lies in storage is nobody's business but the workers'.
 _PRIVATE = ("source_key",)
 
@@ -100,7 +101,9 @@ class EventPublisher:
             url = self.urls[attempt % len(self.urls)]
             attempt += 1
             try:
-                conn = pika.BlockingConnection(pika.URLParameters(url))
+                params = pika.URLParameters(url)
+                params.client_properties = {"connection_name": CONNECTION_NAME}
+                conn = pika.BlockingConnection(params)
             except Exception as exc:  # broker away: drop what waits (subscribers re-read the store), try again
                 if attempt == 1 or self.connected_once:  # once per outage, not every second
                     log.warning("status events: cannot connect to the broker (%s); retrying", exc)
