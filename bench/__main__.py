@@ -34,6 +34,7 @@ BENCHES: dict[str, list[str]] = {
     "uploads": [PY, "bench/bench_uploads.py", "--parallel", "16"],
     "closed-loop": [PY, "bench/bench_closed_loop.py", "--tasks", "1000"],
     "s3": [PY, "bench/bench_s3.py", "--images", "200", "--rounds", "2"],
+    "push": [PY, "bench/bench_push.py", "--subscribers", "1000", "10000"],
 }
 
 
@@ -121,6 +122,7 @@ def _rows(results: dict[str, dict[str, Any]]) -> list[str]:
     rows += _sdk_rows(results.get("sdk", {}))
     rows += _upload_rows(results.get("uploads", {}))
     rows += _s3_rows(results.get("s3", {}))
+    rows += _push_rows(results.get("push", {}))
     for name, data in results.items():
         if "error" in data:
             rows.append(f"| {name} | FAILED: {data['error']} | | | |")
@@ -139,6 +141,32 @@ def _closed_loop_rows(c: dict[str, Any]) -> list[str]:
         f"worker {fixed['drain_seconds']}; {fixed[key]} | {c['ratios']['autoscaling_over_fixed_drain']}; "
         f"{c['ratios']['autoscaling_over_fixed_replica_seconds']} |"
     ]
+
+
+def _push_rows(p: dict[str, Any]) -> list[str]:
+    """Status to N subscribers of one API: pushed from the broker against each stream polling the store."""
+    rows = []
+    by = {(r["subscribers"], r["mode"]): r for r in p.get("results", [])}
+    for n in sorted({n for n, _ in by}):
+        push, poll = by.get((n, "push"), {}), by.get((n, "poll"), {})
+        if "p99_ms" not in push:
+            continue
+        ratio = p.get("ratios", {}).get(str(n), {})
+        base = (
+            f"polling stream {poll['p50_ms']} / {poll['p99_ms']}"
+            if "p99_ms" in poll
+            else "polling: " + str(poll.get("error", "not run"))[:60]
+        )
+        rows.append(
+            f"| push, {n:,} subscribers | store write -> client, p50 / p99 ms | {push['p50_ms']} / {push['p99_ms']} | "
+            f"{base} | {ratio.get('p99_push_over_poll', '')} |"
+        )
+        poll_tx = poll.get("store_tx_per_s", "")
+        rows.append(
+            f"| push, {n:,} subscribers | store transactions/s meanwhile | {push['store_tx_per_s']} | "
+            f"polling {poll_tx} | |"
+        )
+    return rows
 
 
 def _sdk_rows(s: dict[str, Any]) -> list[str]:

@@ -18,6 +18,7 @@ from qw_core.store import PendingRow, TaskStore
 from .batching import WriteBatcher
 from .metrics import ApiMetrics
 from .publisher import Publisher
+from .push import Hub
 from .quotas import OverLimit, TenantQuotas
 from .uploads import UploadLimits
 
@@ -34,6 +35,7 @@ class Services:
     queued_writes: WriteBatcher[str] = field(init=False)
     uploads: UploadLimits = field(init=False)
     quotas: TenantQuotas = field(init=False)
+    hub: Hub = field(default_factory=Hub)  # live status changes for this process's subscribers (push.py)
 
     def __post_init__(self) -> None:
         self.pending_writes = WriteBatcher(self.store.create_pending_many)
@@ -92,11 +94,20 @@ def _tenant_of(services: Services, creds: HTTPAuthorizationCredentials | None) -
     )
     if creds is None or creds.scheme.lower() != "bearer":
         raise unauthorized
-    digest = hash_key(creds.credentials)
+    tenant = tenant_for_key(services, creds.credentials)
+    if tenant is None:
+        raise unauthorized
+    return tenant
+
+
+def tenant_for_key(services: Services, key: str) -> str | None:
+    """The tenant of an API key, None for an unknown one."""
+    digest = hash_key(key)
+    found = None
     for known, tenant in services.key_hashes.items():  # constant-time compare against every key
         if hmac.compare_digest(known, digest):
-            return tenant
-    raise unauthorized
+            found = tenant
+    return found
 
 
 # A route that creates a task takes an optional idempotency key (qw_core.idempotency); a malformed one is 422.

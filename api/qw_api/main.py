@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
+from qw_core.events import publish_changes
 from qw_core.registry import Registry, load_app
 from qw_core.settings import ApiSettings
 from qw_core.storage import disk_usage, open_storage
@@ -18,9 +19,10 @@ from qw_workers.builtins import BUILTINS
 
 from .deps import Services, hash_key
 from .limits import BodySizeLimit, BodyTooLarge
-from .metrics import ApiMetrics, ObserveRequests, StorageUsage
+from .metrics import ApiMetrics, ObserveRequests, StorageUsage, StoreTransactions
 from .publisher import MessageTooLarge, Publisher
-from .routes import emails, health, images, kinds, notifications, tasks
+from .push import EventConsumer
+from .routes import emails, events, health, images, kinds, notifications, tasks
 
 MULTIPART_OVERHEAD = 64 * 1024
 
@@ -58,24 +60,36 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             metrics=metrics,
             key_hashes={hash_key(k): t for k, t in keys.items()},
         )
+        services = app.state.services
+        urls = settings.rabbitmq_urls()
+        events = publish_changes(store, urls) if settings.publish_events else None
+        consumer = EventConsumer(urls, services.hub) if settings.events_push else None
+        app.state.event_consumer = consumer
         await publisher.start()
+        if consumer is not None:
+            await consumer.start()
         await publisher.wait_connected(5.0)  # start serving anyway: /readyz tells the truth
         try:
             yield
         finally:
+            if consumer is not None:
+                await consumer.stop()
             await publisher.stop()
+            if events is not None:
+                events.close()
             store.close()
 
     metrics = ApiMetrics()
     if not settings.storage_url:  # a volume's used and free bytes; a bucket has no such figures
         metrics.registry.register(StorageUsage(lambda: disk_usage(settings.storage_dir)))
+    metrics.registry.register(StoreTransactions(lambda: _store_transactions(app)))
     app = FastAPI(
         title="queueworker API",
         version="1.0",
         description="Submit images and emails as background tasks; follow them by polling or server-sent events.",
         lifespan=lifespan,
     )
-    for module in (images, emails, notifications, tasks):
+    for module in (images, emails, notifications, tasks, events):
         app.include_router(module.router)
     app.include_router(kinds.build_router(registry))
     app.include_router(health.router)
@@ -111,3 +125,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_json_bytes, large_paths=uploads)
     app.add_middleware(ObserveRequests, metrics=metrics)
     return app
+
+
+def _store_transactions(app: FastAPI) -> int:
+    services = getattr(app.state, "services", None)
+    return services.store.transactions if services is not None else 0

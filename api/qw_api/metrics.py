@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from qw_core.messages import KINDS
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -90,3 +90,14 @@ class ObserveRequests:
             method = scope["method"]
             self.metrics.requests.labels(method, template, str(status)).inc()
             self.metrics.request_duration.labels(method, template).observe(time.perf_counter() - start)
+
+
+class StoreTransactions(Collector):
+    """Transactions (reads and writes) this process ran on the task store: what its event streams cost the
+    database (a polled stream reads every QW_SSE_POLL_INTERVAL; a pushed one only when it opens or resyncs)."""
+
+    def __init__(self, count: Callable[[], int]) -> None:
+        self.count = count
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(f"{NS}_{SUB}_store_transactions", "Task store transactions run.", self.count())

@@ -30,6 +30,9 @@ class TaskView(BaseModel):
     not_before: float | None = Field(
         default=None, description="When a scheduled task (or a retry) is due, epoch seconds; null: at once."
     )
+    seq: int = Field(
+        default=0, description="How many times its status changed: the order of its changes (an event's `id`)."
+    )
 
 
 class NotificationRequest(BaseModel):

@@ -73,6 +73,9 @@ class CommonSettings(BaseSettings):
     # How long an idempotency key (the API's Idempotency-Key header, the SDK's `idempotency_key=`) names the task
     # it was first used for; stored with the key when it is first used, so the janitor needs no setting of its own.
     idempotency_seconds: float = Field(default=24 * 3600, gt=0)
+    # Every status change this process writes is published to the qw.events exchange (qw_core.events), which the
+    # API's live streams (SSE, WebSocket) read. Best effort; off: those streams see only the API's own changes.
+    publish_events: bool = True
 
     @field_validator("storage_url")
     @classmethod
@@ -146,7 +149,14 @@ class ApiSettings(CommonSettings):
     # by default; 3.10: 128 MiB; 512 MiB at most) by closing the whole channel, failing every publish in flight.
     max_message_bytes: int = Field(default=16 * 1024 * 1024, gt=0, le=512 * 1024 * 1024)
     retry_after_seconds: int = 5
+    # Event streams (qw_api/push.py): pushed from the broker's qw.events (events_push, the default) or, as the
+    # fallback, by reading the store every sse_poll_interval seconds per stream. A keep-alive comment after
+    # sse_keepalive_seconds of silence; each subscriber holds at most events_buffer changes not yet sent (past
+    # that it is resynced from the store, or a tenant-wide stream is ended with `event: overflow`).
+    events_push: bool = True
     sse_poll_interval: float = 0.2
+    sse_keepalive_seconds: float = Field(default=15.0, gt=0)
+    events_buffer: int = Field(default=256, ge=1)
     # What image uploads may hold at once in one API process (qw_api/uploads.py): bodies being received and spooled
     # (their Content-Length), and what checking images allocates (never a full decode: qw_core/images.py; the name
     # is kept from when the API decoded fully); a request that waits longer than

@@ -7,6 +7,7 @@ so a late or duplicate writer cannot move a finished task backwards.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -78,16 +79,23 @@ SCHEMA = (
 _BASE_COLUMNS = (
     "task_id, tenant, kind, status, attempts, error, source_key, result_key, completions, created_at, updated_at"
 )
-# Added to existing tables by `migrate`, later: `result` (a task's JSON return value, SDK kinds) and `not_before`
-# (epoch seconds before which it must not run: a delayed task, or a retry waiting in the delay ladder).
-_ADDED_COLUMNS = {"result": "TEXT", "not_before": "DOUBLE PRECISION"}
-_COLUMNS = f"{_BASE_COLUMNS}, result, not_before"
+log = logging.getLogger(__name__)
+# Told of every status change after its commit (qw_core.events publishes them); must not block or raise.
+ChangeListener = Callable[[Sequence["TaskRecord"]], None]
+
+# Added to existing tables by `migrate`, later: `result` (a task's JSON return value, SDK kinds), `not_before`
+# (epoch seconds before which it must not run: a delayed task, or a retry waiting in the delay ladder) and `seq`
+# (bumped by every status UPDATE, in the same statement: the order of a task's changes as the store made them,
+# which pushed events carry so a subscriber can put them in order and resume; qw_core.events).
+_ADDED_COLUMNS = {"result": "TEXT", "not_before": "DOUBLE PRECISION", "seq": "INTEGER NOT NULL DEFAULT 0"}
+_COLUMNS = f"{_BASE_COLUMNS}, result, not_before, seq"
+_RETURNING = f" RETURNING {_COLUMNS}"
 _INSERT_PENDING = (
     f"INSERT INTO tasks ({_BASE_COLUMNS}, not_before) VALUES (?, ?, ?, 'pending', 0, NULL, ?, NULL, 0, ?, ?, ?)"
 )
 _CONFIRM_QUEUED = (
-    "UPDATE tasks SET status=CASE WHEN not_before IS NULL THEN 'queued' ELSE 'scheduled' END, updated_at=? "
-    "WHERE task_id=? AND status='pending'"
+    "UPDATE tasks SET status=CASE WHEN not_before IS NULL THEN 'queued' ELSE 'scheduled' END, updated_at=?, "
+    "seq=seq+1 WHERE task_id=? AND status='pending'"
 )
 _INSERT_KEY = (
     "INSERT INTO idempotency_keys (tenant, idem_key, fingerprint, task_id, created_at, expires_at) "
@@ -111,6 +119,7 @@ class TaskRecord:
     updated_at: float
     result: str | None = None  # JSON text
     not_before: float | None = None  # epoch seconds
+    seq: int = 0  # the task's change count (0: created, pending); every status change adds one
 
 
 RemoveFiles = Callable[[list[str]], None]
@@ -130,6 +139,8 @@ class TaskStore:
     """SQL shared by both backends; subclasses supply connections and the placeholder style."""
 
     placeholder = "?"
+    on_change: ChangeListener | None = None
+    transactions = 0  # per instance once counted (`_tx` of each backend): what a scrape of the API reports
     # Appended to the janitor's SELECTs: PostgreSQL replicas take disjoint batches instead of waiting on each other.
     skip_locked = ""
 
@@ -145,6 +156,23 @@ class TaskStore:
         with self._tx() as cur:
             cur.execute(self._sql(sql), tuple(params))
             return int(cur.rowcount)
+
+    def _change(self, sql: str, params: Sequence[Any] = ()) -> list[TaskRecord]:
+        """A status UPDATE (which bumps `seq`): the rows as it left them, told to `on_change` after the commit."""
+        with self._tx() as cur:
+            cur.execute(self._sql(sql + _RETURNING), tuple(params))
+            changed = [TaskRecord(*r) for r in cur.fetchall()]
+        self._changed(changed)
+        return changed
+
+    def _changed(self, records: Sequence[TaskRecord]) -> None:
+        listener = self.on_change
+        if listener is None or not records:
+            return
+        try:
+            listener(records)
+        except Exception:  # best effort: the store is the truth, a subscriber re-reads it
+            log.exception("status change listener failed")
 
     def _fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
         with self._tx(write=False) as cur:
@@ -205,12 +233,16 @@ class TaskStore:
             )
 
     def confirm_queued_many(self, task_ids: Sequence[str]) -> None:
+        if self.on_change is not None:  # one statement, so the changed rows come back to be pushed
+            sql = _CONFIRM_QUEUED.replace("task_id=?", f"task_id IN ({_marks(len(task_ids))})")
+            self._change(sql, (time.time(), *task_ids))
+            return
         with self._tx() as cur:
             cur.executemany(self._sql(_CONFIRM_QUEUED), [(time.time(), t) for t in task_ids])
 
     def confirm_queued(self, task_id: str) -> bool:
         """After the broker's confirm. A worker may already have moved it on; then nothing changes."""
-        return self._execute(_CONFIRM_QUEUED, (time.time(), task_id)) == 1
+        return bool(self._change(_CONFIRM_QUEUED, (time.time(), task_id)))
 
     def discard_pending(self, task_id: str) -> bool:
         """The publish failed: remove the row so nothing claims the task is queued, and release its idempotency key
@@ -271,8 +303,8 @@ class TaskStore:
         (delayed) becomes
         `cancelled`, in one conditional UPDATE, so a worker's claim (`start_attempt`) and a cancel cannot both win.
         Returns the task as it is afterwards (None: unknown to this tenant); its status says who won."""
-        self._execute(
-            "UPDATE tasks SET status='cancelled', error=?, updated_at=? "
+        self._change(
+            "UPDATE tasks SET status='cancelled', error=?, updated_at=?, seq=seq+1 "
             "WHERE task_id=? AND tenant=? AND status IN ('queued', 'scheduled')",
             (CANCELLED_ERROR, time.time(), task_id, tenant),
         )
@@ -296,8 +328,8 @@ class TaskStore:
 
     def _advance(self, assignments: str, params: Sequence[Any], task_id: str) -> bool:
         """One conditional UPDATE that never touches a task that already ended. False: it had (or is unknown)."""
-        sql = f"UPDATE tasks SET {assignments}, updated_at=? WHERE task_id=? AND {_NOT_ENDED}"
-        return self._execute(sql, (*params, time.time(), task_id)) == 1
+        sql = f"UPDATE tasks SET {assignments}, updated_at=?, seq=seq+1 WHERE task_id=? AND {_NOT_ENDED}"
+        return bool(self._change(sql, (*params, time.time(), task_id)))
 
     def start_attempt(self, task_id: str, attempt: int) -> bool:
         """Mark processing unless the task already ended or this delivery is stale. False: a duplicate.
@@ -307,10 +339,10 @@ class TaskStore:
         The same attempt while 'processing' is let through: its worker died or handed it back mid-attempt.
         """
         sql = (
-            f"UPDATE tasks SET status='processing', attempts=?, updated_at=? WHERE task_id=? AND {_NOT_ENDED} "
-            "AND (attempts < ? OR (attempts = ? AND status = 'processing'))"
+            f"UPDATE tasks SET status='processing', attempts=?, updated_at=?, seq=seq+1 WHERE task_id=? "
+            f"AND {_NOT_ENDED} AND (attempts < ? OR (attempts = ? AND status = 'processing'))"
         )
-        return self._execute(sql, (attempt, time.time(), task_id, attempt, attempt)) == 1
+        return bool(self._change(sql, (attempt, time.time(), task_id, attempt, attempt)))
 
     def succeed(self, task_id: str, result_key: str | None = None, result: str | None = None) -> bool:
         """`result_key`: a file in storage (images); `result`: the JSON text of an SDK task's return value."""
@@ -404,19 +436,22 @@ class TaskStore:
     def fail_stuck_pending(self, before: float, error: str, limit: int, now: float | None = None) -> int:
         """Rows `pending` since before `before` (never published) end `failed` with `error`; at most `limit`."""
         now = time.time() if now is None else now
+        changed: list[TaskRecord] = []
         with self._tx() as cur:
             ids = [r[0] for r in self._locked_ids(cur, "status='pending' AND updated_at<?", (before,), limit)]
             if ids:
                 cur.execute(
                     self._sql(
-                        "UPDATE tasks SET status='failed', error=?, updated_at=? "
-                        f"WHERE status='pending' AND task_id IN ({_marks(len(ids))})"
+                        "UPDATE tasks SET status='failed', error=?, updated_at=?, seq=seq+1 "
+                        f"WHERE status='pending' AND task_id IN ({_marks(len(ids))}){_RETURNING}"
                     ),
                     (error[:2000], now, *ids),
                 )
+                changed = [TaskRecord(*r) for r in cur.fetchall()]
                 # Never queued: their keys must not keep answering with a task that never ran.
                 cur.execute(self._sql(f"DELETE FROM idempotency_keys WHERE task_id IN ({_marks(len(ids))})"), ids)
-            return len(ids)
+        self._changed(changed)
+        return len(ids)
 
     def release_ended_uploads(self, limit: int, remove: RemoveFiles) -> int:
         """Remove the source uploads of ended tasks (files first, then the key), at most `limit`."""
@@ -496,6 +531,7 @@ class SqliteStore(TaskStore):
 
     @contextmanager
     def _tx(self, write: bool = True) -> Iterator[Any]:
+        self.transactions += 1
         conn = self._conn()
         try:
             cur = conn.cursor()
@@ -528,6 +564,7 @@ class PostgresStore(TaskStore):
     def _tx(self, write: bool = True) -> Iterator[Any]:
         import psycopg
 
+        self.transactions += 1
         try:
             with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
                 yield cur

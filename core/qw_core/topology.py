@@ -4,6 +4,7 @@
     qw.delay.<ms> (topic, LEVELS rungs) --...--> qw.delay.due (topic) --#.<kind>--> qw.<kind>
     qw.dead  (direct) --<kind>--> qw.<kind>.dead (quorum)
     qw.notifications (fanout) --> qw.notifications.log (quorum)
+    qw.events (topic, <tenant>.<kind>.<task_id>) --> each API process's exclusive, auto-deleted queue (qw_core.events)
 
 Delayed tasks and retries go through the one delay ladder that every kind shares (qw_core.delays): a fixed set of
 quorum queues, each with its own TTL, that dead-letter into each other and finally into the kind's queue.
@@ -40,6 +41,7 @@ TASKS_EXCHANGE = "qw.tasks"
 DEAD_EXCHANGE = "qw.dead"
 NOTIFICATIONS_EXCHANGE = "qw.notifications"
 NOTIFICATIONS_QUEUE = "qw.notifications.log"
+EVENTS_EXCHANGE = "qw.events"  # status changes, pushed (qw_core.events)
 
 # Headers the platform sets on messages it republishes.
 H_ATTEMPT = "x-qw-attempt"  # attempts already made (0 on first publish)
@@ -143,6 +145,7 @@ def build_topology(kinds: Sequence[str], delivery_limit: int, limits: QueueLimit
         ExchangeSpec(DEAD_EXCHANGE, "direct"),
         ExchangeSpec(TASKS_EXCHANGE, "direct"),
         ExchangeSpec(NOTIFICATIONS_EXCHANGE, "fanout"),
+        ExchangeSpec(EVENTS_EXCHANGE, "topic"),
         ExchangeSpec(ladder.DUE_EXCHANGE, "topic"),
         *(ExchangeSpec(ladder.rung_name(level), "topic") for level in range(ladder.LEVELS)),
     ]

@@ -23,6 +23,7 @@ from typing import Any
 
 from qw_core.aio_publishing import AsyncPublisher, accept_async
 from qw_core.delays import resolve_not_before
+from qw_core.events import EventPublisher, publish_changes
 from qw_core.idempotency import IdempotencyKey, make_key
 from qw_core.messages import KINDS, TaskMessage, UserTask, new_task_id, utcnow
 from qw_core.publishing import BlockingPublisher, accept
@@ -67,6 +68,7 @@ class Client:
         self.registry = registry if registry is not None else default_registry
         self._lock = threading.Lock()
         self._store: TaskStore | None = None
+        self._events: EventPublisher | None = None  # its status changes (queued, cancelled) to qw.events
         self._publisher: BlockingPublisher | None = None
         self._aio: dict[asyncio.AbstractEventLoop, AsyncPublisher] = {}  # one connection per event loop
 
@@ -207,9 +209,11 @@ class Client:
                 self._publisher.close()
             for aio in self._aio.values():
                 aio.close_soon()
+            if self._events is not None:
+                self._events.close()
             if self._store is not None:
                 self._store.close()
-            self._store = self._publisher = None
+            self._store = self._publisher = self._events = None
             self._aio.clear()
 
     async def aclose(self) -> None:
@@ -226,6 +230,8 @@ class Client:
         with self._lock:
             if self._store is None:
                 self._store = open_store(self.settings.database_url)
+                if self.settings.publish_events:
+                    self._events = publish_changes(self._store, self.settings.rabbitmq_urls())
             return self._store
 
     def _aio_publisher(self) -> AsyncPublisher:

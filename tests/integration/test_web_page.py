@@ -7,7 +7,9 @@ import shutil
 
 import pytest
 
+from tests.support.api import running_api
 from tests.support.images import image_bytes
+from tests.support.workers import running_worker, worker_env
 
 pytestmark = pytest.mark.integration
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -45,6 +47,7 @@ def test_person_uploads_an_image_and_watches_it_finish(platform, browser_page, t
     page.wait_for_selector("#status[data-status=succeeded]", timeout=30_000)
     log = page.inner_text("#log")
     assert "processing" in log and "succeeded" in log  # the status changed live, not only at the end
+    assert page.get_attribute("#status", "data-via") == "push"  # over the WebSocket, not by polling
     img = page.wait_for_selector("#result-image", timeout=10_000)
     size = img.evaluate("i => [i.naturalWidth, i.naturalHeight]")
     assert size == [160, 120]
@@ -121,3 +124,69 @@ def test_the_page_shows_a_result_redirected_to_the_s3_store(api_settings, amqp_u
         img = page.wait_for_selector("#result-image", timeout=10_000)
         assert img.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [160, 120]
         assert page.inner_text("#error") == ""
+
+
+@pytest.fixture
+def polling_platform(api_settings, amqp_url, tmp_path):
+    """API with QW_EVENTS_PUSH=false (its WebSocket refuses) + an image worker taking 1.5 s per task."""
+    settings = api_settings.model_copy(update={"events_push": False})
+    with running_api(settings) as (base, _app):
+        env = worker_env(amqp_url, settings.database_url, settings.storage_dir, QW_TEST_TASK_DELAY=1.5)
+        with running_worker("image", env, tmp_path / "logs"):
+            yield base
+
+
+def test_without_push_the_page_falls_back_to_polling(polling_platform, browser_page, tmp_path):
+    photo = tmp_path / "a.png"
+    photo.write_bytes(image_bytes())
+    page = browser_page
+    page.goto(polling_platform)
+    page.fill("#key", "key-acme")
+    page.set_input_files("#file", str(photo))
+    page.click("#submit")
+    page.wait_for_selector("#status[data-status=succeeded]", timeout=30_000)
+    assert page.get_attribute("#status", "data-via") == "poll"
+    assert "processing" in page.inner_text("#log")
+    page.wait_for_selector("#result-image", timeout=10_000)
+
+
+SOCKETS_JS = """async ([acmeKey, globexKey]) => {
+  const url = new URL("v1/ws", location.href).href.replace(/^http/, "ws");
+  const open = (protocols, first) => new Promise((resolve) => {
+    const ws = protocols ? new WebSocket(url, protocols) : new WebSocket(url);
+    const got = { ws, messages: [], closed: null };
+    ws.onopen = () => { if (first) ws.send(JSON.stringify(first)); };
+    ws.onmessage = (ev) => {
+      const m = JSON.parse(ev.data);
+      got.messages.push(m);
+      if (m.type === "ready") resolve(got);
+    };
+    ws.onclose = (ev) => { got.closed = ev.code; resolve(got); };
+  });
+  window.sockets = {
+    acme: await open(null, { type: "auth", key: acmeKey }),
+    globex: await open(["queueworker", "bearer." + globexKey], null),
+    stranger: await open(["queueworker", "bearer.not-a-key"], null),
+  };
+  return [window.sockets.acme.messages[0], window.sockets.globex.messages[0], window.sockets.stranger.closed];
+}"""
+
+
+def test_the_websocket_in_chromium_authenticates_without_the_key_in_the_url_and_keeps_tenants_apart(
+    platform, browser_page
+):
+    http, _ = platform
+    page = browser_page
+    page.goto(str(http.base_url))
+    acme_ready, globex_ready, stranger = page.evaluate(SOCKETS_JS, ["key-acme", "key-globex"])
+    assert (acme_ready["tenant"], globex_ready["tenant"], stranger) == ("acme", "globex", 4401)
+    task_id = http.post("/v1/emails", json={"to": "a@example.com", "subject": "s", "text": "t"}).json()["task_id"]
+    page.wait_for_function(
+        f"window.sockets.acme.messages.some(m => m.type === 'status' && m.task.task_id === '{task_id}' "
+        "&& m.task.status === 'succeeded')",
+        timeout=30_000,
+    )
+    seqs = page.evaluate(f"window.sockets.acme.messages.filter(m => m.task && m.task.task_id === '{task_id}')"
+                         ".map(m => m.task.seq)")  # fmt: skip
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert page.evaluate("window.sockets.globex.messages.filter(m => m.type === 'status').length") == 0

@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.app and os.getcwd() not in sys.path:  # `--app shop.tasks` from the working directory, like `python -m`
         sys.path.insert(0, os.getcwd())
     spec = resolve_kind(args.kind, args.app)
+    from qw_core.events import publish_changes
     from qw_core.logs import configure_logging
     from qw_core.settings import WorkerSettings, load
     from qw_core.storage import open_storage
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("test-only task delay of %.2fs is active", delay)
         handler = slowed(handler, delay)
     store = open_store(settings.database_url)
+    events = publish_changes(store, settings.rabbitmq_urls()) if settings.publish_events else None
     storage = open_storage(settings)
     worker = Worker(args.kind, handler, settings, store, storage, middleware, policy=spec.policy)
     health = HealthServer(settings.metrics_host, settings.metrics_port, metrics.registry, lambda: worker.ready).start()
@@ -98,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info("worker starting", extra={"kind": args.kind})
     code = worker.run()
     health.stop()
+    if events is not None:
+        events.close()
     store.close()
     logging.shutdown()
     if worker.abandoned:

@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m qw_workers janitor", description=__doc__)
     p.add_argument("--once", action="store_true", help="one pass, then exit (a CronJob); else every interval")
     args = p.parse_args(argv)
+    from qw_core.events import publish_changes
     from qw_core.logs import configure_logging
     from qw_core.settings import load
     from qw_core.store import open_store
@@ -117,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = load(JanitorSettings)
     configure_logging(settings.log_format, settings.log_level)
     store = open_store(settings.database_url)
+    events = publish_changes(store, settings.rabbitmq_urls()) if settings.publish_events else None
     policy = RetentionPolicy(settings.retention_seconds, settings.pending_timeout_seconds)
     janitor = Janitor(store, open_storage(settings), policy, settings.janitor_batch_size)
     stop = threading.Event()
@@ -138,5 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.once:
             break
         stop.wait(settings.janitor_interval_seconds)
+    if events is not None:
+        events.close()
     store.close()
     return code

@@ -1,10 +1,7 @@
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import time
-from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, StreamingResponse
@@ -13,19 +10,16 @@ from qw_core.store import TERMINAL, StoreUnavailable, TaskRecord
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
-from ..deps import Services, ServicesDep, TenantDep, over_limit
-from ..quotas import OverLimit
+from ..deps import Services, ServicesDep, TenantDep
 from ..schemas import TaskView, problems
 from ..service import link, unavailable
 
 router = APIRouter(prefix="/v1", tags=["tasks"])
 log = logging.getLogger("qw_api.tasks")
 NOT_FOUND = "no such task"  # the same answer for another tenant's task: never reveal it exists
-SSE_KEEPALIVE_SECONDS = 15.0
-SSE_MAX_SECONDS = 900.0
 
 
-async def _load(services: Services, task_id: str, tenant: str) -> TaskRecord | None:
+async def load_task(services: Services, task_id: str, tenant: str) -> TaskRecord | None:
     try:
         rec = await run_in_threadpool(services.store.get, task_id, tenant)
     except StoreUnavailable as exc:
@@ -33,7 +27,7 @@ async def _load(services: Services, task_id: str, tenant: str) -> TaskRecord | N
     return None if rec is None or rec.status == "pending" else rec
 
 
-def _view(rec: TaskRecord, request: Request) -> TaskView:
+def task_view(rec: TaskRecord, request: Request) -> TaskView:
     result_url = None
     if rec.status == "succeeded" and (rec.result_key or rec.result is not None):
         result_url = link(request, "get_task_result", task_id=rec.task_id)
@@ -41,16 +35,16 @@ def _view(rec: TaskRecord, request: Request) -> TaskView:
     return TaskView(
         task_id=rec.task_id, kind=rec.kind, status=rec.status, attempts=rec.attempts,  # type: ignore[arg-type]
         error=rec.error, result_url=result_url, result=result, created_at=rec.created_at, updated_at=rec.updated_at,
-        not_before=rec.not_before,
+        not_before=rec.not_before, seq=rec.seq,
     )  # fmt: skip
 
 
 @router.get("/tasks/{task_id}", response_model=TaskView, responses=problems(401, 404))
 async def get_task(task_id: str, tenant: TenantDep, services: ServicesDep, request: Request) -> TaskView:
-    rec = await _load(services, task_id, tenant)
+    rec = await load_task(services, task_id, tenant)
     if rec is None:
         raise HTTPException(404, NOT_FOUND)
-    return _view(rec, request)
+    return task_view(rec, request)
 
 
 @router.delete("/tasks/{task_id}", response_model=TaskView, responses=problems(401, 404, 409))
@@ -68,56 +62,7 @@ async def cancel_task(task_id: str, tenant: TenantDep, services: ServicesDep, re
         started = "has ended" if rec.status in TERMINAL else "has started"
         detail = f"the task {started} (status: {rec.status}); only a queued task can be cancelled"
         return JSONResponse({"detail": detail, "status": rec.status}, status_code=409)
-    return JSONResponse(_view(rec, request).model_dump())
-
-
-@router.get(
-    "/tasks/{task_id}/events",
-    responses={200: {"content": {"text/event-stream": {}}}, **problems(401, 404)},
-)
-async def task_events(task_id: str, tenant: TenantDep, services: ServicesDep, request: Request) -> StreamingResponse:
-    """Server-sent events: one `status` event per change, ending after a final status."""
-    first = await _load(services, task_id, tenant)
-    if first is None:
-        raise HTTPException(404, NOT_FOUND)
-    try:
-        release = services.quotas.open_stream(tenant)
-    except OverLimit as exc:
-        raise over_limit(exc) from None
-
-    async def stream() -> AsyncIterator[str]:
-        services.metrics.sse_streams.inc()
-        try:
-            rec: TaskRecord | None = first
-            last: tuple[str, int, float] | None = None
-            started = last_sent = time.monotonic()
-            while rec is not None:
-                state = (rec.status, rec.attempts, rec.updated_at)
-                if state != last:
-                    last, last_sent = state, time.monotonic()
-                    yield f"event: status\ndata: {json.dumps(_view(rec, request).model_dump())}\n\n"
-                    if rec.status in TERMINAL:
-                        return
-                elif time.monotonic() - last_sent > SSE_KEEPALIVE_SECONDS:
-                    last_sent = time.monotonic()
-                    yield ": keep-alive\n\n"
-                if await request.is_disconnected() or time.monotonic() - started > SSE_MAX_SECONDS:
-                    return
-                await asyncio.sleep(services.settings.sse_poll_interval)
-                try:
-                    rec = await run_in_threadpool(services.store.get, task_id, tenant)
-                except StoreUnavailable:
-                    continue
-        finally:
-            services.metrics.sse_streams.dec()
-            release()
-
-    return StreamingResponse(
-        stream(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-        background=BackgroundTask(release),  # also when the stream never started (client gone at once)
-    )
+    return JSONResponse(task_view(rec, request).model_dump())
 
 
 @router.get(
@@ -131,7 +76,7 @@ async def task_events(task_id: str, tenant: TenantDep, services: ServicesDep, re
 )  # fmt: skip
 async def get_task_result(task_id: str, tenant: TenantDep, services: ServicesDep) -> Response:
     """The processed file of an image task, or an SDK task's return value as JSON."""
-    rec = await _load(services, task_id, tenant)  # the tenant check: another tenant's task is 404, never a link
+    rec = await load_task(services, task_id, tenant)  # the tenant check: another tenant's task is 404, never a link
     if rec is None:
         raise HTTPException(404, NOT_FOUND)
     if rec.status == "succeeded" and rec.result is not None:

@@ -1,0 +1,170 @@
+"""Status changes pushed through the broker: every process that writes the store publishes what it changed.
+
+    store UPDATE (seq=seq+1, RETURNING) --on_change--> EventPublisher (a thread) --> qw.events (topic)
+        routing key <tenant>.<kind>.<task_id>          --> each API process's own exclusive queue (qw_api.push)
+
+Best effort by design: `offer` never blocks and never raises (a bounded buffer; past it, or while the broker is
+away, events are dropped and counted). The store stays the truth: each event carries the task's `seq`, so a
+subscriber that sees a gap, or whose API lost its consumer, re-reads the store. Messages are transient: the
+queues they land in are exclusive and auto-deleted, so persisting them would buy nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import queue
+import threading
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import quote
+
+from qw_core.store import TaskRecord, TaskStore
+from qw_core.topology import EVENTS_EXCHANGE
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "application/json"
+CONNECTION_NAME = "qw-status-events"  # as the broker's management UI lists it
+# Not sent: where the upload lies in storage is nobody's business but the workers'.
+_PRIVATE = ("source_key",)
+
+
+def _word(value: str) -> str:
+    """One routing-key word: a dot inside a tenant or kind name must not split it."""
+    return quote(value, safe="").replace(".", "%2E")
+
+
+def routing_key(tenant: str, kind: str, task_id: str) -> str:
+    """`<tenant>.<kind>.<task_id>`: bind `<tenant>.#` for a tenant, `<tenant>.<kind>.*` for one of its kinds."""
+    return f"{_word(tenant)}.{_word(kind)}.{_word(task_id)}"
+
+
+def encode(record: TaskRecord) -> bytes:
+    body = {k: v for k, v in dataclasses.asdict(record).items() if k not in _PRIVATE}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def decode(body: bytes) -> TaskRecord:
+    data: dict[str, Any] = json.loads(body)
+    fields = {f.name for f in dataclasses.fields(TaskRecord)}
+    return TaskRecord(**{k: v for k, v in data.items() if k in fields}, source_key=None)
+
+
+class EventPublisher:
+    """Publishes status changes from a thread of its own (one pika connection), fed by a bounded buffer."""
+
+    def __init__(self, urls: Sequence[str], capacity: int = 10_000, reconnect_seconds: float = 1.0) -> None:
+        self.urls = list(urls)  # a cluster's nodes, tried in turn
+        self.reconnect_seconds = reconnect_seconds
+        self.published = 0
+        self.dropped = 0
+        self._buffer: queue.Queue[tuple[str, bytes] | None] = queue.Queue(capacity)
+        self._stop = threading.Event()
+        self.connected = threading.Event()
+        self.connected_once = False
+        self._thread = threading.Thread(target=self._run, name="qw-events", daemon=True)
+
+    def start(self) -> EventPublisher:
+        self._thread.start()
+        return self
+
+    def attach(self, store: TaskStore) -> EventPublisher:
+        """Publish every status change `store` makes from now on."""
+        store.on_change = self.offer
+        return self
+
+    def offer(self, records: Sequence[TaskRecord]) -> None:
+        for rec in records:
+            try:
+                self._buffer.put_nowait((routing_key(rec.tenant, rec.kind, rec.task_id), encode(rec)))
+            except queue.Full:
+                self.dropped += 1
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Publish what is buffered (for up to `timeout` seconds), then disconnect."""
+        self._stop.set()
+        try:
+            self._buffer.put_nowait(None)  # wake the thread
+        except queue.Full:
+            pass
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        import pika
+
+        attempt = 0
+        while not self._stop.is_set() or not self._buffer.empty():
+            url = self.urls[attempt % len(self.urls)]
+            attempt += 1
+            try:
+                params = pika.URLParameters(url)
+                params.client_properties = {"connection_name": CONNECTION_NAME}
+                conn = pika.BlockingConnection(params)
+            except Exception as exc:  # broker away: drop what waits (subscribers re-read the store), try again
+                if attempt == 1 or self.connected_once:  # once per outage, not every second
+                    log.warning("status events: cannot connect to the broker (%s); retrying", exc)
+                    self.connected_once = False
+                self._drain_dropped()
+                if self._stop.wait(self.reconnect_seconds):
+                    return
+                continue
+            try:
+                channel = conn.channel()
+                channel.exchange_declare(EVENTS_EXCHANGE, "topic", durable=True)
+                self.connected.set()
+                self.connected_once = True
+                self._pump(conn, channel)
+            except Exception as exc:
+                log.warning("status events: broker connection lost (%s); reconnecting", exc)
+            finally:
+                self.connected.clear()
+                if conn.is_open:
+                    with contextlib.suppress(Exception):  # it is going away either way
+                        conn.close()
+            if self._stop.is_set():
+                return
+
+    def _pump(self, conn: Any, channel: Any) -> None:
+        import pika
+
+        props = pika.BasicProperties(content_type=CONTENT_TYPE, delivery_mode=1)
+        while True:
+            try:
+                item = self._buffer.get(timeout=1.0)
+            except queue.Empty:
+                if self._stop.is_set():
+                    return
+                conn.process_data_events(0)  # heartbeats while idle
+                continue
+            if item is None:
+                if self._stop.is_set() and self._buffer.empty():
+                    return
+                continue
+            key, body = item
+            try:
+                channel.basic_publish(EVENTS_EXCHANGE, key, body, props)
+            except Exception:
+                self.dropped += 1
+                raise
+            self.published += 1
+
+    def _drain_dropped(self) -> None:
+        while True:
+            try:
+                item = self._buffer.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None:
+                self.dropped += 1
+
+
+def publish_changes(store: TaskStore, urls: Sequence[str], capacity: int = 10_000) -> EventPublisher:
+    """Attach a started EventPublisher to `store` (close it before closing the store)."""
+    return EventPublisher(urls, capacity).start().attach(store)
+
+
+__all__ = ["EVENTS_EXCHANGE", "EventPublisher", "decode", "encode", "publish_changes", "routing_key"]
