@@ -173,6 +173,7 @@ def queue_status(q: QueueMetrics) -> dict[str, Any]:
         "ackRate": None if q.ack_rate is None else round(q.ack_rate, 1),
         "depthSource": q.depth_source,
         "rateSource": q.rate_source,
+        "lastPublishTime": None if q.published_at is None else rfc3339(q.published_at),
     }
 
 

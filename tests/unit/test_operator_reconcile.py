@@ -339,6 +339,7 @@ async def test_a_scaling_tick_writes_the_whole_status_once(no_events: list[tuple
                 "ackRate": 0.0,
                 "depthSource": "ManagementAPI",
                 "rateSource": "ManagementAPI",
+                "lastPublishTime": None,
             },
             "replicas": 1,
             "readyReplicas": 1,

@@ -73,6 +73,7 @@ def test_a_scale_writes_every_field_and_condition() -> None:
         "ackRate": 2.1,
         "depthSource": "ManagementAPI",
         "rateSource": "ManagementAPI",
+        "lastPublishTime": None,
     }
     assert st["history"] == {"recommendations": [{"time": 990.0, "replicas": 5}], "lastActiveTime": 990.0,
                              "perReplicaAckRate": None}  # fmt: skip
@@ -284,6 +285,7 @@ def test_unknown_rates_are_written_as_none_to_remove_them() -> None:
         "ackRate": None,
         "depthSource": "Prometheus",
         "rateSource": None,
+        "lastPublishTime": None,
     }
 
 
