@@ -24,7 +24,7 @@ import kopf
 from qw_operator.crd import PAUSED_ANNOTATION
 from qw_operator.metrics import OperatorMetrics
 from qw_operator.observe import Reading, Replicas, read_queue
-from qw_operator.policy import Decision, History, Policy, decide
+from qw_operator.policy import Decision, History, Policy, decide, is_active
 from qw_operator.rabbitmq import Snapshot
 from qw_operator.scaler import Kube, target_name
 from qw_operator.status import (
@@ -103,7 +103,10 @@ class Ticker:
 
     def decide(self, reading: Reading, current: int, now: float) -> Decision:
         if self.paused:
-            decision = Decision(current, f"Paused: {PAUSED_ANNOTATION} holds {current}", False, self.history)
+            obs, stale_after = reading.observation, Policy.from_spec(self.spec).rate_stale_seconds
+            active = obs is not None and is_active(obs, stale_after)
+            decision = Decision(current, f"Paused: {PAUSED_ANNOTATION} holds {current}", False, self.history,
+                                active=active)  # fmt: skip
         else:
             decision = decide(Policy.from_spec(self.spec), reading.observation, self.history, current, now)
         self.history = decision.history
