@@ -150,7 +150,10 @@ def _operator_real_rows(o: dict[str, Any]) -> list[str]:
     for r in o.get("results", []):
         n, t, idle, busy, burst = r["queueworkers"], r["today"], r["idle"], r["busy100"], r["burst_to_replicas_s"]
         head = f"| operator (real process, control plane), {n} QueueWorkers"
-        was = lambda key: f"daemon per QueueWorker {t[key]}" if key in t else ""  # noqa: E731
+
+        def was(key: str, t: dict[str, Any] = t) -> str:
+            return f"daemon per QueueWorker {t[key]}" if key in t else ""
+
         rows += [
             f"{head} | all have a status, s; 429s | {r['all_status_s']}; {r['throttled_429_startup']} | "
             f"{was('all_status_s')}; {t.get('throttled_429', '')} | |",
