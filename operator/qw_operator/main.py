@@ -81,7 +81,6 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
         pollers, _ticker_factory(memo, kwargs["deployment_replicas"], kwargs["deployment_controllers"]), metrics,
         cfg.default_interval,
     )  # fmt: skip
-    memo.scheduler.start()
     follow_peering(memo.scheduler.pause)
     log.info("operator started: brokers %s; depth from Prometheus endpoints for %s", sorted(pollers), sorted(prom))
 
@@ -153,7 +152,12 @@ async def ensure_worker_deployment(
 
 @kopf.on.event(*RESOURCE)
 async def track(type: str | None, uid: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """Every QueueWorker kopf lists or sees change is ticked by the scheduler; a deleted one no more."""
+    """Every QueueWorker kopf lists or sees change is ticked by the scheduler; a deleted one no more.
+
+    The scheduler starts here, at the first event, not at startup: its tasks inherit this handler's context, which
+    holds kopf's event queue (kopf.info/warn post through it; startup handlers do not have it)."""
+    if not memo.scheduler.started:
+        memo.scheduler.start()
     if type == "DELETED":
         memo.scheduler.remove(uid)
     else:

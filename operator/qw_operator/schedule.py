@@ -103,6 +103,10 @@ class Scheduler:
 
     # -- ticking ----------------------------------------------------------------------------------------------
 
+    @property
+    def started(self) -> bool:
+        return bool(self._tasks)
+
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._broker_loop(n, p), name=f"ticks {n}") for n, p in self.pollers.items()]
         self._tasks.append(asyncio.create_task(self._unknown_broker_loop(), name="ticks of unknown brokers"))
