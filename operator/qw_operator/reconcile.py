@@ -57,6 +57,8 @@ class Ticker:
     unwritten: dict[str, Any] = field(default_factory=dict)  # a patch whose write failed (its lastScaleTime)
     rewrite: bool = False  # the last status write failed: write the next one whatever changed
     pending: tuple[int, float] | None = None
+    _children: dict[str, Any] = field(default_factory=dict)  # metric children of this QueueWorker
+    _policy: tuple[Mapping[str, Any], Policy] | None = None
     fallback_active: bool = False
     # Why the target Deployment must not be scaled although it exists (a template-form QueueWorker whose
     # `<name>-worker` is not its own), or None.
@@ -70,6 +72,14 @@ class Ticker:
     @property
     def spec(self) -> Mapping[str, Any]:
         return self.body.get("spec") or {}
+
+    @property
+    def policy(self) -> Policy:
+        """The spec's Policy, parsed again only when a new body brought a new spec."""
+        spec = self.spec
+        if self._policy is None or self._policy[0] is not spec:
+            self._policy = (spec, Policy.from_spec(spec))
+        return self._policy[1]
 
     @property
     def paused(self) -> bool:
@@ -103,12 +113,12 @@ class Ticker:
 
     def decide(self, reading: Reading, current: int, now: float) -> Decision:
         if self.paused:
-            obs, stale_after = reading.observation, Policy.from_spec(self.spec).rate_stale_seconds
+            obs, stale_after = reading.observation, self.policy.rate_stale_seconds
             active = obs is not None and is_active(obs, stale_after)
             decision = Decision(current, f"Paused: {PAUSED_ANNOTATION} holds {current}", False, self.history,
                                 active=active)  # fmt: skip
         else:
-            decision = decide(Policy.from_spec(self.spec), reading.observation, self.history, current, now)
+            decision = decide(self.policy, reading.observation, self.history, current, now)
         self.history = decision.history
         return decision
 
@@ -171,20 +181,27 @@ class Ticker:
     def _record_metrics(
         self, reading: Reading, decision: Decision | None, current: int | None, observed: Replicas | None
     ) -> None:
-        m, qw = self.metrics, (self.namespace, self.name)
-        q = reading.queue
-        m.queue_metrics_available.labels(*qw).set(0 if q is None else 1)
+        m, q = self.metrics, reading.queue
+        self._series("available", m.queue_metrics_available).set(0 if q is None else 1)
         if current is None or decision is None:
             return
         if decision.replicas != current:
             m.scale_events.labels("up" if decision.replicas > current else "down").inc()
         if q is not None:
-            m.queue_messages.labels(*qw, "ready").set(q.ready)
-            m.queue_messages.labels(*qw, "unacked").set(q.unacked)
-        m.replicas_desired.labels(*qw).set(decision.replicas)
+            self._series("ready", m.queue_messages, "ready").set(q.ready)
+            self._series("unacked", m.queue_messages, "unacked").set(q.unacked)
+        self._series("desired", m.replicas_desired).set(decision.replicas)
         if observed is not None:
-            m.replicas_current.labels(*qw).set(observed.current)
-        m.replicas_max.labels(*qw).set(int(self.spec.get("maxReplicas", 0)))
+            self._series("current", m.replicas_current).set(observed.current)
+        self._series("max", m.replicas_max).set(int(self.spec.get("maxReplicas", 0)))
+
+    def _series(self, key: str, metric: Any, *extra: str) -> Any:
+        """This QueueWorker's child of a labelled metric, looked up once (labels() costs more than the tick's
+        decision; created on first use only, so a value never known is never exported as 0)."""
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(self.namespace, self.name, *extra)
+        return child
 
     async def write_status(self, patch: dict[str, Any]) -> None:
         """Queue the status patch when `should_write` says so; the tick does not wait for the write (one queued
