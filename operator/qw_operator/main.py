@@ -27,6 +27,12 @@ RESOURCE = (GROUP, VERSION, PLURAL)
 log = logging.getLogger(__name__)
 
 
+def _quiet_tracking(record: logging.LogRecord) -> bool:
+    """kopf logs every handler's success: for `track`, one line per QueueWorker event (each status write comes
+    back as one), thousands a minute at scale, saying nothing."""
+    return not record.getMessage().startswith("Handler 'track' succeeded")
+
+
 def _kube_client() -> k8s.ApiClient:
     if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
         k8s_config.load_incluster_config()
@@ -38,6 +44,7 @@ def _kube_client() -> k8s.ApiClient:
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
     cfg = OperatorSettings()
+    logging.getLogger("kopf.objects").addFilter(_quiet_tracking)
     settings.watching.server_timeout = cfg.watch_server_timeout
     settings.watching.client_timeout = cfg.watch_client_timeout
     settings.watching.connect_timeout = 10

@@ -32,9 +32,14 @@ def _notify() -> None:
 
 
 async def _follow(toggle: Any) -> None:
+    """Every change of the toggle, including one made before this task first ran."""
+    last: bool | None = None
     while True:
-        await toggle.wait_for(not toggle.is_on())
-        _notify()
+        state = toggle.is_on()
+        if state != last:
+            _notify()
+            last = state
+        await toggle.wait_for(not state)
 
 
 def follow_peering(listener: Callable[[bool], None]) -> None:
@@ -48,9 +53,7 @@ def follow_peering(listener: Callable[[bool], None]) -> None:
     async def process_peering_event(*args: Any, conflicts_found: Any = None, **kwargs: Any) -> None:
         if conflicts_found is not None and id(conflicts_found) not in _watched:
             _watched[id(conflicts_found)] = conflicts_found
-            task = asyncio.create_task(_follow(conflicts_found), name="follow kopf peering")
-            _tasks.add(task)
-            _notify()
+            _tasks.add(asyncio.create_task(_follow(conflicts_found), name="follow kopf peering"))
         await original(*args, conflicts_found=conflicts_found, **kwargs)
 
     process_peering_event._qw_followed = True  # type: ignore[attr-defined]

@@ -59,9 +59,8 @@ class Scheduler:
 
     def upsert(self, uid: str, body: Any) -> None:
         """A QueueWorker seen (listed, added or modified): a new one is ticked from now on, a known one reads
-        its new spec at its next tick."""
-        if self.paused:
-            return
+        its new spec at its next tick. (Registered while paused too: kopf's list after a resume may come before
+        the resume reaches `pause`; nothing ticks until it does.)"""
         entry = self.entries.get(uid)
         if entry is None:
             entry = Entry(self.make_ticker(body), "", 0.0)
@@ -132,6 +131,8 @@ class Scheduler:
             snap = await poller.wait_newer(seq, timeout=2 * poller.interval + 5)
             if snap is not None:
                 seq = snap.seq
+            if self.paused:
+                continue
             # Due within half a poll: a QueueWorker polling as often as the broker is read ticks on every read.
             for entry in self._due(name, poller.interval / 2):
                 self._start_tick(entry, snap)
@@ -139,6 +140,8 @@ class Scheduler:
     async def _unknown_broker_loop(self) -> None:
         while True:
             await asyncio.sleep(1.0)
+            if self.paused:
+                continue
             now = self.clock()
             for e in list(self.entries.values()):
                 if e.broker not in self.pollers and e.due <= now:
