@@ -5,6 +5,7 @@ about once per second by the one scheduler, and a restart changes no replicas (n
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 
@@ -51,6 +52,11 @@ def test_a_fleet_gets_its_statuses_without_429_ticks_every_second_and_survives_a
         time.sleep(10)
         after = metrics(url)
         assert after["queueworker_operator_queueworkers"] == N
+        reads = "queueworker_operator_broker_read_duration_seconds"
+        print(json.dumps({"queueworkers": N, "ticks_per_qw_per_s": round((after[TICKS] - before[TICKS]) / N / 10, 2),
+                          "broker_reads": after[reads + "_count{broker=default}"],
+                          "broker_read_s_mean": round(after[reads + "_sum{broker=default}"]
+                                                      / max(1.0, after[reads + "_count{broker=default}"]), 3)}))  # fmt: skip
         assert after[TICKS] - before[TICKS] >= N * 10 / 3, (before[TICKS], after[TICKS])
         assert throttled(after) == 0 and not [k for k in after if "retries_total" in k and "429" in k]
 
