@@ -93,6 +93,22 @@ def wait(probe: Any, timeout: float, what: str, every: float = 0.5) -> float:
     return time.monotonic() - start
 
 
+def publish_retrying(env: Env, counts: dict[str, int], attempts: int = 5) -> None:
+    """An overloaded broker (a shared 2-core machine) sometimes times out the AMQP handshake: try again."""
+    for attempt in range(attempts):
+        try:
+            publish(env, counts)
+            return
+        except Exception as exc:  # pika's connection errors have no common base worth naming here
+            print(f"publish failed ({type(exc).__name__}), attempt {attempt + 1}", file=sys.stderr, flush=True)
+            time.sleep(3)
+    raise RuntimeError("could not publish")
+
+
+def progress(out: dict[str, Any]) -> None:
+    print(json.dumps(out), file=sys.stderr, flush=True)  # partial results survive a later failure
+
+
 def window(env: Env, pid: int, url: str, seconds: float) -> dict[str, Any]:
     m0, (c0, _) = metrics(url), proc_usage(pid)
     time.sleep(seconds)
@@ -124,12 +140,13 @@ def run_size(cluster: Any, broker: Broker, tmp: Path, n: int, bursts: int) -> di
         url = env.metrics_urls["op1"]
         out["all_status_s"] = round(wait(lambda: not without_status(env, names), 600, "all statuses", 1.0), 1)
         out["throttled_429_startup"] = throttled(metrics(url))
+        progress(out)
         time.sleep(5)
         out["idle"] = window(env, op.pid, url, WINDOW)
         # Bursts: 15 messages into one idle queue at a time -> spec.replicas >= 1 (10 per replica -> 2)
         lat: list[float] = []
         for q in random.Random(16).sample(names[100:], bursts):
-            publish(env, {q: 15})
+            publish_retrying(env, {q: 15})
             b0 = time.monotonic()
             wait(lambda q=q: (env.apps.read_namespaced_deployment(q, env.namespace).spec.replicas or 0) >= 1, 60,
                  "burst", 0.02)  # fmt: skip
@@ -138,7 +155,8 @@ def run_size(cluster: Any, broker: Broker, tmp: Path, n: int, bursts: int) -> di
                                       "mean": round(statistics.mean(lat), 2), "all": lat}  # fmt: skip
         # 100 busy queues: 300 messages each stay (no consumers): every tick sees them
         busy = names[:100]
-        publish(env, {q: 300 for q in busy})
+        progress(out)
+        publish_retrying(env, {q: 300 for q in busy})
         wait(lambda: all(deployments(env)[q][1] >= 1 for q in busy), 120, "busy scaled")
         time.sleep(12)  # past the first status writes of the scale-up
         m0, (c0, _) = metrics(url), proc_usage(op.pid)
@@ -152,6 +170,7 @@ def run_size(cluster: Any, broker: Broker, tmp: Path, n: int, bursts: int) -> di
             "decisions_per_qw_per_s": round((m1[TICKS] - m0[TICKS]) / n / WINDOW, 2),
         }
         out["throttled_429_total_first"] = throttled(m1)
+        progress(out)
         # Restart: a new operator replaces this one; no replica may change because of it (no flapping)
         for q in busy:
             env.purge(q)
