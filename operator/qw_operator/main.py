@@ -33,12 +33,14 @@ def _quiet_tracking(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith("Handler 'track' succeeded")
 
 
-def _kube_client() -> k8s.ApiClient:
+def _kube_client(writers: int) -> k8s.ApiClient:
     if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
         k8s_config.load_incluster_config()
     else:
         k8s_config.load_kube_config()
-    return k8s.ApiClient()
+    conf = k8s.Configuration.get_default_copy()
+    conf.connection_pool_maxsize = max(conf.connection_pool_maxsize, writers + 2)  # one connection per writer
+    return k8s.ApiClient(conf)
 
 
 @kopf.on.startup()
@@ -74,13 +76,14 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
     brokers = Brokers(pollers)
     brokers.start()
     memo.cfg, memo.metrics, memo.session, memo.brokers = cfg, metrics, session, brokers
-    api_client = _kube_client()
+    api_client = _kube_client(cfg.kube_writers)
     await Kube.check_crd(api_client)
     memo.kube = Kube(
         api_client,
         on_retry=lambda status: metrics.kube_write_retries.labels(str(status)).inc(),
         bucket=TokenBucket(cfg.kube_qps, cfg.kube_burst),
         on_throttled=metrics.kube_throttled.inc,
+        writers=cfg.kube_writers,
     )
     # Every QueueWorker is ticked by one scheduler, fed by kopf's watch (`track` below); the Deployment indexes
     # are live views kopf keeps current, handed to startup handlers too.

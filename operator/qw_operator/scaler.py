@@ -117,7 +117,6 @@ def not_owned_reason(controller_uid: str | None, uid: str) -> str | None:
 class Kube:
     """The few Kubernetes calls the operator makes. One ApiClient for the process."""
 
-    writers = 4  # threads for writes: their own, so queued writes never hold up the broker read's DNS lookups
     attempts = 6  # 0.5 + 1 + 2 + 4 + 8 s of backoff at most (jittered down to half), then the error is raised
     backoff = 0.5
     max_backoff = 8.0
@@ -128,6 +127,7 @@ class Kube:
         on_retry: Callable[[int], None] = lambda status: None,
         bucket: TokenBucket | None = None,
         on_throttled: Callable[[], None] = lambda: None,
+        writers: int = 4,
     ) -> None:
         self.apps = k8s.AppsV1Api(api_client)
         self.custom = k8s.CustomObjectsApi(api_client)
@@ -136,7 +136,8 @@ class Kube:
         self.on_throttled = on_throttled  # counts every 429 seen (a metric)
         self.bucket = bucket if bucket is not None else TokenBucket(0, 1)  # the tests' Kube: unpaced
         self.statuses = StatusQueue(self.patch_status)
-        self._threads = ThreadPoolExecutor(self.writers, thread_name_prefix="kube-write")
+        # Threads of their own: queued writes never hold up the broker read's DNS lookups (the default executor).
+        self._threads = ThreadPoolExecutor(max(1, writers), thread_name_prefix="kube-write")
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     async def _write(self, call: Callable[..., Any], *args: Any, priority: int = STATUS) -> Any:
