@@ -148,8 +148,13 @@ def _operator_real_rows(o: dict[str, Any]) -> list[str]:
     """The real operator process on the real control plane, beside issue 16's figures of the kopf-daemon design."""
     rows = []
     for r in o.get("results", []):
-        n, t, idle, busy, burst = r["queueworkers"], r["today"], r["idle"], r["busy100"], r["burst_to_replicas_s"]
-        head = f"| operator (real process, control plane), {n} QueueWorkers"
+        head = f"| operator (real process, control plane), {r['queueworkers']} QueueWorkers"
+        if "idle" not in r:  # a partial run: what it measured before it stopped
+            was = r["today"].get("all_status_s")
+            rows.append(f"{head} | all have a status, s; 429s (partial run) | {r.get('all_status_s')}; "
+                        f"{r.get('throttled_429_startup')} | daemon per QueueWorker {was} | |")  # fmt: skip
+            continue
+        t, idle, busy, burst = r["today"], r["idle"], r["busy100"], r["burst_to_replicas_s"]
 
         def was(key: str, t: dict[str, Any] = t) -> str:
             return f"daemon per QueueWorker {t[key]}" if key in t else ""
