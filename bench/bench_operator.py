@@ -46,8 +46,11 @@ class CountingKube:
     async def set_replicas(self, namespace: str, name: str, replicas: int) -> None:
         self.calls += 1
 
-    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+    def queue_status(self, namespace: str, name: str, status: dict[str, Any]) -> asyncio.Future[None]:
         self.calls += 1
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
 
 
 def broker_cpu(broker: Broker) -> float | None:

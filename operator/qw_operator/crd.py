@@ -160,6 +160,11 @@ STATUS = _obj(
                     "Where the rates came from: Prometheus per-queue counters (RabbitMQ 4.x) or the management API.",
                     enum=["Prometheus", "ManagementAPI"],
                 ),
+                "lastPublishTime": _str(
+                    "When the operator last saw the publish counter grow: the rate's age. A rate older than twice "
+                    "the polling interval (at least 2 s) is not counted as activity.",
+                    format="date-time",
+                ),
             },
         ),
         "lastScaleTime": _str("When replicas were last changed.", format="date-time"),

@@ -17,24 +17,36 @@ from qw_operator import reconcile
 from qw_operator.crd import GROUP, PLURAL, VERSION
 from qw_operator.metrics import OperatorMetrics, process_registry
 from qw_operator.observe import Replicas
+from qw_operator.pause import follow_peering
 from qw_operator.rabbitmq import BrokerPoller, Brokers, ManagementReader, PrometheusReader
 from qw_operator.scaler import Kube, TemplateRefused, check_template, not_owned_reason, owned_deployment
+from qw_operator.schedule import Scheduler
+from qw_operator.writes import TokenBucket
 
 RESOURCE = (GROUP, VERSION, PLURAL)
 log = logging.getLogger(__name__)
 
 
-def _kube_client() -> k8s.ApiClient:
+def _quiet_tracking(record: logging.LogRecord) -> bool:
+    """kopf logs every handler's success: for `track`, one line per QueueWorker event (each status write comes
+    back as one), thousands a minute at scale, saying nothing."""
+    return not record.getMessage().startswith("Handler 'track' succeeded")
+
+
+def _kube_client(writers: int) -> k8s.ApiClient:
     if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
         k8s_config.load_incluster_config()
     else:
         k8s_config.load_kube_config()
-    return k8s.ApiClient()
+    conf = k8s.Configuration.get_default_copy()
+    conf.connection_pool_maxsize = max(conf.connection_pool_maxsize, writers + 2)  # one connection per writer
+    return k8s.ApiClient(conf)
 
 
 @kopf.on.startup()
-async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
     cfg = OperatorSettings()
+    logging.getLogger("kopf.objects").addFilter(_quiet_tracking)
     settings.watching.server_timeout = cfg.watch_server_timeout
     settings.watching.client_timeout = cfg.watch_client_timeout
     settings.watching.connect_timeout = 10
@@ -64,14 +76,29 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     brokers = Brokers(pollers)
     brokers.start()
     memo.cfg, memo.metrics, memo.session, memo.brokers = cfg, metrics, session, brokers
-    api_client = _kube_client()
+    api_client = _kube_client(cfg.kube_writers)
     await Kube.check_crd(api_client)
-    memo.kube = Kube(api_client, on_retry=lambda status: metrics.kube_write_retries.labels(str(status)).inc())
+    memo.kube = Kube(
+        api_client,
+        on_retry=lambda status: metrics.kube_write_retries.labels(str(status)).inc(),
+        bucket=TokenBucket(cfg.kube_qps, cfg.kube_burst),
+        on_throttled=metrics.kube_throttled.inc,
+        writers=cfg.kube_writers,
+    )
+    # Every QueueWorker is ticked by one scheduler, fed by kopf's watch (`track` below); the Deployment indexes
+    # are live views kopf keeps current, handed to startup handlers too.
+    memo.scheduler = Scheduler(
+        pollers, _ticker_factory(memo, kwargs["deployment_replicas"], kwargs["deployment_controllers"]), metrics,
+        cfg.default_interval,
+    )  # fmt: skip
+    follow_peering(memo.scheduler.pause)
     log.info("operator started: brokers %s; depth from Prometheus endpoints for %s", sorted(pollers), sorted(prom))
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    await memo.scheduler.stop()
+    await memo.kube.statuses.stop()
     await memo.brokers.stop()
     await memo.session.close()
 
@@ -133,33 +160,41 @@ async def ensure_worker_deployment(
     logger.info(f"Deployment {dep} {what}")
 
 
-@kopf.daemon(*RESOURCE, cancellation_timeout=5.0)
-async def scale(
-    stopped: kopf.DaemonStopped,
-    name: str,
-    namespace: str | None,
-    uid: str,
-    body: kopf.Body,
+@kopf.on.event(*RESOURCE)
+async def track(type: str | None, uid: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Every QueueWorker kopf lists or sees change is ticked by the scheduler; a deleted one no more.
+
+    The scheduler starts here, at the first event, not at startup: its tasks inherit this handler's context, which
+    holds kopf's event queue (kopf.info/warn post through it; startup handlers do not have it)."""
+    if not memo.scheduler.started:
+        memo.scheduler.start()
+    if type == "DELETED":
+        memo.scheduler.remove(uid)
+    else:
+        memo.scheduler.upsert(uid, body)
+
+
+def _ticker_factory(
     memo: kopf.Memo,
-    **kwargs: Any,
-) -> None:
-    deployment_replicas: kopf.Index[tuple[str | None, str], Replicas] = kwargs["deployment_replicas"]  # above
-
+    deployment_replicas: kopf.Index[tuple[str | None, str], Replicas],
+    controllers: kopf.Index[tuple[str | None, str], str],
+) -> Any:
     def lookup(ns: str, dep: str) -> Replicas | None:
-        for value in deployment_replicas.get((ns, dep), []):
-            return value
-        return None
+        return _first(deployment_replicas, (ns, dep))
 
-    controllers: kopf.Index[tuple[str | None, str], str] = kwargs["deployment_controllers"]
+    def make(body: kopf.Body) -> reconcile.Ticker:
+        namespace, name, uid = str(body["metadata"]["namespace"]), body["metadata"]["name"], body["metadata"]["uid"]
+        ticker = reconcile.Ticker(namespace, name, body, memo.kube, memo.metrics, lookup)
 
-    def target_problem(dep: str) -> str | None:
-        """A template-form QueueWorker scales only the Deployment it controls."""
-        controller = _first(controllers, (str(namespace), dep))
-        if "template" not in body.get("spec", {}) or controller is None:
-            return None
-        return not_owned_reason(controller or None, uid)
+        def target_problem(dep: str) -> str | None:
+            """A template-form QueueWorker scales only the Deployment it controls."""
+            controller = _first(controllers, (namespace, dep))
+            if "template" not in ticker.spec or controller is None:
+                return None
+            return not_owned_reason(controller or None, uid)
 
-    ticker = reconcile.Ticker(str(namespace), name, body, memo.kube, memo.metrics, lookup)
-    ticker.target_problem = target_problem
-    ticker.min_interval = memo.cfg.status_min_interval_seconds
-    await reconcile.run(ticker, memo.brokers.pollers, uid, stopped, memo.cfg.default_interval)
+        ticker.target_problem = target_problem
+        ticker.min_interval = memo.cfg.status_min_interval_seconds
+        return ticker
+
+    return make

@@ -61,6 +61,20 @@ class OperatorMetrics:
         self.kube_write_retries = Counter(
             "kube_write_retries_total", "Kubernetes writes retried after a 409, 429 or 5xx", ["status"], **on
         )
+        self.kube_throttled = Counter(
+            "kube_throttled_total", "Kubernetes writes the apiserver answered 429 Too Many Requests", **on
+        )
+        self.queueworkers = Gauge("queueworkers", "QueueWorkers the scheduler ticks", **on)
+        self.ticks = Counter("ticks_total", "QueueWorker ticks (decisions) made, all QueueWorkers together", **on)
+        self.ticks_skipped = Counter(
+            "ticks_skipped_total", "Ticks not started because the QueueWorker's previous one was still running", **on
+        )
+        self.tick_interval = Histogram(
+            "tick_interval_seconds",
+            "Time between two ticks of one QueueWorker (its pollingInterval when every one is decided on time)",
+            buckets=(0.5, 0.9, 1.1, 1.25, 1.5, 2, 3, 5, 7.5, 10, 30, 60),
+            **on,
+        )
 
     def broker_result(self, broker: str, seconds: float, error: BaseException | None) -> None:
         self.broker_read_seconds.labels(broker).observe(seconds)

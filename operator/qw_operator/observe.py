@@ -34,12 +34,15 @@ class Reading:
     queue: QueueMetrics | None
     reachable: bool
     why: str = ""
+    publish_age: float | None = None  # seconds from the publish counter's last growth to this snapshot
 
     @property
     def observation(self) -> Observation | None:
         """What the policy decides on; None while the depth is unknown."""
         q = self.queue
-        return None if q is None else Observation(q.ready, q.unacked, q.consumers, q.publish_rate, q.ack_rate)
+        if q is None:
+            return None
+        return Observation(q.ready, q.unacked, q.consumers, q.publish_rate, q.ack_rate, self.publish_age)
 
 
 def read_queue(snap: Snapshot | None, vhost: str, queue: str) -> Reading:
@@ -52,4 +55,5 @@ def read_queue(snap: Snapshot | None, vhost: str, queue: str) -> Reading:
     q = snap.queues.get(key)
     if q is None:
         return Reading(None, True, snap.unknown.get(key) or f"queue {queue!r} not found in vhost {vhost!r}")
-    return Reading(q, True)
+    age = None if q.published_at is None else max(0.0, snap.fetched_at - q.published_at)
+    return Reading(q, True, publish_age=age)

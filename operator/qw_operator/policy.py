@@ -41,6 +41,9 @@ class Policy:
     tolerance: float = 0.1
     fallback_failure_threshold: int | None = None
     fallback_replicas: int | None = None
+    # A publish rate whose counter has not grown for longer is history, not activity (a purged queue's rate is
+    # still held or averaged for up to 15 s): twice the polling interval, at least 2 s.
+    rate_stale_seconds: float = 2.0
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> Policy:
@@ -65,6 +68,7 @@ class Policy:
             tolerance=float(s.get("tolerance", d.tolerance)),
             fallback_failure_threshold=_opt_int(fb.get("failureThreshold")) if fb else None,
             fallback_replicas=_opt_int(fb.get("replicas")) if fb else None,
+            rate_stale_seconds=max(2.0, 2 * float(spec.get("pollingInterval") or 0)),
         )
 
 
@@ -81,6 +85,7 @@ class Observation:
     consumers: int = 0
     publish_rate: float | None = 0.0  # None: unknown (no source has a rate yet); never read as 0 for scale-to-zero
     ack_rate: float | None = 0.0
+    publish_age: float | None = None  # seconds since the publish counter last grew (None: not known)
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,7 @@ class Decision:
     limited: bool = False
     history: History = field(default_factory=History)
     fallback: bool = False
+    active: bool = False  # the queue had work at this tick (Active condition): backlog, or a live publish rate
 
 
 def _window_max(points: tuple[tuple[float, int], ...], start: float) -> int | None:
@@ -126,6 +132,12 @@ def _record(
         if t < start:
             keep_from = i
     return points[keep_from:]
+
+
+def is_active(obs: Observation, rate_stale_seconds: float) -> bool:
+    """Work waits or arrives: a backlog, or a publish rate whose counter grew within `rate_stale_seconds`."""
+    stale = obs.publish_age is not None and obs.publish_age > rate_stale_seconds
+    return obs.ready > 0 or obs.unacked > 0 or (not stale and (obs.publish_rate or 0.0) > 0)
 
 
 def _measure_ack_rate(obs: Observation, current: int, known: float | None) -> float | None:
@@ -151,8 +163,9 @@ def decide(policy: Policy, obs: Observation | None, history: History, current: i
         )
 
     backlog = obs.ready + (obs.unacked if policy.count_unacked else 0)
-    publish_rate = obs.publish_rate or 0.0
-    active = obs.ready > 0 or obs.unacked > 0 or publish_rate > 0
+    active = is_active(obs, policy.rate_stale_seconds)
+    stale = obs.publish_age is not None and obs.publish_age > policy.rate_stale_seconds
+    publish_rate = 0.0 if stale else obs.publish_rate or 0.0
     last_active = now if active else history.last_active
     ack_rate = _measure_ack_rate(obs, current, history.per_replica_ack_rate)
 
@@ -237,7 +250,7 @@ def decide(policy: Policy, obs: Observation | None, history: History, current: i
 
     verb = "ScaleUp" if target > current else "ScaleDown" if target < current else "Steady"
     hist = History(points, last_active, 0, ack_rate)
-    return Decision(target, f"{verb}: {why}", limited, hist)
+    return Decision(target, f"{verb}: {why}", limited, hist, active=active)
 
 
 def _fmt(seconds: float) -> str:

@@ -137,6 +137,7 @@ class CounterRates:
         self.min_span = min_span
         self._series: dict[tuple[str, QueueKey], collections.deque[tuple[float, float, float]]] = {}
         self._nodes: dict[tuple[str, str | None], float] = {}  # (node, vhost filter) -> when it was last read
+        self.published_at: dict[QueueKey, float] = {}  # when a queue's publish counter last grew on any node
 
     def update(
         self, scrapes: Sequence[tuple[str, Scrape]], now: float, vhost: str | None = None
@@ -161,6 +162,8 @@ class CounterRates:
                 elif sample[1] < series[-1][1] or sample[2] < series[-1][2]:
                     series.clear()  # counters reset: the node restarted or the queue was re-created
                     series.append((before if before is not None else now, 0.0, 0.0))
+                if not series or sample[1] > series[-1][1]:
+                    self.published_at[key] = now
                 series.append(sample)
                 while len(series) > 2 and series[1][0] <= now - self.window:
                     series.popleft()

@@ -69,6 +69,10 @@ class QueueMetrics:
     acked: int = 0
     depth_source: str = MANAGEMENT
     rate_source: str | None = MANAGEMENT
+    # When (epoch) the operator last saw the queue's publish counter grow; None: not seen yet. A rate is computed
+    # over past samples (held between the management API's stats emissions, or a counter window), so it outlives
+    # the publishing: its age tells a stale rate from a live one.
+    published_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -113,11 +117,14 @@ def hold_rates(
     A queue's stats reach the management API every few seconds (collect_statistics_interval, later under load),
     and between two emissions its rates read 0.0 while the counters stand still. A poll faster than that would
     see the rates flicker to zero. So: unchanged counters within RATE_HOLD_SECONDS -> the previous rates stand.
-    Returns {key: (metrics with held rates, when the counters last moved)}.
+    Returns {key: (metrics with held rates, when the counters last moved)}; `published_at` is when the publish
+    counter last moved (first sight counts as a move: a rate seen then may be live).
     """
     out: dict[QueueKey, tuple[QueueMetrics, float]] = {}
     for key, m in queues.items():
         prev = previous.get(key)
+        moved = prev is None or prev[0].published != m.published or prev[0].published_at is None
+        m = dataclasses.replace(m, published_at=now if moved else prev[0].published_at)  # type: ignore[index]
         if prev is not None and (prev[0].published, prev[0].acked) == (m.published, m.acked):
             if now - prev[1] < RATE_HOLD_SECONDS:
                 m = dataclasses.replace(m, publish_rate=prev[0].publish_rate, ack_rate=prev[0].ack_rate)
@@ -369,9 +376,12 @@ class BrokerPoller:
                 pub, ack, rsrc = mg.publish_rate, mg.ack_rate, MANAGEMENT
             else:
                 pub, ack, rsrc = None, None, None
+            published_at = self._counters.published_at.get(key) if rsrc == PROMETHEUS else None
+            if rsrc == MANAGEMENT and mg is not None:
+                published_at = mg.published_at
             queues[key] = QueueMetrics(
                 ready, unacked, consumers, pub, ack,
-                mg.published if mg else 0, mg.acked if mg else 0, dsrc, rsrc,
+                mg.published if mg else 0, mg.acked if mg else 0, dsrc, rsrc, published_at,
             )  # fmt: skip
         return queues, unknown
 

@@ -5,8 +5,8 @@ it changed).
 `Ticker` holds what one QueueWorker carries between ticks (history from its status at start, the last status it
 wrote and when, a replica count it just wrote that the Deployment index may not show yet). The history is kept
 here between status writes: a busy queue's churn (depth, rates, lastActiveTime) is written at most every
-`min_interval` seconds, a change a user must see (`status.visible`) at once. `run()` is the loop a kopf
-daemon drives: it waits for the broker's next snapshot rather than polling the broker itself.
+`min_interval` seconds, a change a user must see (`status.visible`) at once. The scheduler (schedule.py) calls
+`tick` with each fresh snapshot of the broker's batched read; a status write is queued, not waited for.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import kopf
 from qw_operator.crd import PAUSED_ANNOTATION
 from qw_operator.metrics import OperatorMetrics
 from qw_operator.observe import Reading, Replicas, read_queue
-from qw_operator.policy import Decision, History, Policy, decide
-from qw_operator.rabbitmq import BrokerPoller, Snapshot
+from qw_operator.policy import Decision, History, Policy, decide, is_active
+from qw_operator.rabbitmq import Snapshot
 from qw_operator.scaler import Kube, target_name
 from qw_operator.status import (
     Conditions,
@@ -33,7 +33,6 @@ from qw_operator.status import (
     condition_status,
     history_from_status,
     should_write,
-    unknown_broker_status,
 )
 
 log = logging.getLogger(__name__)
@@ -56,7 +55,10 @@ class Ticker:
     min_interval: float = 10.0  # QW_STATUS_MIN_INTERVAL_SECONDS
     last_write: float = -math.inf  # clock() of the last status write
     unwritten: dict[str, Any] = field(default_factory=dict)  # a patch whose write failed (its lastScaleTime)
+    rewrite: bool = False  # the last status write failed: write the next one whatever changed
     pending: tuple[int, float] | None = None
+    _children: dict[str, Any] = field(default_factory=dict)  # metric children of this QueueWorker
+    _policy: tuple[Mapping[str, Any], Policy] | None = None
     fallback_active: bool = False
     # Why the target Deployment must not be scaled although it exists (a template-form QueueWorker whose
     # `<name>-worker` is not its own), or None.
@@ -70,6 +72,14 @@ class Ticker:
     @property
     def spec(self) -> Mapping[str, Any]:
         return self.body.get("spec") or {}
+
+    @property
+    def policy(self) -> Policy:
+        """The spec's Policy, parsed again only when a new body brought a new spec."""
+        spec = self.spec
+        if self._policy is None or self._policy[0] is not spec:
+            self._policy = (spec, Policy.from_spec(spec))
+        return self._policy[1]
 
     @property
     def paused(self) -> bool:
@@ -103,9 +113,12 @@ class Ticker:
 
     def decide(self, reading: Reading, current: int, now: float) -> Decision:
         if self.paused:
-            decision = Decision(current, f"Paused: {PAUSED_ANNOTATION} holds {current}", False, self.history)
+            obs, stale_after = reading.observation, self.policy.rate_stale_seconds
+            active = obs is not None and is_active(obs, stale_after)
+            decision = Decision(current, f"Paused: {PAUSED_ANNOTATION} holds {current}", False, self.history,
+                                active=active)  # fmt: skip
         else:
-            decision = decide(Policy.from_spec(self.spec), reading.observation, self.history, current, now)
+            decision = decide(self.policy, reading.observation, self.history, current, now)
         self.history = decision.history
         return decision
 
@@ -168,81 +181,50 @@ class Ticker:
     def _record_metrics(
         self, reading: Reading, decision: Decision | None, current: int | None, observed: Replicas | None
     ) -> None:
-        m, qw = self.metrics, (self.namespace, self.name)
-        q = reading.queue
-        m.queue_metrics_available.labels(*qw).set(0 if q is None else 1)
+        m, q = self.metrics, reading.queue
+        self._series("available", m.queue_metrics_available).set(0 if q is None else 1)
         if current is None or decision is None:
             return
         if decision.replicas != current:
             m.scale_events.labels("up" if decision.replicas > current else "down").inc()
         if q is not None:
-            m.queue_messages.labels(*qw, "ready").set(q.ready)
-            m.queue_messages.labels(*qw, "unacked").set(q.unacked)
-        m.replicas_desired.labels(*qw).set(decision.replicas)
+            self._series("ready", m.queue_messages, "ready").set(q.ready)
+            self._series("unacked", m.queue_messages, "unacked").set(q.unacked)
+        self._series("desired", m.replicas_desired).set(decision.replicas)
         if observed is not None:
-            m.replicas_current.labels(*qw).set(observed.current)
-        m.replicas_max.labels(*qw).set(int(self.spec.get("maxReplicas", 0)))
+            self._series("current", m.replicas_current).set(observed.current)
+        self._series("max", m.replicas_max).set(int(self.spec.get("maxReplicas", 0)))
+
+    def _series(self, key: str, metric: Any, *extra: str) -> Any:
+        """This QueueWorker's child of a labelled metric, looked up once (labels() costs more than the tick's
+        decision; created on first use only, so a value never known is never exported as 0)."""
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(self.namespace, self.name, *extra)
+        return child
 
     async def write_status(self, patch: dict[str, Any]) -> None:
-        """Patch the status when `should_write` says so. A patch not written is not lost: the next one is built
-        from the same in-memory history and compared with what was last written. A patch whose write failed
-        (retries exhausted) goes under the next one, so a scale's lastScaleTime is not lost with it."""
+        """Queue the status patch when `should_write` says so; the tick does not wait for the write (one queued
+        behind a write in flight merges with it, latest wins). A patch not written is not lost: the next one is
+        built from the same in-memory history and compared with what was last written. A patch whose write failed
+        (retries exhausted) goes under the next one and that one is written whatever changed, so a scale's
+        lastScaleTime is not lost with it."""
         patch = {**self.unwritten, **patch}
         merged = {**self.last_status, **patch}
         now = self.clock()
-        if not should_write(self.last_status, merged, now - self.last_write, self.min_interval):
+        if not self.rewrite and not should_write(self.last_status, merged, now - self.last_write, self.min_interval):
             return
-        try:
-            await self.kube.patch_status(self.namespace, self.name, patch)
-        except BaseException:
-            self.unwritten = patch
-            raise
-        self.last_status, self.last_write, self.unwritten = merged, now, {}
+        self.last_status, self.last_write, self.unwritten, self.rewrite = merged, now, {}, False
+        self.kube.queue_status(self.namespace, self.name, patch).add_done_callback(
+            lambda fut: self._written(patch, fut)
+        )
 
-
-async def run(
-    ticker: Ticker,
-    pollers: Mapping[str, BrokerPoller],
-    uid: str,
-    stopped: Any,  # kopf.DaemonStopped
-    default_interval: float,
-) -> None:
-    """The daemon body: register with the broker's poller, then one tick per fresh snapshot and interval."""
-    seq = 0
-    broker_name = ""
-    poller: BrokerPoller | None = None
-    try:
-        while not stopped:
-            spec = ticker.spec
-            interval = float(spec.get("pollingInterval") or default_interval)
-            if spec.get("broker", "default") != broker_name:
-                if poller is not None:
-                    poller.unregister(uid)
-                broker_name = str(spec.get("broker", "default"))
-                poller, seq = pollers.get(broker_name), 0
-            if poller is None:
-                previous = ticker.last_status.get("conditions")
-                await ticker.write_status(unknown_broker_status(previous, broker_name, ticker.clock()))
-                await stopped.wait(interval)
-                continue
-            poller.register(uid, str(spec.get("vhost", "/")), str(spec["queue"]), interval)
-            started = time.monotonic()
-            # A snapshot newer than the last one used; a stalled or failing poller yields None -> failure.
-            snap = await poller.wait_newer(seq, timeout=2 * interval + 5)
-            if snap is not None:
-                seq = snap.seq
-            try:
-                await ticker.tick(snap)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                ticker.metrics.reconcile_errors.inc()
-                log.exception("%s/%s: tick failed", ticker.namespace, ticker.name)
-            # Sleep out the rest of our interval, less the poller's, so the next snapshot lands on time.
-            rest = interval - poller.interval - (time.monotonic() - started)
-            if rest > 0:
-                await stopped.wait(rest)
-    finally:
-        if poller is not None:
-            poller.unregister(uid)
-        ticker.metrics.forget(ticker.namespace, ticker.name)
+    def _written(self, patch: dict[str, Any], fut: asyncio.Future[None]) -> None:
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is None:
+            return
+        self.unwritten, self.rewrite = {**self.unwritten, **patch}, True
+        self.metrics.reconcile_errors.inc()
+        log.warning("%s/%s: status write failed, the next tick writes it again: %s", self.namespace, self.name, exc)

@@ -1,5 +1,9 @@
 """Kubernetes writes: the owned worker Deployment (built as a dict from the QueueWorker) and replica patches.
 
+Every write takes a token of one `TokenBucket` first (writes.py: client-side QPS/burst, replica changes before
+status writes before Deployment templates), each retry too; status writes go through a `StatusQueue`, which
+coalesces the ones not sent yet per QueueWorker.
+
 The sync `kubernetes` client is made once at startup and its calls run in worker threads, so the event loop
 (and every other QueueWorker's tick) never waits on one slow request. A replica or status write the apiserver
 refuses for now (429 Too Many Requests, 409 Conflict, 5xx) is retried with jittered exponential backoff, after
@@ -10,15 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
 from qw_operator.crd import GROUP, PLURAL, VERSION
+from qw_operator.writes import SCALE, STATUS, TEMPLATE, StatusQueue, TokenBucket
 
 NAME_LABEL = f"{GROUP}/queueworker"
 log = logging.getLogger(__name__)
@@ -114,22 +121,37 @@ class Kube:
     backoff = 0.5
     max_backoff = 8.0
 
-    def __init__(self, api_client: k8s.ApiClient, on_retry: Callable[[int], None] = lambda status: None) -> None:
+    def __init__(
+        self,
+        api_client: k8s.ApiClient,
+        on_retry: Callable[[int], None] = lambda status: None,
+        bucket: TokenBucket | None = None,
+        on_throttled: Callable[[], None] = lambda: None,
+        writers: int = 4,
+    ) -> None:
         self.apps = k8s.AppsV1Api(api_client)
         self.custom = k8s.CustomObjectsApi(api_client)
         self.calls = 0
         self.on_retry = on_retry  # counts retries by HTTP status (a metric)
+        self.on_throttled = on_throttled  # counts every 429 seen (a metric)
+        self.bucket = bucket if bucket is not None else TokenBucket(0, 1)  # the tests' Kube: unpaced
+        self.statuses = StatusQueue(self.patch_status)
+        # Threads of their own: queued writes never hold up the broker read's DNS lookups (the default executor).
+        self._threads = ThreadPoolExecutor(max(1, writers), thread_name_prefix="kube-write")
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
-    async def _write(self, call: Callable[..., Any], *args: Any) -> Any:
-        """`call(*args)` in a thread, retried while `retryable`; the last error is raised (the tick fails and the
-        next one writes again: a status not written stays different from the one last written)."""
+    async def _write(self, call: Callable[..., Any], *args: Any, priority: int = STATUS) -> Any:
+        """`call(*args)` in a thread after a token, retried while `retryable`; the last error is raised (a status
+        not written is taken back by its Ticker and written by a later tick)."""
         delay = self.backoff
         for attempt in range(1, self.attempts + 1):
+            await self.bucket.acquire(priority)
             self.calls += 1
             try:
-                return await asyncio.to_thread(call, *args)
+                return await self._in_thread(call, *args)
             except ApiException as exc:
+                if exc.status == 429:
+                    self.on_throttled()
                 if not retryable(exc) or attempt == self.attempts:
                     raise
                 self.on_retry(int(exc.status or 0))
@@ -140,6 +162,9 @@ class Kube:
                 await self.sleep(wait)
                 delay = min(self.max_backoff, 2 * delay)
         raise AssertionError("unreachable")
+
+    async def _in_thread(self, call: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._threads, functools.partial(call, *args))
 
     @staticmethod
     async def check_crd(api_client: k8s.ApiClient) -> None:
@@ -154,21 +179,28 @@ class Kube:
         up to date; replicas stay the operator's. "exists": not known to be ours yet, left alone."""
         ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
         if not update:
+            await self.bucket.acquire(TEMPLATE)
             self.calls += 1
             try:
-                await asyncio.to_thread(self.apps.create_namespaced_deployment, ns, body)
+                await self._in_thread(self.apps.create_namespaced_deployment, ns, body)
                 return "created"
             except ApiException as exc:
+                if exc.status == 429:
+                    self.on_throttled()
                 if exc.status != 409:
                     raise
                 return "exists"
         patch = {"metadata": {"labels": body["metadata"]["labels"]}, "spec": {"template": body["spec"]["template"]}}
-        self.calls += 1
-        await asyncio.to_thread(self.apps.patch_namespaced_deployment, name, ns, patch)
+        await self._write(self.apps.patch_namespaced_deployment, name, ns, patch, priority=TEMPLATE)
         return "updated"
 
     async def set_replicas(self, namespace: str, name: str, replicas: int) -> None:
-        await self._write(self.apps.patch_namespaced_deployment, name, namespace, {"spec": {"replicas": replicas}})
+        patch = {"spec": {"replicas": replicas}}
+        await self._write(self.apps.patch_namespaced_deployment, name, namespace, patch, priority=SCALE)
+
+    def queue_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> asyncio.Future[None]:
+        """The status patch queued behind this QueueWorker's write in flight (merged into one not sent yet)."""
+        return self.statuses.submit(namespace, name, status)
 
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         await self._write(

@@ -173,6 +173,7 @@ def queue_status(q: QueueMetrics) -> dict[str, Any]:
         "ackRate": None if q.ack_rate is None else round(q.ack_rate, 1),
         "depthSource": q.depth_source,
         "rateSource": q.rate_source,
+        "lastPublishTime": None if q.published_at is None else rfc3339(q.published_at),
     }
 
 
@@ -182,7 +183,7 @@ def _decided_conditions(
     """MetricsAvailable, Ready, Active and ScalingLimited, for a tick that reached a decision."""
     q, obs, why = reading.queue, reading.observation, reading.why
     ready_reason = "Paused" if paused else "Fallback" if decision.fallback else "Scaling" if obs else "NoMetrics"
-    active = obs is not None and (obs.ready > 0 or obs.unacked > 0 or (obs.publish_rate or 0) > 0)
+    active = obs is not None and decision.active
     if q is not None:
         metrics_reason = "Depth" + q.depth_source
         metrics_message = f"depth from {q.depth_source}, rates from {q.rate_source or 'no source yet'}"

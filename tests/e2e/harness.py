@@ -10,7 +10,7 @@ import subprocess
 import sys
 import urllib.parse
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ class Env:
     closed_port: int
     tmp: Path
     prom_url: str = ""  # the broker's rabbitmq_prometheus endpoint
+    metrics_urls: dict[str, str] = field(default_factory=dict)  # operator name -> its /metrics URL
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.cluster.kubectl("-n", self.namespace, *args, input=input, check=check)
@@ -82,8 +83,13 @@ class Env:
         evs = self.core.list_namespaced_event(self.namespace).items
         return [e.message for e in evs if e.reason == reason and e.involved_object.kind == "QueueWorker"]
 
-    def start_operator(self, name: str, *extra: str, prometheus: bool = True) -> subprocess.Popen[bytes]:
-        """The operator as shipped: depth from the Prometheus endpoint (prometheus=False: management API only)."""
+    def start_operator(
+        self, name: str, *extra: str, prometheus: bool = True, settings: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """The operator as shipped: depth from the Prometheus endpoint (prometheus=False: management API only);
+        `settings`: more QW_* variables. Its metrics are served at `metrics_urls[name]`."""
+        metrics_port = free_port()
+        self.metrics_urls[name] = f"http://127.0.0.1:{metrics_port}/metrics"
         env = {
             **os.environ,
             "KUBECONFIG": str(self.sa_kubeconfig),
@@ -91,12 +97,13 @@ class Env:
             "QW_RABBITMQ_PROMETHEUS_URL": self.prom_url if prometheus else "",
             "QW_BROKERS": f"down=http://guest:guest@127.0.0.1:{self.closed_port}",
             "QW_DEFAULT_INTERVAL": "1",
-            "QW_METRICS_PORT": str(free_port()),
+            "QW_METRICS_PORT": str(metrics_port),
             "QW_HEALTH_PORT": str(free_port()),
             "QW_HEALTH_HOST": "127.0.0.1",
             "QW_METRICS_HOST": "127.0.0.1",
             "QW_LOG_FORMAT": "text",
             "QW_PEERING_LIFETIME": "10",
+            **(settings or {}),
         }
         log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
         cmd = [sys.executable, "-m", "qw_operator", "--namespace", self.namespace, "--peering", PEERING, *extra]

@@ -220,3 +220,28 @@ def test_reaction_time(env: Env, operator: Any) -> None:
         wait_for("scale to zero", lambda: env.replicas("rt-worker") == 0, 35)
     print(json.dumps({"reaction_seconds": times, "polling_interval": 1, "collect_statistics_interval": 1}))
     assert max(times) < 8
+
+
+def test_after_a_purge_scale_in_waits_for_the_cooldown_not_for_the_held_rate(env: Env, operator: Any) -> None:
+    """The publish rate outlives the publishing (held up to 15 s between the management API's stats emissions on
+    3.10, averaged over a 15 s counter window on 4.x). Its age (status.queue.lastPublishTime) tells: a rate whose
+    counter stopped over 2 s ago is no activity, so the 3 s cooldown counts from the purge."""
+    env.queue("pg")
+    env.apply(deployment("pg", 0))
+    spec = {"cooldownSeconds": 3, "scaleDownStabilizationSeconds": 0}
+    env.apply(queueworker("pg", env, "pg", scaleTargetRef={"name": "pg"}, scaling=spec))
+    env.publish("pg", 30)
+    wait_for("scale up to 3", lambda: env.replicas("pg") == 3, 30, 0.1)
+    # Given messages still being published until the purge (the rate is live right up to it)
+    for _ in range(6):
+        env.publish("pg", 1)
+        time.sleep(0.3)
+    wait_for("the rate's age in the status", lambda: env.qw("pg")["status"]["queue"].get("lastPublishTime"), 15)
+    env.purge("pg")
+    t0 = time.monotonic()
+    # Then the scale to zero comes after about the cooldown (3 s, + the 2 s the rate takes to go stale, + ticks),
+    # well before the held rate would have run out (15 s + the cooldown)
+    wait_for("scale to zero", lambda: env.replicas("pg") == 0, 40, 0.1)
+    took = time.monotonic() - t0
+    print(json.dumps({"purge_to_zero_s": round(took, 1), "cooldown_s": 3}))
+    assert took < 14, took

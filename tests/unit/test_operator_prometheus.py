@@ -110,3 +110,12 @@ def test_a_node_gone_for_good_is_forgotten() -> None:
     rates.update([("a", s4(1, 1)), ("b", s4(1, 1))], 0.0)
     rates.update([("a", s4(2, 2))], 700.0)
     assert {sid[0] for sid in rates._series} == {"a"}
+
+
+def test_the_window_rate_outlives_the_publishing_and_its_age_shows_it() -> None:
+    """After the last publish the 15 s window still averages it in; published_at says when it stopped."""
+    rates = CounterRates(window=15.0)
+    rates.update([("n1", s4(0, 0))], 0.0)
+    rates.update([("n1", s4(50, 0))], 5.0)
+    out = rates.update([("n1", s4(50, 0))], 10.0)[Q]
+    assert out is not None and out[0] > 0 and rates.published_at[Q] == 5.0

@@ -208,12 +208,14 @@ def test_rates_are_held_between_stats_emissions() -> None:
     stale = {k: QueueMetrics(12, 0, 1, 0.0, 0.0, published=100, acked=80)}
     state = hold_rates(state, stale, 5.0)
     assert (state[k][0].publish_rate, state[k][0].ack_rate, state[k][0].ready) == (50.0, 40.0, 12)
+    assert state[k][0].published_at == 0.0  # the held rate's age shows: the counter last grew at 0
     # ...until the counters have stood still for the hold time: then the queue is really idle
     state = hold_rates(state, stale, 16.0)
     assert state[k][0].publish_rate == 0.0
     # Moving counters always take the broker's new rates
     moved = {k: QueueMetrics(12, 0, 1, 7.0, 3.0, published=130, acked=95)}
     assert hold_rates(state, moved, 17.0)[k][0].publish_rate == 7.0
+    assert hold_rates(state, moved, 17.0)[k][0].published_at == 17.0
 
 
 PROM = r"""# TYPE rabbitmq_detailed_queue_messages_ready gauge

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from qw_operator.observe import NO_SNAPSHOT, Reading, Replicas, read_queue
-from qw_operator.policy import Decision, History, Observation
+from qw_operator.policy import Decision, History, Observation, Policy, decide
 from qw_operator.rabbitmq import QueueMetrics, Snapshot
 from qw_operator.status import build_status, queue_status, unknown_broker_status
 
@@ -47,7 +47,7 @@ def conds(status: dict[str, Any]) -> dict[str, tuple[str, str, str]]:
 
 
 def test_a_scale_writes_every_field_and_condition() -> None:
-    d = Decision(5, "ScaleUp: backlog 47 / 10 per replica -> 5", False, HISTORY)
+    d = Decision(5, "ScaleUp: backlog 47 / 10 per replica -> 5", False, HISTORY, active=True)
     st = build(Reading(BUSY, True), d, current=2)
     assert list(st) == [
         "lastScaleTime",
@@ -73,6 +73,7 @@ def test_a_scale_writes_every_field_and_condition() -> None:
         "ackRate": 2.1,
         "depthSource": "ManagementAPI",
         "rateSource": "ManagementAPI",
+        "lastPublishTime": None,
     }
     assert st["history"] == {"recommendations": [{"time": 990.0, "replicas": 5}], "lastActiveTime": 990.0,
                              "perReplicaAckRate": None}  # fmt: skip
@@ -124,7 +125,7 @@ CASES = {
     ),
     "depth from Prometheus, no rate source yet": (
         Reading(PROM, True),
-        Decision(1, "ScaleDown"),
+        Decision(1, "ScaleDown", active=True),
         False,
         {
             "BrokerReachable": ("True", "Reachable", ""),
@@ -176,7 +177,7 @@ CASES = {
     ),
     "paused with metrics": (
         Reading(BUSY, True),
-        Decision(2, "Paused: queueworker.dev/paused holds 2"),
+        Decision(2, "Paused: queueworker.dev/paused holds 2", active=True),
         True,
         {
             "BrokerReachable": ("True", "Reachable", ""),
@@ -200,7 +201,7 @@ CASES = {
     ),
     "limited by maxReplicas": (
         Reading(BUSY, True),
-        Decision(2, "ScaleUp: 5 capped at maxReplicas 2", limited=True),
+        Decision(2, "ScaleUp: 5 capped at maxReplicas 2", limited=True, active=True),
         False,
         {
             "BrokerReachable": ("True", "Reachable", ""),
@@ -224,17 +225,22 @@ def test_conditions_and_reasons(
 
 
 @pytest.mark.parametrize(
-    ("q", "active"),
+    ("q", "age", "active"),
     [
-        (QueueMetrics(0, 0, 0, 0.0, 0.0), False),
-        (QueueMetrics(1, 0, 0, 0.0, 0.0), True),
-        (QueueMetrics(0, 1, 0, 0.0, 0.0), True),
-        (QueueMetrics(0, 0, 0, 0.5, 0.0), True),
-        (QueueMetrics(0, 0, 0, None, 9.0), False),  # an ack rate alone is a queue draining to empty: idle
+        (QueueMetrics(0, 0, 0, 0.0, 0.0), None, False),
+        (QueueMetrics(1, 0, 0, 0.0, 0.0), None, True),
+        (QueueMetrics(0, 1, 0, 0.0, 0.0), None, True),
+        (QueueMetrics(0, 0, 0, 0.5, 0.0), None, True),
+        (QueueMetrics(0, 0, 0, 0.5, 0.0), 1.0, True),
+        (QueueMetrics(0, 0, 0, 0.5, 0.0), 3.0, False),  # a rate older than 2 s: history (a purged queue's)
+        (QueueMetrics(0, 0, 0, None, 9.0), None, False),  # an ack rate alone is a queue draining to empty: idle
     ],
 )
-def test_active_means_messages_waiting_in_flight_or_arriving(q: QueueMetrics, active: bool) -> None:
-    st = build(Reading(q, True), Decision(0, "Hold"))
+def test_active_means_messages_waiting_in_flight_or_arriving(q: QueueMetrics, age: float | None, active: bool) -> None:
+    reading = Reading(q, True, publish_age=age)
+    assert reading.observation is not None
+    d = decide(Policy(), reading.observation, History(), 0, NOW)
+    st = build(reading, d)
     assert conds(st)["Active"][:2] == (("True", "QueueActive") if active else ("False", "QueueIdle"))
 
 
@@ -284,6 +290,7 @@ def test_unknown_rates_are_written_as_none_to_remove_them() -> None:
         "ackRate": None,
         "depthSource": "Prometheus",
         "rateSource": None,
+        "lastPublishTime": None,
     }
 
 

@@ -295,3 +295,23 @@ def test_a_deferral_is_never_dead_and_waits_at_least_what_it_asked():
         decision = decide_failure(Deferred("rate", 7), 99, 3, delays, jitter=0.2, rand=lambda d=draw: d)
         assert (decision.action, decision.delay_ms) == ("defer", expected)
     assert [deferrals_of(h) for h in (None, {}, {"x-qw-deferred": 3}, {"x-qw-deferred": "x"})] == [0, 0, 3, 0]
+
+
+@pytest.mark.parametrize(
+    ("age", "active"),
+    [(None, True), (0.5, True), (2.0, True), (2.1, False), (14.0, False)],
+)
+def test_a_stale_publish_rate_is_not_activity(age: float | None, active: bool) -> None:
+    """After a purge the rate is still held (management API) or averaged (counter window) for up to 15 s, but the
+    publish counter stopped: a rate whose counter has not grown for over rate_stale_seconds (2 s here) is history.
+    Given an empty queue, idle since t=0 but for that rate: the cooldown (60 s) counts from t=0 once it is stale."""
+    o = Observation(ready=0, unacked=0, consumers=1, publish_rate=3.0, ack_rate=3.0, publish_age=age)
+    d = decide(P, o, History(last_active=0.0), 1, 100.0)
+    assert d.history.last_active == (100.0 if active else 0.0)
+    assert d.replicas == (1 if active else 0)
+
+
+def test_the_rate_goes_stale_after_two_polling_intervals_at_least_2_seconds() -> None:
+    assert Policy.from_spec({"pollingInterval": 1}).rate_stale_seconds == 2.0
+    assert Policy.from_spec({"pollingInterval": 5}).rate_stale_seconds == 10.0
+    assert Policy.from_spec({}).rate_stale_seconds == 2.0

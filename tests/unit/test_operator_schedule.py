@@ -1,0 +1,139 @@
+"""One scheduler ticks every registered QueueWorker on each fresh snapshot of its broker: a new one from the
+next snapshot on, a changed spec at its next tick, a deleted one no more, none while paused, and a QueueWorker
+with a longer pollingInterval only when it is due. The broker's read is a stub; the ticks are the real Ticker's."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import kopf
+import pytest
+from prometheus_client import CollectorRegistry
+from qw_operator.metrics import OperatorMetrics
+from qw_operator.observe import Replicas
+from qw_operator.rabbitmq import BrokerPoller, QueueMetrics
+from qw_operator.reconcile import Ticker
+from qw_operator.schedule import Scheduler
+
+
+class Reader:
+    calls = 0
+
+    async def fetch(self, vhost: str | None = None) -> dict[tuple[str, str], QueueMetrics | None]:
+        return {("/", q): QueueMetrics(0, 0, 0, 0.0, 0.0) for q in ("a", "b", "c")}
+
+
+class Kube:
+    def __init__(self) -> None:
+        self.statuses: list[str] = []
+
+    async def set_replicas(self, namespace: str, name: str, replicas: int) -> None:
+        pass
+
+    def queue_status(self, namespace: str, name: str, status: dict[str, Any]) -> asyncio.Future[None]:
+        self.statuses.append(name)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+
+def body(name: str, queue: str, interval: float = 1, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "queueworker.dev/v1alpha1",
+        "kind": "QueueWorker",
+        "metadata": {"name": name, "namespace": "ns", "uid": f"uid-{name}"},
+        "spec": {"queue": queue, "vhost": "/", "pollingInterval": interval, "scaleTargetRef": {"name": name}, **spec},
+    }
+
+
+@pytest.fixture(autouse=True)
+def no_events(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kopf, "info", lambda *a, **k: None)
+    monkeypatch.setattr(kopf, "warn", lambda *a, **k: None)
+
+
+@pytest.fixture
+async def sched() -> AsyncIterator[tuple[Scheduler, BrokerPoller, list[float], dict[str, int]]]:
+    clock = [100.0]
+    ticked: dict[str, int] = {}
+    metrics = OperatorMetrics(CollectorRegistry())
+    poller = BrokerPoller("default", Reader(), 1.0)  # type: ignore[arg-type]
+    kube = Kube()
+
+    def make(b: Any) -> Ticker:
+        t = Ticker("ns", b["metadata"]["name"], b, kube, metrics, lambda ns, dep: Replicas(0, 0, 0))  # type: ignore[arg-type]
+        real = t.tick
+
+        async def counted(snap: Any) -> Any:
+            ticked[t.name] = ticked.get(t.name, 0) + 1
+            return await real(snap)
+
+        t.tick = counted  # type: ignore[method-assign]
+        return t
+
+    s = Scheduler({"default": poller}, make, metrics, 5.0, clock=lambda: clock[0])
+    s.start()
+    yield s, poller, clock, ticked
+    await s.stop()
+
+
+async def poll(poller: BrokerPoller, clock: list[float], seconds: float = 1.0) -> None:
+    clock[0] += seconds
+    await poller.poll_once()
+    for _ in range(5):  # the scheduler's loop and the tick tasks run
+        await asyncio.sleep(0)
+
+
+async def test_every_queueworker_ticks_once_per_snapshot_until_deleted(sched: Any) -> None:
+    s, poller, clock, ticked = sched
+    s.upsert("uid-a", body("a", "a"))
+    s.upsert("uid-b", body("b", "b"))
+    assert poller.registered == 2
+    for _ in range(3):
+        await poll(poller, clock)
+    assert ticked == {"a": 3, "b": 3}
+    # When b is deleted, then it is not ticked any more and its poller registration goes
+    s.remove("uid-b")
+    await poll(poller, clock)
+    assert ticked == {"a": 4, "b": 3} and poller.registered == 1
+    assert s.metrics.registry.get_sample_value("queueworker_operator_ticks_total") == 7
+
+
+async def test_a_longer_polling_interval_ticks_only_when_due(sched: Any) -> None:
+    s, poller, clock, ticked = sched
+    s.upsert("uid-a", body("a", "a"))
+    s.upsert("uid-c", body("c", "c", interval=3))
+    for _ in range(6):
+        await poll(poller, clock)
+    assert ticked == {"a": 6, "c": 2}
+
+
+async def test_a_changed_spec_is_read_at_the_next_tick(sched: Any) -> None:
+    s, poller, clock, ticked = sched
+    s.upsert("uid-a", body("a", "a"))
+    await poll(poller, clock)
+    s.upsert("uid-a", body("a", "b"))  # the same QueueWorker now reads queue b
+    assert poller._regs["uid-a"][1] == "b"  # noqa: SLF001
+    await poll(poller, clock)
+    assert s.entries["uid-a"].ticker.last_status["queue"]["ready"] == 0
+    assert ticked == {"a": 2}
+
+
+async def test_nothing_ticks_while_paused_and_an_unknown_broker_is_reported(sched: Any) -> None:
+    s, poller, clock, ticked = sched
+    s.upsert("uid-a", body("a", "a"))
+    s.pause(True)
+    assert s.entries == {} and poller.registered == 0
+    s.upsert("uid-b", body("b", "b"))  # kopf's list after a resume may come before the resume itself
+    await poll(poller, clock)
+    assert ticked == {}
+    s.pause(False)
+    await poll(poller, clock)
+    assert ticked == {"b": 1}
+    s.upsert("uid-e", body("e", "a", broker="eu"))
+    entry = s.entries["uid-e"]
+    await asyncio.sleep(1.2)  # the unknown-broker round runs every second
+    cond = entry.ticker.last_status["conditions"][0]
+    assert (cond["reason"], cond["message"]) == ("UnknownBroker", "broker 'eu' is not configured in the operator")
