@@ -13,9 +13,9 @@ from qw_core.delays import MAX_DELAY_SECONDS
 from qw_core.idempotency import HEADER, KEY_PATTERN, MAX_KEY_LENGTH
 from qw_core.settings import ApiSettings
 from qw_core.storage import LocalStorage
-from qw_core.store import PendingRow, TaskStore
+from qw_core.store import TaskStore
 
-from .batching import WriteBatcher
+from .batching import RowWriter
 from .metrics import ApiMetrics
 from .publisher import Publisher
 from .quotas import OverLimit, TenantQuotas
@@ -30,14 +30,12 @@ class Services:
     publisher: Publisher
     metrics: ApiMetrics
     key_hashes: dict[bytes, str]  # sha256(key) -> tenant
-    pending_writes: WriteBatcher[PendingRow] = field(init=False)
-    queued_writes: WriteBatcher[str] = field(init=False)
+    rows: RowWriter = field(init=False)  # the accept path's row writes, group-committed
     uploads: UploadLimits = field(init=False)
     quotas: TenantQuotas = field(init=False)
 
     def __post_init__(self) -> None:
-        self.pending_writes = WriteBatcher(self.store.create_pending_many)
-        self.queued_writes = WriteBatcher(self.store.confirm_queued_many)
+        self.rows = RowWriter(self.store)
         s = self.settings
         self.uploads = UploadLimits(
             s.upload_body_budget_bytes, s.decode_budget_bytes, s.upload_wait_seconds, s.max_upload_bytes

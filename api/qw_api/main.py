@@ -54,6 +54,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             yield
         finally:
             await publisher.stop()
+            app.state.services.rows.close()
             store.close()
 
     metrics = ApiMetrics()

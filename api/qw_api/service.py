@@ -57,7 +57,7 @@ async def submit(
     `not_before` (epoch seconds): a delayed task, published through the delay ladder (qw_core.delays)."""
     try:
         if key is None:
-            await services.pending_writes.write((task.task_id, task.tenant, task.kind, source_key, not_before))
+            await services.rows.create_pending((task.task_id, task.tenant, task.kind, source_key, not_before))
         else:
             claim = await _claim(services, task, key, source_key, not_before)
             if claim.outcome == "existing":
@@ -93,7 +93,7 @@ async def submit(
     services.metrics.publish_duration.labels(task.kind).observe(time.perf_counter() - start)
     # The broker has it now. If this write fails the worker's own status writes still move the task on.
     try:
-        await services.queued_writes.write(task.task_id)
+        await services.rows.confirm_queued(task.task_id)
     except StoreUnavailable:
         pass
     services.metrics.tasks_submitted.labels(task.kind).inc()

@@ -204,9 +204,17 @@ class TaskStore:
                 self._sql(_INSERT_PENDING), [(*r[:4], now, now, r[4] if len(r) > 4 else None) for r in rows]
             )
 
-    def confirm_queued_many(self, task_ids: Sequence[str]) -> None:
+    def write_api_rows(self, pending: Sequence[PendingRow], queued: Sequence[str], now: float | None = None) -> None:
+        """The API's group commit: `create_pending_many(pending)` and `confirm_queued` of each of `queued` (tasks
+        the broker confirmed), in one transaction."""
+        now = time.time() if now is None else now
         with self._tx() as cur:
-            cur.executemany(self._sql(_CONFIRM_QUEUED), [(time.time(), t) for t in task_ids])
+            if pending:
+                cur.executemany(
+                    self._sql(_INSERT_PENDING), [(*r[:4], now, now, r[4] if len(r) > 4 else None) for r in pending]
+                )
+            if queued:
+                cur.executemany(self._sql(_CONFIRM_QUEUED), [(now, t) for t in queued])
 
     def confirm_queued(self, task_id: str) -> bool:
         """After the broker's confirm. A worker may already have moved it on; then nothing changes."""
