@@ -6,8 +6,9 @@ to the ceiling measured in the same minute.
 
 Each revision is checked out (git worktree, detached, removed afterwards) and served with its own api/, core/ and
 workers/ first on PYTHONPATH, by this checkout's interpreter and dependencies. Per revision: the median over the
-rounds of its closed-loop rate (64 connections), of that rate over the round's no-op rate, and of its open-loop
-p99 at half the round's no-op rate.
+rounds of its closed-loop rate (64 connections), of that rate over the round's no-op rate, of its CPU time per
+request (all threads) and the no-op's over it (`cpu_vs_noop`: the rate ratio one core would give, the figure a
+busy machine disturbs least), and of its open-loop p99 at half the round's no-op rate.
 """
 
 from __future__ import annotations
@@ -64,12 +65,15 @@ def main() -> int:
             for _ in range(a.rounds):
                 noop = bench_noop(a.seconds)
                 base, rate = noop["closed_loop_64"]["ok_per_s"], noop["offered_per_s"]
+                base_cpu = noop["closed_loop_64"]["cpu_us_per_request"]
                 for rev, tree in trees.items():
                     r = _api_at(tree, broker, tmp, a.seconds, rate)
                     peak = r["closed_loop_64"]["ok_per_s"]
                     rows[rev].append(
                         {"ok_per_s": peak, "vs_noop": peak / max(base, 0.1), "p99_ms": r["open_loop"]["p99_ms"],
-                         "noop_per_s": base, "offered_per_s": rate}  # fmt: skip
+                         "noop_per_s": base, "offered_per_s": rate,
+                         "cpu_us_per_request": (cpu := r["closed_loop_64"]["cpu_us_per_request"]),
+                         "noop_cpu_us_per_request": base_cpu, "cpu_vs_noop": base_cpu / max(cpu, 0.1)}  # fmt: skip
                     )
         finally:
             for tree in trees.values():
@@ -77,7 +81,7 @@ def main() -> int:
     out = {
         rev: {
             key: round(statistics.median(r[key] for r in runs), 2)
-            for key in ("ok_per_s", "vs_noop", "p99_ms", "noop_per_s")
+            for key in ("ok_per_s", "vs_noop", "p99_ms", "noop_per_s", "cpu_us_per_request", "cpu_vs_noop")
         }
         | {"rounds": runs}
         for rev, runs in rows.items()
