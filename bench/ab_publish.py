@@ -70,10 +70,16 @@ def main() -> int:
                     r = _api_at(tree, broker, tmp, a.seconds, rate)
                     peak = r["closed_loop_64"]["ok_per_s"]
                     rows[rev].append(
-                        {"ok_per_s": peak, "vs_noop": peak / max(base, 0.1), "p99_ms": r["open_loop"]["p99_ms"],
-                         "noop_per_s": base, "offered_per_s": rate,
-                         "cpu_us_per_request": (cpu := r["closed_loop_64"]["cpu_us_per_request"]),
-                         "noop_cpu_us_per_request": base_cpu, "cpu_vs_noop": base_cpu / max(cpu, 0.1)}  # fmt: skip
+                        {
+                            "ok_per_s": peak,
+                            "vs_noop": peak / max(base, 0.1),
+                            "p99_ms": r["open_loop"]["p99_ms"],
+                            "noop_per_s": base,
+                            "offered_per_s": rate,
+                            "cpu_us_per_request": (cpu := r["closed_loop_64"]["cpu_us_per_request"]),
+                            "noop_cpu_us_per_request": base_cpu,
+                            "cpu_vs_noop": base_cpu / max(cpu, 0.1),
+                        }  # fmt: skip
                     )
         finally:
             for tree in trees.values():

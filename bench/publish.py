@@ -26,8 +26,8 @@ import sys
 import time
 import urllib.parse
 import uuid
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pika
@@ -186,7 +186,10 @@ def bench_bare_pika(broker: Broker, seconds: float) -> dict[str, Any]:
 
 def bench_broker(broker: Broker, seconds: float) -> dict[str, Any]:
     out = {}
-    for name, fn in (("pika_pipelined", broker_pipelined.pika_pipelined), ("aio_pika_64", broker_pipelined.aio_pika_64)):
+    for name, fn in (
+        ("pika_pipelined", broker_pipelined.pika_pipelined),
+        ("aio_pika_64", broker_pipelined.aio_pika_64),
+    ):
         vhost, url = _vhost(broker)
         try:
             out[name] = asyncio.run(fn(url, seconds))

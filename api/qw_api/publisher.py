@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from typing import Any
 
 import pika
@@ -257,10 +256,13 @@ async def _close(conn: AsyncioConnection, wait: float = 2.0) -> None:
     """Close `conn` if open and give the broker's close-ok a moment (a clean close, not a dropped socket)."""
     if conn.is_closed or conn.is_closing:
         return
+    closed = asyncio.Event()
+    conn.add_on_close_callback(lambda *_: closed.set())
     try:
         conn.close()
     except Exception:  # noqa: S110 - already broken; reconnecting anyway
         return
-    deadline = time.monotonic() + wait
-    while not conn.is_closed and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
+    try:
+        await asyncio.wait_for(closed.wait(), wait)
+    except TimeoutError:
+        pass
