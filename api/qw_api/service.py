@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import weakref
 from typing import Any, NamedTuple
 
 import orjson
@@ -141,24 +140,23 @@ async def _remove_upload(services: Services, key: str | None) -> None:
 def link(request: Request, route: str, **params: str) -> str:
     """An absolute link to a route: under QW_PUBLIC_URL when set, else from the request (scheme and host from
     trusted proxies' X-Forwarded-* headers, see QW_FORWARDED_ALLOW_IPS)."""
-    path = _path_template(request.scope["router"], route, tuple(params)).format_map(params)
+    path = _path_template(request.app, route, tuple(params)).format_map(params)
     public = request.app.state.services.settings.public_url
     if public:
         return public + path
     return str(request.base_url).rstrip("/") + path  # what request.url_for(route, **params) gives
 
 
-_templates: weakref.WeakKeyDictionary[Any, dict[tuple[str, tuple[str, ...]], str]] = weakref.WeakKeyDictionary()
-
-
-def _path_template(router: Any, route: str, names: tuple[str, ...]) -> str:
-    """The route's path with `{name}` for each parameter, found once per router: Starlette's url_path_for tries
-    every route in turn (an exception per miss), which was a twentieth of a POST /v1/emails under load."""
-    known = _templates.setdefault(router, {})
+def _path_template(app: Any, route: str, names: tuple[str, ...]) -> str:
+    """The route's path with `{name}` for each parameter, found once per app (kept in app.state): Starlette's
+    url_path_for tries every route in turn (an exception per miss), a twentieth of a POST /v1/emails under load."""
+    known: dict[tuple[str, tuple[str, ...]], str] | None = getattr(app.state, "link_templates", None)
+    if known is None:
+        known = app.state.link_templates = {}
     template = known.get((route, names))
     if template is None:
         marks = {name: f"\x00{i}\x00" for i, name in enumerate(names)}
-        template = str(router.url_path_for(route, **marks)).replace("{", "{{").replace("}", "}}")
+        template = str(app.url_path_for(route, **marks)).replace("{", "{{").replace("}", "}}")
         for i, name in enumerate(names):
             template = template.replace(f"\x00{i}\x00", "{" + name + "}")
         known[(route, names)] = template
