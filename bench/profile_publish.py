@@ -1,7 +1,7 @@
 """Where the API's time goes under the publish benchmark's load: `python -m qw_api` under py-spy (PyPI) while the
 load generator keeps 64 connections busy on POST /v1/emails, then a summary by part of the request path.
 
-    python -m bench.profile_publish [SECONDS] [--out DIR]
+    python -m bench.profile_publish [SECONDS] [--out DIR] [--noop]
 
 py-spy samples the process (all threads, idle time left out: `--idle` not given) at 250 Hz into collapsed stacks
 (DIR/api.collapsed, one line per stack: frames joined by ';' and a sample count); the summary counts, for each
@@ -58,6 +58,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("seconds", nargs="?", type=float, default=15)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--noop", action="store_true", help="profile the no-op endpoint (bench/noop_app.py) instead")
     a = parser.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     out = a.out or Path(tempfile.mkdtemp(prefix="qw-profile-"))
@@ -73,7 +74,8 @@ def main() -> int:
     }  # fmt: skip
     import os
 
-    api = subprocess.Popen([sys.executable, "-m", "qw_api"], env={**os.environ, **env}, cwd=ROOT)
+    cmd = [sys.executable, "-m", "bench.noop_app" if a.noop else "qw_api"]
+    api = subprocess.Popen(cmd, env={**os.environ, **env, "NOOP_PORT": str(port)}, cwd=ROOT)
     raw = build_request("/v1/emails", json.dumps(EMAIL).encode(), AUTH)
     try:
         wait_until(lambda: _listening(port), 30, what="the API to listen")
