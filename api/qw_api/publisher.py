@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Sequence
 from typing import Any
 
 import pika
@@ -52,6 +53,17 @@ class MessageTooLarge(Exception):
     def __init__(self, size: int, limit: int) -> None:
         super().__init__(f"the message would be {size} bytes; the broker accepts at most {limit} bytes per message")
         self.size, self.limit = size, limit
+
+
+class _OneWritePerMessage(AsyncioConnection):
+    """pika's AsyncioConnection handing a message's frames (method, header, body) to its transport as one buffer:
+    one write and one send() per publish instead of three. (`_output_marshaled_frames` is pika 1.x's one place
+    where marshalled frames go out; the frames are the same bytes.)"""
+
+    def _output_marshaled_frames(self, marshaled_frames: Sequence[bytes]) -> None:
+        if len(marshaled_frames) > 1:
+            marshaled_frames = [b"".join(marshaled_frames)]
+        super()._output_marshaled_frames(marshaled_frames)
 
 
 class Publisher:
@@ -241,7 +253,7 @@ class Publisher:
             params.socket_timeout = OPEN_TIMEOUT
             params.client_properties = {"connection_name": "qw-api"}
             try:
-                conn = await asyncio.wait_for(open_connection(params), OPEN_TIMEOUT)
+                conn = await asyncio.wait_for(open_connection(params, _OneWritePerMessage), OPEN_TIMEOUT)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -239,7 +239,9 @@ class AsyncPublisher:
             self._drop(BrokerUnavailable(f"the broker connection failed during the publish ({reason!r})"))
 
 
-async def open_connection(params: pika.URLParameters) -> AsyncioConnection:
+async def open_connection(
+    params: pika.URLParameters, cls: type[AsyncioConnection] = AsyncioConnection
+) -> AsyncioConnection:
     opened: asyncio.Future[AsyncioConnection] = asyncio.get_running_loop().create_future()
 
     def fail(_conn: Any, error: BaseException | str) -> None:
@@ -247,7 +249,7 @@ async def open_connection(params: pika.URLParameters) -> AsyncioConnection:
             exc = error if isinstance(error, BaseException) else pika.exceptions.AMQPConnectionError(error)
             opened.set_exception(exc)
 
-    conn = AsyncioConnection(
+    conn = cls(
         params,
         on_open_callback=resolve_with(opened),
         on_open_error_callback=fail,
