@@ -189,6 +189,7 @@ def bench_broker(broker: Broker, seconds: float) -> dict[str, Any]:
     for name, fn in (
         ("pika_pipelined", broker_pipelined.pika_pipelined),
         ("aio_pika_64", broker_pipelined.aio_pika_64),
+        ("api_publisher_64", broker_pipelined.api_publisher_64),
     ):
         vhost, url = _vhost(broker)
         try:
