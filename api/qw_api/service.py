@@ -144,7 +144,25 @@ def link(request: Request, route: str, **params: str) -> str:
     public = request.app.state.services.settings.public_url
     if public:
         return public + path
-    return str(request.base_url).rstrip("/") + path  # what request.url_for(route, **params) gives
+    return _base(request) + path  # what request.url_for(route, **params) gives
+
+
+_BASES_KEPT = 256  # the Host header is the client's: a bounded cache
+
+
+def _base(request: Request) -> str:
+    """str(request.base_url) without its trailing slash, remembered per (scheme, server, root path, Host header):
+    Starlette builds the URL anew on every call (a twentieth of an accepted POST's own code)."""
+    scope = request.scope
+    host = next((value for key, value in scope["headers"] if key == b"host"), None)
+    key = (scope["scheme"], scope.get("server"), scope.get("app_root_path", scope.get("root_path", "")), host)
+    bases: dict[tuple[Any, ...], str] | None = getattr(request.app.state, "link_bases", None)
+    if bases is None or len(bases) >= _BASES_KEPT:
+        bases = request.app.state.link_bases = {}
+    base = bases.get(key)
+    if base is None:
+        base = bases[key] = str(request.base_url).rstrip("/")
+    return base
 
 
 def _path_template(app: Any, route: str, names: tuple[str, ...]) -> str:
