@@ -17,7 +17,7 @@ help:
 $(VENV_STAMP): pyproject.toml
 	python3 -m venv .venv
 	.venv/bin/pip install -q --upgrade pip
-	.venv/bin/pip install -q -e '.[test]'
+	.venv/bin/pip install -q -e '.[test,bench]'
 	rm -f .venv/.installed-*; touch $@
 
 # What each target installs: the venv alone (lint), plus the Debian packages it runs (scripts/install-system-deps.sh

@@ -1,4 +1,5 @@
-"""`make bench`: run every benchmark in one invocation, write bench/results/<name>.json and bench/results/README.md.
+"""`make bench`: run every benchmark in one invocation, write bench/results/<name>.json and bench/results/README.md,
+then the pictures drawn from that JSON (bench/plots: bench/results/*.png).
 
 Each benchmark prints one JSON object and carries its own baseline run side by side, so the table shows ratios
 measured on the same machine in the same minute. Absolute numbers on a shared 2-core machine mean little.
@@ -8,12 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from bench.jsonfmt import dumps
+from bench.plots import machine, measured_now
+from bench.plots.results import draw_all
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -28,6 +32,8 @@ BENCHES: dict[str, list[str]] = {
     "policy-replay": [PY, "-m", "bench.replay"],
     "sdk": [PY, "bench/bench_sdk.py", "--tasks", "1000"],
     "uploads": [PY, "bench/bench_uploads.py", "--parallel", "16"],
+    "closed-loop": [PY, "bench/bench_closed_loop.py", "--tasks", "1000"],
+    "s3": [PY, "bench/bench_s3.py", "--images", "200", "--rounds", "2"],
 }
 
 
@@ -39,6 +45,7 @@ def _run(name: str, cmd: list[str]) -> dict[str, Any]:
     out = r.stdout[r.stdout.index("{") :]
     data: dict[str, Any] = json.loads(out)
     data["wall_seconds"] = round(time.monotonic() - start, 1)
+    data["machine"], data["measured"] = machine(), measured_now()  # the pictures' captions
     return data
 
 
@@ -94,8 +101,10 @@ def _rows(results: dict[str, dict[str, Any]]) -> list[str]:
                 f"{r['replica_seconds']:.0f} | KEDA+HPA {base['p95_wait']}, {base['replica_seconds']:.0f} | "
                 f"{r['p95_wait_vs_keda']}, {r['replica_seconds_vs_keda']} |"
             )
+    rows += _closed_loop_rows(results.get("closed-loop", {}))
     rows += _sdk_rows(results.get("sdk", {}))
     rows += _upload_rows(results.get("uploads", {}))
+    rows += _s3_rows(results.get("s3", {}))
     for name, data in results.items():
         if "error" in data:
             rows.append(f"| {name} | FAILED: {data['error']} | | | |")
@@ -143,6 +152,20 @@ def _publish_rows(p: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _closed_loop_rows(c: dict[str, Any]) -> list[str]:
+    """The closed loop's burst, autoscaling against the same burst at fixed min replicas."""
+    if len(c.get("runs", [])) < 2:
+        return []
+    auto, fixed = (run["figures"] for run in c["runs"])
+    key = "replica_seconds_until_drained_and_back"
+    return [
+        f"| closed loop, {c['tasks']:,} emails | drain s; replica-s until drained and back at min | "
+        f"{auto['drain_seconds']}; {auto[key]} (peak {auto['peak_workers']} workers) | fixed {c['min_replicas']} "
+        f"worker {fixed['drain_seconds']}; {fixed[key]} | {c['ratios']['autoscaling_over_fixed_drain']}; "
+        f"{c['ratios']['autoscaling_over_fixed_replica_seconds']} |"
+    ]
+
+
 def _sdk_rows(s: dict[str, Any]) -> list[str]:
     """A no-op SDK task through send() and through the worker, each against bare pika doing the same AMQP work."""
     if "send_per_s" not in s:
@@ -160,6 +183,20 @@ def _sdk_rows(s: dict[str, Any]) -> list[str]:
         ),
         f"| sdk | no-op tasks/s through the worker (validate, run, status, ack) | {s['worker_per_s']} | "
         f"bare pika consumer acking {s['bare_consumer_per_s']} | {s['worker_to_bare_ratio']} |",
+    ]
+
+
+def _s3_rows(s: dict[str, Any]) -> list[str]:
+    if "workers" not in s:
+        return []
+    w, u = s["workers"], s["uploads"]
+    return [
+        f"| s3 | image worker images/s on S3 (SeaweedFS) vs the local directory | {w['s3_images_per_s']} | directory "
+        f"{w['directory_images_per_s']} | {w['ratio_s3_over_directory']} |",
+        f"| s3 | API peak RSS added by one {u['file_mib']} MiB upload, MiB: S3; directory | "
+        f"{u['s3']['added_by_the_upload_mib']}; {u['directory']['added_by_the_upload_mib']} | file read whole "
+        f"{u['directory_whole_file_baseline']['added_by_the_upload_mib']} | "
+        f"{u['ratios']['s3_added_over_whole_file']}; {u['ratios']['directory_added_over_whole_file']} |",
     ]
 
 
@@ -196,16 +233,19 @@ def main() -> int:
             continue
         print(f"== {name}", flush=True)
         results[name] = _run(name, cmd)
-        (RESULTS / f"{name}.json").write_text(json.dumps(results[name], indent=2) + "\n")
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+        (RESULTS / f"{name}.json").write_text(dumps(results[name]) + "\n")
+    pictures = draw_all(RESULTS)
     table = [
         "# Benchmark results",
         "",
-        f"Latest `make bench` on {time.strftime('%Y-%m-%d')} ({machine}). Ratios are against the baseline run in "
+        f"Latest `make bench` on {time.strftime('%Y-%m-%d')} ({machine()}). Ratios are against the baseline run in "
         "the same invocation; see bench/*.py for what each baseline is.",
         "",
         *_rows(results),
         "",
+        "Pictures drawn from the same JSON (bench/plots; `python -m bench.plots` redraws them):",
+        "",
+        *(f"![{png.stem}]({png.name})\n" for png in pictures),
     ]
     (RESULTS / "README.md").write_text("\n".join(table))
     print("\n".join(table))

@@ -31,10 +31,11 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from qw_core.messages import ImageOptions, ImageTask, TaskMessage, new_task_id, utcnow  # noqa: E402
 from qw_core.settings import WorkerSettings  # noqa: E402
-from qw_core.storage import LocalStorage  # noqa: E402
+from qw_core.storage import LocalStorage, Storage  # noqa: E402
 from qw_core.store import open_store  # noqa: E402
 from qw_core.topology import H_ATTEMPT, TASKS_EXCHANGE, build_topology, declare_with_pika  # noqa: E402
-from qw_workers.images import handle  # noqa: E402
+from qw_workers.builtins import worker_registry  # noqa: E402
+from qw_workers.handlers import make_handler  # noqa: E402
 from qw_workers.runtime import Worker  # noqa: E402
 from rabbitmq import Broker  # noqa: E402
 
@@ -58,7 +59,10 @@ def bare_loop(images: list[bytes], side: int) -> float:
     return len(images) / (time.perf_counter() - start)
 
 
-def worker_path(images: list[bytes], side: int, concurrency: int, broker: Broker, work: Path) -> float:
+def worker_path(
+    images: list[bytes], side: int, concurrency: int, broker: Broker, work: Path, storage: Storage | None = None
+) -> float:
+    """Images/s of one Worker thread on `storage` (a directory under `work` by default; bench_s3.py passes S3)."""
     vhost = f"bench-{uuid.uuid4().hex[:8]}"
     q = urllib.parse.quote(vhost, safe="")
     broker.api(f"/api/vhosts/{q}", "PUT", {})
@@ -74,7 +78,7 @@ def worker_path(images: list[bytes], side: int, concurrency: int, broker: Broker
             log_format="text",
         )
         store = open_store(settings.database_url)
-        storage = LocalStorage(settings.storage_dir)
+        storage = storage or LocalStorage(settings.storage_dir)
         conn = pika.BlockingConnection(pika.URLParameters(url))
         ch = conn.channel()
         declare_with_pika(ch, build_topology(("image", "email"), settings.delivery_limit))
@@ -94,7 +98,9 @@ def worker_path(images: list[bytes], side: int, concurrency: int, broker: Broker
             store.confirm_queued(msg.task_id)
         conn.close()
 
-        worker = Worker("image", handle, settings, store, storage)
+        spec = worker_registry("").get("image")
+        assert spec is not None
+        worker = Worker("image", make_handler(spec), settings, store, storage, policy=spec.policy)
         thread = threading.Thread(target=worker.run, daemon=True)
         thread.start()
         while not worker.ready:  # connecting and declaring are start-up, not throughput

@@ -27,7 +27,7 @@ from bench.publish import AUTH, EMAIL, ROOT, Broker, _drop_vhost, _vhost, free_p
 # part -> substrings of a frame ("function (file:line)") that put a sample in that part
 PARTS: dict[str, tuple[str, ...]] = {
     "event loop + uvicorn HTTP (parse, transport)": ("httptools_impl.py", "uvloop"),
-    "store writes (thread pool)": ("create_pending_many", "confirm_queued_many", "qw_core/store.py"),
+    "store writes (their thread)": ("write_api_rows", "qw_core/store.py"),
     "AMQP publish + confirms": ("aio_pika", "aiormq", "pamqp", "qw_api/publisher.py", "qw_api/amqp.py", "pika/"),
     "pydantic (body, task message)": ("pydantic", "model_dump_json", "email_validator"),
     "FastAPI routing + dependencies": ("fastapi/routing.py", "fastapi/dependencies", "starlette/routing.py"),

@@ -13,7 +13,8 @@ The KEDA + HPA model uses the documented defaults:
 
 Both autoscalers see the same queue (ready + unacked messages) and drive identical workers: each replica
 serves `service_rate` messages/s after `start_delay` seconds of start-up. Reported per trace: p95 and max
-message wait (s), max backlog, replica-seconds, scale events.
+message wait (s), max backlog, replica-seconds, scale events; and under "timelines", the series the pictures
+draw (bench/plots): arrivals, backlog, replicas and task wait, in buckets of at most 600 per run.
 """
 
 from __future__ import annotations
@@ -104,6 +105,32 @@ class KedaHpaModel:
 
 
 @dataclass
+class Timeline:
+    """Per-bucket series of one run: arrivals summed (then per second), the rest the bucket's maximum, so the
+    series' peaks are the table's max_backlog and max_wait exactly."""
+
+    step: int
+    arrivals: list[int] = field(default_factory=list)
+    backlog: list[int] = field(default_factory=list)
+    replicas: list[int] = field(default_factory=list)
+    wait: list[int] = field(default_factory=list)  # the longest wait of a task started in the bucket, seconds
+
+    def add(self, now: int, arrivals: int, backlog: int, replicas: int, waits: list[int]) -> None:
+        if now % self.step == 0:
+            for series in (self.arrivals, self.backlog, self.replicas, self.wait):
+                series.append(0)
+        self.arrivals[-1] += arrivals
+        self.backlog[-1] = max(self.backlog[-1], backlog)
+        self.replicas[-1] = max(self.replicas[-1], replicas)
+        self.wait[-1] = max([self.wait[-1], *waits])
+
+    def as_dict(self) -> dict[str, object]:
+        per_s = [round(a / self.step, 2) for a in self.arrivals]
+        return {"step_s": self.step, "arrivals_per_s": per_s, "backlog": self.backlog, "replicas": self.replicas,
+                "wait_s": self.wait}  # fmt: skip
+
+
+@dataclass
 class Result:
     name: str
     p95_wait: float
@@ -112,9 +139,10 @@ class Result:
     replica_seconds: float
     scale_events: int
     unfinished: int
+    timeline: Timeline | None = None
 
     def as_dict(self) -> dict[str, float | int | str]:
-        return {k: (round(v, 2) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+        return {k: (round(v, 2) if isinstance(v, float) else v) for k, v in self.__dict__.items() if k != "timeline"}
 
 
 def simulate(
@@ -126,6 +154,7 @@ def simulate(
     initial_replicas: int = 0,
     seed: int = 7,
     rate_window: int = 5,
+    timeline_step: int = 1,
 ) -> Result:
     rng = random.Random(seed)
     queue: deque[int] = deque()  # arrival second of each waiting message
@@ -140,6 +169,7 @@ def simulate(
     acks_hist: deque[int] = deque(maxlen=rate_window)
     credit = 0.0
     next_tick = 0.0
+    timeline = Timeline(timeline_step)
     for now in range(seconds + 600):  # after the trace ends, let the queue drain (bounded)
         if now >= seconds and not queue:
             break
@@ -153,11 +183,12 @@ def simulate(
         credit -= served
         if not queue:
             credit = 0.0
-        for _ in range(served):
-            waits.append(now - queue.popleft())
+        started = [now - queue.popleft() for _ in range(served)]
+        waits.extend(started)
         acks_hist.append(served)
         max_backlog = max(max_backlog, len(queue))
         replica_seconds += replicas
+        timeline.add(now, n, len(queue), replicas, started)
         if now >= next_tick:
             next_tick = now + scaler.interval
             obs = Observation(
@@ -188,6 +219,7 @@ def simulate(
         replica_seconds=replica_seconds,
         scale_events=events,
         unfinished=len(queue),
+        timeline=timeline,
     )
 
 
@@ -248,16 +280,24 @@ def scalers(max_replicas: int = 20) -> list[Autoscaler]:
     ]
 
 
-def run() -> dict[str, object]:
+def run(traces: dict[str, tuple[Trace, int]] = TRACES, max_points: int = 600) -> dict[str, object]:
     results: dict[str, object] = {}
-    for trace_name, (trace, seconds) in TRACES.items():
-        rows = [simulate(trace, sc, seconds).as_dict() for sc in scalers()]
+    timelines: dict[str, object] = {}
+    for trace_name, (trace, seconds) in traces.items():
+        step = max(1, math.ceil(seconds / max_points))
+        runs = [simulate(trace, sc, seconds, timeline_step=step) for sc in scalers()]
+        rows = [r.as_dict() for r in runs]
         base = rows[0]
         for r in rows[1:]:
             r["p95_wait_vs_keda"] = round(float(r["p95_wait"]) / max(float(base["p95_wait"]), 1e-9), 3)
             r["replica_seconds_vs_keda"] = round(float(r["replica_seconds"]) / float(base["replica_seconds"]), 3)
         results[trace_name] = rows
-    return {"benchmark": "policy-replay", "service_rate_per_replica": 5.0, "start_delay_s": 3.0, "traces": results}
+        timelines[trace_name] = {
+            "trace_seconds": seconds,
+            "runs": [{"name": r.name, **r.timeline.as_dict()} for r in runs if r.timeline is not None],
+        }
+    return {"benchmark": "policy-replay", "service_rate_per_replica": 5.0, "start_delay_s": 3.0, "traces": results,
+            "timelines": timelines}  # fmt: skip
 
 
 if __name__ == "__main__":

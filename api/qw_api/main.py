@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from qw_core.registry import Registry, load_app
 from qw_core.settings import ApiSettings
-from qw_core.storage import LocalStorage, disk_usage
+from qw_core.storage import disk_usage, open_storage
 from qw_core.store import open_store
 from qw_core.topology import build_topology
 from qw_workers.builtins import BUILTINS
@@ -22,6 +23,15 @@ from .publisher import MessageTooLarge, Publisher
 from .routes import emails, health, images, kinds, notifications, tasks
 
 MULTIPART_OVERHEAD = 64 * 1024
+
+
+def _redirect_origin(settings: ApiSettings) -> str:
+    """The scheme://host[:port] presigned result URLs point at, when the API redirects to them ("" otherwise)."""
+    endpoint = settings.s3_public_endpoint_url or settings.s3_endpoint_url
+    if not (settings.storage_url and settings.result_redirect_seconds and endpoint):
+        return ""
+    parsed = urlsplit(endpoint)
+    return f"{parsed.scheme}://{parsed.netloc}"
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
@@ -43,7 +53,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         app.state.services = Services(
             settings=settings,
             store=store,
-            storage=LocalStorage(settings.storage_dir),
+            storage=open_storage(settings),
             publisher=publisher,
             metrics=metrics,
             key_hashes={hash_key(k): t for k, t in keys.items()},
@@ -58,7 +68,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             store.close()
 
     metrics = ApiMetrics()
-    metrics.registry.register(StorageUsage(lambda: disk_usage(settings.storage_dir)))
+    if not settings.storage_url:  # a volume's used and free bytes; a bucket has no such figures
+        metrics.registry.register(StorageUsage(lambda: disk_usage(settings.storage_dir)))
     app = FastAPI(
         title="queueworker API",
         version="1.0",
@@ -83,13 +94,16 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         return JSONResponse({"detail": detail}, status_code=413)
 
     page = resources.files("qw_api").joinpath("static/index.html").read_text()
+    # With results redirected to presigned URLs, the page's fetch follows the redirect to the store: allow its
+    # origin (the bucket must answer CORS for the API's origin; SeaweedFS allows any by default).
+    connect_src = f"connect-src 'self' {store}; " if (store := _redirect_origin(settings)) else ""
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
         return HTMLResponse(
             page,
             headers={
-                "Content-Security-Policy": "default-src 'self'; img-src 'self' blob:; "
+                "Content-Security-Policy": f"default-src 'self'; {connect_src}img-src 'self' blob:; "
                 "style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'"
             },
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any, NamedTuple
 
@@ -19,12 +20,15 @@ from qw_core.idempotency import (
     make_key,
 )
 from qw_core.messages import TaskMessage
+from qw_core.storage import StorageUnavailable
 from qw_core.store import StoreUnavailable
 from qw_core.topology import TASKS_EXCHANGE
 from starlette.concurrency import run_in_threadpool
 
 from .deps import Services
 from .publisher import MessageTooLarge, PublishUnavailable
+
+log = logging.getLogger("qw_api.service")
 
 
 def unavailable(services: Services, what: str) -> HTTPException:
@@ -133,8 +137,13 @@ async def _withdraw(services: Services, task_id: str) -> bool:
 
 
 async def _remove_upload(services: Services, key: str | None) -> None:
+    """Best effort: the answer is about the task, not the file. An upload left behind (the store down right now)
+    names no task; on S3 the uploads' lifecycle rule removes it (qw_workers.janitor sets it)."""
     if key:
-        await run_in_threadpool(services.storage.delete, key)
+        try:
+            await run_in_threadpool(services.storage.delete, key)
+        except StorageUnavailable as exc:
+            log.warning("could not remove the upload %s of a task that was not queued: %s", key, exc)
 
 
 def link(request: Request, route: str, **params: str) -> str:

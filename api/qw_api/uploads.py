@@ -3,7 +3,8 @@ inside the pod's memory limit (and its /tmp) instead of getting it OOM-killed.
 
 Two budgets, each a FIFO weighted semaphore of bytes:
 - bodies: the declared Content-Length (the largest allowed when undeclared) of every upload being received,
-  spooled (the multipart parser writes parts over 1 MiB to /tmp) and read into memory;
+  spooled (the multipart parser writes parts over 1 MiB to /tmp), checked and streamed to the store from there
+  (never read whole into memory; on S3 one 8 MiB part at a time);
 - checking: what the bounded check of every image being validated allocates, estimated from its header
   (qw_core.images: a PNG's largest chunk at most the file, a JPEG at 1/8 scale plus libjpeg's coefficient buffer
   when multi-scan, a GIF's first frame). The API never decodes fully: a 40-megapixel RGBA PNG would take 160 MB.

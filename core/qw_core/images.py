@@ -22,8 +22,13 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from PIL import Image, UnidentifiedImageError
+
+# An image's bytes, or a seekable file holding them (an upload spooled to disk, a download): read where needed,
+# never all at once.
+Source = bytes | BinaryIO
 
 JPEG_CHECK_SCALE = 8  # libjpeg decodes at 1/1, 1/2, 1/4 or 1/8 of each side
 
@@ -51,7 +56,7 @@ def draft_size(size: tuple[int, int], box: tuple[int, int], gap: float = 2.0) ->
 
 
 def open_image(
-    data: bytes,
+    data: Source,
     allowed_formats: list[str] | tuple[str, ...],
     max_pixels: int,
     shrink_to: tuple[int, int] | None = None,
@@ -71,7 +76,7 @@ def open_image(
     return img
 
 
-def inspect(data: bytes, allowed_formats: list[str] | tuple[str, ...], max_pixels: int) -> ImageInfo:
+def inspect(data: Source, allowed_formats: list[str] | tuple[str, ...], max_pixels: int) -> ImageInfo:
     """Format, size and what a check and a full decode would allocate, from the header alone. Raises
     ImageRejected for what is not an image of an allowed format or has too many pixels."""
     with _refusals(allowed_formats), _open(data, allowed_formats, max_pixels) as img:
@@ -80,7 +85,7 @@ def inspect(data: bytes, allowed_formats: list[str] | tuple[str, ...], max_pixel
         return ImageInfo(str(img.format), w, h, decoded, _check_bytes(img, data, decoded))
 
 
-def check(data: bytes, info: ImageInfo, max_pixels: int) -> None:
+def check(data: Source, info: ImageInfo, max_pixels: int) -> None:
     """The bounded check of `inspect`ed bytes (the module's docstring says what each format gets). Raises
     ImageRejected for a truncated or corrupt file."""
     if info.format == "WEBP":
@@ -95,16 +100,16 @@ def check(data: bytes, info: ImageInfo, max_pixels: int) -> None:
             img.load()
 
 
-def identify(data: bytes, allowed_formats: list[str] | tuple[str, ...], max_pixels: int) -> ImageInfo:
+def identify(data: Source, allowed_formats: list[str] | tuple[str, ...], max_pixels: int) -> ImageInfo:
     """`inspect` then `check`: what the API refuses, without a full decode."""
     info = inspect(data, allowed_formats, max_pixels)
     check(data, info, max_pixels)
     return info
 
 
-def _check_bytes(img: Image.Image, data: bytes, decoded: int) -> int:
+def _check_bytes(img: Image.Image, data: Source, decoded: int) -> int:
     if img.format == "PNG":
-        return len(data)  # one chunk at a time: at most the file
+        return _size(data)  # one chunk at a time: at most the file
     if img.format == "JPEG":
         scaled = decoded // JPEG_CHECK_SCALE**2
         if not _multi_scan_jpeg(img, data):
@@ -120,21 +125,46 @@ def _check_bytes(img: Image.Image, data: bytes, decoded: int) -> int:
     return decoded  # GIF: the first frame, decoded fully
 
 
-def _multi_scan_jpeg(img: Image.Image, data: bytes) -> bool:
+def _multi_scan_jpeg(img: Image.Image, data: Source) -> bool:
     """Progressive, or a sequential image sent in several scans: a second start-of-scan marker after the first
     (Pillow stops reading at the first one; entropy-coded data never holds FF DA, byte stuffing prevents it)."""
     if img.info.get("progressive"):
         return True
     fp = getattr(img, "fp", None)  # an ImageFile's, positioned just after the first start-of-scan marker
-    return fp is not None and data.find(b"\xff\xda", fp.tell()) != -1
+    return fp is not None and _find(data, b"\xff\xda", fp.tell())
 
 
-def _open(data: bytes, allowed_formats: list[str] | tuple[str, ...], max_pixels: int) -> Image.Image:
+def _size(data: Source) -> int:
+    if isinstance(data, bytes):
+        return len(data)
+    return data.seek(0, io.SEEK_END)
+
+
+def _find(data: Source, needle: bytes, start: int, chunk: int = 1024 * 1024) -> bool:
+    """Whether `needle` occurs at or after `start`; a file is scanned a chunk at a time (overlapping by the
+    needle's length, so one split across two chunks is found)."""
+    if isinstance(data, bytes):
+        return data.find(needle, start) != -1
+    pos = start
+    while True:
+        data.seek(pos)
+        block = data.read(chunk)
+        if block.find(needle) != -1:
+            return True
+        if len(block) < chunk:
+            return False
+        pos += chunk - len(needle) + 1
+
+
+def _open(data: Source, allowed_formats: list[str] | tuple[str, ...], max_pixels: int) -> Image.Image:
     """Image.open with only the allowed decoders (header only), refusing too many pixels."""
-    if not data:
+    if not _size(data):
         raise ImageRejected("the file is empty")
     allowed = [f.upper() for f in allowed_formats]
-    img = Image.open(io.BytesIO(data), formats=allowed)
+    if isinstance(data, bytes):
+        data = io.BytesIO(data)
+    data.seek(0)
+    img = Image.open(data, formats=allowed)
     w, h = img.size
     if w * h > max_pixels:
         img.close()

@@ -32,6 +32,21 @@ class CommonSettings(BaseSettings):
     rabbitmq_management_url: SecretStr = SecretStr("http://guest:guest@127.0.0.1:15672")
     database_url: str = "sqlite:///./.run/queueworker.db"
     storage_dir: Path = Path("./.run/storage")
+    # Where uploads and results live: "" = the directory storage_dir (make dev; on Kubernetes a ReadWriteMany
+    # volume); "s3://bucket/prefix" = an S3-compatible bucket (qw_core.s3storage) with the s3_* settings below.
+    storage_url: str = ""
+    s3_endpoint_url: str = ""  # "" = AWS's endpoint for s3_region; http(s)://host:port for a self-hosted server
+    s3_region: str = "us-east-1"
+    # The key pair, each also as "@/path/to/file" (a mounted Secret's key); both empty = boto3's own chain
+    # (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_SHARED_CREDENTIALS_FILE, a web identity token).
+    s3_access_key_id: SecretStr = SecretStr("")
+    s3_secret_access_key: SecretStr = SecretStr("")
+    # Path-style URLs (endpoint/bucket/key), what self-hosted servers serve; false = virtual-hosted (bucket.host).
+    s3_path_style: bool = True
+    # One S3 call's connect and read timeout, and its attempts (boto3's standard retries, backoff between them):
+    # past them the API answers 503 + Retry-After and a worker retries the task through its delay queues.
+    s3_timeout_seconds: float = Field(default=5.0, gt=0)
+    s3_max_attempts: int = Field(default=3, ge=1, le=10)
     log_format: Literal["json", "text"] = "json"
     log_level: str = "INFO"
     # Retry policy shared by publisher (topology) and workers.
@@ -58,6 +73,14 @@ class CommonSettings(BaseSettings):
     # How long an idempotency key (the API's Idempotency-Key header, the SDK's `idempotency_key=`) names the task
     # it was first used for; stored with the key when it is first used, so the janitor needs no setting of its own.
     idempotency_seconds: float = Field(default=24 * 3600, gt=0)
+
+    @field_validator("storage_url")
+    @classmethod
+    def _storage_url(cls, v: str) -> str:
+        parsed = urlsplit(v)
+        if v and (parsed.scheme != "s3" or not parsed.netloc or parsed.query or parsed.fragment):
+            raise ValueError("must be empty (the directory QW_STORAGE_DIR) or s3://bucket or s3://bucket/prefix")
+        return v
 
     @field_validator("retry_delays")
     @classmethod
@@ -124,7 +147,7 @@ class ApiSettings(CommonSettings):
     max_message_bytes: int = Field(default=16 * 1024 * 1024, gt=0, le=512 * 1024 * 1024)
     retry_after_seconds: int = 5
     sse_poll_interval: float = 0.2
-    # What image uploads may hold at once in one API process (qw_api/uploads.py): bodies being received and read
+    # What image uploads may hold at once in one API process (qw_api/uploads.py): bodies being received and spooled
     # (their Content-Length), and what checking images allocates (never a full decode: qw_core/images.py; the name
     # is kept from when the API decoded fully); a request that waits longer than
     # upload_wait_seconds for room gets 503 + Retry-After. Sized for the chart's 512Mi API limit.
@@ -137,6 +160,11 @@ class ApiSettings(CommonSettings):
     # is one of forwarded_allow_ips (uvicorn's proxy headers; "*" = any, only when nothing else can reach the API).
     public_url: str = ""
     forwarded_allow_ips: str = "127.0.0.1"
+    # GET /v1/tasks/{id}/result with S3 storage: 0 = the API streams the object; N > 0 = after the tenant check, a
+    # 302 to a presigned URL valid N seconds (the client downloads from the store itself). Presigned URLs name
+    # s3_public_endpoint_url when set (the address clients reach; the API may use an in-cluster one).
+    result_redirect_seconds: int = Field(default=0, ge=0, le=7 * 24 * 3600)
+    s3_public_endpoint_url: str = ""
 
     @field_validator("public_url")
     @classmethod

@@ -6,7 +6,8 @@ one that died), sending through a real SMTP server with a remote server's latenc
 Asserted: the operator scales up and back to min; every task ends succeeded with exactly one mail (with faults:
 succeeded, or dead with a reason, and never two mails). Printed as JSON for the note: reaction time, drain time,
 replica-seconds. QW_CLOSED_LOOP_TASKS sets the burst (2,000 here; `make soak` runs 10,000 and adds a run at fixed
-min replicas for comparison).
+min replicas for comparison). Each run is sampled twice a second (queue depth, workers, tasks done) and drawn
+(bench/plots); QW_CLOSED_LOOP_RESULTS=FILE writes the figures and those timelines as JSON (bench_closed_loop.py).
 
 The one stand-in: kwok's node runs no containers, so the harness plays the kubelet for the worker pods. The
 broker, operator, API, workers, store and SMTP server are the real programs.
@@ -35,8 +36,12 @@ import pytest
 from qw_core.store import open_store
 from rabbitmq import Broker, free_broker_ports
 
+from bench.jsonfmt import dumps
+from bench.plots import machine, measured_now, pixel_size, save
+from bench.plots.timelines import closed_loop_figure
 from tests.e2e.harness import ROOT, Env, drop_env, make_env, queueworker, stop
 from tests.support.smtp import smtp_server
+from tests.support.timeline import QueueDepth, Sampler, png_size
 from tests.support.util import free_port, http_ok
 from tests.support.wait import wait_for
 from tests.support.workers import WorkerProcess, worker_env
@@ -102,6 +107,11 @@ class Kubelet:
             if (p.metric("queueworker_worker_tasks_in_progress", kind="email") or 0) > 0:
                 return p
         return None
+
+    def now(self) -> tuple[int, int]:
+        """(worker processes running, the Deployment's spec.replicas as last read)."""
+        with self._lock:
+            return len(self.procs) + len(self.leaving), (self.spec_changes[-1][1] if self.spec_changes else 0)
 
     def first_scale_up(self, after: float) -> float | None:
         return next((t - after for t, n in self.spec_changes if t >= after and n > MIN), None)
@@ -192,42 +202,75 @@ def loop_run(
                 kubelet = Kubelet(env, f"{name}-worker", wenv, tmp)
                 with kubelet.running():
                     wait_for("the min worker ready", lambda: kubelet.procs and kubelet.procs[0].is_ready(), 60)
-                    t0, rs0 = time.monotonic(), kubelet.replica_seconds
-                    ids = submit(base, tasks, tenant)
-                    submitted = time.monotonic() - t0
-                    kills = []
-                    if faults:
-                        kills = inject_faults(env, kubelet, operator, store, tenant, ids, private_broker)
-                        operator = kills.pop()  # the restarted operator, stopped below
-                    deadline = 60 + tasks / 5  # a generous bound: even one worker alone drains faster than this
-                    wait_for("every task final", lambda: _finished(store, tenant, ids), deadline, 1.0)
-                    drained = time.monotonic() - t0
-                    wait_for("scale back to min", lambda: env.replicas(f"{name}-worker") == MIN, 60, 0.2)
-                    wait_for("the surplus workers gone", lambda: len(kubelet.procs) + len(kubelet.leaving) == MIN, 60)
-                    back = time.monotonic() - t0
-                    figures = {
-                        "tasks": tasks,
-                        "mode": "fixed min" if fixed else "autoscaling",
-                        "faults": faults,
-                        "submit_seconds": round(submitted, 1),
-                        "reaction_seconds": None if fixed else _round(kubelet.first_scale_up(t0)),
-                        "drain_seconds": round(drained, 1),
-                        "back_to_min_seconds": round(back, 1),
-                        "replica_seconds_until_drained_and_back": round(kubelet.replica_seconds - rs0, 1),
-                        "peak_workers": kubelet.peak,
-                        "worker_processes_started": kubelet.started,
-                        "spec_replicas": [n for _, n in kubelet.spec_changes],
-                    }
+                    probe = LoopProbe(kubelet, env.amqp, pg_url, tenant)
+                    with Sampler(probe, close=probe.close) as sampler:
+                        t0, rs0 = sampler.start, kubelet.replica_seconds
+                        ids = submit(base, tasks, tenant)
+                        submitted = time.monotonic() - t0
+                        kills = []
+                        if faults:
+                            kills = inject_faults(env, kubelet, operator, store, tenant, ids, private_broker)
+                            operator = kills.pop()  # the restarted operator, stopped below
+                        deadline = 60 + tasks / 5  # a generous bound: even one worker alone drains faster than this
+                        wait_for("every task final", lambda: _finished(store, tenant, ids), deadline, 1.0)
+                        drained = time.monotonic() - t0
+                        wait_for("scale back to min", lambda: env.replicas(f"{name}-worker") == MIN, 60, 0.2)
+                        wait_for(
+                            "the surplus workers gone", lambda: len(kubelet.procs) + len(kubelet.leaving) == MIN, 60
+                        )
+                        back = time.monotonic() - t0
+                        figures = {
+                            "tasks": tasks,
+                            "mode": "fixed min" if fixed else "autoscaling",
+                            "faults": faults,
+                            "submit_seconds": round(submitted, 1),
+                            "reaction_seconds": None if fixed else _round(kubelet.first_scale_up(t0)),
+                            "drain_seconds": round(drained, 1),
+                            "back_to_min_seconds": round(back, 1),
+                            "replica_seconds_until_drained_and_back": round(kubelet.replica_seconds - rs0, 1),
+                            "peak_workers": kubelet.peak,
+                            "worker_processes_started": kubelet.started,
+                            "spec_replicas": [n for _, n in kubelet.spec_changes],
+                        }
                     sent = collections.Counter(m["X-QW-Task-Id"] for m in mails.messages())
             finally:
                 stop(operator)
             if "Forbidden" in env.log("operator"):
                 pytest.fail("the operator hit a permission error:\n" + env.log("operator")[-3000:])
         records = {t: store.get(t) for t in ids}
-        return {"figures": figures, "records": records, "sent": sent, "kills": kills, "ids": ids}
+        return {"figures": figures, "records": records, "sent": sent, "kills": kills, "ids": ids,
+                "timeline": sampler.series()}  # fmt: skip
     finally:
         store.close()
         drop_env(env, broker)
+
+
+@dataclass
+class LoopProbe:
+    """One sample of the loop for its timeline: the queue's ready tasks, worker processes running, spec.replicas,
+    tasks ended. Its own store connection and AMQP connection (it runs in the sampler's thread)."""
+
+    kubelet: Kubelet
+    amqp: str
+    pg_url: str
+    tenant: str
+    _store: Any = None
+    _depth: QueueDepth | None = None
+
+    def __call__(self) -> dict[str, int]:
+        self._store = self._store or open_store(self.pg_url)
+        self._depth = self._depth or QueueDepth(self.amqp, "qw.email")
+        counts = self._store.counts(self.tenant)
+        ready, _ = self._depth()
+        workers, spec = self.kubelet.now()
+        return {"depth": ready, "workers": workers, "spec_replicas": spec,
+                "completed": sum(counts.get(s, 0) for s in FINAL)}  # fmt: skip
+
+    def close(self) -> None:
+        if self._depth is not None:
+            self._depth.close()
+        if self._store is not None:
+            self._store.close()
 
 
 def _round(x: float | None) -> float | None:
@@ -283,10 +326,32 @@ def test_burst_scales_up_drains_exactly_once_and_scales_back_to_min(k8s_cluster,
     assert_exactly_once(run)
     assert fig["peak_workers"] > MIN and max(fig["spec_replicas"]) > MIN, fig  # it scaled up...
     assert fig["spec_replicas"][-1] == MIN, fig  # ...and back down to min
+    runs = [run]
     if os.environ.get("QW_CLOSED_LOOP_FIXED"):  # `make soak`: the same burst at fixed min replicas, for the note
         fixed = loop_run(k8s_cluster, broker, pg_url, tmp_path / "fixed", tasks=TASKS, fixed=True)
         print("closed-loop:", json.dumps(fixed["figures"]))
         assert_exactly_once(fixed)
+        runs.append(fixed)
+    picture(runs, tmp_path)
+
+
+def picture(runs: list[dict[str, Any]], tmp: Path) -> None:
+    """The runs' timelines as the bench JSON and its picture: the timeline shows what the figures say (every task
+    ended, more workers than min at the peak, min at the end), and the PNG is drawn from that JSON."""
+    data = {"benchmark": "closed-loop", "tasks": TASKS, "smtp_latency_s": SMTP_LATENCY, "min_replicas": MIN,
+            "max_replicas": MAX, "machine": machine(), "measured": measured_now(),
+            "runs": [{"figures": r["figures"], "timeline": r["timeline"]} for r in runs]}  # fmt: skip
+    for r in data["runs"]:
+        tl = r["timeline"]
+        assert tl["completed"][-1] == TASKS and tl["workers"][-1] == MIN, {k: v[-5:] for k, v in tl.items()}
+        assert max(tl["workers"]) > MIN or r["figures"]["mode"] == "fixed min", tl["workers"]
+    out = os.environ.get("QW_CLOSED_LOOP_RESULTS")
+    if out:
+        Path(out).write_text(dumps(data) + "\n")
+    figure = closed_loop_figure(data)
+    png = save(figure, tmp / "closed-loop.png")
+    assert png_size(png) == pixel_size(figure)
+    print("closed-loop picture:", png)
 
 
 @pytest.fixture
@@ -299,7 +364,7 @@ def loop_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     b.destroy()
 
 
-def test_with_faults_every_task_ends_succeeded_or_dead_with_a_reason_and_no_mail_twice(
+def test_with_faults_every_task_ends_succeeded_or_in_doubt_with_a_reason_and_no_mail_twice(
     k8s_cluster, loop_broker, pg_url, tmp_path
 ) -> None:
     tasks = max(1000, TASKS // 2)
@@ -307,10 +372,13 @@ def test_with_faults_every_task_ends_succeeded_or_dead_with_a_reason_and_no_mail
     fig = run["figures"]
     records, sent = run["records"], run["sent"]
     statuses = collections.Counter(r.status for r in records.values())
-    reasons = collections.Counter(r.error for r in records.values() if r.status == "dead")
+    reasons = collections.Counter(r.error for r in records.values() if r.status != "succeeded")
     print("closed-loop:", json.dumps({**fig, "statuses": statuses, "dead_reasons": reasons}))
-    assert set(statuses) <= {"succeeded", "dead"}, statuses  # nothing lost, nothing stuck
-    dead = [r for r in records.values() if r.status == "dead"]
+    assert set(statuses) <= {"succeeded", "dead", "failed"}, statuses  # nothing lost, nothing stuck
+    # An in-doubt send ends `dead` while another attempt's claim still blocks it (retries exhausted), or `failed`
+    # (PermanentError) once that claim's lease has expired: on a slow, loaded machine the redelivery can come after
+    # the lease. Either way it is final and says why.
+    dead = [r for r in records.values() if r.status != "succeeded"]
     assert all(r.error for r in dead), [r.task_id for r in dead if not r.error]  # dead always says why
     assert all("avoid a duplicate" in str(r.error) for r in dead), [r.error for r in dead]  # the in-doubt send
     # Only a task whose send was in flight when its worker was SIGKILLed may be in doubt; with one task at a time

@@ -11,13 +11,15 @@ What the test changes in the README's commands, and nothing else (printed when i
   Prometheus endpoint (`rabbitmq.prometheusUrl`, which the README recommends), and the shop's `inventory` and
   `analytics` kinds (`workers.userKinds` from examples/shop/values.yaml, only the image replaced: the shop's image,
   examples/shop/Containerfile FROM the workers image, built and loaded here; the Secret `shop-database` its README
-  asks for, pointing at the shop's own database on the same PostgreSQL);
+  asks for, pointing at the shop's own database on the same PostgreSQL), and S3 storage (see Storage below);
 - the plain manifests name ghcr.io/queueworker/*:0.1.0: the same local images are tagged with those names in the
   node's containerd, and while they run the real node is the only schedulable node (kwok's node cordoned, the
   real node's taint lifted, both put back after), as on a one-node cluster: the YAML needs no placement.
-Storage: the chart's default is a ReadWriteMany claim of the cluster's default StorageClass; this cluster has no
-provisioner at all (nor a default class), so the test creates what an administrator would, a hostPath
-PersistentVolume without a class bound to the claim's name (claimRef), for each of the two claims.
+Storage: the chart release keeps uploads and results in an S3 bucket (`storage.type: s3` in the printed values file:
+a SeaweedFS `weed` server on the host at the bridge gateway, the key pair in an existing Secret), so it needs no
+volume at all. The plain manifests use the ReadWriteMany claim; this cluster has no provisioner at all (nor a
+default class), so the test creates what an administrator would, a hostPath PersistentVolume without a class bound
+to the claim's name (claimRef).
 
 The chart (one release for the class TestHelmRelease): operator Ready and leading (kopf peering: its log and the
 KopfPeering's status), the API serving /readyz through its Service, `helm test` passing, an image uploaded through
@@ -60,6 +62,7 @@ from queueworker import Client
 from qw_core.settings import ApiSettings
 from qw_core.store import open_store
 from rabbitmq import Broker, free_broker_ports
+from seaweed import ACCESS_KEY, SECRET_KEY, Seaweed
 
 from tests.e2e.real_stack import (
     FULLNAME,
@@ -310,9 +313,25 @@ class Peaks:
 
 # ---------------------------------------------------------------- the chart, one release for the class
 
+S3_BUCKET, S3_PREFIX, S3_SECRET = "queueworker", "helm", "queueworker-s3"
+
+
+@pytest.fixture(scope="module")
+def s3_on_host(stack: Stack) -> Iterator[Seaweed]:
+    """The release's S3 server: SeaweedFS on the host, at the bridge gateway (a pod's loopback is its own)."""
+    server = Seaweed(stack.host_dir / "seaweed", bucket=S3_BUCKET, ip=stack.node.gateway_ip)
+    server.start()
+    yield server
+    server.stop()
+
+
+def bucket_keys(server: Seaweed, prefix: str) -> list[str]:
+    listed = server.client().list_objects_v2(Bucket=server.bucket, Prefix=prefix)
+    return [o["Key"] for o in listed.get("Contents", [])]
+
 
 @pytest.fixture(scope="class")
-def release(stack: Stack) -> Iterator[Stack]:
+def release(stack: Stack, s3_on_host: Seaweed) -> Iterator[Stack]:
     """README's `helm install` (plus the printed values file), every pod Ready; `helm uninstall` after."""
     s = stack
     values = {
@@ -329,10 +348,14 @@ def release(stack: Stack) -> Iterator[Stack]:
     }
     # The shop's inventory and analytics kinds as examples/shop/values.yaml ships them, from the shop's image.
     values["workers"]["userKinds"] = shop_kinds(s.shop_image)
+    # Uploads and results in a bucket: no volume; the key pair from an existing Secret (created below).
+    s3 = {"bucket": S3_BUCKET, "prefix": S3_PREFIX, "endpoint": s3_on_host.endpoint, "existingSecret": S3_SECRET}
+    values["storage"] = {"type": "s3", "s3": s3}
     values_file = s.host_dir / "real-node-values.yaml"
     values_file.write_text(yaml.safe_dump(values))
     print("\nvalues added to the README's helm install:\n" + values_file.read_text())
-    s.volume_for(f"{FULLNAME}-storage")
+    s.kubectl("-n", NAMESPACE, "create", "secret", "generic", S3_SECRET, f"--from-literal=access-key-id={ACCESS_KEY}",
+              f"--from-literal=secret-access-key={SECRET_KEY}")  # fmt: skip
     # The Secret examples/shop's README asks for: the shop's own database.
     s.kubectl(
         "-n", NAMESPACE, "create", "secret", "generic", "shop-database", f"--from-literal=url={s.shop_database_url}"
@@ -370,7 +393,9 @@ def release(stack: Stack) -> Iterator[Stack]:
 
 
 class TestHelmRelease:
-    def test_operator_leads_api_serves_helm_test_passes_an_image_is_processed(self, release: Stack) -> None:
+    def test_operator_leads_api_serves_helm_test_passes_an_image_is_processed(
+        self, release: Stack, s3_on_host: Seaweed
+    ) -> None:
         s = release
         operator_leads(s, "app.kubernetes.io/component=operator", FULLNAME)
         client = api_client(s, f"{FULLNAME}-api")
@@ -382,8 +407,13 @@ class TestHelmRelease:
             assert "Succeeded" in out.stdout, out.stdout
             s.figures["helm"]["helm_test_s"] = round(time.monotonic() - t, 1)
         t = time.monotonic()
-        image_roundtrip(client, 60)
+        status = image_roundtrip(client, 60)
         s.figures["helm"]["image_task_roundtrip_s"] = round(time.monotonic() - t, 1)
+        # Through the bucket (storage.type s3): the upload went (removed by the janitor later), the result is there.
+        results = bucket_keys(s3_on_host, f"{S3_PREFIX}/results/")
+        assert f"{S3_PREFIX}/results/{TENANT}/{status['task_id']}.webp" in results, results
+        assert not [p for p in s.pods(f"app.kubernetes.io/instance={RELEASE}") if any(
+            "persistentVolumeClaim" in v for v in p["spec"].get("volumes", []))]  # fmt: skip
 
     def test_a_users_kinds_run_from_their_image_and_scale_from_their_queues(self, release: Stack) -> None:
         """examples/shop's inventory (one replica kept warm, as shipped) and analytics (none while its queue is

@@ -1,8 +1,10 @@
 """`make dev` + `make demo`: the whole local platform (real broker, API, autoscaled worker processes, SMTP sink)
-takes a batch of uploads, scales workers up, drains the queue and scales back to zero; the demo reports it."""
+takes a batch of uploads, scales workers up, drains the queue and scales back to zero; the demo reports it, and
+draws it as a timeline picture from the JSON it writes beside it."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 from qw_core.store import open_store
 
+from tests.support.timeline import png_size
 from tests.support.util import free_port, http_ok
 from tests.support.wait import wait_for
 
@@ -46,7 +49,7 @@ def test_demo_uploads_a_batch_and_watches_workers_scale_up_drain_and_scale_down(
         wait_for("make dev's API", lambda: http_ok(f"http://127.0.0.1:{api_port}/readyz"), 60, 0.3)
         demo = subprocess.run(
             [sys.executable, "scripts/demo.py", "--count", "60", "--size", "640x480", "--every", "0.5",
-             "--timeout", "240"],
+             "--timeout", "240", "--timeline", str(tmp_path / "demo.png")],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
     finally:
@@ -61,4 +64,12 @@ def test_demo_uploads_a_batch_and_watches_workers_scale_up_drain_and_scale_down(
     assert re.search(r"\| queue \d+ \| workers [1-9]", out), out[-4000:]  # the progress line showed it live
     store = open_store(db)
     assert store.counts() == {"succeeded": 60}
+    # The picture of the run it showed: its path printed, a PNG of the figure's size, drawn from the JSON beside it,
+    # whose series tell the same story as the lines above.
+    png = Path(re.search(r"^timeline: (.+\.png)$", out, re.M).group(1))  # type: ignore[union-attr]
+    assert png == tmp_path / "demo.png" and png_size(png) == (800, 700)
+    tl = json.loads(png.with_suffix(".json").read_text())["timeline"]
+    assert max(tl["workers"]) == peak and tl["workers"][-1] == 0, tl["workers"]
+    assert tl["tasks"]["succeeded"][-1] == 60 and max(tl["depth"]) > 0, tl
+    assert len(tl["t_s"]) == len(tl["depth"]) == len(tl["tasks"]["queued"]) and tl["t_s"] == sorted(tl["t_s"])
     assert dev.returncode == 0, dev_out[-3000:]

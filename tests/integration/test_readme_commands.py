@@ -40,6 +40,25 @@ def try_it_commands() -> list[str]:
     return [line.strip() for line in joined.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
+def storage_command() -> str:
+    """The one command of README.md's "Storage: a directory or S3" bash block."""
+    section = (ROOT / "README.md").read_text().split("\n## Storage: a directory or S3\n", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", section, re.S)
+    assert block, "README's Storage section has no bash block"
+    [command] = [line.strip() for line in block.group(1).splitlines() if line.strip()]
+    return command
+
+
+def _s3_objects(endpoint: str, bucket: str) -> list[str]:
+    import boto3
+    from botocore.config import Config
+    from seaweed import ACCESS_KEY, SECRET_KEY
+
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=ACCESS_KEY,
+                      aws_secret_access_key=SECRET_KEY, config=Config(s3={"addressing_style": "path"}))  # fmt: skip
+    return [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+
 def _run(prelude: list[str], command: str, cwd: Path) -> str:
     """One README command through bash, after the block's variable assignments (`KEY=dev-key`)."""
     script = "\n".join([*prelude, command])
@@ -48,7 +67,10 @@ def _run(prelude: list[str], command: str, cwd: Path) -> str:
     return done.stdout
 
 
-def test_the_try_it_block_runs_as_written_against_make_dev(broker, amqp_url, tmp_path):
+@pytest.mark.parametrize("storage", ["directory", "s3"])
+def test_the_try_it_block_runs_as_written_against_make_dev(broker, amqp_url, tmp_path, storage):
+    """Both backends: the directory (make dev), and S3 as README's Storage section starts it (a local weed server
+    that make dev starts and stops; the README's bucket, on a free port and in this test's directory)."""
     commands = try_it_commands()
     prelude = [c for c in commands if re.fullmatch(r"[A-Z_]+=\S+", c)]
     curls = [c for c in commands if c not in prelude]
@@ -73,6 +95,14 @@ def test_the_try_it_block_runs_as_written_against_make_dev(broker, amqp_url, tmp
         "QW_LOCAL_INTERVAL": "1",
     }
     env.pop("QW_API_KEYS", None)  # make dev's own key, dev-key, which the block uses
+    s3_port = free_port()
+    if storage == "s3":
+        make, target, setting = storage_command().split()
+        assert (make, target) == ("make", "dev") and setting.startswith("QW_STORAGE_URL=s3://"), setting
+        name, _, value = setting.partition("=")
+        env.update({name: value, "QW_DEV_S3_PORT": str(s3_port), "QW_DEV_S3_DIR": str(tmp_path / "seaweed")})
+        for k in ("QW_S3_ENDPOINT_URL", "QW_S3_ACCESS_KEY_ID", "QW_S3_SECRET_ACCESS_KEY"):
+            env.pop(k, None)
     dev = subprocess.Popen([sys.executable, "scripts/dev.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
     api = f"http://127.0.0.1:{api_port}"
@@ -98,6 +128,10 @@ def test_the_try_it_block_runs_as_written_against_make_dev(broker, amqp_url, tmp
             60,
             0.3,
         )
+        if storage == "s3":  # the result is in make dev's bucket, and nothing went to the directory
+            objects = _s3_objects(f"http://127.0.0.1:{s3_port}", "queueworker")
+            assert f"results/dev/{task_id}.webp" in objects, objects
+            assert not (tmp_path / "storage" / "results").exists()
     finally:
         dev.send_signal(signal.SIGTERM)
         dev_out = dev.communicate(timeout=60)[0]

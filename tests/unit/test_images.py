@@ -132,3 +132,29 @@ def test_draft_size_keeps_twice_the_fitted_size_in_either_orientation() -> None:
     # a wide box: upright the image fits at 0.2, rotated at 0.1 -> keep enough for the larger one
     assert draft_size((1000, 500), (320, 100)) == (400, 200)
     assert draft_size((100, 80), (256, 256)) == (200, 160)  # never asks for less than the image when not shrinking
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "JPEG-progressive", "WEBP", "GIF"])
+def test_a_spooled_file_is_identified_as_its_bytes_are(fmt, tmp_path):
+    """The API checks an upload where the form parser spooled it (a file on /tmp past 1 MiB), never read whole."""
+    import tempfile
+
+    data = image_bytes(fmt.split("-")[0], (300, 200), progressive=fmt.endswith("progressive"))
+    with tempfile.SpooledTemporaryFile(max_size=64) as f:  # rolled over to disk: a real file, as a large upload
+        f.write(data)
+        assert identify(f, OK, 10**6) == identify(data, OK, 10**6)
+    with tempfile.SpooledTemporaryFile(max_size=64) as f:
+        f.write(data[: len(data) // 2])
+        with pytest.raises(ImageRejected):
+            identify(f, OK, 10**6)
+
+
+def test_a_marker_split_across_two_chunks_of_a_file_is_found():
+    import io
+
+    from qw_core.images import _find
+
+    for at in range(0, 12):
+        blob = b"\x00" * at + b"\xff\xda" + b"\x00" * 7
+        assert _find(io.BytesIO(blob), b"\xff\xda", 0, chunk=4) and _find(blob, b"\xff\xda", 0)
+    assert not _find(io.BytesIO(b"\xff" + b"\x00" * 9 + b"\xda"), b"\xff\xda", 0, chunk=4)

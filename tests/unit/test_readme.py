@@ -157,6 +157,13 @@ def test_make_help_says_make_dev_autoscales() -> None:
     assert "scaled with their queues" in help_text
 
 
+def test_every_picture_the_readme_shows_is_a_committed_png() -> None:
+    shown = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", README)
+    assert "bench/results/policy-replay-burst.png" in shown
+    for path in shown:
+        assert (ROOT / path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+
+
 def test_the_reaction_figures_are_the_measured_ones() -> None:
     measured = json.loads((ROOT / "bench/results/reaction.json").read_text())
     for key in ("operator_prometheus_depth", "operator_management_depth"):

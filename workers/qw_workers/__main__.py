@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = resolve_kind(args.kind, args.app)
     from qw_core.logs import configure_logging
     from qw_core.settings import WorkerSettings, load
-    from qw_core.storage import LocalStorage
+    from qw_core.storage import open_storage
     from qw_core.store import open_store
 
     from qw_workers.handlers import make_handler
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("test-only task delay of %.2fs is active", delay)
         handler = slowed(handler, delay)
     store = open_store(settings.database_url)
-    storage = LocalStorage(settings.storage_dir)
+    storage = open_storage(settings)
     worker = Worker(args.kind, handler, settings, store, storage, middleware, policy=spec.policy)
     health = HealthServer(settings.metrics_host, settings.metrics_port, metrics.registry, lambda: worker.ready).start()
 

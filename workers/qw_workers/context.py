@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from qw_core.messages import TaskMessage
 from qw_core.settings import WorkerSettings
-from qw_core.storage import LocalStorage
+from qw_core.storage import Storage
 from qw_core.store import TaskStore
 
 
@@ -17,7 +17,7 @@ from qw_core.store import TaskStore
 class TaskContext:
     settings: WorkerSettings
     store: TaskStore
-    storage: LocalStorage
+    storage: Storage
     attempt: int
     log: logging.LoggerAdapter[logging.Logger]
     task_id: str

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import io
+import tempfile
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
-from qw_core.images import ImageRejected, open_image
+from qw_core.images import ImageRejected, Source, open_image
 from qw_core.messages import IMAGE_FORMATS, ImageOptions, ImageTask
 from qw_core.storage import StorageError
 
@@ -64,7 +65,7 @@ def _for_format(img: Image.Image, fmt: str) -> Image.Image:
 
 
 def transform_image(
-    data: bytes, options: ImageOptions, source_format: str, max_pixels: int, max_side: int
+    data: Source, options: ImageOptions, source_format: str, max_pixels: int, max_side: int
 ) -> tuple[bytes, str]:
     """Decode safely, apply EXIF orientation, fit, watermark, encode without metadata. Returns (bytes, format).
 
@@ -90,18 +91,30 @@ def transform_image(
     return out.getvalue(), fmt
 
 
+# The source is streamed from the store into a spooled file (memory up to this, /tmp past it) and decoded from there.
+SPOOL_BYTES = 1024 * 1024
+
+
 def process(payload: ImageTask, ctx: TaskContext) -> str:
     """Resize, convert and watermark an uploaded image (POST /v1/images); the result's storage key is the task's
-    result (GET /v1/tasks/{id}/result serves the file)."""
-    try:
-        data = ctx.storage.read(payload.source_key)
-    except (FileNotFoundError, IsADirectoryError, StorageError) as exc:
-        raise PermanentError(f"the source image is missing: {payload.source_key}") from exc
+    result (GET /v1/tasks/{id}/result serves the file). The store being unreachable (StorageUnavailable) is not
+    caught: the runtime retries the task with backoff through its delay queues."""
     s = ctx.settings
-    try:
-        out, fmt = transform_image(data, payload.options, payload.source_format, s.max_image_pixels, s.max_output_side)
-    except ImageRejected as exc:
-        raise PermanentError(str(exc)) from exc
+    with tempfile.SpooledTemporaryFile(SPOOL_BYTES) as src:
+        try:
+            ctx.storage.read_into(payload.source_key, src)  # type: ignore[arg-type]
+        except (FileNotFoundError, IsADirectoryError, StorageError) as exc:
+            raise PermanentError(f"the source image is missing: {payload.source_key}") from exc
+        try:
+            out, fmt = transform_image(
+                src,  # type: ignore[arg-type]
+                payload.options,
+                payload.source_format,
+                s.max_image_pixels,
+                s.max_output_side,
+            )
+        except ImageRejected as exc:
+            raise PermanentError(str(exc)) from exc
     key = ctx.storage.task_key("results", ctx.tenant, ctx.task_id, fmt)
     ctx.storage.write(key, out)
     return key

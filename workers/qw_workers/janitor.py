@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from qw_core.retention import RetentionPolicy, another_batch
 from qw_core.settings import JanitorSettings
-from qw_core.storage import LocalStorage, StorageError
+from qw_core.storage import Storage, StorageUnavailable, open_storage
 from qw_core.store import StoreUnavailable, TaskStore
 
 log = logging.getLogger("qw_workers.janitor")
@@ -41,18 +41,36 @@ class PassReport:
 
 
 class Janitor:
-    def __init__(self, store: TaskStore, storage: LocalStorage, policy: RetentionPolicy, batch_size: int) -> None:
+    def __init__(self, store: TaskStore, storage: Storage, policy: RetentionPolicy, batch_size: int) -> None:
         self.store = store
         self.storage = storage
         self.policy = policy
         self.batch_size = batch_size
 
+    expiry_set = False
+
+    def set_expiry(self) -> None:
+        """Once per process: on S3, lifecycle rules as the backstop for objects no task row names any more (an API
+        that died between storing an upload and recording its task): uploads and results expire a day after the
+        retention time at the latest (qw_core.s3storage.expiry_days). A server without lifecycle support is said
+        once; the janitor's passes still apply retention (rows, their uploads and results) on every backend."""
+        if self.expiry_set:
+            return
+        seconds = self.policy.retention_seconds
+        try:
+            if self.storage.expire({"uploads": seconds, "results": seconds}):
+                log.info("janitor: lifecycle rules set (uploads and results expire after %g s at most)", seconds)
+        except StorageUnavailable as exc:
+            if "NotImplemented" not in str(exc):
+                raise  # the store is down: try again next pass
+            log.warning("janitor: the object store has no lifecycle rules (%s); the passes alone apply retention", exc)
+        self.expiry_set = True
+
     def _remove_files(self, keys: list[str]) -> None:
-        for key in keys:
-            try:
-                self.storage.delete(key)
-            except StorageError:  # a key that escapes the root was never ours to write: leave the file alone
-                log.warning("janitor: refusing to remove %r", key)
+        """One batch's files (one request on S3). StorageUnavailable propagates: the store's batch is not
+        committed, so its rows and keys are taken again by the next pass."""
+        for key in self.storage.delete_many(keys):  # a key that escapes the root was never ours to write
+            log.warning("janitor: refusing to remove %r", key)
 
     def _drain(self, step: Callable[[], int], report: PassReport) -> int:
         total = 0
@@ -100,18 +118,19 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_format, settings.log_level)
     store = open_store(settings.database_url)
     policy = RetentionPolicy(settings.retention_seconds, settings.pending_timeout_seconds)
-    janitor = Janitor(store, LocalStorage(settings.storage_dir), policy, settings.janitor_batch_size)
+    janitor = Janitor(store, open_storage(settings), policy, settings.janitor_batch_size)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     code = 0
     while not stop.is_set():
         try:
+            janitor.set_expiry()
             report = janitor.run_pass()
             log.info("janitor pass: %s", " ".join(f"{k}={v:g}" for k, v in report.as_log().items()))
             code = 0
-        except StoreUnavailable as exc:
-            log.warning("janitor: store unavailable (%s); next pass in %gs", exc, settings.janitor_interval_seconds)
+        except (StoreUnavailable, StorageUnavailable) as exc:
+            log.warning("janitor: %s; next pass in %gs", exc, settings.janitor_interval_seconds)
             code = 1
         except Exception:  # a bug or an unexpected database error: say so, keep the process (make dev) alive
             log.exception("janitor pass failed; next pass in %gs", settings.janitor_interval_seconds)

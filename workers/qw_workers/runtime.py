@@ -28,7 +28,7 @@ import pika.exceptions
 from qw_core import brokers
 from qw_core.registry import RetryPolicy
 from qw_core.settings import WorkerSettings
-from qw_core.storage import LocalStorage
+from qw_core.storage import Storage
 from qw_core.store import TaskStore
 from qw_core.topology import Topology, build_topology, declare_with_pika, queue_name
 
@@ -55,7 +55,7 @@ class Worker:
         handler: Handler,
         settings: WorkerSettings,
         store: TaskStore,
-        storage: LocalStorage,
+        storage: Storage,
         middleware: Iterable[Middleware] = (),
         kinds: Iterable[str] = ("image", "email"),
         policy: RetryPolicy | None = None,

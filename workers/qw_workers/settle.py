@@ -64,7 +64,7 @@ from qw_core import delays as ladder
 from qw_core.messages import TaskMessage
 from qw_core.registry import RetryPolicy
 from qw_core.settings import WorkerSettings
-from qw_core.storage import LocalStorage
+from qw_core.storage import Storage
 from qw_core.store import StoreUnavailable, TaskStore
 from qw_core.topology import DEAD_EXCHANGE, H_ATTEMPT, H_DEFERRED, H_ERROR, H_REASON
 
@@ -181,7 +181,7 @@ class Settler:
     handler: Handler
     settings: WorkerSettings
     store: TaskStore
-    storage: LocalStorage
+    storage: Storage
     channel: Channel
     clock: Callable[[], float] = time.monotonic
     backoff: StoreBackoff = field(default_factory=StoreBackoff)

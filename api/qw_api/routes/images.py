@@ -1,14 +1,17 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any, BinaryIO
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
-from qw_core.images import ImageInfo, ImageRejected, check, inspect
+from qw_core.images import ImageInfo, ImageRejected, Source, check, inspect
 from qw_core.messages import IMAGE_FORMATS, ImageOptions, ImageTask, TaskMessage, new_task_id, utcnow
-from qw_core.storage import StorageFull
+from qw_core.storage import Storage, StorageFull, StorageUnavailable
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -19,6 +22,7 @@ from ..service import accepted, idempotency_key, not_before_of, submit, unavaila
 from ..uploads import Busy
 
 router = APIRouter(prefix="/v1", tags=["images"])
+log = logging.getLogger("qw_api.images")
 
 OPTION_FIELDS = tuple(ImageOptions.model_fields)
 _SCHEMA_KEYS = {"type", "minimum", "maximum", "maxLength", "enum", "description"}
@@ -68,20 +72,27 @@ async def upload_image(
     delay: DelayQuery = None,
 ) -> Response:
     """Upload an image to process (`?delay=` seconds: no earlier). The file is identified by its content (header
-    and a bounded check of the data, qw_core/images.py), never by its name or content type."""
+    and a bounded check of the data, qw_core/images.py), never by its name or content type. The file is never
+    held in memory whole: the form parser spools it to /tmp, the check reads it from there, and the store gets it
+    a chunk (or a multipart part) at a time."""
     settings = services.settings
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise HTTPException(415, "send the image as multipart/form-data with a 'file' field")
     try:
         # The pod's memory: bodies and checks in flight are bounded (qw_api/uploads.py); past the wait, 503.
         async with services.uploads.body(request.headers.get("content-length")):
-            data, raw_options = await _read_form(request, settings.max_upload_bytes)
-            options = _options(raw_options)
-            info = await _identify(services, data)
-            key = services.storage.new_key("uploads", tenant, info.format)
-            await run_in_threadpool(services.storage.write, key, data)
+            async with _form(request, settings.max_upload_bytes) as (file, raw_options):
+                options = _options(raw_options)
+                info = await _identify(services, file)
+                key = services.storage.new_key("uploads", tenant, info.format)
+                await run_in_threadpool(_store, services.storage, key, file)
+                digest = await run_in_threadpool(_sha256, file) if idempotency is not None else ""
     except Busy:
         raise unavailable(services, "too many uploads are in progress on this server") from None
+    except StorageUnavailable as exc:  # the client learns that it failed, the log says where (no endpoint leaks out)
+        log.warning("upload refused: %s", exc)
+        services.metrics.rejected_uploads.labels("storage-unavailable").inc()
+        raise unavailable(services, "the upload storage is unavailable") from None
     except StorageFull:
         services.metrics.rejected_uploads.labels("storage-full").inc()
         raise HTTPException(
@@ -93,15 +104,20 @@ async def upload_image(
     task = TaskMessage(task_id=new_task_id(), tenant=tenant, created_at=utcnow(), payload=payload)
     idem = None
     if idempotency is not None:  # the same request: the same file's bytes and options (the stored name is new)
-        same = {"sha256": hashlib.sha256(data).hexdigest(), "options": options.model_dump(mode="json")}
+        same = {"sha256": digest, "options": options.model_dump(mode="json")}
         idem = idempotency_key(services, idempotency, "image", same)
     return accepted(request, await submit(services, task, key, idem, not_before_of(delay)))
 
 
-async def _read_form(request: Request, max_bytes: int) -> tuple[bytes, dict[str, str]]:
-    """The file's bytes and the option fields of a multipart body; 400/413/422 for what is wrong with it."""
-    try:
-        async with request.form(max_files=1, max_fields=len(OPTION_FIELDS), max_part_size=1024) as form:
+@asynccontextmanager
+async def _form(request: Request, max_bytes: int) -> AsyncIterator[tuple[BinaryIO, dict[str, str]]]:
+    """The file (spooled by the form parser: in memory up to 1 MiB, on disk past it) and the option fields of a
+    multipart body, while the form is open; 400/413/422 for what is wrong with it."""
+    async with AsyncExitStack() as stack:
+        try:
+            form = await stack.enter_async_context(
+                request.form(max_files=1, max_fields=len(OPTION_FIELDS), max_part_size=1024)
+            )
             upload = form.get("file")
             if not isinstance(upload, UploadFile):
                 raise _unprocessable("the 'file' field is missing or is not a file")
@@ -109,16 +125,31 @@ async def _read_form(request: Request, max_bytes: int) -> tuple[bytes, dict[str,
             if unknown:
                 raise _unprocessable(f"unknown fields: {', '.join(sorted(unknown))}")
             raw_options = {k: v for k, v in form.items() if k in OPTION_FIELDS and isinstance(v, str) and v != ""}
-            data = await upload.read(max_bytes + 1)
-    except HTTPException:
-        raise
-    except Exception as exc:  # malformed multipart bodies raise several parser errors
-        if _caused_by(exc, BodyTooLarge):
-            raise HTTPException(413, f"the upload is larger than {max_bytes} bytes") from None
-        raise HTTPException(400, f"malformed multipart body: {exc}") from None
-    if len(data) > max_bytes:
-        raise HTTPException(413, f"the file is larger than {max_bytes} bytes")
-    return data, raw_options
+            file: BinaryIO = upload.file
+            size = file.seek(0, 2)
+        except HTTPException:
+            raise
+        except Exception as exc:  # malformed multipart bodies raise several parser errors
+            if _caused_by(exc, BodyTooLarge):
+                raise HTTPException(413, f"the upload is larger than {max_bytes} bytes") from None
+            raise HTTPException(400, f"malformed multipart body: {exc}") from None
+        if size > max_bytes:
+            raise HTTPException(413, f"the file is larger than {max_bytes} bytes")
+        file.seek(0)
+        yield file, raw_options
+
+
+def _store(storage: Storage, key: str, file: BinaryIO) -> None:
+    file.seek(0)
+    storage.write_file(key, file)
+
+
+def _sha256(file: BinaryIO) -> str:
+    file.seek(0)
+    digest = hashlib.sha256()
+    while block := file.read(1024 * 1024):
+        digest.update(block)
+    return digest.hexdigest()
 
 
 def _options(raw: dict[str, str]) -> ImageOptions:
@@ -128,7 +159,7 @@ def _options(raw: dict[str, str]) -> ImageOptions:
         raise HTTPException(422, exc.errors(include_url=False, include_context=False, include_input=False)) from None
 
 
-async def _identify(services: Services, data: bytes) -> ImageInfo:
+async def _identify(services: Services, data: Source) -> ImageInfo:
     """The header, then the bounded check inside the check budget; 422 for what is not an accepted image."""
     settings = services.settings
     try:

@@ -2,12 +2,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, HTTPException, Request, Response
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
-from qw_core.storage import MEDIA_TYPES
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, StreamingResponse
+from qw_core.storage import MEDIA_TYPES, Blob, StorageUnavailable
 from qw_core.store import TERMINAL, StoreUnavailable, TaskRecord
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
@@ -18,6 +19,7 @@ from ..schemas import TaskView, problems
 from ..service import link, unavailable
 
 router = APIRouter(prefix="/v1", tags=["tasks"])
+log = logging.getLogger("qw_api.tasks")
 NOT_FOUND = "no such task"  # the same answer for another tenant's task: never reveal it exists
 SSE_KEEPALIVE_SECONDS = 15.0
 SSE_MAX_SECONDS = 900.0
@@ -123,12 +125,13 @@ async def task_events(task_id: str, tenant: TenantDep, services: ServicesDep, re
     response_class=FileResponse,
     responses={
         200: {"content": {"application/json": {}, **{m: {} for m in MEDIA_TYPES.values()}}},
-        **problems(401, 404, 409),
+        302: {"description": "S3 storage with QW_RESULT_REDIRECT_SECONDS set: the file at a presigned URL"},
+        **problems(401, 404, 409, 503),
     },
 )  # fmt: skip
 async def get_task_result(task_id: str, tenant: TenantDep, services: ServicesDep) -> Response:
     """The processed file of an image task, or an SDK task's return value as JSON."""
-    rec = await _load(services, task_id, tenant)
+    rec = await _load(services, task_id, tenant)  # the tenant check: another tenant's task is 404, never a link
     if rec is None:
         raise HTTPException(404, NOT_FOUND)
     if rec.status == "succeeded" and rec.result is not None:
@@ -137,8 +140,34 @@ async def get_task_result(task_id: str, tenant: TenantDep, services: ServicesDep
         raise HTTPException(404, "the task succeeded without a result (it returned None)")
     if rec.status != "succeeded" or not rec.result_key:
         raise HTTPException(409, f"the task has no result yet (status: {rec.status})")
-    path = services.storage.path(rec.result_key)
-    if not path.is_file():
-        raise HTTPException(404, "the result file is gone")
-    ext = path.suffix.lstrip(".")
-    return FileResponse(path, media_type=MEDIA_TYPES.get(ext, "application/octet-stream"), filename=f"{task_id}.{ext}")
+    storage, key = services.storage, rec.result_key
+    ext = key.rsplit(".", 1)[-1]
+    media_type, filename = MEDIA_TYPES.get(ext, "application/octet-stream"), f"{task_id}.{ext}"
+    path = storage.local_path(key)
+    if path is not None:
+        if not path.is_file():
+            raise HTTPException(404, "the result file is gone")
+        return FileResponse(path, media_type=media_type, filename=filename)
+    seconds = services.settings.result_redirect_seconds
+    try:
+        if seconds:
+            url = storage.presign(key, seconds, filename, media_type)
+            if url:
+                return RedirectResponse(url, 302, headers={"Cache-Control": "no-store"})
+        blob = await run_in_threadpool(storage.open, key)
+    except FileNotFoundError:
+        raise HTTPException(404, "the result file is gone") from None
+    except StorageUnavailable as exc:
+        log.warning("result of %s not served: %s", task_id, exc)
+        raise HTTPException(
+            503,
+            "the result storage is unavailable; try again shortly",
+            headers={"Retry-After": str(services.settings.retry_after_seconds)},
+        ) from None
+    return _streamed(blob, media_type, filename)
+
+
+def _streamed(blob: Blob, media_type: str, filename: str) -> StreamingResponse:
+    """The object's bytes as they come from the store (a chunk at a time, in the thread pool), then closed."""
+    headers = {"Content-Length": str(blob.size), "Content-Disposition": f'attachment; filename="{filename}"'}
+    return StreamingResponse(blob.chunks, media_type=media_type, headers=headers, background=BackgroundTask(blob.close))

@@ -180,3 +180,65 @@ the operator reads every address of a name and merges them (a node reports the q
 - name: tmp
   mountPath: /tmp
 {{- end }}
+
+{{/* Where uploads and results live, for a pod that reads or writes them (`uses`; any other gets a scratch dir on
+/tmp): an S3-compatible bucket (storage.type=s3: QW_STORAGE_URL and the s3 settings, the key pair as files of the
+existing Secret, never in env) or the shared volume at /data/storage. Called with (dict "ctx" $ "uses" bool). */}}
+{{- define "queueworker.storageEnv" -}}
+{{- $v := .ctx.Values.storage }}
+{{- if not .uses }}
+- name: QW_STORAGE_DIR
+  value: /tmp/storage
+{{- else if eq $v.type "s3" }}
+{{- $bucket := include "queueworker.required" (dict "key" "storage.s3.bucket" "why" "name the bucket (it must exist)" "value" $v.s3.bucket) }}
+- name: QW_STORAGE_URL
+  value: {{ printf "s3://%s/%s" $bucket $v.s3.prefix | trimSuffix "/" | quote }}
+{{- with $v.s3.endpoint }}
+- name: QW_S3_ENDPOINT_URL
+  value: {{ . | quote }}
+{{- end }}
+- name: QW_S3_REGION
+  value: {{ $v.s3.region | quote }}
+- name: QW_S3_PATH_STYLE
+  value: {{ $v.s3.pathStyle | quote }}
+{{- if $v.s3.existingSecret }}
+- name: QW_S3_ACCESS_KEY_ID
+  value: "@/etc/queueworker/s3/{{ $v.s3.accessKeyIdKey }}"
+- name: QW_S3_SECRET_ACCESS_KEY
+  value: "@/etc/queueworker/s3/{{ $v.s3.secretAccessKeyKey }}"
+{{- end }}
+{{- else }}
+- name: QW_STORAGE_DIR
+  value: /data/storage
+{{- end }}
+{{- end }}
+
+{{- define "queueworker.storageMount" -}}
+{{- $v := .ctx.Values.storage }}
+{{- if and .uses (eq $v.type "s3") $v.s3.existingSecret }}
+- name: s3-credentials
+  mountPath: /etc/queueworker/s3
+  readOnly: true
+{{- else if and .uses (ne $v.type "s3") }}
+- name: storage
+  mountPath: /data/storage
+{{- end }}
+{{- end }}
+
+{{- define "queueworker.storageVolume" -}}
+{{- $v := .ctx.Values.storage }}
+{{- if and .uses (eq $v.type "s3") $v.s3.existingSecret }}
+- name: s3-credentials
+  secret:
+    secretName: {{ $v.s3.existingSecret }}
+    items:
+      - key: {{ $v.s3.accessKeyIdKey }}
+        path: {{ $v.s3.accessKeyIdKey }}
+      - key: {{ $v.s3.secretAccessKeyKey }}
+        path: {{ $v.s3.secretAccessKeyKey }}
+{{- else if and .uses (ne $v.type "s3") }}
+- name: storage
+  persistentVolumeClaim:
+    claimName: {{ include "queueworker.storageClaim" .ctx }}
+{{- end }}
+{{- end }}

@@ -63,9 +63,8 @@ spec:
               value: {{ $w.concurrency | quote }}
             - name: QW_PREFETCH
               value: {{ $w.prefetch | quote }}
-            - name: QW_STORAGE_DIR
-              # Only the image worker reads uploads; the others get a scratch dir on the writable /tmp.
-              value: {{ if eq $kind "image" }}/data/storage{{ else }}/tmp/storage{{ end }}
+            # Only the image worker reads uploads; the others get a scratch dir on the writable /tmp.
+            {{- include "queueworker.storageEnv" (dict "ctx" $ "uses" (eq $kind "image")) | trim | nindent 12 }}
             {{- with $w.smtp }}
             - name: QW_SMTP_HOST
               value: {{ .host | quote }}
@@ -123,17 +122,10 @@ spec:
             {{- toYaml $w.resources | nindent 12 }}
           volumeMounts:
             {{- include "queueworker.tmpMount" $ | nindent 12 }}
-            {{- if eq $kind "image" }}
-            - name: storage
-              mountPath: /data/storage
-            {{- end }}
+            {{- with include "queueworker.storageMount" (dict "ctx" $ "uses" (eq $kind "image")) | trim }}{{ . | nindent 12 }}{{ end }}
       volumes:
         {{- include "queueworker.tmpVolume" $ | nindent 8 }}
-        {{- if eq $kind "image" }}
-        - name: storage
-          persistentVolumeClaim:
-            claimName: {{ include "queueworker.storageClaim" $ }}
-        {{- end }}
+        {{- with include "queueworker.storageVolume" (dict "ctx" $ "uses" (eq $kind "image")) | trim }}{{ . | nindent 8 }}{{ end }}
       {{- with $.Values.workers.nodeSelector }}
       nodeSelector:
         {{- toYaml . | nindent 8 }}
