@@ -3,13 +3,21 @@
 closed_loop: N connections, each sends its next request when the last one answered (max throughput).
 open_loop:   requests scheduled at a fixed rate; latency counts from the scheduled time, so a slow
              server cannot hide its queueing (no coordinated omission).
+`port` may be a list: connections go round-robin to each (several server processes, as behind a Service).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+Ports = int | Sequence[int]
+
+
+def _ports(port: Ports) -> list[int]:
+    return [port] if isinstance(port, int) else list(port)
 
 
 @dataclass
@@ -78,11 +86,12 @@ class Conn:
             self.rw[1].close()
 
 
-async def closed_loop(port: int, make_request, connections: int, seconds: float) -> Result:
+async def closed_loop(port: Ports, make_request, connections: int, seconds: float) -> Result:
     res = Result()
     stop = time.perf_counter() + seconds
+    ports = _ports(port)
 
-    async def worker() -> None:
+    async def worker(port: int) -> None:
         c = Conn(port)
         try:
             while time.perf_counter() < stop:
@@ -99,14 +108,15 @@ async def closed_loop(port: int, make_request, connections: int, seconds: float)
             c.close()
 
     start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(connections)))
+    await asyncio.gather(*(worker(ports[i % len(ports)]) for i in range(connections)))
     res.elapsed = time.perf_counter() - start
     return res
 
 
-async def open_loop(port: int, make_request, rate: float, seconds: float, max_connections: int = 128) -> Result:
+async def open_loop(port: Ports, make_request, rate: float, seconds: float, max_connections: int = 128) -> Result:
     res = Result()
-    idle: list[Conn] = [Conn(port) for _ in range(max_connections)]
+    ports = _ports(port)
+    idle: list[Conn] = [Conn(ports[i % len(ports)]) for i in range(max_connections)]
     n = int(rate * seconds)
     start = time.perf_counter()
     tasks = []
@@ -123,7 +133,7 @@ async def open_loop(port: int, make_request, rate: float, seconds: float, max_co
         except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
             res.errors += 1
             c.close()
-            idle.append(Conn(port))
+            idle.append(Conn(c.port))
 
     for i in range(n):
         scheduled = start + i / rate

@@ -75,6 +75,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             if consumer is not None:
                 await consumer.stop()
             await publisher.stop()
+            app.state.services.rows.close()
             if events is not None:
                 events.close()
             store.close()

@@ -68,6 +68,9 @@ class ObserveRequests:
     def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
         self.app = app
         self.metrics = metrics
+        # Label children by their values, looked up once: `labels()` validates and locks on every call.
+        self._counts: dict[tuple[str, str, int], Any] = {}
+        self._durations: dict[tuple[str, str], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -88,8 +91,16 @@ class ObserveRequests:
             route = scope.get("route")
             template = getattr(route, "path", "unmatched")  # bounded label: the template, never the raw path
             method = scope["method"]
-            self.metrics.requests.labels(method, template, str(status)).inc()
-            self.metrics.request_duration.labels(method, template).observe(time.perf_counter() - start)
+            count = self._counts.get((method, template, status))
+            if count is None:
+                count = self._counts[(method, template, status)] = self.metrics.requests.labels(
+                    method, template, str(status)
+                )
+            count.inc()
+            duration = self._durations.get((method, template))
+            if duration is None:
+                duration = self._durations[(method, template)] = self.metrics.request_duration.labels(method, template)
+            duration.observe(time.perf_counter() - start)
 
 
 class StoreTransactions(Collector):

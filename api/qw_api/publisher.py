@@ -1,14 +1,21 @@
 """Publishes task messages with publisher confirms from the event loop, never blocking it.
 
-Design: aio-pika (an asyncio AMQP client) on the API's own event loop. Each publish awaits its own
-broker confirm, and many publishes are in flight at once on one channel, so throughput does not pay
-a round trip per request the way the seed guide's connection-per-request pattern does. A pika
-BlockingConnection would block the loop and is not thread-safe; a publisher thread would need a
-hand-off queue and futures to get the confirm back, which is what aio-pika already is.
+Design: pika's AsyncioConnection on the API's own event loop (the connection and channel helpers are
+qw_core.aio_publishing's, which the SDK's async client uses too). Many publishes are in flight at once on one
+channel; each waits on a plain future, matched to the broker's `basic.ack`/`basic.nack` by delivery tag (the
+channel numbers its publishes 1, 2, ... once confirms are on; `multiple` settles every tag up to the one named).
+A `basic.return` (unroutable; it comes before the message's ack) marks the message id so its ack fails it.
+This replaced aio-pika, whose per-message cost (a Message object, a task hand-off to its writer, a future chain
+per confirm) was most of the AMQP share of a request: bench/broker_pipelined.py measures both side by side.
+
+Confirm timeouts: the confirm timeout is the same for every publish, so deadlines grow with the tag; one timer
+sweeps the oldest pending publishes (every quarter of the timeout, while any are pending) instead of a timer per
+message: a publish fails at most a quarter of the timeout late.
 
 A supervisor task owns the connection: it connects, declares the topology, and when the connection
 drops it reconnects with capped exponential backoff. While disconnected, `publish` fails at once
-with `PublishUnavailable` (the API answers 503 + Retry-After) instead of queueing work in memory.
+with `PublishUnavailable` (the API answers 503 + Retry-After) instead of queueing work in memory;
+a connection lost with publishes in flight fails each of them (the caller withdraws its row).
 
 On a cluster (several nodes in QW_RABBITMQ_URL, or a name with several addresses) every (re)connect tries the
 nodes in turn, in qw_core.brokers' per-process random order with the node just lost last: API replicas spread
@@ -20,16 +27,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Sequence
 from typing import Any
 
-import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
-from pamqp.commands import Basic
-from qw_core import delays as ladder
+import pika
+import pika.exceptions
+from pika.adapters.asyncio_connection import AsyncioConnection
+from pika.channel import Channel
+from qw_core.aio_publishing import declare, open_channel, open_connection, rpc
 from qw_core.brokers import connect_order, parse_urls, redact
-from qw_core.topology import H_ATTEMPT, NOTIFICATIONS_EXCHANGE, TASKS_EXCHANGE, Topology, declare_with_aio_pika
+from qw_core.topology import H_ATTEMPT, Topology
 
 log = logging.getLogger(__name__)
+OPEN_TIMEOUT = 5.0  # seconds to connect to one node and set its channel up
+_PERSISTENT = pika.DeliveryMode.Persistent.value
 
 
 class PublishUnavailable(Exception):
@@ -44,6 +55,17 @@ class MessageTooLarge(Exception):
         self.size, self.limit = size, limit
 
 
+class _OneWritePerMessage(AsyncioConnection):
+    """pika's AsyncioConnection handing a message's frames (method, header, body) to its transport as one buffer:
+    one write and one send() per publish instead of three. (`_output_marshaled_frames` is pika 1.x's one place
+    where marshalled frames go out; the frames are the same bytes.)"""
+
+    def _output_marshaled_frames(self, marshaled_frames: Sequence[bytes]) -> None:
+        if len(marshaled_frames) > 1:
+            marshaled_frames = [b"".join(marshaled_frames)]
+        super()._output_marshaled_frames(marshaled_frames)
+
+
 class Publisher:
     def __init__(
         self, url: str, topology: Topology, confirm_timeout: float = 5.0, max_message_bytes: int = 16 * 1024 * 1024
@@ -56,16 +78,19 @@ class Publisher:
         self._lost: str | None = None  # the node whose connection just dropped: tried last next time
         self.topology = topology
         self.confirm_timeout = confirm_timeout
-        self._connection: AbstractConnection | None = None
-        self._channel: AbstractChannel | None = None
-        self._exchanges: dict[str, AbstractExchange] = {}
+        self._conn: AsyncioConnection | None = None
+        self._ch: Channel | None = None
+        self._tag = 0  # the delivery tag of the last publish on the channel
+        self._pending: dict[int, tuple[asyncio.Future[None], str, float]] = {}  # tag -> (future, message id, deadline)
+        self._returned: set[str] = set()  # message ids returned unroutable, awaiting their confirm
+        self._sweeper: asyncio.TimerHandle | None = None
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
     @property
     def connected(self) -> bool:
-        return self._ready.is_set() and self._channel is not None and not self._channel.is_closed
+        return self._ready.is_set() and self._ch is not None and self._ch.is_open
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._supervise(), name="amqp-publisher")
@@ -85,60 +110,6 @@ class Publisher:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        if self._connection and not self._connection.is_closed:
-            await self._connection.close()
-
-    async def _supervise(self) -> None:
-        delay = 0.2
-        while not self._stopping:
-            closed = asyncio.Event()
-            try:
-                conn = await self._connect()
-                on_close = _setter(closed)
-                conn.close_callbacks.add(on_close)
-                channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
-                channel.close_callbacks.add(on_close)
-                await declare_with_aio_pika(conn, self.topology)
-                self._exchanges = {
-                    name: await channel.get_exchange(name, ensure=False)
-                    for name in (TASKS_EXCHANGE, NOTIFICATIONS_EXCHANGE, ladder.ENTRY_EXCHANGE)
-                }
-                self._connection, self._channel = conn, channel
-                self._ready.set()
-                log.info("publisher connected to the broker at %s", redact(self._node or ""))
-                delay = 0.2
-                await closed.wait()
-                log.warning("publisher lost the broker connection; reconnecting")
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("broker connection failed (%s); retrying in %.1fs", exc, delay)
-            finally:
-                self._ready.clear()
-                self._lost = self._node
-                if self._connection is not None and not self._connection.is_closed:
-                    try:
-                        await self._connection.close()
-                    except Exception:  # noqa: S110 - already broken; reconnecting anyway
-                        pass
-                self._connection = self._channel = None
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 5.0)
-
-    async def _connect(self) -> AbstractConnection:
-        """A connection to the first node in this round's order that answers."""
-        failures = []
-        for url in connect_order(self.urls, self._rng, self._lost):
-            try:
-                conn = await aio_pika.connect(url, timeout=5, client_properties={"connection_name": "qw-api"})
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                failures.append(f"{redact(url)}: {type(exc).__name__}")
-                continue
-            self._node = url
-            return conn
-        raise ConnectionError("no broker node answered: " + "; ".join(failures))
 
     async def publish(
         self,
@@ -153,37 +124,157 @@ class Publisher:
         # other publish in flight on it: every caller's message passes this check first.
         if len(body) > self.max_message_bytes:
             raise MessageTooLarge(len(body), self.max_message_bytes)
-        ex = self._exchanges.get(exchange)
-        if not self.connected or ex is None:
+        ch = self._ch
+        if ch is None or not self._ready.is_set() or not ch.is_open:
             raise PublishUnavailable("the message broker is not reachable")
-        message = aio_pika.Message(
-            body,
+        props = pika.BasicProperties(
             message_id=message_id,
             content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            headers={H_ATTEMPT: 0, **(headers or {})},
+            delivery_mode=_PERSISTENT,
+            headers={H_ATTEMPT: 0, **headers} if headers else {H_ATTEMPT: 0},
         )
+        loop = asyncio.get_running_loop()
+        confirmed: asyncio.Future[None] = loop.create_future()
         try:
-            confirmation = await ex.publish(message, routing_key, mandatory=True, timeout=self.confirm_timeout)
-        except aio_pika.exceptions.DeliveryError as exc:
-            raise PublishUnavailable(f"the broker refused the message ({_describe(exc)})") from exc
-        except TimeoutError as exc:
-            raise PublishUnavailable("the broker did not confirm the message in time") from exc
-        except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+            ch.basic_publish(exchange, routing_key, body, props, mandatory=True)
+        except (pika.exceptions.AMQPError, OSError) as exc:
             raise PublishUnavailable(f"the broker connection failed ({type(exc).__name__})") from exc
-        if not isinstance(confirmation, Basic.Ack):
-            raise PublishUnavailable(f"the broker did not acknowledge the message ({type(confirmation).__name__})")
+        self._tag += 1
+        self._pending[self._tag] = (confirmed, message_id, loop.time() + self.confirm_timeout)
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(self.confirm_timeout / 4, self._sweep)
+        await confirmed
+
+    # --- confirms (pika's callbacks, on the loop) --------------------------------------------------------------
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        nack = isinstance(method, pika.spec.Basic.Nack)
+        last = method.delivery_tag
+        if method.multiple:
+            tags = []
+            for tag in self._pending:  # in tag order
+                if tag > last:
+                    break
+                tags.append(tag)
+        else:
+            tags = [last]
+        for tag in tags:
+            entry = self._pending.pop(tag, None)
+            if entry is None:  # timed out already
+                continue
+            fut, message_id, _ = entry
+            returned = bool(self._returned) and message_id in self._returned
+            if returned:
+                self._returned.discard(message_id)
+            if fut.done():
+                continue
+            if nack:
+                fut.set_exception(PublishUnavailable("the broker refused the message (nacked, probably a full queue)"))
+            elif returned:
+                fut.set_exception(PublishUnavailable("the broker refused the message (unroutable)"))
+            else:
+                fut.set_result(None)
+
+    def _on_return(self, _ch: Any, _method: Any, props: Any, _body: bytes) -> None:
+        if props.message_id:
+            self._returned.add(props.message_id)
+
+    def _sweep(self) -> None:
+        """Fail the publishes whose confirm is overdue (the oldest first: deadlines grow with the tag)."""
+        self._sweeper = None
+        now = asyncio.get_running_loop().time()
+        while self._pending:
+            tag, (fut, message_id, deadline) = next(iter(self._pending.items()))
+            if deadline > now:
+                break
+            del self._pending[tag]
+            self._returned.discard(message_id)
+            if not fut.done():
+                fut.set_exception(PublishUnavailable("the broker did not confirm the message in time"))
+        if self._pending:
+            self._sweeper = asyncio.get_running_loop().call_later(self.confirm_timeout / 4, self._sweep)
+
+    def _fail_pending(self, why: str) -> None:
+        pending, self._pending = self._pending, {}
+        self._returned.clear()
+        for fut, _, _ in pending.values():
+            if not fut.done():
+                fut.set_exception(PublishUnavailable(f"the broker connection failed ({why})"))
+
+    # --- the connection ----------------------------------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        delay = 0.2
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            closed: asyncio.Future[str] = loop.create_future()
+
+            def on_close(_what: Any, reason: BaseException, closed: asyncio.Future[str] = closed) -> None:
+                if not closed.done():
+                    closed.set_result(type(reason).__name__)
+
+            try:
+                conn = await self._connect()
+                conn.add_on_close_callback(on_close)
+                self._conn = conn
+                ch = await asyncio.wait_for(open_channel(conn), OPEN_TIMEOUT)
+                ch.add_on_close_callback(on_close)
+                ch.add_on_return_callback(self._on_return)
+                await asyncio.wait_for(rpc(ch, ch.confirm_delivery, self._on_confirm), OPEN_TIMEOUT)
+                await declare(conn, self.topology)
+                self._ch, self._tag = ch, 0
+                self._ready.set()
+                log.info("publisher connected to the broker at %s", redact(self._node or ""))
+                delay = 0.2
+                why = await closed
+                log.warning("publisher lost the broker connection (%s); reconnecting", why)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("broker connection failed (%r); retrying in %.1fs", exc, delay)
+            finally:
+                self._ready.clear()
+                self._lost = self._node
+                self._ch = None
+                self._fail_pending("connection lost")
+                conn, self._conn = self._conn, None
+                if conn is not None:
+                    await _close(conn)
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 5.0)
+
+    async def _connect(self) -> AsyncioConnection:
+        """A connection to the first node in this round's order that answers."""
+        failures = []
+        for url in connect_order(self.urls, self._rng, self._lost):
+            params = pika.URLParameters(url)
+            params.connection_attempts = 1
+            params.socket_timeout = OPEN_TIMEOUT
+            params.client_properties = {"connection_name": "qw-api"}
+            try:
+                conn = await asyncio.wait_for(open_connection(params, _OneWritePerMessage), OPEN_TIMEOUT)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures.append(f"{redact(url)}: {type(exc).__name__}")
+                continue
+            self._node = url
+            return conn
+        raise ConnectionError("no broker node answered: " + "; ".join(failures))
 
 
-def _setter(event: asyncio.Event) -> Any:
-    def on_close(*_: Any) -> None:
-        event.set()
-
-    return on_close
-
-
-def _describe(exc: aio_pika.exceptions.DeliveryError) -> str:
-    frame = getattr(exc, "frame", None)
-    if frame is not None and type(frame).__name__ == "Return":
-        return "unroutable"
-    return "nacked, probably a full queue"
+async def _close(conn: AsyncioConnection, wait: float = 2.0) -> None:
+    """Close `conn` if open and give the broker's close-ok a moment (a clean close, not a dropped socket)."""
+    if conn.is_closed or conn.is_closing:
+        return
+    closed = asyncio.Event()
+    conn.add_on_close_callback(lambda *_: closed.set())
+    try:
+        conn.close()
+    except Exception:  # noqa: S110 - already broken; reconnecting anyway
+        return
+    try:
+        await asyncio.wait_for(closed.wait(), wait)
+    except TimeoutError:
+        pass

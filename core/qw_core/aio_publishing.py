@@ -146,7 +146,7 @@ class AsyncPublisher:
             assert self._conn is not None and self._ch is not None
             if kind not in self._declared:
                 try:
-                    await _declare(self._conn, self.topology_for(kind))
+                    await declare(self._conn, self.topology_for(kind))
                 except pika.exceptions.ChannelClosedByBroker as exc:
                     raise PublishError(f"the broker refused to declare the {kind!r} queues: {exc!r}") from exc
                 except (pika.exceptions.AMQPError, OSError) as exc:
@@ -159,7 +159,7 @@ class AsyncPublisher:
         error: BaseException = BrokerUnavailable("no broker URL")
         for url in brokers.connect_order(self.urls, self._rng, self._lost):
             try:
-                conn = await asyncio.wait_for(_open_connection(self._params(url)), OPEN_TIMEOUT)
+                conn = await asyncio.wait_for(open_connection(self._params(url)), OPEN_TIMEOUT)
             except (pika.exceptions.AMQPError, OSError, TimeoutError) as exc:
                 error = exc
                 continue
@@ -184,10 +184,10 @@ class AsyncPublisher:
         return params
 
     async def _open_channel(self, conn: AsyncioConnection) -> Channel:
-        ch = await _channel(conn)
+        ch = await open_channel(conn)
         ch.add_on_return_callback(self._on_return)
         ch.add_on_close_callback(self._on_channel_closed)
-        await _rpc(ch, ch.confirm_delivery, self._on_confirm)
+        await rpc(ch, ch.confirm_delivery, self._on_confirm)
         return ch
 
     def _drop(self, error: PublishError) -> None:
@@ -239,7 +239,9 @@ class AsyncPublisher:
             self._drop(BrokerUnavailable(f"the broker connection failed during the publish ({reason!r})"))
 
 
-async def _open_connection(params: pika.URLParameters) -> AsyncioConnection:
+async def open_connection(
+    params: pika.URLParameters, cls: type[AsyncioConnection] = AsyncioConnection
+) -> AsyncioConnection:
     opened: asyncio.Future[AsyncioConnection] = asyncio.get_running_loop().create_future()
 
     def fail(_conn: Any, error: BaseException | str) -> None:
@@ -247,9 +249,9 @@ async def _open_connection(params: pika.URLParameters) -> AsyncioConnection:
             exc = error if isinstance(error, BaseException) else pika.exceptions.AMQPConnectionError(error)
             opened.set_exception(exc)
 
-    conn = AsyncioConnection(
+    conn = cls(
         params,
-        on_open_callback=_resolve(opened),
+        on_open_callback=resolve_with(opened),
         on_open_error_callback=fail,
         on_close_callback=fail,
         custom_ioloop=asyncio.get_running_loop(),
@@ -261,7 +263,7 @@ async def _open_connection(params: pika.URLParameters) -> AsyncioConnection:
         raise
 
 
-def _resolve(fut: asyncio.Future[Any]) -> Callable[[Any], None]:
+def resolve_with(fut: asyncio.Future[Any]) -> Callable[[Any], None]:
     """A pika callback that resolves `fut` with its argument (once)."""
 
     def done(value: Any) -> None:
@@ -271,7 +273,7 @@ def _resolve(fut: asyncio.Future[Any]) -> Callable[[Any], None]:
     return done
 
 
-async def _rpc(ch: Channel, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+async def rpc(ch: Channel, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Call a channel method that takes a completion `callback` and await its frame; the channel closing (by the
     broker, or with its connection) fails the wait with the reason."""
     fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -281,11 +283,11 @@ async def _rpc(ch: Channel, method: Callable[..., Any], *args: Any, **kwargs: An
             fut.set_exception(reason)
 
     ch.add_on_close_callback(closed)
-    method(*args, callback=_resolve(fut), **kwargs)
+    method(*args, callback=resolve_with(fut), **kwargs)
     return await fut
 
 
-async def _channel(conn: AsyncioConnection) -> Channel:
+async def open_channel(conn: AsyncioConnection) -> Channel:
     """A new open channel on `conn`; its closing before it opened fails the wait."""
     fut: asyncio.Future[Channel] = asyncio.get_running_loop().create_future()
 
@@ -293,31 +295,31 @@ async def _channel(conn: AsyncioConnection) -> Channel:
         if not fut.done():
             fut.set_exception(reason)
 
-    ch = conn.channel(on_open_callback=_resolve(fut))
+    ch = conn.channel(on_open_callback=resolve_with(fut))
     ch.add_on_close_callback(closed)
     return await fut
 
 
-async def _declare(conn: AsyncioConnection, topology: Topology) -> None:
+async def declare(conn: AsyncioConnection, topology: Topology) -> None:
     """declare_with_pika's declarations on a channel of their own (an inequivalent queue is used as it is)."""
-    decl = await _channel(conn)
+    decl = await open_channel(conn)
     try:
         for ex in topology.exchanges:
-            await _rpc(decl, decl.exchange_declare, ex.name, ex.type, durable=True)
+            await rpc(decl, decl.exchange_declare, ex.name, ex.type, durable=True)
         for destination, source, key in topology.exchange_bindings:
-            await _rpc(decl, decl.exchange_bind, destination=destination, source=source, routing_key=key)
+            await rpc(decl, decl.exchange_bind, destination=destination, source=source, routing_key=key)
         for q in topology.queues:
             try:
-                await _rpc(decl, decl.queue_declare, q.name, durable=True, arguments=q.arguments)
+                await rpc(decl, decl.queue_declare, q.name, durable=True, arguments=q.arguments)
             except pika.exceptions.ChannelClosedByBroker as exc:
                 arg = inequivalent_arg(exc)
                 if exc.reply_code != 406 or arg is None:
                     raise
-                decl = await _channel(conn)
-                await _rpc(decl, decl.queue_declare, q.name, passive=True)
+                decl = await open_channel(conn)
+                await rpc(decl, decl.queue_declare, q.name, passive=True)
                 log_inequivalent(q, arg, exc)
             for exchange, key in q.bindings:
-                await _rpc(decl, decl.queue_bind, q.name, exchange, routing_key=key)
+                await rpc(decl, decl.queue_bind, q.name, exchange, routing_key=key)
     finally:
         if decl.is_open:
             decl.close()

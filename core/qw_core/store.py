@@ -233,12 +233,27 @@ class TaskStore:
             )
 
     def confirm_queued_many(self, task_ids: Sequence[str]) -> None:
-        if self.on_change is not None:  # one statement, so the changed rows come back to be pushed
-            sql = _CONFIRM_QUEUED.replace("task_id=?", f"task_id IN ({_marks(len(task_ids))})")
-            self._change(sql, (time.time(), *task_ids))
-            return
+        """`confirm_queued` of each of `task_ids`, in one transaction."""
+        self.write_api_rows((), task_ids)
+
+    def write_api_rows(self, pending: Sequence[PendingRow], queued: Sequence[str], now: float | None = None) -> None:
+        """The API's group commit: `create_pending_many(pending)` and `confirm_queued` of each of `queued` (tasks
+        the broker confirmed), in one transaction. With a listener, the queued marks are one UPDATE whose changed
+        rows come back (RETURNING) and are told to `on_change` after the commit, to be pushed."""
+        now = time.time() if now is None else now
+        changed: list[TaskRecord] = []
         with self._tx() as cur:
-            cur.executemany(self._sql(_CONFIRM_QUEUED), [(time.time(), t) for t in task_ids])
+            if pending:
+                cur.executemany(
+                    self._sql(_INSERT_PENDING), [(*r[:4], now, now, r[4] if len(r) > 4 else None) for r in pending]
+                )
+            if queued and self.on_change is not None:
+                sql = _CONFIRM_QUEUED.replace("task_id=?", f"task_id IN ({_marks(len(queued))})") + _RETURNING
+                cur.execute(self._sql(sql), (now, *queued))
+                changed = [TaskRecord(*r) for r in cur.fetchall()]
+            elif queued:
+                cur.executemany(self._sql(_CONFIRM_QUEUED), [(now, t) for t in queued])
+        self._changed(changed)
 
     def confirm_queued(self, task_id: str) -> bool:
         """After the broker's confirm. A worker may already have moved it on; then nothing changes."""

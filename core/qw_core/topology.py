@@ -258,33 +258,3 @@ def _declare_queue_with_pika(decl: Any, q: QueueSpec) -> Any:
         decl.queue_declare(queue=q.name, passive=True)
         log_inequivalent(q, arg, exc)
         return decl
-
-
-async def declare_with_aio_pika(connection: Any, topology: Topology) -> None:
-    """Declare through an aio-pika connection, on channels of its own (see declare_with_pika)."""
-    import aio_pika
-    import aio_pika.exceptions
-
-    channel = await connection.channel(publisher_confirms=False)
-    try:
-        declared = {
-            ex.name: await channel.declare_exchange(ex.name, aio_pika.ExchangeType(ex.type), durable=True)
-            for ex in topology.exchanges
-        }
-        for destination, source, key in topology.exchange_bindings:
-            await declared[destination].bind(declared[source], routing_key=key)
-        for q in topology.queues:
-            try:
-                queue = await channel.declare_queue(q.name, durable=True, arguments=q.arguments)
-            except aio_pika.exceptions.ChannelPreconditionFailed as exc:
-                arg = inequivalent_arg(exc)
-                if arg is None:
-                    raise
-                channel = await connection.channel(publisher_confirms=False)
-                queue = await channel.declare_queue(q.name, passive=True)
-                log_inequivalent(q, arg, exc)
-            for exchange, key in q.bindings:
-                await queue.bind(exchange, routing_key=key)
-    finally:
-        if not channel.is_closed:
-            await channel.close()

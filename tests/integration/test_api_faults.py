@@ -105,6 +105,33 @@ def test_unroutable_publish_is_503(fault_broker, fault_api):
         fault_broker.api(f"/api/bindings/%2F/e/{TASKS_EXCHANGE}/q/{q}", "POST", {"routing_key": "email"})
 
 
+def test_a_confirm_that_never_comes_is_a_503_and_later_publishes_are_confirmed(fault_broker, fault_api):
+    """A memory alarm makes the broker stop reading from publishers: the message waits unread and its confirm never
+    comes. After QW_PUBLISH_TIMEOUT (2 s here) the API answers 503 and withdraws the row; once the alarm clears,
+    the broker takes the stray message (a worker would dead-letter it: no status record) and its late confirm must
+    not be matched to a later publish: the next task is confirmed as its own."""
+    http, services = fault_api
+
+    def alarm() -> bool:
+        nodes = fault_broker.api("/api/nodes")
+        return isinstance(nodes, list) and bool(nodes[0].get("mem_alarm"))
+
+    fault_broker.ctl("set_vm_memory_high_watermark", "0.000001")
+    try:
+        wait_for("the memory alarm", alarm, 20)
+        started = time.monotonic()
+        r = http.post("/v1/emails", json=EMAIL)
+        assert r.status_code == 503 and "did not confirm" in r.json()["detail"], r.text
+        assert time.monotonic() - started >= 2.0  # not before the confirm timeout
+        _nothing_left(services)
+    finally:
+        fault_broker.ctl("set_vm_memory_high_watermark", "0.4")
+    wait_for("the alarm to clear", lambda: not alarm(), 20)
+    after = [http.post("/v1/emails", json={**EMAIL, "subject": f"after {i}"}) for i in range(3)]
+    assert [a.status_code for a in after] == [202] * 3, [a.text for a in after]
+    assert services.store.counts() == {"queued": 3}
+
+
 def test_confirmed_tasks_survive_a_broker_crash(fault_broker, fault_api):
     """Reliability test 3: K confirmed persistent messages, kill -9, restart: all K are still there."""
     http, _ = fault_api

@@ -23,6 +23,22 @@ def test_pending_task_is_hidden_then_queued_after_confirm(store):
     assert (rec.status, rec.kind, rec.source_key) == ("queued", "image", "uploads/acme/x.png")
 
 
+def test_the_apis_group_commit_writes_new_rows_and_queued_marks_in_one_go(store):
+    # Given two tasks published earlier (pending) and a worker already running one of them
+    store.create_pending("old-1", "acme", "email")
+    store.create_pending("old-2", "acme", "email", not_before=2e9)
+    store.create_pending("busy", "acme", "email")
+    store.start_attempt("busy", 1)
+    # When one batch brings new rows and the broker's confirms of the earlier ones
+    store.write_api_rows([("new-1", "acme", "email", None, None), ("new-2", "acme", "image", "u/x.png")],
+                         ["old-1", "old-2", "busy"])  # fmt: skip
+    # Then the new rows are pending (invisible), the confirmed ones queued or scheduled, the running one untouched
+    status = {t: store.get(t).status for t in ("new-1", "new-2", "old-1", "old-2", "busy")}
+    assert status == {"new-1": "pending", "new-2": "pending", "old-1": "queued", "old-2": "scheduled",
+                      "busy": "processing"}  # fmt: skip
+    assert store.get("new-2").source_key == "u/x.png"
+
+
 def test_other_tenant_cannot_read_a_task(store):
     store.create_pending("t1", "acme", "email")
     assert store.get("t1", tenant="globex") is None

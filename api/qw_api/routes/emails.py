@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from qw_core.messages import EmailFields, EmailTask, TaskMessage, new_task_id, utcnow
 
 from ..deps import DelayQuery, IdempotencyKeyHeader, ProducerDep, ServicesDep
@@ -19,8 +19,9 @@ async def send_email(
     request: Request,
     idempotency: IdempotencyKeyHeader = None,
     delay: DelayQuery = None,
-) -> JSONResponse:
+) -> Response:
     """Queue an email (`?delay=` seconds: send it no earlier). 202 means the broker has durably accepted it."""
     task = TaskMessage(task_id=new_task_id(), tenant=tenant, created_at=utcnow(), payload=EmailTask.from_fields(body))
-    key = idempotency_key(services, idempotency, task.kind, body.model_dump(mode="json"))
+    # The fingerprint's dump only when a key was sent (most requests have none)
+    key = idempotency_key(services, idempotency, task.kind, body.model_dump(mode="json")) if idempotency else None
     return accepted(request, await submit(services, task, key=key, not_before=not_before_of(delay)))

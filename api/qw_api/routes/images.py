@@ -7,7 +7,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, BinaryIO
 
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from pydantic import ValidationError
 from qw_core.images import ImageInfo, ImageRejected, Source, check, inspect
 from qw_core.messages import IMAGE_FORMATS, ImageOptions, ImageTask, TaskMessage, new_task_id, utcnow
@@ -70,7 +70,7 @@ async def upload_image(
     services: ServicesDep,
     idempotency: IdempotencyKeyHeader = None,
     delay: DelayQuery = None,
-) -> JSONResponse:
+) -> Response:
     """Upload an image to process (`?delay=` seconds: no earlier). The file is identified by its content (header
     and a bounded check of the data, qw_core/images.py), never by its name or content type. The file is never
     held in memory whole: the form parser spools it to /tmp, the check reads it from there, and the store gets it

@@ -14,7 +14,7 @@ No `from __future__ import annotations` here: a route's body annotation is the k
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from pydantic import BaseModel
 from qw_core.messages import TaskMessage, UserTask, new_task_id, utcnow
 from qw_core.registry import Registry, TaskSpec
@@ -80,7 +80,7 @@ def _submit_route(spec: TaskSpec) -> Any:
         request: Request,
         idempotency: IdempotencyKeyHeader = None,
         delay: DelayQuery = None,
-    ) -> JSONResponse:
+    ) -> Response:
         payload = UserTask(kind=spec.kind, args=body.model_dump(mode="json"))
         task = TaskMessage(task_id=new_task_id(), tenant=tenant, created_at=utcnow(), payload=payload)
         key = idempotency_key(services, idempotency, spec.kind, payload.args)  # as the SDK's: one key space
