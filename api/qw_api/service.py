@@ -170,8 +170,15 @@ def _base(request: Request) -> str:
         bases = request.app.state.link_bases = {}
     base = bases.get(key)
     if base is None:
-        base = bases[key] = str(request.base_url).rstrip("/")
+        # A WebSocket's own URL is ws(s)://, but its links name HTTP routes (as url_for makes them): http(s)://.
+        url = request.base_url
+        if url.scheme in _HTTP_SCHEME:
+            url = url.replace(scheme=_HTTP_SCHEME[url.scheme])
+        base = bases[key] = str(url).rstrip("/")
     return base
+
+
+_HTTP_SCHEME = {"ws": "http", "wss": "https"}
 
 
 def _path_template(app: Any, route: str, names: tuple[str, ...]) -> str:

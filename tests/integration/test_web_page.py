@@ -181,9 +181,12 @@ def test_the_websocket_in_chromium_authenticates_without_the_key_in_the_url_and_
     acme_ready, globex_ready, stranger = page.evaluate(SOCKETS_JS, ["key-acme", "key-globex"])
     assert (acme_ready["tenant"], globex_ready["tenant"], stranger) == ("acme", "globex", 4401)
     task_id = http.post("/v1/emails", json={"to": "a@example.com", "subject": "s", "text": "t"}).json()["task_id"]
+    # A function, not a bare expression: Playwright polls a bare expression through eval(), which the page's CSP
+    # (no 'unsafe-eval') refuses once the first check comes back false.
     page.wait_for_function(
-        f"window.sockets.acme.messages.some(m => m.type === 'status' && m.task.task_id === '{task_id}' "
+        "id => window.sockets.acme.messages.some(m => m.type === 'status' && m.task.task_id === id "
         "&& m.task.status === 'succeeded')",
+        arg=task_id,
         timeout=30_000,
     )
     seqs = page.evaluate(f"window.sockets.acme.messages.filter(m => m.task && m.task.task_id === '{task_id}')"
