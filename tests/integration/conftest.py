@@ -5,6 +5,7 @@ import json
 import pika
 import pytest
 from qw_core.settings import ApiSettings
+from qw_core.store import open_store
 
 from tests.support.api import client, running_api
 from tests.support.smtp import smtp_server
@@ -12,6 +13,14 @@ from tests.support.util import free_port
 from tests.support.workers import running_worker, worker_env
 
 KEYS = "key-acme:acme,key-globex:globex"
+
+
+@pytest.fixture
+def store(database_url):
+    """The task store at `database_url` (SQLite, and PostgreSQL where the test is parametrised), closed after."""
+    s = open_store(database_url)
+    yield s
+    s.close()
 
 
 @pytest.fixture

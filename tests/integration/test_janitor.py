@@ -23,13 +23,6 @@ POLICY = RetentionPolicy(retention_seconds=7 * DAY, pending_timeout_seconds=600)
 
 
 @pytest.fixture
-def store(database_url):
-    s = open_store(database_url)
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def storage(tmp_path):
     return LocalStorage(tmp_path / "storage")
 

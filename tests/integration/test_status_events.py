@@ -9,19 +9,11 @@ import time
 import pika
 import pytest
 from qw_core.events import EVENTS_EXCHANGE, EventPublisher, publish_changes
-from qw_core.store import open_store
 
 from tests.support.util import free_port
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def store(database_url):
-    s = open_store(database_url)
-    yield s
-    s.close()
 
 
 @pytest.fixture

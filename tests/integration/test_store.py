@@ -3,16 +3,8 @@
 import threading
 
 import pytest
-from qw_core.store import open_store
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def store(database_url):
-    s = open_store(database_url)
-    yield s
-    s.close()
 
 
 def test_pending_task_is_hidden_then_queued_after_confirm(store):

@@ -9,17 +9,9 @@ import time
 
 import pytest
 from qw_core.idempotency import make_key
-from qw_core.store import open_store
 
 pytestmark = pytest.mark.integration
 DAY = 24 * 3600.0
-
-
-@pytest.fixture
-def store(database_url):
-    s = open_store(database_url)
-    yield s
-    s.close()
 
 
 def key(k="order-17", payload=None, now=None, window=DAY, kind="inventory"):
