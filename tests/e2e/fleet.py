@@ -16,7 +16,7 @@ import pika
 from kubernetes import watch
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.harness import Env, queueworker
+from tests.e2e.harness import Env, deployment, queueworker
 
 CHUNK = 250  # objects per `kubectl create`
 
@@ -47,26 +47,12 @@ def publish(env: Env, counts: dict[str, int]) -> None:
 
 def create_fleet(env: Env, names: list[str], **spec: Any) -> None:
     """A Deployment at 0 replicas and a QueueWorker scaling it, per name (the queue of the same name)."""
-    deployments = [_deployment(n) for n in names]
+    deployments = [deployment(n, 0) for n in names]
     workers = [queueworker(n, env, n, scaleTargetRef={"name": n}, **json.loads(json.dumps(spec))) for n in names]
     for objs in (deployments, workers):
         for i in range(0, len(objs), CHUNK):
             body = json.dumps({"apiVersion": "v1", "kind": "List", "items": objs[i : i + CHUNK]})
             env.kubectl("create", "-f", "-", "-o", "name", input=body)
-
-
-def _deployment(name: str) -> dict[str, Any]:
-    labels = {"app": name}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": 0,
-            "selector": {"matchLabels": labels},
-            "template": {"metadata": {"labels": labels}, "spec": {"containers": [{"name": "w", "image": "busybox"}]}},
-        },
-    }
 
 
 def statuses(env: Env) -> dict[str, dict[str, Any]]:

@@ -194,6 +194,21 @@ def drop_env(e: Env, broker: Any) -> None:
         pass  # a private broker may already be gone
 
 
+def deployment(name: str, replicas: int) -> dict[str, Any]:
+    """A plain Deployment named `name` at `replicas` (busybox; kwok's nodes never run it)."""
+    labels = {"app": name}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": {"containers": [{"name": "w", "image": "busybox"}]}},
+        },
+    }
+
+
 def queueworker(name: str, env: Env, queue: str, **spec: Any) -> dict[str, Any]:
     scaling = spec.pop("scaling", {})
     return {

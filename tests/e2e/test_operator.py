@@ -10,27 +10,13 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import ROOT, Env, queueworker, stop
+from tests.e2e.harness import ROOT, Env, deployment, queueworker, stop
 from tests.support.wait import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.broker_matrix]  # on RabbitMQ 3.10 and 4.x (collector off)
 
 
 TEMPLATE = {"metadata": {"labels": {"app": "w"}}, "spec": {"containers": [{"name": "w", "image": "busybox"}]}}
-
-
-def deployment(name: str, replicas: int) -> dict[str, Any]:
-    labels = {"app": name}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": labels},
-            "template": {"metadata": {"labels": labels}, "spec": {"containers": [{"name": "w", "image": "busybox"}]}},
-        },
-    }
 
 
 def test_template_form_scales_up_then_down_then_to_zero(env: Env, operator: Any) -> None:

@@ -12,8 +12,8 @@ from typing import Any
 import pika
 import pytest
 
-from tests.e2e.harness import Env, drop_env, make_env, queueworker, stop
-from tests.e2e.test_operator import TEMPLATE, deployment
+from tests.e2e.harness import Env, deployment, drop_env, make_env, queueworker, stop
+from tests.e2e.test_operator import TEMPLATE
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.e2e

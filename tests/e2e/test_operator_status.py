@@ -5,15 +5,13 @@ once per QW_STATUS_MIN_INTERVAL_SECONDS (10 s) instead of on every tick."""
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import pika
 import pytest
-from kubernetes import watch
 
-from tests.e2e.harness import Env, queueworker
-from tests.e2e.test_operator import deployment
+from tests.e2e.fleet import status_writes
+from tests.e2e.harness import Env, deployment, queueworker
 from tests.support.wait import wait_for
 
 pytestmark = [pytest.mark.e2e]
@@ -60,23 +58,6 @@ def test_current_replicas_are_what_runs_desired_what_was_decided(env: Env, opera
         env.kubectl("delete", "resourcequota", "pods", "--wait=false", check=False)
         env.kubectl("delete", "qw", "capped", "--wait=false", check=False)
         env.kubectl("delete", "deployment", "capped", "--wait=false", check=False)
-
-
-def status_writes(env: Env, seconds: float) -> dict[str, int]:
-    """MODIFIED watch events per QueueWorker over `seconds`: every write to the object (status or not) counts."""
-    api = env.custom
-    args = ("queueworker.dev", "v1alpha1", env.namespace, "queueworkers")
-    rv = api.list_namespaced_custom_object(*args)["metadata"]["resourceVersion"]
-    counts: dict[str, int] = {}
-    deadline = time.monotonic() + seconds
-    w = watch.Watch()
-    for event in w.stream(api.list_namespaced_custom_object, *args, resource_version=rv, timeout_seconds=int(seconds)):
-        if event["type"] == "MODIFIED":
-            name = event["object"]["metadata"]["name"]
-            counts[name] = counts.get(name, 0) + 1
-        if time.monotonic() >= deadline:
-            w.stop()
-    return counts
 
 
 def test_a_busy_queueworker_writes_its_status_about_once_per_10_seconds(env: Env, operator: Any) -> None:

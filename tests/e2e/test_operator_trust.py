@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import Env, queueworker
-from tests.e2e.test_operator import TEMPLATE, deployment
+from tests.e2e.harness import Env, deployment, queueworker
+from tests.e2e.test_operator import TEMPLATE
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.e2e
