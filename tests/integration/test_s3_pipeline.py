@@ -11,13 +11,12 @@ import json
 import httpx
 import pytest
 from PIL import Image
-from pydantic import SecretStr
 from qw_core.settings import WorkerSettings
 from qw_core.storage import open_storage
 from qw_core.store import open_store
 from qw_core.topology import queue_name
 
-from tests.support.api import client, running_api
+from tests.support.api import client, on_s3, running_api
 from tests.support.images import image_bytes
 from tests.support.wait import wait_for
 from tests.support.workers import TaskPublisher, running_worker, worker_env
@@ -26,17 +25,8 @@ pytestmark = pytest.mark.integration
 
 
 def _on_s3(settings, env: dict[str, str], **extra):
-    return settings.model_copy(
-        update={
-            "storage_url": env["QW_STORAGE_URL"],
-            "s3_endpoint_url": env["QW_S3_ENDPOINT_URL"],
-            "s3_access_key_id": SecretStr(env["QW_S3_ACCESS_KEY_ID"]),
-            "s3_secret_access_key": SecretStr(env["QW_S3_SECRET_ACCESS_KEY"]),
-            "s3_timeout_seconds": 2.0,
-            "s3_max_attempts": 2,
-            **extra,
-        }
-    )
+    """Short S3 timeouts and attempts, so a stopped server is an answer within seconds."""
+    return on_s3(settings, env, s3_timeout_seconds=2.0, s3_max_attempts=2, **extra)
 
 
 def _upload(http: httpx.Client, **form: str) -> httpx.Response:

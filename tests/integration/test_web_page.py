@@ -96,20 +96,10 @@ def test_wrong_key_is_shown_to_the_person(platform, browser_page, tmp_path):
 def test_the_page_shows_a_result_redirected_to_the_s3_store(api_settings, amqp_url, s3_env, browser_page, tmp_path):
     """Results on S3 with QW_RESULT_REDIRECT_SECONDS: the page's fetch follows the 302 to the presigned URL on the
     store's origin (allowed by the page's CSP; the store answers CORS) and shows the image."""
-    from pydantic import SecretStr
-
-    from tests.support.api import running_api
+    from tests.support.api import on_s3, running_api
     from tests.support.workers import running_worker, worker_env
 
-    settings = api_settings.model_copy(
-        update={
-            "storage_url": s3_env["QW_STORAGE_URL"],
-            "s3_endpoint_url": s3_env["QW_S3_ENDPOINT_URL"],
-            "s3_access_key_id": SecretStr(s3_env["QW_S3_ACCESS_KEY_ID"]),
-            "s3_secret_access_key": SecretStr(s3_env["QW_S3_SECRET_ACCESS_KEY"]),
-            "result_redirect_seconds": 60,
-        }
-    )
+    settings = on_s3(api_settings, s3_env, result_redirect_seconds=60)
     photo = tmp_path / "holiday.png"
     photo.write_bytes(image_bytes("PNG", (640, 480), "green"))
     env = worker_env(amqp_url, settings.database_url, tmp_path / "unused", **s3_env)

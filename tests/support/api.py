@@ -9,9 +9,11 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 import uvicorn
+from pydantic import BaseModel, SecretStr
 from qw_api.main import create_app
 from qw_core.settings import ApiSettings
 
@@ -20,6 +22,22 @@ from tests.support.util import free_port, http_ok
 from tests.support.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+S = TypeVar("S", bound=BaseModel)
+
+
+def on_s3(settings: S, env: dict[str, str], **extra: Any) -> S:
+    """`settings` pointed at the S3 prefix of `s3_env` (the QW_* of the tests' weed server), plus `extra`."""
+    return settings.model_copy(
+        update={
+            "storage_url": env["QW_STORAGE_URL"],
+            "s3_endpoint_url": env["QW_S3_ENDPOINT_URL"],
+            "s3_access_key_id": SecretStr(env["QW_S3_ACCESS_KEY_ID"]),
+            "s3_secret_access_key": SecretStr(env["QW_S3_SECRET_ACCESS_KEY"]),
+            **extra,
+        }
+    )
 
 
 @contextmanager
