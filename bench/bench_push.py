@@ -45,19 +45,19 @@ from qw_core.events import EventPublisher  # noqa: E402
 from qw_core.store import open_store  # noqa: E402
 
 KEY, TENANT = "bench-key", "bench"
-# `python -m qw_api`, logging every collection of the oldest generation and its pause (a stall seen in the figures
+# `python -m qw_api`, logging every collection of the older generations and its pause (a stall seen in the figures
 # may be the collector's, or the machine's).
 GC_LOGGING_API = """
 import gc, runpy, sys, time
 began = {}
 def log(phase, info):
-    if info["generation"] != 2:
+    if info["generation"] == 0:
         return
     if phase == "start":
         began["t"] = time.perf_counter()
     else:
         ms = (time.perf_counter() - began["t"]) * 1000
-        print(f"gc gen2 {ms:.0f} ms", file=sys.stderr, flush=True)
+        print(f"gc gen{info['generation']} {ms:.1f} ms", file=sys.stderr, flush=True)
 gc.callbacks.append(log)
 runpy.run_module("qw_api", run_name="__main__")
 """
@@ -191,8 +191,9 @@ def write_changes(db_url: str, amqp_url: str, task_ids: list[str], rate: float) 
         store.close()
 
 
-def gc_pauses(api_log: Path) -> list[float]:
-    return [float(line.split()[2]) for line in api_log.read_text().splitlines() if line.startswith("gc gen2 ")]
+def gc_pauses(api_log: Path, generation: int = 2) -> list[float]:
+    lines = api_log.read_text().splitlines()
+    return [float(line.split()[2]) for line in lines if line.startswith(f"gc gen{generation} ")]
 
 
 def clients(port: int, task_ids: list[str], chosen: set[str], to_parent: Any, measured: Any) -> None:
@@ -257,7 +258,7 @@ async def measure(
         log(f"{len(task_ids)} subscribed in {subscribe_s:.1f} s ({procs} client processes)")
         await asyncio.sleep(2)  # settle
         before, t0 = await asyncio.to_thread(store_transactions, port), time.monotonic()
-        gc_before = len(gc_pauses(api_log))
+        gc_before = len(gc_pauses(api_log)), len(gc_pauses(api_log, 1))
         # The writer is a process of its own, as a worker is.
         writer = ctx.Process(target=write_changes, args=(db_url, amqp_url, chosen, rate))
         writer.start()
@@ -295,7 +296,9 @@ async def measure(
         "hub_to_client_p50_ms": pct(_minus(lat, hub), 50) if len(hub) == len(lat) else None,
         "hub_to_client_p99_ms": pct(_minus(lat, hub), 99) if len(hub) == len(lat) else None,
         "store_tx_per_s": round((after - before) / elapsed, 1),
-        "api_gc_gen2_pauses_ms": gc_pauses(api_log)[gc_before:],  # the API's full collections while measuring
+        # the API's collections of generations 2 (full) and 1 while measuring
+        "api_gc_gen2_pauses_ms": gc_pauses(api_log)[gc_before[0] :],
+        "api_gc_gen1_pauses_ms": gc_pauses(api_log, 1)[gc_before[1] :],
         "subscribe_seconds": round(subscribe_s, 1),
         "load_average_1m": round(os.getloadavg()[0], 1),  # this machine is shared: how busy it was
     }

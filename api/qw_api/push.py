@@ -357,10 +357,9 @@ class EventConsumer:
                 arguments={"x-max-length": QUEUE_MAX_LENGTH, "x-overflow": "drop-head"},
             )
             self._queue, self._exchange = queue, exchange
-            tenants = self.hub.tenants()
-            for tenant in tenants:
-                self._busy[tenant] = asyncio.create_task(self._reconcile(tenant), name=f"qw-events-bind-{tenant}")
-            await asyncio.gather(*(self._busy.get(t, _done()) for t in tenants))
+            for tenant in self.hub.tenants():  # those subscribed while it was away
+                self._reconcile_soon(tenant)
+            await asyncio.gather(*self._busy.values())
             self.hub.resync_all()  # whatever changed before the binds never reached this queue
             self.bound.set()
             log.info("status events: consuming %s", queue.name)
@@ -387,7 +386,3 @@ class EventConsumer:
             self._queue = None
             if not connection.is_closed:
                 await connection.close()
-
-
-async def _done() -> None:
-    return None

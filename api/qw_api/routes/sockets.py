@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Callable
+from functools import partial
 from typing import Any, cast
 
 from fastapi import Request, WebSocket, WebSocketDisconnect
@@ -116,7 +116,8 @@ async def _stream(services: Services, websocket: WebSocket, tenant: str) -> None
             if item is RESYNC:
                 await websocket.send_json({"type": "resync"})
             elif isinstance(item, Change):
-                await websocket.send_text(item.frame(("ws", link_key(item.rec, websocket)), _status_message(websocket)))
+                text = item.frame(("ws", link_key(item.rec, websocket)), partial(_message, websocket))
+                await websocket.send_text(text)
     finally:
         reader.cancel()
         services.metrics.sse_streams.dec()
@@ -126,12 +127,9 @@ async def _stream(services: Services, websocket: WebSocket, tenant: str) -> None
                 await websocket.close(1001)
 
 
-def _status_message(websocket: WebSocket) -> Callable[[TaskRecord], str]:
-    def make(rec: TaskRecord) -> str:
-        view = task_view(rec, cast(Request, websocket)).model_dump()
-        return json.dumps({"type": "status", "task": view}, separators=(",", ":"), ensure_ascii=False)
-
-    return make
+def _message(websocket: WebSocket, rec: TaskRecord) -> str:
+    view = task_view(rec, cast(Request, websocket)).model_dump()
+    return json.dumps({"type": "status", "task": view}, separators=(",", ":"), ensure_ascii=False)
 
 
 async def _until_closed(websocket: WebSocket, sub: Subscription) -> None:
