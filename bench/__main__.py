@@ -36,6 +36,7 @@ BENCHES: dict[str, list[str]] = {
     "closed-loop": [PY, "bench/bench_closed_loop.py", "--tasks", "1000"],
     "s3": [PY, "bench/bench_s3.py", "--images", "200", "--rounds", "2"],
     "push": [PY, "bench/bench_push.py", "--subscribers", "1000", "10000"],
+    "push-fanout": [PY, "bench/bench_fanout.py", "--subscribers", "1000", "10000"],
 }
 
 

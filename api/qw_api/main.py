@@ -21,7 +21,7 @@ from .deps import Services, hash_key
 from .limits import BodySizeLimit, BodyTooLarge
 from .metrics import ApiMetrics, ObserveRequests, StorageUsage, StoreTransactions
 from .publisher import MessageTooLarge, Publisher
-from .push import EventConsumer
+from .push import Change, EventConsumer
 from .routes import emails, events, health, images, kinds, notifications, tasks
 
 MULTIPART_OVERHEAD = 64 * 1024
@@ -63,7 +63,10 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         services = app.state.services
         urls = settings.rabbitmq_urls()
         events = publish_changes(store, urls) if settings.publish_events else None
-        consumer = EventConsumer(urls, services.hub) if settings.events_push else None
+        consumer = None
+        if settings.events_push:
+            consumer = EventConsumer(urls, services.hub, unbind_seconds=settings.events_unbind_seconds)
+            services.hub.on_receive = lambda change: _count_change(metrics, change)
         app.state.event_consumer = consumer
         await publisher.start()
         if consumer is not None:
@@ -126,6 +129,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_json_bytes, large_paths=uploads)
     app.add_middleware(ObserveRequests, metrics=metrics)
     return app
+
+
+def _count_change(metrics: ApiMetrics, change: Change) -> None:
+    metrics.push_events.inc()
+    metrics.push_lag.observe(max(0.0, change.received - change.rec.updated_at))
 
 
 def _store_transactions(app: FastAPI) -> int:

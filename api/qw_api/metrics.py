@@ -38,6 +38,15 @@ class ApiMetrics:
         )
         self.broker_connected = Gauge("broker_connected", "1 while the publisher holds a broker connection.", **on)
         self.sse_streams = Gauge("sse_streams", "Open server-sent-event streams.", **on)
+        self.push_lag = Histogram(
+            "push_lag_seconds",
+            "From the store's write of a status change to this process's hub receiving it (broker and consumer).",
+            buckets=LATENCY_BUCKETS,
+            **on,
+        )
+        self.push_events = Counter(
+            "push_events", "Status changes this process's event queue received (only subscribed tenants').", **on
+        )
         # Zero series for every kind, so dashboards and rate() see 0 rather than no data before the first event.
         for kind in KINDS:
             self.tasks_submitted.labels(kind)

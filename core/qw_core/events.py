@@ -42,6 +42,11 @@ def routing_key(tenant: str, kind: str, task_id: str) -> str:
     return f"{_word(tenant)}.{_word(kind)}.{_word(task_id)}"
 
 
+def tenant_binding(tenant: str) -> str:
+    """The binding key for all of a tenant's changes."""
+    return f"{_word(tenant)}.#"
+
+
 def encode(record: TaskRecord) -> bytes:
     body = {k: v for k, v in dataclasses.asdict(record).items() if k not in _PRIVATE}
     return json.dumps(body, separators=(",", ":")).encode()
@@ -167,4 +172,12 @@ def publish_changes(store: TaskStore, urls: Sequence[str], capacity: int = 10_00
     return EventPublisher(urls, capacity).start().attach(store)
 
 
-__all__ = ["EVENTS_EXCHANGE", "EventPublisher", "decode", "encode", "publish_changes", "routing_key"]
+__all__ = [
+    "EVENTS_EXCHANGE",
+    "EventPublisher",
+    "decode",
+    "encode",
+    "publish_changes",
+    "routing_key",
+    "tenant_binding",
+]

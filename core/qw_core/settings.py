@@ -157,6 +157,13 @@ class ApiSettings(CommonSettings):
     sse_poll_interval: float = 0.2
     sse_keepalive_seconds: float = Field(default=15.0, gt=0)
     events_buffer: int = Field(default=256, ge=1)
+    # This process's event queue is bound per tenant (`<tenant>.#`) while it has a subscriber of that tenant, and
+    # events_unbind_seconds after the last one left. A WebSocket is closed after ws_max_seconds (code 4000,
+    # "reconnect": the page reconnects), as an SSE stream ends after 900 s. events_trace (bench and debugging only)
+    # adds an SSE comment `: hub <unix time>` before each pushed task frame: when this process received the change.
+    events_unbind_seconds: float = Field(default=5.0, ge=0)
+    ws_max_seconds: float = Field(default=3600.0, gt=0)
+    events_trace: bool = False
     # What image uploads may hold at once in one API process (qw_api/uploads.py): bodies being received and spooled
     # (their Content-Length), and what checking images allocates (never a full decode: qw_core/images.py; the name
     # is kept from when the API decoded fully); a request that waits longer than

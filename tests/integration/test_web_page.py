@@ -126,6 +126,32 @@ def polling_platform(api_settings, amqp_url, tmp_path):
             yield base
 
 
+@pytest.fixture
+def short_socket_platform(api_settings, amqp_url, tmp_path):
+    """API whose WebSockets live 1 s (QW_WS_MAX_SECONDS) + an image worker taking 3 s per task."""
+    settings = api_settings.model_copy(update={"ws_max_seconds": 1.0})
+    with running_api(settings) as (base, _app):
+        env = worker_env(amqp_url, settings.database_url, settings.storage_dir, QW_TEST_TASK_DELAY=3)
+        with running_worker("image", env, tmp_path / "logs"):
+            yield base
+
+
+def test_the_page_reconnects_its_socket_after_its_lifetime(short_socket_platform, browser_page, tmp_path):
+    """The server closes each socket after 1 s with 4000: the page opens another and keeps following the task by
+    push (not by polling) to the end."""
+    photo = tmp_path / "a.png"
+    photo.write_bytes(image_bytes())
+    page = browser_page
+    page.goto(short_socket_platform)
+    page.fill("#key", "key-acme")
+    page.set_input_files("#file", str(photo))
+    page.click("#submit")
+    page.wait_for_selector("#status[data-status=succeeded]", timeout=30_000)
+    assert page.get_attribute("#status", "data-via") == "push"
+    assert int(page.get_attribute("#status", "data-reconnects") or 0) >= 1
+    assert "processing" in page.inner_text("#log")
+
+
 def test_without_push_the_page_falls_back_to_polling(polling_platform, browser_page, tmp_path):
     photo = tmp_path / "a.png"
     photo.write_bytes(image_bytes())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from qw_api.push import RESYNC, Hub, Subscription
+from qw_api.push import CLOSED, RESYNC, Hub, Subscription
 from qw_core.events import decode, encode, routing_key
 from qw_core.store import TaskRecord
 
@@ -18,7 +18,7 @@ def drain(sub: Subscription) -> list:
     out = []
     while not sub.queue.empty():
         item = sub.queue.get_nowait()
-        out.append(item if item is RESYNC else item.seq)
+        out.append(item if item is RESYNC else item.rec.seq)
     return out
 
 
@@ -112,3 +112,31 @@ async def test_a_task_read_from_the_store_needs_no_wait_for_changes_before_it():
     hub.known("t1", 2)  # older knowledge changes nothing
     hub.receive(rec(6))
     assert drain(sub) == [5, 6]
+
+
+async def test_a_task_read_from_the_store_after_changes_that_never_came_needs_no_wait_either():
+    """Its tenant was not bound here for a while (no subscriber): the hub's idea of the next seq is stale."""
+    hub = Hub(reorder_wait=5)
+    hub.receive(rec(1))  # remembered: 2 is expected next
+    sub = hub.subscribe(Subscription("acme", task_id="t1"))
+    hub.known("t1", 7)  # changes 2..7 were routed nowhere; the stream read 7 from the store
+    hub.receive(rec(8))
+    assert drain(sub) == [8]
+
+
+async def test_each_change_is_encoded_once_however_many_subscribers_send_it():
+    hub = Hub()
+    subs = [hub.subscribe(Subscription("acme")) for _ in range(50)] + [hub.subscribe(Subscription("acme", "t1"))]
+    hub.receive(rec(1))
+    made = []
+    frames = {s.queue.get_nowait().frame("sse", lambda r: made.append(r.seq) or f"frame {r.seq}") for s in subs}
+    assert (frames, made) == ({"frame 1"}, [1])
+
+
+async def test_a_stream_whose_client_left_gets_closed_even_behind_a_full_buffer():
+    hub = Hub()
+    sub = hub.subscribe(Subscription("acme", size=2))
+    for seq in (1, 2):
+        hub.receive(rec(seq))
+    sub.close()
+    assert await sub.get(1) is CLOSED

@@ -21,10 +21,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
 from ..deps import Services, ServicesDep, TenantDep, over_limit
-from ..push import RESYNC, Subscription
+from ..push import RESYNC, Change, Subscription
 from ..quotas import OverLimit
 from ..schemas import problems
-from .sockets import serve_socket
+from .sockets import link_key, serve_socket
 from .tasks import NOT_FOUND, load_task, task_view
 
 router = APIRouter(prefix="/v1", tags=["events"])
@@ -41,6 +41,12 @@ def view_dict(rec: TaskRecord, conn: HTTPConnection) -> dict[str, Any]:
 
 def status_frame(rec: TaskRecord, conn: HTTPConnection) -> str:
     return f"id: {rec.seq}\nevent: status\ndata: {json.dumps(view_dict(rec, conn))}\n\n"
+
+
+def pushed_frame(change: Change, conn: HTTPConnection, trace: bool) -> bytes:
+    """The change's SSE frame, encoded once for every stream with the same link base."""
+    frame: bytes = change.frame(("sse", link_key(change.rec, conn)), lambda rec: status_frame(rec, conn).encode())
+    return b": hub %.6f\n%s" % (change.received, frame) if trace else frame
 
 
 def open_stream(services: Services, tenant: str) -> Callable[[], None]:
@@ -76,6 +82,8 @@ async def task_events(
     if services.settings.events_push:  # before the first read: no change can fall between the two
         sub = services.hub.subscribe(Subscription(tenant, task_id=task_id, size=services.settings.events_buffer))
     try:
+        if sub is not None:
+            await services.hub.bound(tenant)  # changes from here on are routed to this process
         first = await load_task(services, task_id, tenant)
         if first is None:
             raise HTTPException(404, NOT_FOUND)
@@ -92,7 +100,7 @@ async def task_events(
     else:
         stream = _pushed(services, request, sub, first, resume)
 
-    async def counted() -> AsyncIterator[str]:
+    async def counted() -> AsyncIterator[str | bytes]:
         services.metrics.sse_streams.inc()
         try:
             async for frame in stream:
@@ -115,24 +123,23 @@ async def task_events(
 
 async def _pushed(
     services: Services, request: Request, sub: Subscription, rec: TaskRecord, resume: int | None
-) -> AsyncIterator[str]:
+) -> AsyncIterator[str | bytes]:
     sent = -1 if resume is None else resume
-    keepalive = services.settings.sse_keepalive_seconds
+    keepalive, trace = services.settings.sse_keepalive_seconds, services.settings.events_trace
     started = time.monotonic()
+    change: Change | None = None  # rec as pushed (its frame shared with other streams), else rec as read
     while True:
         if rec.seq > sent:
             sent = rec.seq
-            yield status_frame(rec, request)
+            yield pushed_frame(change, request, trace) if change is not None else status_frame(rec, request)
         if rec.status in TERMINAL or time.monotonic() - started > SSE_MAX_SECONDS:
             return
         item = await sub.get(keepalive)
-        if item is None:
-            if await request.is_disconnected():
-                return
+        if item is None:  # (a client that left is noticed by StreamingResponse, which then cancels this stream)
             yield KEEPALIVE
             continue
-        if isinstance(item, TaskRecord) and item.seq <= sent + 1:
-            rec = item
+        if isinstance(item, Change) and item.rec.seq <= sent + 1:
+            change, rec = item, item.rec
             continue
         # RESYNC (overflow, or the consumer rebound) or a gap (a change that never arrived): the store knows
         try:
@@ -141,10 +148,13 @@ async def _pushed(
             continue
         if stored is None:
             return
-        rec = stored
+        change, rec = None, stored
+        services.hub.known(rec.task_id, rec.seq)
 
 
-async def _polled(services: Services, request: Request, rec: TaskRecord, resume: int | None) -> AsyncIterator[str]:
+async def _polled(
+    services: Services, request: Request, rec: TaskRecord, resume: int | None
+) -> AsyncIterator[str | bytes]:
     """The fallback (QW_EVENTS_PUSH=false): the store read every QW_SSE_POLL_INTERVAL seconds per stream."""
     sent = -1 if resume is None else resume
     started = last_sent = time.monotonic()
@@ -178,9 +188,10 @@ async def tenant_events(tenant: TenantDep, services: ServicesDep, request: Reque
     release = open_stream(services, tenant)
     sub = services.hub.subscribe(Subscription(tenant, kind=kind, size=services.settings.events_buffer))
 
-    async def stream() -> AsyncIterator[str]:
+    async def stream() -> AsyncIterator[str | bytes]:
         services.metrics.sse_streams.inc()
         try:
+            await services.hub.bound(tenant)
             yield ": subscribed\n\n"
             async for item in tenant_items(services, sub, request.is_disconnected):
                 if item is None:
@@ -189,8 +200,8 @@ async def tenant_events(tenant: TenantDep, services: ServicesDep, request: Reque
                     yield "event: resync\ndata: {}\n\n"
                 elif item is OVERFLOW:
                     yield "event: overflow\ndata: {}\n\n"
-                elif isinstance(item, TaskRecord):
-                    yield status_frame(item, request)
+                elif isinstance(item, Change):
+                    yield pushed_frame(item, request, False)
         finally:
             services.metrics.sse_streams.dec()
             services.hub.unsubscribe(sub)
@@ -206,7 +217,7 @@ async def tenant_events(tenant: TenantDep, services: ServicesDep, request: Reque
 
 async def tenant_items(
     services: Services, sub: Subscription, gone: Callable[[], Any]
-) -> AsyncIterator[TaskRecord | object | None]:
+) -> AsyncIterator[Change | object | None]:
     """A tenant subscription's items (None: a keep-alive is due) until it overflows (OVERFLOW, the last) or the
     client is gone (checked at keep-alives; a closed connection also cancels the stream)."""
     started = time.monotonic()
