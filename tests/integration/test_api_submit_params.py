@@ -57,7 +57,6 @@ REFUSED = {
     "bearer without a key": ({"Authorization": "Bearer", **JSON}, GOOD, ""),
     "key too long": ({**AUTH, **JSON, "Idempotency-Key": "k" * 256}, GOOD, ""),
     "key with a tab": ({**AUTH, **JSON, "Idempotency-Key": "a\tb"}, GOOD, ""),
-    "key not ASCII": ({**AUTH, **JSON, "Idempotency-Key": "caf\xe9".encode("latin-1")}, GOOD, ""),
     "delay 0": ({**AUTH, **JSON}, GOOD, "delay=0"),
     "delay -1": ({**AUTH, **JSON}, GOOD, "delay=-1"),
     "delay over a day": ({**AUTH, **JSON}, GOOD, "delay=86400.5"),
