@@ -108,8 +108,9 @@ class EmailTask(EmailFields):
 
     @classmethod
     def from_fields(cls, fields: EmailFields) -> EmailTask:
-        """Already validated by the same validators: no second pass over the addresses."""
-        return cls.model_construct(kind="email", **dict(fields))
+        """Already validated by the same validators: no second pass over the addresses (the values as they are,
+        not copied through a dict: a fifth of the cost)."""
+        return cls.model_construct(fields.model_fields_set | {"kind"}, **fields.__dict__, kind="email")
 
 
 class UserTask(_Strict):

@@ -5,10 +5,11 @@ from fastapi.responses import Response
 from qw_core.messages import EmailFields, EmailTask, TaskMessage, new_task_id, utcnow
 
 from ..deps import DelayQuery, IdempotencyKeyHeader, ProducerDep, ServicesDep
+from ..fastroute import SubmitRoute
 from ..schemas import SUBMIT_ERRORS, TaskAccepted
 from ..service import accepted, idempotency_key, not_before_of, submit
 
-router = APIRouter(prefix="/v1", tags=["emails"])
+router = APIRouter(prefix="/v1", tags=["emails"], route_class=SubmitRoute)  # qw_api.fastroute
 
 
 @router.post("/emails", status_code=202, response_model=TaskAccepted, responses=SUBMIT_ERRORS)

@@ -20,6 +20,7 @@ from qw_core.messages import TaskMessage, UserTask, new_task_id, utcnow
 from qw_core.registry import Registry, TaskSpec
 
 from ..deps import DelayQuery, IdempotencyKeyHeader, ProducerDep, ServicesDep, TenantDep
+from ..fastroute import SubmitRoute
 from ..schemas import SUBMIT_ERRORS, TaskAccepted, problems
 from ..service import accepted, idempotency_key, link, not_before_of, submit
 
@@ -59,6 +60,7 @@ def build_router(registry: Registry) -> APIRouter:
             response_model=TaskAccepted,
             responses=SUBMIT_ERRORS,
             name=f"submit_{spec.kind}",
+            route_class_override=SubmitRoute,  # well-formed requests skip FastAPI's parameter solving
             summary=f"Queue a {spec.kind} task",
             description=(spec.fn.__doc__ or "").strip() or f"Queue a task of kind {spec.kind}.",
         )
