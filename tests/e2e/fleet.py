@@ -130,6 +130,9 @@ def apiserver_429s(env: Env) -> float:
 def conditions(st: dict[str, dict[str, Any]]) -> dict[str, list[tuple[Any, ...]]]:
     """name -> its conditions as (type, status, reason, lastTransitionTime): what a flap would change."""
     return {
-        n: [(c.get("type"), c.get("status"), c.get("reason"), c.get("lastTransitionTime")) for c in s.get("conditions") or ()]
+        n: [
+            (c.get("type"), c.get("status"), c.get("reason"), c.get("lastTransitionTime"))
+            for c in s.get("conditions") or ()
+        ]
         for n, s in st.items()
     }

@@ -169,7 +169,9 @@ def test_make_fleet_runs_the_fleet_module_of_make_test_at_1000_under_a_timeout()
         return " ".join(done.stdout.replace("\\\n", " ").split())
 
     default = recipe()
-    assert re.search(r"QW_FLEET_N=1000 timeout -k \d+ -s INT \d+ .*-m pytest .*tests/e2e/test_operator_fleet.py", default)
+    assert re.search(
+        r"QW_FLEET_N=1000 timeout -k \d+ -s INT \d+ .*-m pytest .*tests/e2e/test_operator_fleet.py", default
+    )
     assert "QW_FLEET_N=300 " in recipe("FLEET_N=300")
     assert 'os.environ.get("QW_FLEET_N", "200")' in (ROOT / "tests/e2e/test_operator_fleet.py").read_text()
     assert "`make fleet`" in README and "make fleet" in (ROOT / "Makefile").read_text().split("help:", 1)[1]
