@@ -24,6 +24,7 @@ from tests.e2e.fleet import (
     deployments,
     fleet_names,
     metrics,
+    proc_usage,
     publish,
     status_writes,
     statuses,
@@ -54,10 +55,14 @@ def ticks(url: str) -> float:
         return 0.0
 
 
-def decisions_per_qw_per_s(url: str) -> float:
-    before = metrics(url)[TICKS]
+def decisions_per_qw_per_s(url: str, pid: int, figures: dict[str, object], prefix: str = "") -> float:
+    """Ticks per QueueWorker per second over WINDOW seconds; the process's cores and RSS then go in `figures`."""
+    (before, (cpu, _)) = metrics(url)[TICKS], proc_usage(pid)
     time.sleep(WINDOW)
-    return round((metrics(url)[TICKS] - before) / N / WINDOW, 2)
+    (after, (cpu2, rss)) = metrics(url)[TICKS], proc_usage(pid)
+    figures[f"{prefix}cores"], figures[f"{prefix}rss_mib"] = round((cpu2 - cpu) / WINDOW, 3), rss // 2**20
+    figures[f"{prefix}decisions_per_qw_per_s"] = per_qw = round((after - before) / N / WINDOW, 2)
+    return per_qw
 
 
 def test_a_fleet_gets_its_statuses_without_429_ticks_every_second_and_survives_a_restart(env: Env) -> None:
@@ -82,7 +87,7 @@ def test_a_fleet_gets_its_statuses_without_429_ticks_every_second_and_survives_a
         wait_for("the busy ones at 1", lambda: all(deployments(env)[n][1] == 1 for n in busy), 60, 1)
         # and each is decided about once per second (asked: 1 s): well over a third of N x WINDOW ticks
         url = env.metrics_urls["fleet-1"]
-        figures["decisions_per_qw_per_s"] = per_qw = decisions_per_qw_per_s(url)
+        per_qw = decisions_per_qw_per_s(url, first.pid, figures)
         after = metrics(url)
         assert after["queueworker_operator_queueworkers"] == N
         reads, sums = (after[f"{READS}_{x}{{broker=default}}"] for x in ("count", "sum"))
@@ -119,7 +124,7 @@ def test_a_fleet_gets_its_statuses_without_429_ticks_every_second_and_survives_a
         figures["restart_first_round_s"] = round(time.monotonic() - restarted, 1)
         wait_for("the new operator to tick every QueueWorker a few times", lambda: ticks(url2) >= 3 * N,
                  max(120, 0.3 * N), 1)  # fmt: skip
-        figures["restart_decisions_per_qw_per_s"] = decisions_per_qw_per_s(url2)
+        decisions_per_qw_per_s(url2, second.pid, figures, "restart_")
         # Then no replica was written (no flapping: the cooldown and history came back from the statuses),
         # every QueueWorker kept its status and no condition changed, and nobody met a 429
         after_restart = statuses(env)
