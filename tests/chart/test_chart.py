@@ -200,13 +200,13 @@ def test_the_operators_write_pacing_is_set_from_values(monkeypatch: pytest.Monke
     [manifest] = [d for d in _manifest_docs("operator.yaml") if d["kind"] == "Deployment"]
     manifest_env = {e["name"]: e.get("value") for e in manifest["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert {k: manifest_env.get(k) for k in PACING} == {k: env[k] for k in PACING}
-    sets = ("operator.kube.qps=40.5", "operator.kube.burst=60", "operator.kube.writers=4",
+    sets = ("operator.kube.qps=40", "operator.kube.burst=60", "operator.kube.writers=4",
             "operator.statusMinIntervalSeconds=30")  # fmt: skip
     env = _operator_env(render(MINIMAL, sets=sets))
     for k in PACING:
         monkeypatch.setenv(k, env[k])
     s = OperatorSettings()
-    assert (s.kube_qps, s.kube_burst, s.kube_writers, s.status_min_interval_seconds) == (40.5, 60, 4, 30)
+    assert (s.kube_qps, s.kube_burst, s.kube_writers, s.status_min_interval_seconds) == (40, 60, 4, 30)
 
 
 def test_the_operator_rbac_is_minimal() -> None:
