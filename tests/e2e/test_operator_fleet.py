@@ -103,7 +103,6 @@ def test_a_fleet_gets_its_statuses_without_429_ticks_every_second_and_survives_a
         figures["idle_status_writes"] = sum(writes.get(n, 0) for n in idle)
         assert max(busy_writes) <= WRITES_WINDOW / MIN_INTERVAL + 1, (busy_writes, figures)
         assert min(busy_writes) >= 1, ("a busy QueueWorker's status not refreshed", busy_writes)
-        assert figures["idle_status_writes"] <= len(idle) * WRITES_WINDOW / MIN_INTERVAL / 10, (writes, figures)
 
         # Given the busy queues purged (each now in its cooldown, holding 1 replica; the idle time written)
         for n in busy:
@@ -139,6 +138,7 @@ def test_a_fleet_gets_its_statuses_without_429_ticks_every_second_and_survives_a
         assert not flapped, list(flapped.items())[:5]
         assert figures["throttled_429"] == 0 and figures["apiserver_429"] == 0, figures
         assert figures["restart_decisions_per_qw_per_s"] >= 1 / 3, figures
+        assert figures["idle_status_writes"] == 0, {n: c for n, c in writes.items() if n in set(idle)}
     finally:
         stop(first, signal.SIGTERM)
         if second is not None:
