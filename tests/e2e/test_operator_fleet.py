@@ -84,7 +84,7 @@ def test_a_fleet_gets_its_statuses_without_429_ticks_every_second_and_survives_a
         wait_for("a status on every QueueWorker", lambda: not without_status(env, names), max(180, 0.6 * N), 1,
                  state=lambda: len(without_status(env, names)))  # fmt: skip
         figures["all_status_s"] = round(time.monotonic() - started, 1)
-        wait_for("the busy ones at 1", lambda: all(deployments(env)[n][1] == 1 for n in busy), 60, 1)
+        wait_for("the busy ones at 1", lambda: all(deployments(env)[n][1] == 1 for n in busy), max(60, 0.12 * N), 1)
         # (how often each is decided, and the broker's reads, are asserted at the end with the restart's)
         url = env.metrics_urls["fleet-1"]
         decisions_per_qw_per_s(url, first.pid, figures)
@@ -102,8 +102,6 @@ def test_a_fleet_gets_its_statuses_without_429_ticks_every_second_and_survives_a
         busy_writes = [writes.get(n, 0) for n in busy]
         figures["busy_status_writes_per_qw_per_s"] = round(sum(busy_writes) / BUSY / WRITES_WINDOW, 3)
         figures["idle_status_writes"] = sum(writes.get(n, 0) for n in idle)
-        assert max(busy_writes) <= WRITES_WINDOW / MIN_INTERVAL + 1, (busy_writes, figures)
-        assert min(busy_writes) >= 1, ("a busy QueueWorker's status not refreshed", busy_writes)
 
         # Given the busy queues purged (each now in its cooldown, holding 1 replica; the idle time written)
         for n in busy:
@@ -113,7 +111,7 @@ def test_a_fleet_gets_its_statuses_without_429_ticks_every_second_and_survives_a
             st = statuses(env)
             return [n for n in busy if "QueueIdle" not in str(st[n].get("conditions"))]
 
-        wait_for("the busy ones to report idle", lambda: not idle_written(), 30, 0.5, state=idle_written)
+        wait_for("the busy ones to report idle", lambda: not idle_written(), max(30, 0.06 * N), 0.5, state=idle_written)
         # When the operator is replaced by a new one
         stop(first)
         held, before = deployments(env), conditions(statuses(env))
@@ -139,6 +137,8 @@ def test_a_fleet_gets_its_statuses_without_429_ticks_every_second_and_survives_a
         assert not flapped, list(flapped.items())[:5]
         assert figures["throttled_429_first"] == figures["retries_429_first"] == 0, figures
         assert figures["throttled_429"] == 0 and figures["apiserver_429"] == 0, figures
+        assert max(busy_writes) <= WRITES_WINDOW / MIN_INTERVAL + 1, (busy_writes, figures)
+        assert min(busy_writes) >= 1, ("a busy QueueWorker's status not refreshed", busy_writes, figures)
         # Each decided about once per second (asked: 1 s): well over a third of N x WINDOW ticks, before and after
         assert figures["decisions_per_qw_per_s"] >= 1 / 3, figures  # type: ignore[operator]
         assert figures["restart_decisions_per_qw_per_s"] >= 1 / 3, figures  # type: ignore[operator]
