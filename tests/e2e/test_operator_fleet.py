@@ -1,7 +1,8 @@
 """The operator with a fleet: N QueueWorkers (idle quorum queues, pollingInterval 1) on the real control plane,
 the operator under the shipped RBAC. All get a status with no 429 from the apiserver, every one is decided
-about once per second by the one scheduler, a busy one's status is written about once per 10 s, and a restart
-changes no replicas and no condition (no flapping) and meets no 429 either.
+about once per second by the one scheduler (or on each broker reading, when the broker takes longer to answer),
+a busy one's status is written about once per 10 s, and a restart changes no replicas and no condition (no
+flapping) and meets no 429 either.
 
 N is 200 in `make test`; `make fleet` runs this same module at QW_FLEET_N=1000 (issue 16's restart at 1,000).
 Every wait is bounded and scales with N. The figures are printed as one JSON line (`-s` shows it). The benchmark
