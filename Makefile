@@ -13,6 +13,8 @@ help:
 	@echo "make demo   - with make dev running: upload 200 images, watch workers scale up, drain, scale down"
 	@echo "make lint   - ruff + mypy (the venv only)";  echo "make bench  - benchmarks -> bench/results/"
 	@echo "make soak   - the closed loop at 10,000 tasks, with faults, and at fixed min replicas"
+	@echo "make fleet  - the operator at 1,000 QueueWorkers (FLEET_N): every status, no 429, a restart that"
+	@echo "              changes no replica and no condition (make test runs the same at 200)"
 
 $(VENV_STAMP): pyproject.toml
 	python3 -m venv .venv

@@ -312,15 +312,15 @@ class OperatorSettings(CommonSettings):
     watch_client_timeout: int = 330
     # A busy QueueWorker's status (depth, rates, lastActiveTime) is written at most this often; replicas,
     # conditions and scale decisions at once. The persisted lastActiveTime is exact when a queue goes idle.
-    status_min_interval_seconds: float = 10.0
+    status_min_interval_seconds: float = Field(default=10.0, ge=0)
     # Client-side pacing of the operator's own writes (replicas, status, Deployments), retries included: one
     # token bucket, replica changes first. 0 = unpaced. The defaults write 5,000 first statuses in under a
     # minute with a few requests in flight, well below what makes an apiserver answer 429.
-    kube_qps: float = 150.0
-    kube_burst: int = 300
+    kube_qps: float = Field(default=150.0, ge=0)
+    kube_burst: int = Field(default=300, ge=1)
     # Writes in flight at once (threads of their own): a start-up's first statuses are bound by this over the
     # apiserver's latency (1,000 statuses at 0.1 s each: 12.5 s with 8), far below its in-flight limits.
-    kube_writers: int = 8
+    kube_writers: int = Field(default=8, ge=1, le=64)
 
     # Optional, per broker: its rabbitmq_prometheus endpoint (e.g. http://rabbitmq:15692). When set, queue depth
     # comes from the per-object metrics there (~2.5 s fresher than the management API), and on RabbitMQ 4.x the

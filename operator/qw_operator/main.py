@@ -54,6 +54,11 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.posting.level = logging.INFO
+    # kopf posts Events (ScaledUp, BrokerUnreachable...) outside our paced writes, one task per object and by
+    # default as many at once as there are objects: a broker lost at 1,000 QueueWorkers was 1,000 concurrent POSTs
+    # and the apiserver answered 429 (APF queue-full). As many in flight as our own writers; idle ones exit soon.
+    settings.posting.worker_limit = cfg.kube_writers
+    settings.posting.idle_timeout = 0.1
     settings.peering.lifetime = cfg.peering_lifetime
     settings.peering.stealth = True
     # Namespaced: no cluster-wide listing of namespaces or CRDs, hence no cluster-scoped RBAC at all. The CRD

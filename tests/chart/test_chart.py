@@ -9,6 +9,7 @@ import re
 
 import pytest
 import yaml
+from qw_core.settings import OperatorSettings
 
 from tests.conftest import _need
 from tests.support.chart import (
@@ -177,6 +178,37 @@ def test_the_operator_is_one_replica_recreated_never_two() -> None:
     assert peering["metadata"]["name"] == "qw-queueworker"  # a second operator waits instead of acting
 
 
+PACING = ("QW_STATUS_MIN_INTERVAL_SECONDS", "QW_KUBE_QPS", "QW_KUBE_BURST", "QW_KUBE_WRITERS")
+
+
+def _operator_env(objects: list[dict]) -> dict[str, str]:
+    [operator] = [o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("operator")]
+    return {e["name"]: e.get("value") for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+def test_the_operators_write_pacing_is_set_from_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    """operator.kube.{qps,burst,writers} and operator.statusMinIntervalSeconds reach the operator as the settings
+    it reads; the defaults are the operator's own, and the plain manifests say the same."""
+    defaults = OperatorSettings.model_fields
+    env = _operator_env(render(MINIMAL))
+    assert {k: float(env[k]) for k in PACING} == {
+        "QW_STATUS_MIN_INTERVAL_SECONDS": defaults["status_min_interval_seconds"].default,
+        "QW_KUBE_QPS": defaults["kube_qps"].default,
+        "QW_KUBE_BURST": defaults["kube_burst"].default,
+        "QW_KUBE_WRITERS": defaults["kube_writers"].default,
+    }
+    [manifest] = [d for d in _manifest_docs("operator.yaml") if d["kind"] == "Deployment"]
+    manifest_env = {e["name"]: e.get("value") for e in manifest["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert {k: manifest_env.get(k) for k in PACING} == {k: env[k] for k in PACING}
+    sets = ("operator.kube.qps=40", "operator.kube.burst=60", "operator.kube.writers=4",
+            "operator.statusMinIntervalSeconds=30")  # fmt: skip
+    env = _operator_env(render(MINIMAL, sets=sets))
+    for k in PACING:
+        monkeypatch.setenv(k, env[k])
+    s = OperatorSettings()
+    assert (s.kube_qps, s.kube_burst, s.kube_writers, s.status_min_interval_seconds) == (40, 60, 4, 30)
+
+
 def test_the_operator_rbac_is_minimal() -> None:
     rules = operator_rules(render(MINIMAL))
     assert not {t for t in rules if "*" in t}, "no wildcards"
@@ -245,6 +277,15 @@ def test_the_ingress_and_network_policies_render_when_asked(scenarios) -> None:
         ("api.image.pullPolicy=Sometimes", "/api/image/pullPolicy"),
         ("replicaCount=3", "additional properties 'replicaCount' not allowed"),
         ("workers.kinds.image.env.PATH=/x", "'PATH' does not match pattern '^QW_"),
+        ("operator.kube.qps=0", "/operator/kube/qps"),
+        ("operator.kube.qps=-10", "/operator/kube/qps"),
+        ("operator.kube.qps=fast", "/operator/kube/qps"),
+        ("operator.kube.burst=0", "/operator/kube/burst"),
+        ("operator.kube.burst=2.5", "/operator/kube/burst"),
+        ("operator.kube.writers=0", "/operator/kube/writers"),
+        ("operator.kube.writers=100", "/operator/kube/writers"),
+        ("operator.kube.qsp=10", "additional properties 'qsp' not allowed"),
+        ("operator.statusMinIntervalSeconds=0", "/operator/statusMinIntervalSeconds"),
     ],
 )
 def test_the_schema_rejects_wrong_values_with_a_clear_message(setting: str, complaint: str) -> None:

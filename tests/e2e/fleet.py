@@ -113,3 +113,27 @@ def status_writes(env: Env, seconds: float) -> dict[str, int]:
         if time.monotonic() >= deadline:
             w.stop()
     return counts
+
+
+def apiserver_429s(env: Env) -> float:
+    """429s the apiserver has answered so far to namespaced requests (the operator's are all namespaced): the sum of
+    its apiserver_request_total{code="429"} from its own /metrics, read with the admin kubeconfig. Left out: the
+    controller-manager's cluster-wide watches of a just-created CRD, answered 429 while its watch cache starts."""
+    text = env.cluster.kubectl("get", "--raw", "/metrics").stdout
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "apiserver_request_total" and s.labels.get("code") == "429" and s.labels.get("scope") != "cluster"
+    )
+
+
+def conditions(st: dict[str, dict[str, Any]]) -> dict[str, list[tuple[Any, ...]]]:
+    """name -> its conditions as (type, status, reason, lastTransitionTime): what a flap would change."""
+    return {
+        n: [
+            (c.get("type"), c.get("status"), c.get("reason"), c.get("lastTransitionTime"))
+            for c in s.get("conditions") or ()
+        ]
+        for n, s in st.items()
+    }

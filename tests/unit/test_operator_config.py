@@ -84,3 +84,25 @@ def test_pairs_come_from_a_mounted_file(tmp_path: Path) -> None:
     f = tmp_path / "pairs"
     f.write_text("# one per line\na=1\nb=2\n")
     assert parse_pairs(f" @{f} ", "=", "QW_X", "name=v") == {"a": "1", "b": "2"}
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("QW_KUBE_QPS", "-1"), ("QW_KUBE_BURST", "0"), ("QW_KUBE_WRITERS", "0"), ("QW_KUBE_WRITERS", "65"),
+     ("QW_STATUS_MIN_INTERVAL_SECONDS", "-5"), ("QW_KUBE_QPS", "fast")],
+)  # fmt: skip
+def test_write_pacing_out_of_range_is_refused_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    """A writer pool of 0 threads or a burst of 0 would hang every write; a negative interval means nothing."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=name.removeprefix("QW_").lower()):
+        OperatorSettings()
+
+
+def test_write_pacing_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {"QW_KUBE_QPS": "40.5", "QW_KUBE_BURST": "60", "QW_KUBE_WRITERS": "4",
+                        "QW_STATUS_MIN_INTERVAL_SECONDS": "30"}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    s = OperatorSettings()
+    assert (s.kube_qps, s.kube_burst, s.kube_writers, s.status_min_interval_seconds) == (40.5, 60, 4, 30)

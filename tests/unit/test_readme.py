@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -155,6 +156,25 @@ def test_make_help_says_make_dev_autoscales() -> None:
     help_text = (ROOT / "Makefile").read_text().split("help:", 1)[1].split("\n\n", 1)[0]
     assert "one worker of each kind" not in help_text
     assert "scaled with their queues" in help_text
+
+
+def test_make_fleet_runs_the_fleet_module_of_make_test_at_1000_under_a_timeout() -> None:
+    """README's `make fleet` (and `make fleet FLEET_N=...`) runs tests/e2e/test_operator_fleet.py, the module
+    `make test` runs at 200, at QW_FLEET_N QueueWorkers, the whole run bounded by `timeout`."""
+
+    def recipe(*args: str) -> str:
+        # -n: print the commands only; -o: the install targets count as done
+        cmd = ["make", "-s", "-n", "-o", "deps", "-o", "venv", "-o", "cluster-bin", "fleet", *args]
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=30, check=True)
+        return " ".join(done.stdout.replace("\\\n", " ").split())
+
+    default = recipe()
+    assert re.search(
+        r"QW_FLEET_N=1000 timeout -k \d+ -s INT \d+ .*-m pytest .*tests/e2e/test_operator_fleet.py", default
+    )
+    assert "QW_FLEET_N=300 " in recipe("FLEET_N=300")
+    assert 'os.environ.get("QW_FLEET_N", "200")' in (ROOT / "tests/e2e/test_operator_fleet.py").read_text()
+    assert "`make fleet`" in README and "make fleet" in (ROOT / "Makefile").read_text().split("help:", 1)[1]
 
 
 def test_every_picture_the_readme_shows_is_a_committed_png() -> None:
