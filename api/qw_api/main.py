@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
+from typing import Any
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from qw_core.events import publish_changes
 from qw_core.registry import Registry, load_app
@@ -98,6 +102,12 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(kinds.build_router(registry))
     app.include_router(health.router)
 
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own 422, except that a non-finite number echoed back (Python's JSON parser takes NaN and
+        # Infinity) is written as the literal it came as: strict JSON has no NaN, and JSONResponse refuses it (500)
+        return JSONResponse({"detail": _finite(jsonable_encoder(exc.errors()))}, status_code=422)
+
     @app.exception_handler(BodyTooLarge)
     async def _too_large(_: Request, __: BodyTooLarge) -> JSONResponse:
         return JSONResponse({"detail": "request body too large"}, status_code=413)
@@ -129,6 +139,17 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_json_bytes, large_paths=uploads)
     app.add_middleware(ObserveRequests, metrics=metrics)
     return app
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every NaN or infinite float replaced by its JSON literal as a string."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _count_change(metrics: ApiMetrics, change: Change) -> None:

@@ -142,3 +142,13 @@ def test_bad_emails_are_422_and_queue_nothing(http, nothing_changed, change):
 def test_malformed_json_is_422(http, nothing_changed):
     r = http.post("/v1/emails", content=b"{not json", headers={"Content-Type": "application/json"})
     assert r.status_code == 422
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_numbers_are_422_not_500(http, nothing_changed, literal):
+    """Python's JSON parser takes NaN and Infinity; the 422 that echoes them back must still be valid JSON."""
+    body = f'{{"to": {literal}, "subject": "Hello", "text": "Hi"}}'.encode()
+    r = http.post("/v1/emails", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert detail[0]["loc"][-1] == "to" and detail[0]["input"] == literal
