@@ -64,13 +64,13 @@ async def sched() -> AsyncIterator[tuple[Scheduler, BrokerPoller, list[float], d
 
     def make(b: Any) -> Ticker:
         t = Ticker("ns", b["metadata"]["name"], b, kube, metrics, lambda ns, dep: Replicas(0, 0, 0))  # type: ignore[arg-type]
-        real = t.tick
+        real = t.begin
 
-        async def counted(snap: Any) -> Any:
+        def counted(snap: Any) -> Any:
             ticked[t.name] = ticked.get(t.name, 0) + 1
-            return await real(snap)
+            return real(snap)
 
-        t.tick = counted  # type: ignore[method-assign]
+        t.begin = counted  # type: ignore[method-assign]
         return t
 
     s = Scheduler({"default": poller}, make, metrics, 5.0, clock=lambda: clock[0])
