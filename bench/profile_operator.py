@@ -24,8 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from qw_operator.metrics import OperatorMetrics
 from qw_operator.observe import Replicas
-from qw_operator.prometheus import parse_scrape
-from qw_operator.rabbitmq import BrokerPoller, ManagementReader, parse_queue
+from qw_operator.rabbitmq import BrokerPoller, ManagementReader, PrometheusReader
 from qw_operator.reconcile import Ticker
 from qw_operator.schedule import Scheduler
 
@@ -64,27 +63,33 @@ def prometheus_text(n: int, vhost: str) -> str:
 
 
 class FakeReader:
-    """ManagementReader's and PrometheusReader's parse of canned answers (the HTTP part is the broker's)."""
+    """ManagementReader's and PrometheusReader's parse of canned answers (the HTTP part is the broker's). The
+    answers are copies each round, as from the network; `--cold` parses each as if it were new."""
 
-    def __init__(self, pages: list[bytes], text: str) -> None:
-        self.pages, self.text, self.calls, self.failed = pages, text, 0, {}
+    def __init__(self, pages: list[bytes], text: str, cold: bool) -> None:
+        self.pages, self.text, self.calls, self.failed, self.cold = pages, text, 0, {}, cold
+        self.management = ManagementReader("http://x", None)  # type: ignore[arg-type]
+        self.prometheus = PrometheusReader("http://x", None)  # type: ignore[arg-type]
 
     async def fetch(self, vhost: str | None = None) -> Any:
         out = {}
-        for raw in self.pages:
-            for item in orjson.loads(raw)["items"]:
-                key, m = parse_queue(item)
-                out[key] = m
+        for k, raw in enumerate(self.pages):
+            if self.cold:
+                self.management._pages.clear()
+            _, items = self.management.parse_page("/api/queues", k + 1, bytes(bytearray(raw)))
+            out.update(items)
         return out
 
     async def fetch_all(self, vhost: str | None = None) -> Any:
-        return [("rabbit@x", parse_scrape(self.text))]
+        if self.cold:
+            self.prometheus._last.clear()
+        return [("rabbit@x", self.prometheus.parse("http://x", "".join(list(self.text))))]
 
 
-async def run(n: int, rounds: int) -> dict[str, Any]:
+async def run(n: int, rounds: int, cold: bool = False) -> dict[str, Any]:
     kopf.info = kopf.warn = lambda *a, **k: None  # type: ignore[assignment]
     vhost = "bench"
-    reader = FakeReader(management_pages(n, vhost), prometheus_text(n, vhost))
+    reader = FakeReader(management_pages(n, vhost), prometheus_text(n, vhost), cold)
     poller = BrokerPoller("default", reader, 1.0, depth_reader=reader)  # type: ignore[arg-type]
     kube = CountingKube()
     metrics = OperatorMetrics(CollectorRegistry())
@@ -105,8 +110,7 @@ async def run(n: int, rounds: int) -> dict[str, Any]:
         c1 = time.process_time()
         for e in sched.entries.values():
             e.due = 0.0
-        for e in sched._due("default", 1.0):
-            sched._start_tick(e, snap)
+        metrics.ticks.inc(sum(sched._start_tick(e, snap) for e in sched._due("default", 1.0)))
         pending = [e.task for e in sched.entries.values() if e.task is not None and not e.task.done()]
         if pending:
             await asyncio.gather(*pending)
@@ -123,8 +127,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=5000)
     ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--cold", action="store_true", help="parse every answer as new (no parse cache)")
     a = ap.parse_args()
-    print(json.dumps(asyncio.run(run(a.n, a.rounds))))
+    print(json.dumps(asyncio.run(run(a.n, a.rounds, a.cold))))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import orjson
 
 from qw_operator.endpoints import BrokerError, endpoint_list, split_credentials
 from qw_operator.prometheus import CounterRates, PrometheusReader, Scrape, merge_depth, parse_prometheus_depth
@@ -123,14 +124,21 @@ def hold_rates(
     out: dict[QueueKey, tuple[QueueMetrics, float]] = {}
     for key, m in queues.items():
         prev = previous.get(key)
-        moved = prev is None or prev[0].published != m.published or prev[0].published_at is None
-        m = dataclasses.replace(m, published_at=now if moved else prev[0].published_at)  # type: ignore[index]
-        if prev is not None and (prev[0].published, prev[0].acked) == (m.published, m.acked):
-            if now - prev[1] < RATE_HOLD_SECONDS:
-                m = dataclasses.replace(m, publish_rate=prev[0].publish_rate, ack_rate=prev[0].ack_rate)
-            out[key] = (m, prev[1])
+        if prev is None:
+            out[key] = (dataclasses.replace(m, published_at=now), now)
+            continue
+        pm, moved_at = prev
+        published_at = pm.published_at if pm.published == m.published and pm.published_at is not None else now
+        if (pm.published, pm.acked) != (m.published, m.acked):
+            out[key] = (dataclasses.replace(m, published_at=published_at), now)
+            continue
+        pub, ack = (pm.publish_rate, pm.ack_rate) if now - moved_at < RATE_HOLD_SECONDS else (m.publish_rate, m.ack_rate)
+        if (pm.ready, pm.unacked, pm.consumers, pm.publish_rate, pm.ack_rate, pm.published_at) == (
+            m.ready, m.unacked, m.consumers, pub, ack, published_at
+        ) and (pm.depth_source, pm.rate_source) == (m.depth_source, m.rate_source):  # fmt: skip
+            out[key] = prev  # nothing moved: the same object (an idle queue costs no new one)
         else:
-            out[key] = (m, now)
+            out[key] = (dataclasses.replace(m, publish_rate=pub, ack_rate=ack, published_at=published_at), moved_at)
     return out
 
 
@@ -156,12 +164,15 @@ class ManagementReader:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self.page_size = page_size
         self.calls = 0
+        self._pages: dict[tuple[str, int], tuple[bytes, tuple[int, list[tuple[QueueKey, QueueMetrics | None]]]]] = {}
 
     @property
     def base(self) -> str:
         return self._targets[self._current][0]
 
-    async def _page(self, path: str, page: int) -> Mapping[str, Any]:
+    async def _page(self, path: str, page: int) -> tuple[int, list[tuple[QueueKey, QueueMetrics | None]]]:
+        """(page_count, the page's queues parsed). A page whose bytes are those of its last read (an idle broker's
+        answer) is not parsed again."""
         base, auth = self._targets[self._current]
         params = {"page": str(page), "page_size": str(self.page_size), "columns": COLUMNS}
         self.calls += 1
@@ -170,23 +181,35 @@ class ManagementReader:
                 if resp.status != 200:
                     body = (await resp.text())[:200]
                     raise BrokerError(f"GET {path} page {page}: HTTP {resp.status} {body}")
-                data = await resp.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                raw = await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise BrokerError(f"GET {base}{path}: {type(exc).__name__}: {exc}") from exc
+        return self.parse_page(path, page, raw)
+
+    def parse_page(self, path: str, page: int, raw: bytes) -> tuple[int, list[tuple[QueueKey, QueueMetrics | None]]]:
+        last = self._pages.get((path, page))
+        if last is not None and last[0] == raw:
+            return last[1]
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise BrokerError(f"GET {path} page {page}: not JSON: {exc}") from exc
         if not isinstance(data, dict) or not isinstance(data.get("items"), list):
             raise BrokerError(f"GET {path}: not a paginated queue list")
-        return data
+        parsed = (int(data.get("page_count") or 0), [parse_queue(item) for item in data["items"]])
+        self._pages[(path, page)] = (raw, parsed)
+        return parsed
 
     async def _fetch_one(self, path: str) -> dict[QueueKey, QueueMetrics | None]:
         first = await self._page(path, 1)
-        page_count = int(first.get("page_count") or 0)
+        page_count = first[0]
         # The first page tells how many there are; the rest are fetched together (latency of ~one page, not N).
         rest = await asyncio.gather(*(self._page(path, p) for p in range(2, page_count + 1)))
+        for stale in [k for k in self._pages if k[0] == path and k[1] > max(page_count, 1)]:
+            del self._pages[stale]
         out: dict[QueueKey, QueueMetrics | None] = {}
-        for data in (first, *rest):
-            for item in data["items"]:
-                key, metrics = parse_queue(item)
-                out[key] = metrics
+        for _, items in (first, *rest):
+            out.update(items)
         return out
 
     async def fetch(self, vhost: str | None = None) -> dict[QueueKey, QueueMetrics | None]:
@@ -248,6 +271,7 @@ class BrokerPoller:
         self._wake = asyncio.Event()
         self.snapshot: Snapshot | None = None
         self._rates: dict[QueueKey, tuple[QueueMetrics, float]] = {}
+        self._last: dict[QueueKey, tuple[tuple[Any, ...], QueueMetrics]] = {}  # each queue's last figures
         self._counters = CounterRates()
 
     def register(self, uid: str, vhost: str, queue: str, interval: float) -> None:
@@ -356,6 +380,7 @@ class BrokerPoller:
         self._prometheus_complete = complete and (management is None or all(k in depth for k in management))
         queues: dict[QueueKey, QueueMetrics] = {}
         unknown: dict[QueueKey, str] = {}
+        seen: dict[QueueKey, tuple[tuple[Any, ...], QueueMetrics]] = {}
         for key in set(depth) | set(management or {}):
             held = self._rates.get(key)
             mg = held[0] if held else None
@@ -379,10 +404,13 @@ class BrokerPoller:
             published_at = self._counters.published_at.get(key) if rsrc == PROMETHEUS else None
             if rsrc == MANAGEMENT and mg is not None:
                 published_at = mg.published_at
-            queues[key] = QueueMetrics(
-                ready, unacked, consumers, pub, ack,
-                mg.published if mg else 0, mg.acked if mg else 0, dsrc, rsrc, published_at,
-            )  # fmt: skip
+            fields = (ready, unacked, consumers, pub, ack, mg.published if mg else 0, mg.acked if mg else 0, dsrc,
+                      rsrc, published_at)  # fmt: skip
+            last = self._last.get(key)
+            # Unchanged: the last snapshot's object again (the ticks compare it; an idle queue costs no new one).
+            queues[key] = last[1] if last is not None and last[0] == fields else QueueMetrics(*fields)
+            seen[key] = (fields, queues[key])
+        self._last = seen
         return queues, unknown
 
     def _why_unknown(self, key: QueueKey) -> str:
