@@ -21,7 +21,6 @@ from typing import Any
 import kopf
 import orjson
 from prometheus_client import CollectorRegistry
-
 from qw_operator.metrics import OperatorMetrics
 from qw_operator.observe import Replicas
 from qw_operator.rabbitmq import BrokerPoller, ManagementReader, PrometheusReader

@@ -132,7 +132,8 @@ def hold_rates(
         if (pm.published, pm.acked) != (m.published, m.acked):
             out[key] = (dataclasses.replace(m, published_at=published_at), now)
             continue
-        pub, ack = (pm.publish_rate, pm.ack_rate) if now - moved_at < RATE_HOLD_SECONDS else (m.publish_rate, m.ack_rate)
+        held = now - moved_at < RATE_HOLD_SECONDS
+        pub, ack = (pm.publish_rate, pm.ack_rate) if held else (m.publish_rate, m.ack_rate)
         if (pm.ready, pm.unacked, pm.consumers, pm.publish_rate, pm.ack_rate, pm.published_at) == (
             m.ready, m.unacked, m.consumers, pub, ack, published_at
         ) and (pm.depth_source, pm.rate_source) == (m.depth_source, m.rate_source):  # fmt: skip

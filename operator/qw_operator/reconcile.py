@@ -65,7 +65,7 @@ class Ticker:
     target_problem: Callable[[str], str | None] = lambda _target: None
     # The fast path's memory (see `begin`): the last full tick's body, inputs and decision, whether that
     # decision is one time alone cannot change, and whether its status was written as built.
-    _last_body: Any = None
+    _last_body: tuple[Any, Any, Any] | None = None
     _last_inputs: tuple[Any, ...] | None = None
     _last_decision: Decision | None = None
     _timeless: bool = False
@@ -130,7 +130,7 @@ class Ticker:
         same = (
             self._settled
             and self.pending is None
-            and self.body is self._last_body
+            and self._same_body()
             and not self.rewrite
             and inputs == self._last_inputs
         )
@@ -144,6 +144,17 @@ class Ticker:
         self.report(reading, decision, current, target, now, problem, seen)
         self._remember(inputs, reading, decision, current)
         return decision, None
+
+    def _same_body(self) -> bool:
+        """The body the last full tick read: the same object with the same spec and metadata objects (kopf
+        brings new ones with every event, also when it replaces a live body's contents)."""
+        last = self._last_body
+        return (
+            last is not None
+            and last[0] is self.body
+            and last[1] is self.body.get("spec")
+            and last[2] is self.body.get("metadata")
+        )
 
     async def _scale(
         self,
@@ -164,7 +175,8 @@ class Ticker:
         self, inputs: tuple[Any, ...], reading: Reading, decision: Decision | None, current: int | None
     ) -> None:
         """What the fast path compares the next tick with."""
-        self._last_body, self._last_inputs, self._last_decision = self.body, inputs, decision
+        self._last_body = (self.body, self.body.get("spec"), self.body.get("metadata"))
+        self._last_inputs, self._last_decision = inputs, decision
         q = reading.queue
         self._timeless = (
             decision is not None
