@@ -108,6 +108,7 @@ def parse_queue(item: Mapping[str, Any]) -> tuple[QueueKey, QueueMetrics | None]
 
 
 RATE_HOLD_SECONDS = 15.0
+MANAGEMENT_GRACE = 0.1  # seconds a snapshot waits for a running management read once its depth is in
 
 
 def hold_rates(
@@ -272,6 +273,8 @@ class BrokerPoller:
         self._wake = asyncio.Event()
         self.snapshot: Snapshot | None = None
         self._rates: dict[QueueKey, tuple[QueueMetrics, float]] = {}
+        self._management_task: asyncio.Task[dict[QueueKey, QueueMetrics | None]] | None = None
+        self._management_last: tuple[str | None, Any] | None = None  # (vhost filter, answer or BrokerError)
         self._last: dict[QueueKey, tuple[tuple[Any, ...], QueueMetrics]] = {}  # each queue's last figures
         self._counters = CounterRates()
 
@@ -334,10 +337,25 @@ class BrokerPoller:
             except BrokerError as exc:
                 self._depth_error(exc)
                 return await self.reader.fetch(vhost), None
-        # Both at once: the tick takes as long as the slower one, not the sum.
-        got, scraped = await asyncio.gather(
-            self.reader.fetch(vhost), self.depth_reader.fetch_all(vhost), return_exceptions=True
-        )
+        # Depth from Prometheus, rates from the management API (3.x). The management API answers much slower
+        # (seconds with a thousand quorum queues on a busy broker) and its rates move once per stats emission
+        # anyway: it is read in the background, one read at a time, and a snapshot takes its latest answer
+        # instead of waiting for it; only the first snapshot waits for both.
+        task = self._management_task
+        if task is None or task.done():
+            task = self._management_task = asyncio.create_task(self._management_read(vhost), name=f"mgmt {self.name}")
+        got: Any
+        scraped: Any
+        last = self._management_last
+        if last is None or last[0] != vhost:  # no answer for this filter yet: wait for both
+            got, scraped = await asyncio.gather(
+                asyncio.shield(task), self.depth_reader.fetch_all(vhost), return_exceptions=True
+            )
+        else:
+            scraped = (await asyncio.gather(self.depth_reader.fetch_all(vhost), return_exceptions=True))[0]
+            if not task.done():  # a little longer for a fresh answer, never the management API's full latency
+                await asyncio.wait([task], timeout=MANAGEMENT_GRACE)
+            got = self._management_last[1] if self._management_last is not None else last[1]
         for res in (got, scraped):
             if isinstance(res, BaseException) and not isinstance(res, BrokerError):
                 raise res
@@ -349,6 +367,16 @@ class BrokerPoller:
         if isinstance(got, BrokerError):
             log.warning("broker %s: management API read failed, using the Prometheus endpoint: %s", self.name, got)
         return management, None if isinstance(scraped, BaseException) else self._depth_ok(scraped)
+
+    async def _management_read(self, vhost: str | None) -> dict[QueueKey, QueueMetrics | None]:
+        """One background management read; its answer (or error) is what the next snapshots take."""
+        try:
+            got = await self.reader.fetch(vhost)
+        except BrokerError as exc:
+            self._management_last = (vhost, exc)
+            raise
+        self._management_last = (vhost, got)
+        return got
 
     def _depth_error(self, exc: BrokerError) -> None:
         """Logged once per outage: scaling goes on from the management API's figures, a few seconds slower."""
@@ -433,14 +461,25 @@ class BrokerPoller:
             return self.snapshot
 
     async def run(self) -> None:
+        """A poll every `interval` from the start of the last one (a read that takes longer than the interval is
+        followed by the next at once), not `interval` after it ended."""
+        loop = asyncio.get_running_loop()
         while True:
+            started = loop.time()
             if self._regs:
                 await self.poll_once()
             self._wake.clear()
             try:
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+                await asyncio.wait_for(self._wake.wait(), max(0.0, started + self.interval - loop.time()))
             except TimeoutError:
                 pass
+
+    async def close(self) -> None:
+        """Cancel a background management read (the operator stops)."""
+        task = self._management_task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 @dataclass
@@ -457,3 +496,5 @@ class Brokers:
         for t in self.tasks:
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        for p in self.pollers.values():
+            await p.close()
