@@ -185,11 +185,11 @@ def _measure(env: Env, broker: Broker, n: int, bursts: int, idle: float, out: di
             lat.append(round(time.monotonic() - b0, 2))
         out["burst_to_replicas_s"] = {"p50": pct(lat, 50), "p99": pct(lat, 99),
                                       "mean": round(statistics.mean(lat), 2), "all": lat}  # fmt: skip
-        # 100 busy queues: 300 messages each stay (no consumers): every tick sees them
+        # 100 busy queues: 50 messages each stay (no consumers): every tick sees them (5 replicas each)
         busy = names[:100]
         progress(out)
-        publish_retrying(env, {q: 300 for q in busy})
-        wait(lambda: all(deployments(env)[q][1] >= 1 for q in busy), 120, "busy scaled")
+        publish_retrying(env, {q: 50 for q in busy})
+        wait(lambda: all(d[q][1] >= 1 for d in [deployments(env)] for q in busy), 180, "busy scaled", 1.0)
         time.sleep(12)  # past the first status writes of the scale-up
         m0, (c0, _) = metrics(url), proc_usage(op.pid)
         counts = status_writes(env, WINDOW)
@@ -239,7 +239,11 @@ def main() -> int:
     def too_long(signum: int, frame: Any) -> None:
         raise Deadline(f"the run passed its --deadline of {args.deadline} s")
 
+    def terminated(signum: int, frame: Any) -> None:
+        raise Deadline(f"terminated by signal {signum}")
+
     signal.signal(signal.SIGALRM, too_long)
+    signal.signal(signal.SIGTERM, terminated)  # `kill` cleans up too: broker, control plane, operators
     signal.alarm(args.deadline)
     tmp = Path(tempfile.mkdtemp(prefix="qw-opreal-"))
     amqp, mgmt, prom = free_broker_ports()
