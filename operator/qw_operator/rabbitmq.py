@@ -273,7 +273,7 @@ class BrokerPoller:
         self._wake = asyncio.Event()
         self.snapshot: Snapshot | None = None
         self._rates: dict[QueueKey, tuple[QueueMetrics, float]] = {}
-        self._management_task: asyncio.Task[dict[QueueKey, QueueMetrics | None]] | None = None
+        self._management_task: asyncio.Task[dict[QueueKey, QueueMetrics | None] | BrokerError] | None = None
         self._management_last: tuple[str | None, Any] | None = None  # (vhost filter, answer or BrokerError)
         self._last: dict[QueueKey, tuple[tuple[Any, ...], QueueMetrics]] = {}  # each queue's last figures
         self._counters = CounterRates()
@@ -368,13 +368,13 @@ class BrokerPoller:
             log.warning("broker %s: management API read failed, using the Prometheus endpoint: %s", self.name, got)
         return management, None if isinstance(scraped, BaseException) else self._depth_ok(scraped)
 
-    async def _management_read(self, vhost: str | None) -> dict[QueueKey, QueueMetrics | None]:
-        """One background management read; its answer (or error) is what the next snapshots take."""
+    async def _management_read(self, vhost: str | None) -> dict[QueueKey, QueueMetrics | None] | BrokerError:
+        """One background management read; its answer (or its error, returned: a snapshot that does not wait
+        for this read never retrieves it) is what the next snapshots take."""
         try:
-            got = await self.reader.fetch(vhost)
+            got: dict[QueueKey, QueueMetrics | None] | BrokerError = await self.reader.fetch(vhost)
         except BrokerError as exc:
-            self._management_last = (vhost, exc)
-            raise
+            got = exc
         self._management_last = (vhost, got)
         return got
 
