@@ -164,7 +164,13 @@ def run_size(cluster: Any, tmp: Path, n: int, bursts: int, idle: float, out: dic
     except Exception as exc:  # the figures got so far stay, with what stopped the rest
         out["error"] = f"{type(exc).__name__}: {exc}"
     finally:
-        broker.destroy()
+        progress(out)
+        try:
+            broker.destroy()
+        except Exception as exc:  # noqa: BLE001 - an overloaded broker may not answer its shutdown: kill it
+            print(f"broker shutdown failed ({exc}), killing it", file=sys.stderr, flush=True)
+            broker.kill9()
+            shutil.rmtree(broker.dir, ignore_errors=True)
 
 
 def _measure(env: Env, broker: Broker, n: int, bursts: int, idle: float, out: dict[str, Any]) -> None:
@@ -178,7 +184,7 @@ def _measure(env: Env, broker: Broker, n: int, bursts: int, idle: float, out: di
     second = None
     try:
         url = env.metrics_urls["op1"]
-        out["all_status_s"] = round(wait(lambda: not without_status(env, names), 600, "all statuses", 2.0), 1)
+        out["all_status_s"] = round(wait(lambda: not without_status(env, names), 600, "all statuses", 5.0), 1)
         out["throttled_429_startup"] = throttled(metrics(url))
         out["load_startup"] = load()
         progress(out)
