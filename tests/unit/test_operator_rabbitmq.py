@@ -400,3 +400,35 @@ async def test_a_slow_management_api_does_not_hold_up_the_snapshots(fake: tuple[
     assert first.queues[("v1", "jobs")].publish_rate == 1.5
     jobs = second.queues[("v1", "jobs")]
     assert took < 0.5 and (jobs.ready, jobs.publish_rate, jobs.rate_source) == (7, 1.5, "ManagementAPI")
+
+
+async def test_a_failing_background_management_read_leaves_depth_and_unknown_rates(
+    fake: tuple[FakeManagement, str],
+) -> None:
+    """The management API fails (500) after the first read: the next snapshots keep Prometheus' depth, report no
+    rate (unknown, not 0) and no error; when it answers again, its rates come back."""
+    fm, url = fake
+    fm.items = [queue_item("v1", "jobs", ready=4)]
+    app = web.Application()
+    text = PROM_4X.replace("4.0.5", "3.10.8").split("rabbitmq_detailed_queue_exchange")[0]
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(text=text)
+
+    app.router.add_get("/metrics/detailed", metrics)
+    async with serve(app) as port, aiohttp.ClientSession() as s:
+        poller = BrokerPoller(
+            "b", ManagementReader(url, s), depth_reader=PrometheusReader(f"http://127.0.0.1:{port}", s)
+        )
+        poller.register("a", "v1", "jobs", 1.0)
+        await poller.poll_once()
+        fm.status = 500
+        failing = [await poller.poll_once() for _ in range(3)]
+        fm.status = 200
+        await poller.poll_once()  # starts the read that answers again
+        await asyncio.sleep(0.2)
+        back = await poller.poll_once()
+        await poller.close()
+    jobs = failing[-1].queues[("v1", "jobs")]
+    assert failing[-1].error is None and (jobs.ready, jobs.publish_rate, jobs.rate_source) == (100, None, None)
+    assert back.queues[("v1", "jobs")].publish_rate == 1.5
