@@ -364,8 +364,6 @@ class BrokerPoller:
             if isinstance(got, BrokerError):
                 raise BrokerError(f"management API: {got}; Prometheus endpoint: {scraped}")
         management = None if isinstance(got, BaseException) else got
-        if isinstance(got, BrokerError):
-            log.warning("broker %s: management API read failed, using the Prometheus endpoint: %s", self.name, got)
         return management, None if isinstance(scraped, BaseException) else self._depth_ok(scraped)
 
     async def _management_read(self, vhost: str | None) -> dict[QueueKey, QueueMetrics | None] | BrokerError:
@@ -373,7 +371,8 @@ class BrokerPoller:
         for this read never retrieves it) is what the next snapshots take."""
         try:
             got: dict[QueueKey, QueueMetrics | None] | BrokerError = await self.reader.fetch(vhost)
-        except BrokerError as exc:
+        except BrokerError as exc:  # logged once per read, not once per snapshot that takes it
+            log.warning("broker %s: management API read failed, using the Prometheus endpoint: %s", self.name, exc)
             got = exc
         self._management_last = (vhost, got)
         return got
