@@ -224,7 +224,10 @@ def _measure(env: Env, broker: Broker, n: int, bursts: int, idle: float, out: di
         # Restart: a new operator replaces this one; no replica may change because of it (no flapping)
         for q in busy:
             env.purge(q)
-        time.sleep(6)  # the idle transition written (cooldown 60 s holds the replicas)
+        # Settled first: 5 s of stabilization takes the purged ones 5 -> 1, then the 60 s cooldown holds 1. (A
+        # restart inside those 5 s counts the policy's own scale-down as flapping: 100 "writes" in one run.)
+        wait(lambda: all(d[q][1] == 1 for d in [deployments(env)] for q in busy), 60, "busy settled at 1", 1.0)
+        time.sleep(3)  # the idle transition's status written
         held = deployments(env)
         stop(op)
         second = env.start_operator("op2")
