@@ -1,24 +1,33 @@
 #!/usr/bin/env python3
 """The real operator at N QueueWorkers: `python -m qw_operator` under the shipped RBAC, on the real test control
 plane (etcd, kube-apiserver, controller-manager, kwok node), one RabbitMQ 3.10 (quorum tick 1 s, stats every
-1 s, depth from its Prometheus endpoint as shipped), N idle quorum queues, N Deployments each scaled by its
-QueueWorker (pollingInterval 1).
+1 s, depth from its Prometheus endpoint as shipped), N idle queues, N Deployments each scaled by its QueueWorker
+(pollingInterval 1).
 
-    python bench/bench_operator_real.py [--sizes 1000,5000] [--bursts 20]
+    python bench/bench_operator_real.py [--sizes 1000,5000] [--bursts 20] [--idle 30] [--deadline 3000]
+
+Queues: quorum up to 1,000, classic above (tests/e2e/fleet.py QUORUM_MAX): this one-node broker on a 2-core
+machine refused more quorum queues near 3,000 (cluster_not_formed while declaring), and 1,000 quorum queues at a
+1 s quorum tick already keep it busy. The operator reads every queue type the same way (one batched read).
 
 Per N: seconds until every QueueWorker has a status; 429s the apiserver answered the operator (its own counter);
-idle CPU (cores) and RSS; decisions per QueueWorker per second (ticks_total / N / s) and the tick interval's
-p50/p99 (histogram); burst -> spec.replicas >= 1, p50/p99 over --bursts; CPU and status writes/s while 100 queues
-are busy; then a restart (a second operator replaces the first): replica writes it caused (flapping) and its
-429s. Beside each figure, the issue's "today" (the kopf-daemon-per-QueueWorker operator, measured the same way).
-Prints one JSON object.
+idle CPU (cores) and RSS over --idle seconds; decisions per QueueWorker per second (ticks_total / N / s) and the
+tick interval's p50/p99 (histogram); burst -> spec.replicas >= 1, p50/p99 over --bursts; CPU and status writes/s
+(total and per busy QueueWorker) while 100 queues are busy; then a restart (a second operator replaces the first):
+replica writes it caused (flapping) and its 429s. Beside each figure, the issue's "today" (the
+kopf-daemon-per-QueueWorker operator, measured the same way), and the load average at each step (a shared
+machine). A size that fails is reported with its error and the figures it got; the run as a whole stops by
+--deadline seconds (every wait is bounded) and always removes its broker and control plane. Prints one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
+import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -35,6 +44,7 @@ import cluster as control_plane  # noqa: E402
 from rabbitmq import Broker, free_broker_ports  # noqa: E402
 
 from tests.e2e.fleet import (  # noqa: E402
+    QUORUM_MAX,
     create_fleet,
     declare_quorum_queues,
     deployments,
@@ -46,7 +56,7 @@ from tests.e2e.fleet import (  # noqa: E402
     throttled,
     without_status,
 )
-from tests.e2e.harness import Env, drop_env, make_env, stop  # noqa: E402
+from tests.e2e.harness import Env, make_env, stop  # noqa: E402
 
 # Issue 16's table (kopf daemon per QueueWorker, same machine and control plane). None: not measured there.
 TODAY: dict[int, dict[str, Any]] = {
@@ -85,8 +95,15 @@ def hist_quantile(m: dict[str, float], name: str, q: float, before: dict[str, fl
 
 
 def wait(probe: Any, timeout: float, what: str, every: float = 0.5) -> float:
+    """Seconds until `probe()` holds. A probe that fails (an overloaded apiserver cutting a large list short, a
+    metrics scrape timing out) counts as not yet, until the timeout."""
     start = time.monotonic()
-    while not probe():
+    while True:
+        try:
+            if probe():
+                break
+        except Exception as exc:  # noqa: BLE001 - any transient read error: try again
+            print(f"{what}: probe failed ({type(exc).__name__}), again", file=sys.stderr, flush=True)
         if time.monotonic() - start > timeout:
             raise TimeoutError(what)
         time.sleep(every)
@@ -109,6 +126,14 @@ def progress(out: dict[str, Any]) -> None:
     print(json.dumps(out), file=sys.stderr, flush=True)  # partial results survive a later failure
 
 
+class Deadline(BaseException):
+    """The run's --deadline passed (a BaseException: no size's own error handling takes it)."""
+
+
+def load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
 def window(env: Env, pid: int, url: str, seconds: float) -> dict[str, Any]:
     m0, (c0, _) = metrics(url), proc_usage(pid)
     time.sleep(seconds)
@@ -125,9 +150,30 @@ def window(env: Env, pid: int, url: str, seconds: float) -> dict[str, Any]:
     }
 
 
-def run_size(cluster: Any, broker: Broker, tmp: Path, n: int, bursts: int) -> dict[str, Any]:
-    env = make_env(cluster, broker, tmp / f"n{n}")
-    out: dict[str, Any] = {"queueworkers": n}
+def run_size(cluster: Any, tmp: Path, n: int, bursts: int, idle: float, out: dict[str, Any]) -> None:
+    """Fills `out` (the caller keeps it: a deadline keeps what was measured). A broker of its own per size: the
+    last size's thousand quorum queues take the broker minutes to delete."""
+    out.update(queueworkers=n, quorum_queues=min(n, QUORUM_MAX), classic_queues=max(0, n - QUORUM_MAX),
+               today=TODAY.get(n, {}))  # fmt: skip
+    amqp, mgmt, prom = free_broker_ports()
+    broker = Broker(name=f"qwopreal{n}", port=amqp, mgmt_port=mgmt, prom_port=prom, base=tmp / f"rmq{n}")
+    broker.start()
+    try:
+        env = make_env(cluster, broker, tmp / f"n{n}")
+        _measure(env, broker, n, bursts, idle, out)
+    except Exception as exc:  # the figures got so far stay, with what stopped the rest
+        out["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        progress(out)
+        try:
+            broker.destroy()
+        except Exception as exc:  # noqa: BLE001 - an overloaded broker may not answer its shutdown: kill it
+            print(f"broker shutdown failed ({exc}), killing it", file=sys.stderr, flush=True)
+            broker.kill9()
+            shutil.rmtree(broker.dir, ignore_errors=True)
+
+
+def _measure(env: Env, broker: Broker, n: int, bursts: int, idle: float, out: dict[str, Any]) -> None:
     names = fleet_names(n, "q")
     t = time.monotonic()
     declare_quorum_queues(env, names)
@@ -138,11 +184,13 @@ def run_size(cluster: Any, broker: Broker, tmp: Path, n: int, bursts: int) -> di
     second = None
     try:
         url = env.metrics_urls["op1"]
-        out["all_status_s"] = round(wait(lambda: not without_status(env, names), 600, "all statuses", 1.0), 1)
+        out["all_status_s"] = round(wait(lambda: not without_status(env, names), 600, "all statuses", 5.0), 1)
         out["throttled_429_startup"] = throttled(metrics(url))
+        out["load_startup"] = load()
         progress(out)
-        time.sleep(5)
-        out["idle"] = window(env, op.pid, url, WINDOW)
+        time.sleep(10)  # past the first round's status writes
+        out["idle"] = window(env, op.pid, url, idle)
+        out["idle"]["seconds"], out["idle"]["load"] = idle, load()
         # Bursts: 15 messages into one idle queue at a time -> spec.replicas >= 1 (10 per replica -> 2)
         lat: list[float] = []
         for q in random.Random(16).sample(names[100:], bursts):
@@ -153,11 +201,11 @@ def run_size(cluster: Any, broker: Broker, tmp: Path, n: int, bursts: int) -> di
             lat.append(round(time.monotonic() - b0, 2))
         out["burst_to_replicas_s"] = {"p50": pct(lat, 50), "p99": pct(lat, 99),
                                       "mean": round(statistics.mean(lat), 2), "all": lat}  # fmt: skip
-        # 100 busy queues: 300 messages each stay (no consumers): every tick sees them
+        # 100 busy queues: 50 messages each stay (no consumers): every tick sees them (5 replicas each)
         busy = names[:100]
         progress(out)
-        publish_retrying(env, {q: 300 for q in busy})
-        wait(lambda: all(deployments(env)[q][1] >= 1 for q in busy), 120, "busy scaled")
+        publish_retrying(env, {q: 50 for q in busy})
+        wait(lambda: all(d[q][1] >= 1 for d in [deployments(env)] for q in busy), 180, "busy scaled", 1.0)
         time.sleep(12)  # past the first status writes of the scale-up
         m0, (c0, _) = metrics(url), proc_usage(op.pid)
         counts = status_writes(env, WINDOW)
@@ -168,13 +216,18 @@ def run_size(cluster: Any, broker: Broker, tmp: Path, n: int, bursts: int) -> di
             "status_writes_per_s": round(writes / WINDOW, 1),
             "status_writes_per_s_per_busy_qw": round(sum(counts.get(q, 0) for q in busy) / 100 / WINDOW, 3),
             "decisions_per_qw_per_s": round((m1[TICKS] - m0[TICKS]) / n / WINDOW, 2),
+            "seconds": WINDOW,
+            "load": load(),
         }
         out["throttled_429_total_first"] = throttled(m1)
         progress(out)
         # Restart: a new operator replaces this one; no replica may change because of it (no flapping)
         for q in busy:
             env.purge(q)
-        time.sleep(6)  # the idle transition written (cooldown 60 s holds the replicas)
+        # Settled first: 5 s of stabilization takes the purged ones 5 -> 1, then the 60 s cooldown holds 1. (A
+        # restart inside those 5 s counts the policy's own scale-down as flapping: 100 "writes" in one run.)
+        wait(lambda: all(d[q][1] == 1 for d in [deployments(env)] for q in busy), 60, "busy settled at 1", 1.0)
+        time.sleep(3)  # the idle transition's status written
         held = deployments(env)
         stop(op)
         second = env.start_operator("op2")
@@ -186,39 +239,58 @@ def run_size(cluster: Any, broker: Broker, tmp: Path, n: int, bursts: int) -> di
         after = deployments(env)
         out["restart_replica_writes"] = sum(1 for k, v in held.items() if after.get(k) != v)
         out["restart_throttled_429"] = throttled(metrics(url2))
+        out["restart_rss_mib"] = round(proc_usage(second.pid)[1] / 2**20)
     finally:
         stop(op)
         if second is not None:
             stop(second)
-        drop_env(env, broker)
-    out["today"] = TODAY.get(n, {})
-    return out
+        env.cluster.kubectl("delete", "namespace", env.namespace, "--wait=false", check=False)  # the broker goes whole
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="1000,5000")
     ap.add_argument("--bursts", type=int, default=20)
+    ap.add_argument("--idle", type=float, default=30.0, help="seconds of the idle CPU/RSS window")
+    ap.add_argument("--deadline", type=int, default=3300, help="the whole run stops (and cleans up) after this")
     args = ap.parse_args()
+
+    def too_long(signum: int, frame: Any) -> None:
+        raise Deadline(f"the run passed its --deadline of {args.deadline} s")
+
+    def terminated(signum: int, frame: Any) -> None:
+        raise Deadline(f"terminated by signal {signum}")
+
+    signal.signal(signal.SIGALRM, too_long)
+    signal.signal(signal.SIGTERM, terminated)  # `kill` cleans up too: broker, control plane, operators
+    signal.alarm(args.deadline)
     tmp = Path(tempfile.mkdtemp(prefix="qw-opreal-"))
-    amqp, mgmt, prom = free_broker_ports()
-    broker = Broker(name="qwopreal", port=amqp, mgmt_port=mgmt, prom_port=prom, base=tmp / "rmq")
-    broker.start()
     cluster_dir = tmp / "k8s"
     cluster = control_plane.start(cluster_dir, control_plane.build(), die_with_parent=True)
     try:
-        results = [run_size(cluster, broker, tmp, int(n), args.bursts) for n in args.sizes.split(",")]
+        results: list[dict[str, Any]] = []
+        for n in args.sizes.split(","):
+            results.append({})
+            try:
+                run_size(cluster, tmp, int(n), args.bursts, args.idle, results[-1])
+            except Deadline as exc:  # report what there is
+                results[-1]["error"] = str(exc)
+                break
+            progress(results[-1])
         print(json.dumps({
             "bench": "the real operator process on the real control plane, N QueueWorkers on one broker",
-            "broker": "RabbitMQ 3.10, idle quorum queues, depth from its Prometheus endpoint",
+            "broker": f"RabbitMQ 3.10, idle queues (quorum up to {QUORUM_MAX}, classic above), quorum tick and "
+                      "stats every 1 s, depth from its Prometheus endpoint",
+            "cpus": os.cpu_count(),
             "polling_interval_s": 1,
             "results": results,
             "fake_kubernetes_row": "bench/results/operator.json (bench_operator.py: poller + policy, counting fake)",
         }))  # fmt: skip
         return 0
     finally:
+        signal.alarm(0)
         control_plane.stop(cluster_dir)
-        broker.destroy()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

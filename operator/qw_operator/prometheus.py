@@ -70,31 +70,53 @@ def _labels(raw: str) -> dict[str, str]:
     return {k: _UNESCAPE.sub(lambda e: "\n" if e.group(1) == "n" else e.group(1), v) for k, v in _LABEL.findall(raw)}
 
 
+_PLAIN = re.compile(r'^vhost="([^"\\]*)",queue="([^"\\]*)"$')  # the usual label set, nothing escaped
+
+
+def _key(raw: str) -> QueueKey | None:
+    """(vhost, queue) of a sample's labels; None when it has not both."""
+    m = _PLAIN.match(raw)
+    if m is not None:
+        return m.group(1), m.group(2)
+    labels = _labels(raw)
+    if "vhost" not in labels or "queue" not in labels:
+        return None
+    return labels["vhost"], labels["queue"]
+
+
 def parse_scrape(text: str) -> Scrape:
     """A /metrics/detailed answer (Prometheus text format) -> per-queue depth and counters."""
     acc: dict[QueueKey, list[int]] = {}
     published: dict[QueueKey, float] = collections.defaultdict(float)
     acked: dict[QueueKey, float] = {}
     version = node = None
+    keys: dict[str, QueueKey | None] = {}  # label sets repeat once per family: parsed once
     for line in text.splitlines():
+        if not line.startswith("rabbitmq_"):
+            continue
         m = _SAMPLE.match(line)
         if m is None:
             continue
-        name, labels = m.group(1), _labels(m.group(2))
+        name, raw = m.group(1), m.group(2)
         if name == "rabbitmq_build_info":
-            version = labels.get("rabbitmq_version")
+            version = _labels(raw).get("rabbitmq_version")
             continue
         if name == "rabbitmq_identity_info":
-            node = labels.get("rabbitmq_node")
+            node = _labels(raw).get("rabbitmq_node")
             continue
-        if "vhost" not in labels or "queue" not in labels:
+        if name not in _DEPTH and name != _PUBLISHED and name != _ACKED:
             continue
-        key = (labels["vhost"], labels["queue"])
+        if raw in keys:
+            key = keys[raw]
+        else:
+            key = keys[raw] = _key(raw)
+        if key is None:
+            continue
         if name in _DEPTH:
             acc.setdefault(key, [0, 0, 0])[_DEPTH[name]] = int(float(m.group(3)))
         elif name == _PUBLISHED:
             published[key] += float(m.group(3))  # one series per exchange that routed to the queue
-        elif name == _ACKED:
+        else:
             acked[key] = float(m.group(3))
     depth = {k: (v[0], v[1], v[2]) for k, v in acc.items()}
     return Scrape(depth, dict(published), acked, version, node)
@@ -207,6 +229,7 @@ class PrometheusReader:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self.calls = 0
         self.failed: dict[str, str] = {}  # endpoint -> error, from the last fetch
+        self._last: dict[str, tuple[str, Scrape]] = {}  # endpoint -> its last answer and its parse
 
     async def _get(self, base: str, auth: Mapping[str, str], vhost: str | None) -> Scrape:
         params = [("family", f) for f in FAMILIES]
@@ -222,7 +245,15 @@ class PrometheusReader:
                 text = await resp.text()
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise BrokerError(f"GET {base}/metrics/detailed: {type(exc).__name__}: {exc}") from exc
-        return parse_scrape(text)
+        return self.parse(base, text)
+
+    def parse(self, base: str, text: str) -> Scrape:
+        last = self._last.get(base)
+        if last is not None and last[0] == text:  # an idle broker answers the same text every tick: parsed once
+            return last[1]
+        scrape = parse_scrape(text)
+        self._last[base] = (text, scrape)
+        return scrape
 
     async def fetch_all(self, vhost: str | None = None) -> list[tuple[str, Scrape]]:
         """(endpoint, scrape) of every node that answered; BrokerError when none did. Failures of some nodes

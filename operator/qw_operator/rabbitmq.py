@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import orjson
 
 from qw_operator.endpoints import BrokerError, endpoint_list, split_credentials
 from qw_operator.prometheus import CounterRates, PrometheusReader, Scrape, merge_depth, parse_prometheus_depth
@@ -107,6 +108,7 @@ def parse_queue(item: Mapping[str, Any]) -> tuple[QueueKey, QueueMetrics | None]
 
 
 RATE_HOLD_SECONDS = 15.0
+MANAGEMENT_GRACE = 0.1  # seconds a snapshot waits for a running management read once its depth is in
 
 
 def hold_rates(
@@ -123,14 +125,22 @@ def hold_rates(
     out: dict[QueueKey, tuple[QueueMetrics, float]] = {}
     for key, m in queues.items():
         prev = previous.get(key)
-        moved = prev is None or prev[0].published != m.published or prev[0].published_at is None
-        m = dataclasses.replace(m, published_at=now if moved else prev[0].published_at)  # type: ignore[index]
-        if prev is not None and (prev[0].published, prev[0].acked) == (m.published, m.acked):
-            if now - prev[1] < RATE_HOLD_SECONDS:
-                m = dataclasses.replace(m, publish_rate=prev[0].publish_rate, ack_rate=prev[0].ack_rate)
-            out[key] = (m, prev[1])
+        if prev is None:
+            out[key] = (dataclasses.replace(m, published_at=now), now)
+            continue
+        pm, moved_at = prev
+        published_at = pm.published_at if pm.published == m.published and pm.published_at is not None else now
+        if (pm.published, pm.acked) != (m.published, m.acked):
+            out[key] = (dataclasses.replace(m, published_at=published_at), now)
+            continue
+        held = now - moved_at < RATE_HOLD_SECONDS
+        pub, ack = (pm.publish_rate, pm.ack_rate) if held else (m.publish_rate, m.ack_rate)
+        if (pm.ready, pm.unacked, pm.consumers, pm.publish_rate, pm.ack_rate, pm.published_at) == (
+            m.ready, m.unacked, m.consumers, pub, ack, published_at
+        ) and (pm.depth_source, pm.rate_source) == (m.depth_source, m.rate_source):  # fmt: skip
+            out[key] = prev  # nothing moved: the same object (an idle queue costs no new one)
         else:
-            out[key] = (m, now)
+            out[key] = (dataclasses.replace(m, publish_rate=pub, ack_rate=ack, published_at=published_at), moved_at)
     return out
 
 
@@ -156,12 +166,15 @@ class ManagementReader:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self.page_size = page_size
         self.calls = 0
+        self._pages: dict[tuple[str, int], tuple[bytes, tuple[int, list[tuple[QueueKey, QueueMetrics | None]]]]] = {}
 
     @property
     def base(self) -> str:
         return self._targets[self._current][0]
 
-    async def _page(self, path: str, page: int) -> Mapping[str, Any]:
+    async def _page(self, path: str, page: int) -> tuple[int, list[tuple[QueueKey, QueueMetrics | None]]]:
+        """(page_count, the page's queues parsed). A page whose bytes are those of its last read (an idle broker's
+        answer) is not parsed again."""
         base, auth = self._targets[self._current]
         params = {"page": str(page), "page_size": str(self.page_size), "columns": COLUMNS}
         self.calls += 1
@@ -170,23 +183,35 @@ class ManagementReader:
                 if resp.status != 200:
                     body = (await resp.text())[:200]
                     raise BrokerError(f"GET {path} page {page}: HTTP {resp.status} {body}")
-                data = await resp.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                raw = await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise BrokerError(f"GET {base}{path}: {type(exc).__name__}: {exc}") from exc
+        return self.parse_page(path, page, raw)
+
+    def parse_page(self, path: str, page: int, raw: bytes) -> tuple[int, list[tuple[QueueKey, QueueMetrics | None]]]:
+        last = self._pages.get((path, page))
+        if last is not None and last[0] == raw:
+            return last[1]
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise BrokerError(f"GET {path} page {page}: not JSON: {exc}") from exc
         if not isinstance(data, dict) or not isinstance(data.get("items"), list):
             raise BrokerError(f"GET {path}: not a paginated queue list")
-        return data
+        parsed = (int(data.get("page_count") or 0), [parse_queue(item) for item in data["items"]])
+        self._pages[(path, page)] = (raw, parsed)
+        return parsed
 
     async def _fetch_one(self, path: str) -> dict[QueueKey, QueueMetrics | None]:
         first = await self._page(path, 1)
-        page_count = int(first.get("page_count") or 0)
+        page_count = first[0]
         # The first page tells how many there are; the rest are fetched together (latency of ~one page, not N).
         rest = await asyncio.gather(*(self._page(path, p) for p in range(2, page_count + 1)))
+        for stale in [k for k in self._pages if k[0] == path and k[1] > max(page_count, 1)]:
+            del self._pages[stale]
         out: dict[QueueKey, QueueMetrics | None] = {}
-        for data in (first, *rest):
-            for item in data["items"]:
-                key, metrics = parse_queue(item)
-                out[key] = metrics
+        for _, items in (first, *rest):
+            out.update(items)
         return out
 
     async def fetch(self, vhost: str | None = None) -> dict[QueueKey, QueueMetrics | None]:
@@ -248,6 +273,9 @@ class BrokerPoller:
         self._wake = asyncio.Event()
         self.snapshot: Snapshot | None = None
         self._rates: dict[QueueKey, tuple[QueueMetrics, float]] = {}
+        self._management_task: asyncio.Task[dict[QueueKey, QueueMetrics | None] | BrokerError] | None = None
+        self._management_last: tuple[str | None, Any] | None = None  # (vhost filter, answer or BrokerError)
+        self._last: dict[QueueKey, tuple[tuple[Any, ...], QueueMetrics]] = {}  # each queue's last figures
         self._counters = CounterRates()
 
     def register(self, uid: str, vhost: str, queue: str, interval: float) -> None:
@@ -309,10 +337,25 @@ class BrokerPoller:
             except BrokerError as exc:
                 self._depth_error(exc)
                 return await self.reader.fetch(vhost), None
-        # Both at once: the tick takes as long as the slower one, not the sum.
-        got, scraped = await asyncio.gather(
-            self.reader.fetch(vhost), self.depth_reader.fetch_all(vhost), return_exceptions=True
-        )
+        # Depth from Prometheus, rates from the management API (3.x). The management API answers much slower
+        # (seconds with a thousand quorum queues on a busy broker) and its rates move once per stats emission
+        # anyway: it is read in the background, one read at a time, and a snapshot takes its latest answer
+        # instead of waiting for it; only the first snapshot waits for both.
+        task = self._management_task
+        if task is None or task.done():
+            task = self._management_task = asyncio.create_task(self._management_read(vhost), name=f"mgmt {self.name}")
+        got: Any
+        scraped: Any
+        last = self._management_last
+        if last is None or last[0] != vhost:  # no answer for this filter yet: wait for both
+            got, scraped = await asyncio.gather(
+                asyncio.shield(task), self.depth_reader.fetch_all(vhost), return_exceptions=True
+            )
+        else:
+            scraped = (await asyncio.gather(self.depth_reader.fetch_all(vhost), return_exceptions=True))[0]
+            if not task.done():  # a little longer for a fresh answer, never the management API's full latency
+                await asyncio.wait([task], timeout=MANAGEMENT_GRACE)
+            got = self._management_last[1] if self._management_last is not None else last[1]
         for res in (got, scraped):
             if isinstance(res, BaseException) and not isinstance(res, BrokerError):
                 raise res
@@ -321,9 +364,18 @@ class BrokerPoller:
             if isinstance(got, BrokerError):
                 raise BrokerError(f"management API: {got}; Prometheus endpoint: {scraped}")
         management = None if isinstance(got, BaseException) else got
-        if isinstance(got, BrokerError):
-            log.warning("broker %s: management API read failed, using the Prometheus endpoint: %s", self.name, got)
         return management, None if isinstance(scraped, BaseException) else self._depth_ok(scraped)
+
+    async def _management_read(self, vhost: str | None) -> dict[QueueKey, QueueMetrics | None] | BrokerError:
+        """One background management read; its answer (or its error, returned: a snapshot that does not wait
+        for this read never retrieves it) is what the next snapshots take."""
+        try:
+            got: dict[QueueKey, QueueMetrics | None] | BrokerError = await self.reader.fetch(vhost)
+        except BrokerError as exc:  # logged once per read, not once per snapshot that takes it
+            log.warning("broker %s: management API read failed, using the Prometheus endpoint: %s", self.name, exc)
+            got = exc
+        self._management_last = (vhost, got)
+        return got
 
     def _depth_error(self, exc: BrokerError) -> None:
         """Logged once per outage: scaling goes on from the management API's figures, a few seconds slower."""
@@ -356,6 +408,7 @@ class BrokerPoller:
         self._prometheus_complete = complete and (management is None or all(k in depth for k in management))
         queues: dict[QueueKey, QueueMetrics] = {}
         unknown: dict[QueueKey, str] = {}
+        seen: dict[QueueKey, tuple[tuple[Any, ...], QueueMetrics]] = {}
         for key in set(depth) | set(management or {}):
             held = self._rates.get(key)
             mg = held[0] if held else None
@@ -379,10 +432,13 @@ class BrokerPoller:
             published_at = self._counters.published_at.get(key) if rsrc == PROMETHEUS else None
             if rsrc == MANAGEMENT and mg is not None:
                 published_at = mg.published_at
-            queues[key] = QueueMetrics(
-                ready, unacked, consumers, pub, ack,
-                mg.published if mg else 0, mg.acked if mg else 0, dsrc, rsrc, published_at,
-            )  # fmt: skip
+            fields = (ready, unacked, consumers, pub, ack, mg.published if mg else 0, mg.acked if mg else 0, dsrc,
+                      rsrc, published_at)  # fmt: skip
+            last = self._last.get(key)
+            # Unchanged: the last snapshot's object again (the ticks compare it; an idle queue costs no new one).
+            queues[key] = last[1] if last is not None and last[0] == fields else QueueMetrics(*fields)
+            seen[key] = (fields, queues[key])
+        self._last = seen
         return queues, unknown
 
     def _why_unknown(self, key: QueueKey) -> str:
@@ -404,14 +460,25 @@ class BrokerPoller:
             return self.snapshot
 
     async def run(self) -> None:
+        """A poll every `interval` from the start of the last one (a read that takes longer than the interval is
+        followed by the next at once), not `interval` after it ended."""
+        loop = asyncio.get_running_loop()
         while True:
+            started = loop.time()
             if self._regs:
                 await self.poll_once()
             self._wake.clear()
             try:
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+                await asyncio.wait_for(self._wake.wait(), max(0.0, started + self.interval - loop.time()))
             except TimeoutError:
                 pass
+
+    async def close(self) -> None:
+        """Cancel a background management read (the operator stops)."""
+        task = self._management_task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 @dataclass
@@ -428,3 +495,5 @@ class Brokers:
         for t in self.tasks:
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        for p in self.pollers.values():
+            await p.close()

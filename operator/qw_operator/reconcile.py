@@ -15,7 +15,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +63,13 @@ class Ticker:
     # Why the target Deployment must not be scaled although it exists (a template-form QueueWorker whose
     # `<name>-worker` is not its own), or None.
     target_problem: Callable[[str], str | None] = lambda _target: None
+    # The fast path's memory (see `begin`): the last full tick's body, inputs and decision, whether that
+    # decision is one time alone cannot change, and whether its status was written as built.
+    _last_body: tuple[Any, Any, Any] | None = None
+    _last_inputs: tuple[Any, ...] | None = None
+    _last_decision: Decision | None = None
+    _timeless: bool = False
+    _settled: bool = False
 
     def __post_init__(self) -> None:
         status = dict(self.body.get("status") or {})
@@ -98,18 +105,90 @@ class Ticker:
 
     async def tick(self, snap: Snapshot | None) -> Decision | None:
         """The decision made (None: the target Deployment is missing, nothing decided)."""
+        decision, rest = self.begin(snap)
+        if rest is not None:
+            await rest
+        return decision
+
+    def begin(self, snap: Snapshot | None) -> tuple[Decision | None, Awaitable[None] | None]:
+        """The tick up to what must wait: (the decision, None) when it is done, or (the decision, the rest: the
+        replica write, then the report) when it scales. The scheduler needs no task for a tick that is done.
+
+        Fast path: when everything the tick reads is what the last tick read (the same body, target, replica
+        counts, queue figures, broker answer), its status was written as built (or needed no write), and that
+        decision cannot change with time alone (`_timeless`: idle at minReplicas, nothing pending), the decision
+        is that nothing changed and it is made without the policy, status, events or metrics; with the same
+        inputs and a policy that decides the same again, the report (status, events, metrics) is skipped."""
         now = self.clock()
-        target = target_name(self.name, self.spec)
+        spec = self.spec
+        target = target_name(self.name, spec)
         problem = self.target_problem(target)
         seen = None if problem else self.lookup(self.namespace, target)
         current = None if seen is None else self.current_replicas(seen.spec, now)
-        reading = read_queue(snap, str(self.spec.get("vhost", "/")), str(self.spec["queue"]))
+        reading = read_queue(snap, str(spec.get("vhost", "/")), str(spec["queue"]))
+        inputs = (problem, seen, current, reading.queue, reading.reachable, reading.why)
+        same = (
+            self._settled
+            and self.pending is None
+            and self._same_body()
+            and not self.rewrite
+            and inputs == self._last_inputs
+        )
+        if same and self._timeless:
+            return self._last_decision, None
         decision = None if current is None else self.decide(reading, current, now)
-        if decision is not None and decision.replicas != current:
-            await self.kube.set_replicas(self.namespace, target, decision.replicas)
-            self.pending = (decision.replicas, now + PENDING_SECONDS)
-        await self.report(reading, decision, current, target, now, problem, seen)
-        return decision
+        if decision is not None and current is not None and decision.replicas != current:
+            return decision, self._scale(reading, decision, current, target, now, problem, seen)
+        if same and decision == self._last_decision:
+            return decision, None
+        self.report(reading, decision, current, target, now, problem, seen)
+        self._remember(inputs, reading, decision, current)
+        return decision, None
+
+    def _same_body(self) -> bool:
+        """The body the last full tick read: the same object with the same spec and metadata objects (kopf
+        brings new ones with every event, also when it replaces a live body's contents)."""
+        last = self._last_body
+        return (
+            last is not None
+            and last[0] is self.body
+            and last[1] is self.body.get("spec")
+            and last[2] is self.body.get("metadata")
+        )
+
+    async def _scale(
+        self,
+        reading: Reading,
+        decision: Decision,
+        current: int,
+        target: str,
+        now: float,
+        problem: str | None,
+        seen: Replicas | None,
+    ) -> None:
+        await self.kube.set_replicas(self.namespace, target, decision.replicas)
+        self.pending = (decision.replicas, now + PENDING_SECONDS)
+        self.report(reading, decision, current, target, now, problem, seen)
+        self._last_inputs = None  # the next tick reads the replica count written: no fast path until it settles
+
+    def _remember(
+        self, inputs: tuple[Any, ...], reading: Reading, decision: Decision | None, current: int | None
+    ) -> None:
+        """What the fast path compares the next tick with."""
+        self._last_body = (self.body, self.body.get("spec"), self.body.get("metadata"))
+        self._last_inputs, self._last_decision = inputs, decision
+        q = reading.queue
+        self._timeless = (
+            decision is not None
+            and q is not None
+            and q.ready == 0
+            and q.unacked == 0
+            and not decision.active
+            and not decision.fallback
+            and decision.replicas == current == self.policy.min_replicas
+            and decision.history.consecutive_failures == 0
+            and len(decision.history.recommendations) <= 1
+        )
 
     def decide(self, reading: Reading, current: int, now: float) -> Decision:
         if self.paused:
@@ -122,7 +201,7 @@ class Ticker:
         self.history = decision.history
         return decision
 
-    async def report(
+    def report(
         self,
         reading: Reading,
         decision: Decision | None,
@@ -148,7 +227,7 @@ class Ticker:
             now=now,
             target_problem=problem,
         )
-        await self.write_status(status)
+        self.queue_status(status)
 
     def _post_events(
         self,
@@ -203,18 +282,21 @@ class Ticker:
             child = self._children[key] = metric.labels(self.namespace, self.name, *extra)
         return child
 
-    async def write_status(self, patch: dict[str, Any]) -> None:
+    def queue_status(self, patch: dict[str, Any]) -> None:
         """Queue the status patch when `should_write` says so; the tick does not wait for the write (one queued
         behind a write in flight merges with it, latest wins). A patch not written is not lost: the next one is
         built from the same in-memory history and compared with what was last written. A patch whose write failed
         (retries exhausted) goes under the next one and that one is written whatever changed, so a scale's
-        lastScaleTime is not lost with it."""
+        lastScaleTime is not lost with it. `_settled`: what was built is what was written (the fast path may
+        skip the next report)."""
         patch = {**self.unwritten, **patch}
         merged = {**self.last_status, **patch}
         now = self.clock()
         if not self.rewrite and not should_write(self.last_status, merged, now - self.last_write, self.min_interval):
+            self._settled = merged == self.last_status
             return
         self.last_status, self.last_write, self.unwritten, self.rewrite = merged, now, {}, False
+        self._settled = True
         self.kube.queue_status(self.namespace, self.name, patch).add_done_callback(
             lambda fut: self._written(patch, fut)
         )

@@ -2,8 +2,10 @@
 
 kopf's watch feeds the registry (`upsert` on every event of a QueueWorker, `remove` on its deletion; main.py), and
 one task per broker ticks every QueueWorker on that broker whose pollingInterval is due, on each fresh snapshot
-of the broker's batched read. A tick is its own task (a replica write it waits for holds up nobody else); a
-QueueWorker whose previous tick is still running is skipped for that round, never ticked twice at once. A spec
+of the broker's batched read. A tick that has nothing to wait for (almost all: nothing to scale) runs to its end
+at once, in the round's loop; one that scales goes on as its own task (a replica write it waits for holds up
+nobody else), and a QueueWorker whose previous tick is still running is skipped for that round, never ticked twice
+at once. A spec
 changed in the cluster is read at the next tick (the Ticker reads the body the last event brought).
 
 While kopf's peering pauses this operator (another one leads), the registry is emptied and nothing ticks; on
@@ -15,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,8 +136,8 @@ class Scheduler:
             if self.paused:
                 continue
             # Due within half a poll: a QueueWorker polling as often as the broker is read ticks on every read.
-            for entry in self._due(name, poller.interval / 2):
-                self._start_tick(entry, snap)
+            done = sum(self._start_tick(entry, snap) for entry in self._due(name, poller.interval / 2))
+            self.metrics.ticks.inc(done)  # the ticks that finished at once, counted together
 
     async def _unknown_broker_loop(self) -> None:
         while True:
@@ -147,12 +149,14 @@ class Scheduler:
                 if e.broker not in self.pollers and e.due <= now:
                     e.due = now + e.interval
                     t = e.ticker
-                    await t.write_status(unknown_broker_status(t.last_status.get("conditions"), e.broker, t.clock()))
+                    t.queue_status(unknown_broker_status(t.last_status.get("conditions"), e.broker, t.clock()))
 
-    def _start_tick(self, entry: Entry, snap: Snapshot | None) -> None:
+    def _start_tick(self, entry: Entry, snap: Snapshot | None) -> bool:
+        """Tick one QueueWorker: True when its tick finished at once (most do: nothing to write), else it runs on
+        as its own task (a replica write to wait for) and counts when it ends."""
         if entry.task is not None and not entry.task.done():
             self.metrics.ticks_skipped.inc()
-            return
+            return False
         now = self.clock()
         # On the interval's grid while on time; a late tick (a skipped round, a slow read) restarts the grid.
         base = now if entry.last_tick is None else entry.due
@@ -160,11 +164,21 @@ class Scheduler:
         if entry.last_tick is not None:
             self.metrics.tick_interval.observe(now - entry.last_tick)
         entry.last_tick = now
-        entry.task = asyncio.create_task(self._tick(entry.ticker, snap))
-
-    async def _tick(self, ticker: Ticker, snap: Snapshot | None) -> None:
+        ticker = entry.ticker
         try:
-            await ticker.tick(snap)
+            _, rest = ticker.begin(snap)
+        except Exception:
+            self.metrics.reconcile_errors.inc()
+            log.exception("%s/%s: tick failed", ticker.namespace, ticker.name)
+            return True
+        if rest is None:
+            return True
+        entry.task = asyncio.create_task(self._finish(ticker, rest))
+        return False
+
+    async def _finish(self, ticker: Ticker, rest: Awaitable[None]) -> None:
+        try:
+            await rest
         except asyncio.CancelledError:
             raise
         except Exception:

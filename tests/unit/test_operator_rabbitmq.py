@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -368,3 +369,66 @@ async def test_a_name_with_several_addresses_is_read_at_each() -> None:
         reader = PrometheusReader(f"http://rmq-nodes:{port}", s, resolve=resolve)
         assert await reader.fetch() == {("/", "a"): (7, 0, 0), ("/", "b"): (9, 0, 0)}
         assert reader.calls == 2
+
+
+async def test_a_slow_management_api_does_not_hold_up_the_snapshots(fake: tuple[FakeManagement, str]) -> None:
+    """3.x: depth from Prometheus, rates from the management API. When the management API takes longer than the
+    poll interval (seconds, with a thousand quorum queues on a busy broker), a snapshot after the first takes its
+    last answer and the fresh depth instead of waiting: the QueueWorkers are still decided every interval."""
+    fm, url = fake
+    fm.items = [queue_item("v1", "jobs", ready=4)]
+    depth = {"ready": 100}
+    app = web.Application()
+
+    async def metrics(_: web.Request) -> web.Response:
+        text = PROM_4X.replace("4.0.5", "3.10.8").split("rabbitmq_detailed_queue_exchange")[0]
+        return web.Response(text=text.replace('queue="jobs"} 100', f'queue="jobs"}} {depth["ready"]}'))
+
+    app.router.add_get("/metrics/detailed", metrics)
+    async with serve(app) as port, aiohttp.ClientSession() as s:
+        poller = BrokerPoller(
+            "b", ManagementReader(url, s), depth_reader=PrometheusReader(f"http://127.0.0.1:{port}", s)
+        )
+        poller.register("a", "v1", "jobs", 1.0)
+        first = await poller.poll_once()  # waits for both
+        fm.delay = 1.5
+        depth["ready"] = 7
+        t0 = time.perf_counter()
+        second = await poller.poll_once()
+        took = time.perf_counter() - t0
+        await poller.close()
+    assert first.queues[("v1", "jobs")].publish_rate == 1.5
+    jobs = second.queues[("v1", "jobs")]
+    assert took < 0.5 and (jobs.ready, jobs.publish_rate, jobs.rate_source) == (7, 1.5, "ManagementAPI")
+
+
+async def test_a_failing_background_management_read_leaves_depth_and_unknown_rates(
+    fake: tuple[FakeManagement, str],
+) -> None:
+    """The management API fails (500) after the first read: the next snapshots keep Prometheus' depth, report no
+    rate (unknown, not 0) and no error; when it answers again, its rates come back."""
+    fm, url = fake
+    fm.items = [queue_item("v1", "jobs", ready=4)]
+    app = web.Application()
+    text = PROM_4X.replace("4.0.5", "3.10.8").split("rabbitmq_detailed_queue_exchange")[0]
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(text=text)
+
+    app.router.add_get("/metrics/detailed", metrics)
+    async with serve(app) as port, aiohttp.ClientSession() as s:
+        poller = BrokerPoller(
+            "b", ManagementReader(url, s), depth_reader=PrometheusReader(f"http://127.0.0.1:{port}", s)
+        )
+        poller.register("a", "v1", "jobs", 1.0)
+        await poller.poll_once()
+        fm.status = 500
+        failing = [await poller.poll_once() for _ in range(3)]
+        fm.status = 200
+        await poller.poll_once()  # starts the read that answers again
+        await asyncio.sleep(0.2)
+        back = await poller.poll_once()
+        await poller.close()
+    jobs = failing[-1].queues[("v1", "jobs")]
+    assert failing[-1].error is None and (jobs.ready, jobs.publish_rate, jobs.rate_source) == (100, None, None)
+    assert back.queues[("v1", "jobs")].publish_rate == 1.5

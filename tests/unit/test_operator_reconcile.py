@@ -449,3 +449,104 @@ async def test_a_status_write_that_failed_is_made_by_the_next_tick() -> None:
     assert len(kube.status_patches) == 1 and kube.status_patches[0]["desiredReplicas"] == 5
     # and the scale of the failed tick is reported, not lost with its write
     assert kube.status_patches[0]["lastScaleReason"] == "ScaleUp: backlog 45 / 10 per replica -> 5"
+
+
+# -- the fast path: an unchanged tick skips the policy or the report, never a change ---------------------------
+
+
+def idle(seq: int, fetched_at: float, publish_rate: float = 0.0, published_at: float | None = 900.0) -> Snapshot:
+    """An empty queue, the same figures every snapshot (as the poller hands them: one QueueMetrics object)."""
+    return Snapshot(seq, fetched_at, {("/", "jobs"): IDLE if publish_rate == 0.0 and published_at == 900.0 else
+                                      QueueMetrics(0, 0, 0, publish_rate, 0.0, published_at=published_at)})  # fmt: skip
+
+
+IDLE = QueueMetrics(0, 0, 0, 0.0, 0.0, published_at=900.0)
+
+
+async def test_an_unchanged_idle_queueworker_is_decided_every_tick_and_written_once() -> None:
+    t, kube, clock = make(replicas=0)
+    decisions = []
+    for i in range(30):
+        clock[0] += 1
+        decisions.append(await t.tick(idle(i + 1, clock[0])))
+    assert all(d is not None and d.replicas == 0 for d in decisions)  # a decision every tick: nothing changed
+    assert len(kube.status_patches) == 1 and kube.replica_patches == []
+
+
+async def test_the_cooldown_expires_on_time_with_unchanged_readings() -> None:
+    """Idle at 1 replica (minReplicas 0), cooldown 60 s from lastActiveTime 1000: the same reading every second
+    must still scale to 0 at 1060, not later."""
+    status = {"history": {"lastActiveTime": 1000.0, "recommendations": [{"time": 990.0, "replicas": 1}]}}
+    t, kube, clock = make({"status": status}, replicas=1)
+    scaled_at = None
+    for i in range(70):
+        clock[0] += 1
+        await t.tick(idle(i + 1, clock[0]))
+        if kube.replica_patches and scaled_at is None:
+            scaled_at = clock[0]
+    assert kube.replica_patches == [("dep", 0)] and scaled_at == 1060.0
+
+
+async def test_a_stale_publish_rate_stops_being_activity_on_time() -> None:
+    """The broker holds a publish rate of 5/s after the publishing stopped (its counter last grew at 1001): the
+    same figures every snapshot, but the rate ages; after 2 s (2 x pollingInterval, at least 2 s) the queue is
+    idle and the Active condition says so at that tick."""
+    t, kube, clock = make(replicas=0)
+    q = QueueMetrics(0, 0, 0, 5.0, 0.0, published_at=1001.0)
+    actives = []
+    for i in range(6):
+        clock[0] += 1
+        await t.tick(Snapshot(i + 1, clock[0], {("/", "jobs"): q}))
+        active = next(c for c in t.last_status["conditions"] if c["type"] == "Active")
+        actives.append((clock[0], active["status"]))
+    assert actives == [(1001.0, "True"), (1002.0, "True"), (1003.0, "True"), (1004.0, "False"), (1005.0, "False"),
+                       (1006.0, "False")]  # fmt: skip
+
+
+async def test_a_spec_or_annotation_change_is_acted_on_at_the_next_tick(no_events: list[tuple[str, str]]) -> None:
+    t, kube, clock = make(replicas=0)
+    for i in range(3):
+        clock[0] += 1
+        await t.tick(idle(i + 1, clock[0]))
+    # A new body (kopf brings one per event): minReplicas 2 -> scaled at the next tick
+    t.body = {**t.body, "spec": {**t.body["spec"], "minReplicas": 2}}
+    clock[0] += 1
+    await t.tick(idle(4, clock[0]))
+    assert kube.replica_patches == [("dep", 2)]
+    # Paused by annotation (the Deployment now at 2): the status says so at the next tick
+    t.lookup = lambda ns, name: Replicas(2, 2, 2)
+    for i in range(3):
+        clock[0] += 1
+        await t.tick(idle(5 + i, clock[0]))
+    t.body = {**t.body, "metadata": {**t.body["metadata"], "annotations": {"queueworker.dev/paused": "true"}}}
+    clock[0] += 1
+    await t.tick(idle(9, clock[0]))
+    assert t.last_status["reason"].startswith("Paused")
+
+
+async def test_a_deployment_scaled_by_hand_is_seen_and_acted_on_at_the_next_tick() -> None:
+    observed = {"spec": 0}
+    t, kube, clock = make(replicas=0)
+    t.lookup = lambda ns, name: Replicas(observed["spec"], observed["spec"], observed["spec"])
+    for i in range(5):
+        clock[0] += 1
+        await t.tick(idle(i + 1, clock[0]))
+    writes = len(kube.status_patches)
+    observed["spec"] = 3  # kubectl scale --replicas 3
+    clock[0] += 1
+    await t.tick(idle(6, clock[0]))
+    # The status shows the 3 running, and the policy acts on them (idle, never active: straight to 0)
+    assert len(kube.status_patches) == writes + 1 and kube.status_patches[-1]["replicas"] == 3
+    assert kube.replica_patches == [("dep", 0)]
+
+
+async def test_a_failed_status_write_is_retried_although_nothing_changed() -> None:
+    t, kube, clock = make(replicas=0)
+    kube.refuse = ApiException(status=500)
+    clock[0] += 1
+    await t.tick(idle(1, clock[0]))
+    await asyncio.sleep(0)
+    kube.refuse = None
+    clock[0] += 1
+    await t.tick(idle(2, clock[0]))
+    assert len(kube.status_patches) == 1 and kube.status_patches[0]["desiredReplicas"] == 0

@@ -64,13 +64,13 @@ async def sched() -> AsyncIterator[tuple[Scheduler, BrokerPoller, list[float], d
 
     def make(b: Any) -> Ticker:
         t = Ticker("ns", b["metadata"]["name"], b, kube, metrics, lambda ns, dep: Replicas(0, 0, 0))  # type: ignore[arg-type]
-        real = t.tick
+        real = t.begin
 
-        async def counted(snap: Any) -> Any:
+        def counted(snap: Any) -> Any:
             ticked[t.name] = ticked.get(t.name, 0) + 1
-            return await real(snap)
+            return real(snap)
 
-        t.tick = counted  # type: ignore[method-assign]
+        t.begin = counted  # type: ignore[method-assign]
         return t
 
     s = Scheduler({"default": poller}, make, metrics, 5.0, clock=lambda: clock[0])
@@ -137,3 +137,20 @@ async def test_nothing_ticks_while_paused_and_an_unknown_broker_is_reported(sche
     await asyncio.sleep(1.2)  # the unknown-broker round runs every second
     cond = entry.ticker.last_status["conditions"][0]
     assert (cond["reason"], cond["message"]) == ("UnknownBroker", "broker 'eu' is not configured in the operator")
+
+
+async def test_idle_rounds_count_every_decision_and_write_nothing(sched: Any) -> None:
+    """An idle QueueWorker is still decided once per round (ticks_total, tick_interval), with no status write
+    and no task of its own."""
+    s, poller, clock, ticked = sched
+    for n in "abc":
+        s.upsert(f"uid-{n}", body(n, n))
+    await poll(poller, clock)
+    kube = s.entries["uid-a"].ticker.kube
+    writes = len(kube.statuses)
+    for _ in range(5):
+        await poll(poller, clock)
+    value = s.metrics.registry.get_sample_value
+    assert value("queueworker_operator_ticks_total") == 18 and ticked == {"a": 6, "b": 6, "c": 6}
+    assert value("queueworker_operator_tick_interval_seconds_count") == 15
+    assert len(kube.statuses) == writes and all(e.task is None for e in s.entries.values())
