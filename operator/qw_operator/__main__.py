@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         peering_name=peering or None,
         priority=priority,
         liveness_endpoint=f"http://{cfg.health_host}:{cfg.health_port}/healthz",
+        memo=kopf.Memo(namespaces=namespaces, clusterwide=args.all_namespaces),  # what main.startup watches
     )
     return 0
 

@@ -15,8 +15,8 @@ from qw_core.settings import OperatorSettings
 
 from qw_operator import reconcile
 from qw_operator.crd import GROUP, PLURAL, VERSION
+from qw_operator.deployments import DeploymentView
 from qw_operator.metrics import OperatorMetrics, process_registry
-from qw_operator.observe import Replicas
 from qw_operator.pause import follow_peering
 from qw_operator.rabbitmq import BrokerPoller, Brokers, ManagementReader, PrometheusReader
 from qw_operator.scaler import Kube, TemplateRefused, check_template, not_owned_reason, owned_deployment
@@ -90,47 +90,26 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
         on_throttled=metrics.kube_throttled.inc,
         writers=cfg.kube_writers,
     )
-    # Every QueueWorker is ticked by one scheduler, fed by kopf's watch (`track` below); the Deployment indexes
-    # are live views kopf keeps current, handed to startup handlers too.
+    # Every Deployment of the watched namespaces, from a list + watch of our own (deployments.py: kopf's indexes
+    # made a start-up at 5,000 QueueWorkers quadratic); nothing is ticked or decided before its first list.
+    namespaces = None if memo.get("clusterwide") else list(memo.get("namespaces") or [cfg.namespace])
+    memo.deployments = DeploymentView(api_client, namespaces, cfg.watch_server_timeout, cfg.watch_client_timeout)
+    memo.deployments.start()
+    # Every QueueWorker is ticked by one scheduler, fed by kopf's watch (`track` below).
     memo.scheduler = Scheduler(
-        pollers, _ticker_factory(memo, kwargs["deployment_replicas"], kwargs["deployment_controllers"]), metrics,
-        cfg.default_interval,
-    )  # fmt: skip
+        pollers, _ticker_factory(memo, memo.deployments), metrics, cfg.default_interval, ready=memo.deployments.synced
+    )
     follow_peering(memo.scheduler.pause)
     log.info("operator started: brokers %s; depth from Prometheus endpoints for %s", sorted(pollers), sorted(prom))
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    memo.deployments.stop()
     await memo.scheduler.stop()
     await memo.kube.statuses.stop()
     await memo.brokers.stop()
     await memo.session.close()
-
-
-@kopf.index("apps", "v1", "deployments")
-def deployment_replicas(
-    namespace: str | None, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any
-) -> dict[tuple[str | None, str], Replicas]:
-    """spec.replicas and the observed (status) replicas of every Deployment in the watched namespaces, from the
-    one watch kopf keeps: ticks read this, never the API (the index is updated on every event, status ones too)."""
-    replicas = spec.get("replicas")
-    wanted = 1 if replicas is None else int(replicas)
-    current, ready = int(status.get("replicas") or 0), int(status.get("readyReplicas") or 0)
-    return {(namespace, name): Replicas(wanted, current, ready)}
-
-
-@kopf.index("apps", "v1", "deployments")
-def deployment_controllers(
-    namespace: str | None, name: str, meta: kopf.Meta, **_: Any
-) -> dict[tuple[str | None, str], str]:
-    """The uid of every Deployment's controller ("" for none): the operator scales and rewrites only its own."""
-    refs = meta.get("ownerReferences") or []
-    return {(namespace, name): next((str(r.get("uid")) for r in refs if r.get("controller")), "")}
-
-
-def _first(index: Any, key: tuple[str | None, str]) -> Any:
-    return next(iter(index.get(key, [])), None)
 
 
 @kopf.on.resume(*RESOURCE, field="spec.template", value=kopf.PRESENT)
@@ -144,7 +123,7 @@ async def ensure_worker_deployment(
     body: kopf.Body,
     memo: kopf.Memo,
     logger: kopf.Logger,
-    **kw: Any,
+    **_: Any,
 ) -> None:
     """Create or update the owned worker Deployment; refuse a template that runs as a ServiceAccount not allowed
     (Event TemplateRefused), and a Deployment of that name someone else controls (never adopted, never rewritten;
@@ -156,11 +135,12 @@ async def ensure_worker_deployment(
         raise kopf.PermanentError(str(exc)) from None
     wanted = owned_deployment(name, str(namespace), uid, spec["template"], int(spec.get("minReplicas", 0)))
     dep = wanted["metadata"]["name"]
-    controller = _first(kw["deployment_controllers"], (namespace, dep))
+    await memo.deployments.synced.wait()
+    controller = memo.deployments.controller_for(str(namespace), dep)
     if controller is not None and (why := not_owned_reason(controller or None, uid)):
         raise kopf.PermanentError(f"Deployment {dep} {why}")
     what = await memo.kube.ensure_deployment(wanted, update=controller is not None)
-    if what == "exists":  # created by someone since the index last saw it: look again once the index has it
+    if what == "exists":  # created by someone since the view last saw it: look again once the view has it
         raise kopf.TemporaryError(f"Deployment {dep} appeared meanwhile; checking who controls it", delay=2)
     logger.info(f"Deployment {dep} {what}")
 
@@ -179,13 +159,8 @@ async def track(type: str | None, uid: str, body: kopf.Body, memo: kopf.Memo, **
         memo.scheduler.upsert(uid, body)
 
 
-def _ticker_factory(
-    memo: kopf.Memo,
-    deployment_replicas: kopf.Index[tuple[str | None, str], Replicas],
-    controllers: kopf.Index[tuple[str | None, str], str],
-) -> Any:
-    def lookup(ns: str, dep: str) -> Replicas | None:
-        return _first(deployment_replicas, (ns, dep))
+def _ticker_factory(memo: kopf.Memo, view: DeploymentView) -> Any:
+    lookup = view.replicas_for
 
     def make(body: kopf.Body) -> reconcile.Ticker:
         namespace, name, uid = str(body["metadata"]["namespace"]), body["metadata"]["name"], body["metadata"]["uid"]
@@ -193,7 +168,7 @@ def _ticker_factory(
 
         def target_problem(dep: str) -> str | None:
             """A template-form QueueWorker scales only the Deployment it controls."""
-            controller = _first(controllers, (namespace, dep))
+            controller = view.controller_for(namespace, dep)
             if "template" not in ticker.spec or controller is None:
                 return None
             return not_owned_reason(controller or None, uid)

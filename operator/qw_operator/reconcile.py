@@ -3,7 +3,7 @@ replicas only on change) -> report (events, metrics, and the status `status.buil
 it changed).
 
 `Ticker` holds what one QueueWorker carries between ticks (history from its status at start, the last status it
-wrote and when, a replica count it just wrote that the Deployment index may not show yet). The history is kept
+wrote and when, a replica count it just wrote that the Deployment view may not show yet). The history is kept
 here between status writes: a busy queue's churn (depth, rates, lastActiveTime) is written at most every
 `min_interval` seconds, a change a user must see (`status.visible`) at once. The scheduler (schedule.py) calls
 `tick` with each fresh snapshot of the broker's batched read; a status write is queued, not waited for.
@@ -38,7 +38,7 @@ from qw_operator.status import (
 log = logging.getLogger(__name__)
 
 ReplicaLookup = Callable[[str, str], "Replicas | None"]
-PENDING_SECONDS = 15.0  # trust our own write over a lagging Deployment index for this long
+PENDING_SECONDS = 15.0  # trust our own write over a lagging Deployment view for this long
 
 
 @dataclass

@@ -5,8 +5,8 @@ one task per broker ticks every QueueWorker on that broker whose pollingInterval
 of the broker's batched read. A tick that has nothing to wait for (almost all: nothing to scale) runs to its end
 at once, in the round's loop; one that scales goes on as its own task (a replica write it waits for holds up
 nobody else), and a QueueWorker whose previous tick is still running is skipped for that round, never ticked twice
-at once. A spec
-changed in the cluster is read at the next tick (the Ticker reads the body the last event brought).
+at once. A spec changed in the cluster is read at the next tick (the Ticker reads the body the last event brought).
+Nothing ticks before the operator's view of the Deployments (deployments.py) has listed them all (`ready`).
 
 While kopf's peering pauses this operator (another one leads), the registry is emptied and nothing ticks; on
 resume kopf lists every QueueWorker again and they register afresh, with the history their status carries.
@@ -54,6 +54,7 @@ class Scheduler:
     clock: Callable[[], float] = time.monotonic
     entries: dict[str, Entry] = field(default_factory=dict)
     paused: bool = False
+    ready: asyncio.Event | None = None  # set once the Deployments are listed: nothing ticks before
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _registered: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -122,7 +123,12 @@ class Scheduler:
         now = self.clock()
         return [e for e in self.entries.values() if e.broker == broker and e.due <= now + slack]
 
+    async def _wait_ready(self) -> None:
+        if self.ready is not None:
+            await self.ready.wait()
+
     async def _broker_loop(self, name: str, poller: BrokerPoller) -> None:
+        await self._wait_ready()
         seq = 0
         while True:
             if not poller.registered:
@@ -140,6 +146,7 @@ class Scheduler:
             self.metrics.ticks.inc(done)  # the ticks that finished at once, counted together
 
     async def _unknown_broker_loop(self) -> None:
+        await self._wait_ready()
         while True:
             await asyncio.sleep(1.0)
             if self.paused:
