@@ -14,6 +14,7 @@ busy machine disturbs least), and of its open-loop p99 at half the round's no-op
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import signal
 import statistics
@@ -58,7 +59,8 @@ def main() -> int:
     a = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped: still remove the checkouts (finally below)
     broker = Broker()
-    broker.start()
+    if broker.start():  # a node this run started stops with it; one already running is left
+        atexit.register(broker.stop)
     rows: dict[str, list[dict[str, float]]] = {rev: [] for rev in a.revs}
     with tempfile.TemporaryDirectory(prefix="qw-ab-") as d:
         tmp = Path(d)

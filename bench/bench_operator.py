@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import json
 import os
 import sys
@@ -156,7 +157,8 @@ async def run_size(broker: Broker, n: int, ticks: int) -> dict[str, Any]:
 
 async def main_async(sizes: list[int], ticks: int) -> dict[str, Any]:
     broker = Broker()
-    broker.start()
+    if broker.start():  # a node this run started stops with it; one already running is left
+        atexit.register(broker.stop)
     # The Tickers post kopf events on scale; outside an operator there is no event queue, so count nothing.
     kopf.info = lambda *a, **k: None  # type: ignore[assignment]
     kopf.warn = lambda *a, **k: None  # type: ignore[assignment]

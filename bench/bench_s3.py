@@ -17,6 +17,7 @@ Prints one JSON object.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import statistics
 import sys
@@ -148,7 +149,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2)
     a = ap.parse_args()
     broker = Broker()
-    broker.start()
+    if broker.start():  # a node this run started stops with it; one already running is left
+        atexit.register(broker.stop)
     with tempfile.TemporaryDirectory(prefix="qw-bench-s3-") as d:
         tmp = Path(d)
         server = Seaweed(tmp / "seaweed", bucket="bench")

@@ -16,6 +16,7 @@ Prints one JSON object.
 from __future__ import annotations
 
 import argparse
+import atexit
 import io
 import json
 import subprocess
@@ -165,7 +166,8 @@ def run(parallel: int) -> dict[str, Any]:
         tmp = Path(d)
         formats = per_format(samples, pixels, tmp)
         broker = Broker()
-        broker.start()
+        if broker.start():  # a node this run started stops with it; one already running is left
+            atexit.register(broker.stop)
         api = {
             f"{'full_decode' if old else 'check'}{'' if budgets else '_no_budgets'}": api_run(
                 broker, tmp, samples["PNG"], parallel, old, budgets

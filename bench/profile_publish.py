@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import json
 import shutil
 import subprocess
@@ -64,7 +65,8 @@ def main() -> int:
     out = a.out or Path(tempfile.mkdtemp(prefix="qw-profile-"))
     out.mkdir(parents=True, exist_ok=True)
     broker = Broker()
-    broker.start()
+    if broker.start():  # a node this run started stops with it; one already running is left
+        atexit.register(broker.stop)
     vhost, url = _vhost(broker)
     port = free_port()
     env = {

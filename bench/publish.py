@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import json
 import os
 import subprocess
@@ -204,7 +205,8 @@ ALL = ("api", "api_2", "seed", "sync", "broker")
 
 def run(tmp: Path, seconds: float = 10, only: tuple[str, ...] = ALL) -> dict[str, Any]:
     broker = Broker()
-    broker.start()
+    if broker.start():  # a node this run started stops with it; one already running is left
+        atexit.register(broker.stop)
     # On a shared machine the load says how far the absolute figures are from what it allows (ratios travel)
     out: dict[str, Any] = {"benchmark": "publish", "seconds": seconds, "load_average_1m_at_start": os.getloadavg()[0]}
     out["noop_endpoint"] = noop = bench_noop(seconds)  # first: its rate sets the pace offered to the others
