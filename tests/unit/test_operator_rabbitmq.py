@@ -314,17 +314,25 @@ async def test_4x_depth_and_rates_from_prometheus_then_the_management_api_is_not
         assert third.queues == {} and "without depth" in third.unknown[("v1", "jobs")]
 
 
-async def test_3x_depth_from_prometheus_rates_from_the_management_api(fake: tuple[FakeManagement, str]) -> None:
-    fm, url = fake
-    fm.items = [queue_item("v1", "jobs", ready=4)]
+# A 3.x rabbitmq_prometheus page: the 4.x one with its version changed and without the exchange counters 3.x lacks
+PROM_3X = PROM_4X.replace("4.0.5", "3.10.8").split("rabbitmq_detailed_queue_exchange")[0]
+
+
+def _prometheus_3x(text: str) -> web.Application:
+    """An endpoint serving `text` at /metrics/detailed."""
     app = web.Application()
-    text = PROM_4X.replace("4.0.5", "3.10.8").split("rabbitmq_detailed_queue_exchange")[0]
 
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(text=text)
 
     app.router.add_get("/metrics/detailed", metrics)
-    async with serve(app) as port, aiohttp.ClientSession() as s:
+    return app
+
+
+async def test_3x_depth_from_prometheus_rates_from_the_management_api(fake: tuple[FakeManagement, str]) -> None:
+    fm, url = fake
+    fm.items = [queue_item("v1", "jobs", ready=4)]
+    async with serve(_prometheus_3x(PROM_3X)) as port, aiohttp.ClientSession() as s:
         poller = BrokerPoller(
             "b", ManagementReader(url, s), depth_reader=PrometheusReader(f"http://127.0.0.1:{port}", s)
         )
@@ -381,8 +389,7 @@ async def test_a_slow_management_api_does_not_hold_up_the_snapshots(fake: tuple[
     app = web.Application()
 
     async def metrics(_: web.Request) -> web.Response:
-        text = PROM_4X.replace("4.0.5", "3.10.8").split("rabbitmq_detailed_queue_exchange")[0]
-        return web.Response(text=text.replace('queue="jobs"} 100', f'queue="jobs"}} {depth["ready"]}'))
+        return web.Response(text=PROM_3X.replace('queue="jobs"} 100', f'queue="jobs"}} {depth["ready"]}'))
 
     app.router.add_get("/metrics/detailed", metrics)
     async with serve(app) as port, aiohttp.ClientSession() as s:
@@ -409,14 +416,7 @@ async def test_a_failing_background_management_read_leaves_depth_and_unknown_rat
     rate (unknown, not 0) and no error; when it answers again, its rates come back."""
     fm, url = fake
     fm.items = [queue_item("v1", "jobs", ready=4)]
-    app = web.Application()
-    text = PROM_4X.replace("4.0.5", "3.10.8").split("rabbitmq_detailed_queue_exchange")[0]
-
-    async def metrics(_: web.Request) -> web.Response:
-        return web.Response(text=text)
-
-    app.router.add_get("/metrics/detailed", metrics)
-    async with serve(app) as port, aiohttp.ClientSession() as s:
+    async with serve(_prometheus_3x(PROM_3X)) as port, aiohttp.ClientSession() as s:
         poller = BrokerPoller(
             "b", ManagementReader(url, s), depth_reader=PrometheusReader(f"http://127.0.0.1:{port}", s)
         )
