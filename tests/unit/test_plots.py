@@ -4,6 +4,7 @@ series, every series can be told apart in grey-scale, and the PNG has the size t
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -118,6 +119,19 @@ def test_results_json_keeps_series_on_one_line_and_reads_back_equal(replay_json)
     assert json.loads(text) == replay_json
     backlog = replay_json["timelines"]["burst"]["runs"][0]["backlog"]
     assert f'"backlog": {json.dumps(backlog)},' in [line.strip() for line in text.splitlines()]
+
+
+def test_a_figure_that_could_not_be_measured_is_null_and_every_saved_result_is_strict_json() -> None:
+    """A percentile of no samples is NaN in Python; JSON has no NaN, and strict readers (jq, browsers) refuse it."""
+    text = dumps({"p99_ms": float("nan"), "rows": [{"max": float("inf")}], "series": [1.5, float("-inf")]})
+    assert json.loads(text, parse_constant=refuse) == {"p99_ms": None, "rows": [{"max": None}], "series": [1.5, None]}
+    results = Path(__file__).parents[2] / "bench" / "results"
+    for path in sorted(results.glob("*.json")):
+        json.loads(path.read_text(), parse_constant=refuse)  # raises on NaN / Infinity
+
+
+def refuse(constant: str) -> None:
+    raise ValueError(f"not JSON: {constant}")
 
 
 def test_png_size_refuses_a_file_that_is_not_a_png(tmp_path) -> None:
