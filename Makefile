@@ -54,7 +54,7 @@ rabbitmq4-root: deps  # RabbitMQ 4.x for the broker matrix: a Debian trixie root
 	python3 scripts/rabbitmq.py prepare --version 4
 
 test: deps cluster-bin rabbitmq4-root
-	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest -p no:cacheprovider --durations=30 $(PYTEST_ARGS)
 
 test-unit: venv  # pure tests: no Debian package
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

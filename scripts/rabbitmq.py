@@ -275,10 +275,13 @@ class Broker:
         """Stop the node if this script started it; leave anything else alone."""
         if not self.ours():
             return
-        if self.running():
-            self.ctl("shutdown", timeout=timeout)
         pid = self._pid()
         deadline = time.monotonic() + timeout
+        if self.running():
+            try:
+                self.ctl("shutdown", timeout=timeout)
+            except subprocess.TimeoutExpired:  # a node that does not answer still goes: SIGKILL below
+                pass
         while self.running() and time.monotonic() < deadline:
             time.sleep(0.2)
         if pid and self.running():
