@@ -2,10 +2,12 @@
 
 The claim row (shop_confirmations) and the send share one transaction, committed as soon as the server has
 accepted the message and before QUIT. A run killed before that commit leaves no claim (the database rolls it
-back) and the server, which never got the end of the message or answered it, delivers nothing: the redelivered
-task sends it. A second run after the commit finds the claim and sends nothing. What is left is the instant
-between the server's "250 accepted" and our COMMIT reaching the database: a kill exactly then sends it twice.
-Receivers can spot that repeat by its Message-ID, the same for every send of one order.
+back); a server that never got the end of the message delivers nothing, and the redelivered task sends it. A
+second run after the commit finds the claim and sends nothing. What is left is the time between the end of the
+message reaching the server and our COMMIT reaching the database — the server's answer to it (milliseconds, or as
+long as a slow relay takes) plus the commit: a server keeps a message it got whole even when the sender dies
+before the "250", so a kill then sends it twice. No order of claim and send closes that gap (SMTP has no
+two-phase commit); receivers can drop the repeat by its Message-ID, the same for every send of one order.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 real worker processes (`python -m qw_workers` with QW_APP=shop.tasks), one confirmation worker SIGKILLed mid-run.
 
 Real RabbitMQ, real PostgreSQL (queueworker's store and the shop's tables), the real SMTP server. What a shop
-relies on: every order emailed exactly once (mails counted at the SMTP server per order id), its stock taken
-once, its sale recorded once, every task succeeded once, although the killed worker's tasks ran again.
+relies on: every order emailed once (mails counted at the SMTP server per order id; the one repeat SMTP allows is
+bounded and checked below), its stock taken once, its sale recorded once, every task succeeded once, although the
+killed worker's tasks ran again.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def test_500_orders_each_emailed_reserved_and_recorded_once_with_a_worker_killed
             placing.start()
             wait_for("100 confirmations sent", lambda: len(smtp.accepted) >= 100, 60, 0.02)
             victim.signal(signal.SIGKILL)  # mid-run: tasks in hand and prefetched go back to the queue
-            killed_at = len(smtp.accepted)
+            killed_time, killed_at = time.time(), len(smtp.accepted)
             with running_worker("confirmation", {**env, "QW_METRICS_PORT": free_port()}, logs):  # its replacement
                 placing.join(90)
                 assert [a.status_code for a in answers] == [201] * ORDERS, [a.text for a in answers[:3]]
@@ -90,7 +91,18 @@ def test_500_orders_each_emailed_reserved_and_recorded_once_with_a_worker_killed
             elapsed = time.monotonic() - started
 
     mails = mails_per_order(smtp)
-    assert set(mails) == set(ids) and set(mails.values()) == {1}, mails.most_common(3)
+    assert set(mails) == set(ids), set(ids) - set(mails)  # every order emailed
+    # Once each, but for the one window examples/shop/mail.py (and its README) names: the dead worker had sent the
+    # whole mail and the server accepted it, but the worker died before its claim's COMMIT (while the relay took its
+    # 10 ms to answer). The victim runs one task at a time, so at most one order, twice: its first copy's data reached
+    # the server before the kill, the second after; both carry the order's Message-ID.
+    repeated = {o: n for o, n in mails.items() if n > 1}
+    assert len(repeated) <= 1 and set(repeated.values()) <= {2}, mails.most_common(3)
+    for order_id in repeated:
+        sent = zip(smtp.received_at, smtp.messages(), strict=True)
+        copies = [(at, m) for at, m in sent if m["X-Shop-Order-Id"] == order_id]
+        (first, a), (second, b) = copies
+        assert first <= killed_time < second and a["Message-ID"] == b["Message-ID"], (first, killed_time, second)
     wanted: collections.Counter[str] = collections.Counter()
     for i in range(ORDERS):
         for item in order(i)["items"]:
@@ -105,7 +117,10 @@ def test_500_orders_each_emailed_reserved_and_recorded_once_with_a_worker_killed
     # The kill mattered: the broker redelivered the confirmations the dead worker held.
     stats = broker.api(f"/api/queues/{urllib.parse.quote(vhost, safe='')}/qw.confirmation")["message_stats"]
     store.close()
-    print(f"shop: {ORDERS} orders in {elapsed:.1f}s, killed after {killed_at} mails, redelivered {stats['redeliver']}")
+    print(
+        f"shop: {ORDERS} orders in {elapsed:.1f}s, killed after {killed_at} mails, redelivered {stats['redeliver']}, "
+        f"sent twice in the data-to-COMMIT window: {len(repeated)}"
+    )
     assert stats["redeliver"] >= 1, stats
 
 

@@ -36,6 +36,7 @@ class Recorder:
         self.rcpt_reply = rcpt_reply
         self.accepted: list[tuple[str, list[str], bytes]] = []
         self.accepted_at: list[float] = []  # time.time() of each accepted message, in order
+        self.received_at: list[float] = []  # ... and of the end of its data reaching the server, before `delay`
         self.data_attempts = 0
         self._lock = threading.Lock()
 
@@ -45,6 +46,7 @@ class Recorder:
         return self.rcpt_reply
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        received = time.time()
         if self.delay:
             await asyncio.sleep(self.delay)
         with self._lock:
@@ -53,6 +55,7 @@ class Recorder:
             if reply.startswith("250"):
                 self.accepted.append((envelope.mail_from, list(envelope.rcpt_tos), bytes(envelope.original_content)))
                 self.accepted_at.append(time.time())
+                self.received_at.append(received)
         return reply
 
     def messages(self) -> list[EmailMessage]:
