@@ -118,9 +118,12 @@ class CommonSettings(BaseSettings):
     # log in from localhost only). The operator reads the management API and never opens AMQP.
     _broker_urls_used: tuple[str, ...] = ("rabbitmq_url",)
 
+    def broker_urls_used(self) -> tuple[str, ...]:
+        return self._broker_urls_used
+
     @model_validator(mode="after")
     def _no_default_credentials_in_prod(self) -> CommonSettings:
-        for field in self._broker_urls_used if self.env == "prod" else ():
+        for field in self.broker_urls_used() if self.env == "prod" else ():
             if "guest:guest@" in getattr(self, field).get_secret_value():
                 raise ValueError(f"QW_{field.upper()} uses the guest account; set real credentials in prod")
         return self
@@ -275,6 +278,10 @@ class JanitorSettings(CommonSettings):
     pending_timeout_seconds: float = Field(default=600, ge=60)
     janitor_batch_size: int = Field(default=500, ge=1, le=10_000)
     janitor_interval_seconds: float = Field(default=60, gt=0)
+
+    def broker_urls_used(self) -> tuple[str, ...]:
+        # The broker only carries the janitor's change events: without them it opens no connection.
+        return self._broker_urls_used if self.publish_events else ()
 
 
 class ClientSettings(CommonSettings):

@@ -414,6 +414,26 @@ def test_the_janitor_is_a_cronjob_that_never_overlaps_and_mounts_the_storage() -
     assert not any(o["kind"] == "CronJob" for o in render(MINIMAL, sets=("janitor.enabled=false",)))
 
 
+def test_every_pod_of_the_release_can_be_placed_and_the_janitor_goes_where_the_workers_go(tmp_path) -> None:
+    """A cluster whose only usable nodes are tainted and labelled: every pod the release creates (the CronJob's too)
+    must carry the placement, or one lands where it cannot run. The janitor takes the workers' unless it has its own."""
+    toleration = {"key": "dedicated", "operator": "Equal", "value": "qw", "effect": "NoSchedule"}
+    placement = {"nodeSelector": {"pool": "qw"}, "tolerations": [toleration]}
+    values = tmp_path / "placed.yaml"
+    values.write_text(yaml.safe_dump({"operator": placement, "api": placement, "workers": placement}))
+    specs = dict(pod_specs(render(MINIMAL, values)))
+    assert any(name.startswith("CronJob/") for name in specs), specs.keys()
+    unplaced = [n for n, spec in specs.items() if (spec.get("nodeSelector"), spec.get("tolerations")) !=
+                ({"pool": "qw"}, [toleration])]  # fmt: skip
+    assert not unplaced, unplaced
+    own = {"janitor": {"nodeSelector": {"pool": "batch"}, "affinity": {"nodeAffinity": {}}}}
+    (tmp_path / "own.yaml").write_text(yaml.safe_dump(own))
+    [cron] = [o for o in render(MINIMAL, values, tmp_path / "own.yaml") if o["kind"] == "CronJob"]
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    placed = (pod["nodeSelector"], pod["tolerations"], pod["affinity"])
+    assert placed == ({"pool": "batch"}, [toleration], own["janitor"]["affinity"])
+
+
 # --- queue bounds --------------------------------------------------------------------------------------------
 
 

@@ -186,14 +186,18 @@ def ctr(node: real_node.RealNode, *args: str) -> None:
 
 
 def write_figures(figures: dict[str, Any]) -> None:
-    """Merged into bench/results/real-node.json: other suites' keys stay."""
+    """Merged into bench/results/real-node.json: other suites' keys stay, and so do figures this run did not measure
+    (a focused run, `-k janitor`, replaces only its own)."""
     figures["measured"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     print("\nhelm/manifests on the real node:", json.dumps(figures, indent=2))
     try:
         data = json.loads(RESULTS.read_text())
     except (OSError, ValueError):
         data = {}
-    data["helm_and_manifests"] = figures
+    kept = data.get("helm_and_manifests", {})
+    for k, v in figures.items():
+        kept[k] = {**kept[k], **v} if isinstance(v, dict) and isinstance(kept.get(k), dict) else v
+    data["helm_and_manifests"] = kept
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(data, indent=2) + "\n")
 

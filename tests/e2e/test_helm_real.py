@@ -415,6 +415,35 @@ class TestHelmRelease:
         assert not [p for p in s.pods(f"app.kubernetes.io/instance={RELEASE}") if any(
             "persistentVolumeClaim" in v for v in p["spec"].get("volumes", []))]  # fmt: skip
 
+    def test_the_janitor_runs_on_the_real_node_and_removes_ended_uploads(
+        self, release: Stack, s3_on_host: Seaweed
+    ) -> None:
+        """The chart's CronJob, run now (`kubectl create job --from=cronjob/...`): placed like the workers (the
+        release sets no janitor placement of its own), it reaches the database and the bucket from a pod and
+        removes the upload of a task that ended."""
+        s = release
+        status = image_roundtrip(api_client(s, f"{FULLNAME}-api"), 60)
+        uploads = f"{S3_PREFIX}/uploads/"
+        assert bucket_keys(s3_on_host, uploads), "the ended task's upload was gone before the janitor ran"
+        job = f"janitor-now-{secrets.token_hex(3)}"
+        t = time.monotonic()
+        s.kubectl("-n", NAMESPACE, "create", "job", job, f"--from=cronjob/{FULLNAME}-janitor")
+        done = wait_for(f"job {job} to finish", lambda: (j := s.get("job", job)).get("status", {}).get("conditions")
+                        and j, 120, lambda: pod_state(s))  # fmt: skip
+        conditions = {c["type"]: c["status"] for c in done["status"]["conditions"]}
+        pods = s.get("pods", "-l", f"job-name={job}")["items"]
+
+        def run(p: dict[str, Any]) -> tuple[str, str, str]:
+            log = s.kubectl("-n", NAMESPACE, "logs", p["metadata"]["name"], "--tail", "20", check=False).stdout
+            return p["spec"].get("nodeName"), p["status"].get("phase"), log
+
+        runs = {p["metadata"]["name"]: run(p) for p in pods}
+        assert conditions.get("Complete") == "True" and len(pods) == 1, (conditions, runs)
+        assert pods[0]["spec"]["nodeName"] == real_node.NODE_NAME, runs
+        s.figures["helm"]["janitor_job_s"] = round(time.monotonic() - t, 1)
+        assert bucket_keys(s3_on_host, uploads) == [], f"task {status['task_id']} ended; its upload stayed"
+        s.kubectl("-n", NAMESPACE, "delete", "job", job, "--wait=false")
+
     def test_a_users_kinds_run_from_their_image_and_scale_from_their_queues(self, release: Stack) -> None:
         """examples/shop's inventory (one replica kept warm, as shipped) and analytics (none while its queue is
         empty) kinds, from the shop's image: SHOP_ORDERS orders' tasks enqueued with the SDK's Client from the

@@ -57,6 +57,23 @@ def test_the_operator_in_prod_needs_no_amqp_url_but_a_real_management_account(mo
         OperatorSettings()
 
 
+def test_the_janitor_in_prod_needs_a_real_amqp_account_only_when_it_publishes_its_changes(monkeypatch):
+    """The chart's janitor CronJob (QW_ENV=prod) failed every run on the guest default of QW_RABBITMQ_URL: it
+    publishes the changes it makes to qw.events, so the chart gives it the broker's Secret; with
+    QW_PUBLISH_EVENTS=false it opens no connection and needs none."""
+    from qw_core.settings import JanitorSettings
+
+    monkeypatch.setenv("QW_ENV", "prod")
+    monkeypatch.delenv("QW_RABBITMQ_URL", raising=False)
+    with pytest.raises(ValidationError, match="QW_RABBITMQ_URL uses the guest account"):
+        JanitorSettings()
+    monkeypatch.setenv("QW_PUBLISH_EVENTS", "false")
+    assert JanitorSettings().publish_events is False
+    monkeypatch.setenv("QW_PUBLISH_EVENTS", "true")
+    monkeypatch.setenv("QW_RABBITMQ_URL", "amqp://qw:s3cret-long@rabbit:5672/%2F")
+    assert JanitorSettings().publish_events is True
+
+
 def test_a_validation_error_never_echoes_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     """A model-level check sees every setting at once; its error must not print them (passwords, API keys)."""
     monkeypatch.setenv("QW_ENV", "prod")
