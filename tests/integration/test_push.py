@@ -81,6 +81,17 @@ def test_every_change_of_every_task_arrives_once_and_in_order_under_load(push_ri
     assert globex.statuses() == []
 
 
+def test_a_reconnecting_tenant_stream_is_told_to_read_again(push_settings):
+    """A browser's EventSource reconnects by itself (after the stream's lifetime, a dropped connection) and sends
+    the last `id` it saw. The tenant stream keeps no history, so the reconnect starts with `resync`: the page reads
+    again what changed while it was away. A first connection does not."""
+    with running_api(push_settings) as (base, _app):
+        with sse(base, "/v1/events", **{"Last-Event-ID": "7"}) as again, sse(base, "/v1/events") as fresh:
+            wait_for("both subscribed, the reconnect told to resync", lambda: fresh.comments and again.frames, 10)
+            assert [(f.event, f.data) for f in again.frames] == [("resync", "{}")]
+            assert fresh.frames == []
+
+
 def test_a_task_stream_sends_the_stored_state_then_each_change_and_resumes_with_last_event_id(push_rig):
     base = push_rig
     with client(base) as http:

@@ -178,11 +178,20 @@ async def _polled(
 
 
 @router.get("/events", responses={200: {"content": {"text/event-stream": {}}}, **problems(401, 429, 503)})
-async def tenant_events(tenant: TenantDep, services: ServicesDep, request: Request, kind: KindQuery = None):
+async def tenant_events(
+    tenant: TenantDep,
+    services: ServicesDep,
+    request: Request,
+    kind: KindQuery = None,
+    last_event_id: Annotated[
+        str | None, Header(description="Sent by a reconnecting EventSource: the stream starts with `resync`.")
+    ] = None,
+):
     """Server-sent events for every task of the tenant (or of one `kind`): a `status` event per change, as it
     happens (no stored state first: read a task with GET /v1/tasks/{id}). `event: resync` means changes may have
-    been missed (the server lost the broker): read again what matters. `event: overflow` ends a stream that fell
-    too far behind. Needs QW_EVENTS_PUSH (503 without)."""
+    been missed: the server lost the broker, or this is a reconnect (a `Last-Event-ID` header, which a browser's
+    EventSource sends by itself: what changed while it was away was not kept for it). Read again what matters.
+    `event: overflow` ends a stream that fell too far behind. Needs QW_EVENTS_PUSH (503 without)."""
     if not services.settings.events_push:
         raise HTTPException(503, "tenant-wide events need QW_EVENTS_PUSH=true; follow a task's /events instead")
     release = open_stream(services, tenant)
@@ -193,6 +202,8 @@ async def tenant_events(tenant: TenantDep, services: ServicesDep, request: Reque
         try:
             await services.hub.bound(tenant)
             yield ": subscribed\n\n"
+            if last_event_id is not None:
+                yield "event: resync\ndata: {}\n\n"
             async for item in tenant_items(services, sub, request.is_disconnected):
                 if item is None:
                     yield KEEPALIVE
