@@ -4,7 +4,7 @@ PY ?= .venv/bin/python
 VENV_STAMP := .venv/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help venv deps deps-dev deps-images rabbitmq4-root dev demo test test-unit test-integration lint fmt bench soak clean services-up services-down
+.PHONY: help venv deps deps-dev deps-images rabbitmq4-root dev demo test test-unit test-integration lint fmt bench soak manifests crd clean services-up services-down
 
 help:
 	@echo "make dev    - broker, API, SMTP sink and image/email workers scaled with their queues (none while"
@@ -81,6 +81,9 @@ bench: deps cluster-bin
 SOAK_TASKS ?= 10000
 soak: deps cluster-bin
 	QW_CLOSED_LOOP_TASKS=$(SOAK_TASKS) QW_CLOSED_LOOP_FIXED=1 $(PY) -m pytest -p no:cacheprovider -s tests/e2e/test_closed_loop.py
+
+manifests: cluster-bin  # manifests/api.yaml and janitor.yaml rendered from the chart (scripts/manifests.py)
+	$(PY) scripts/manifests.py
 
 crd: venv  # manifests/crd.yaml is generated from qw_operator.crd; the chart keeps a checked copy
 	$(PY) -m qw_operator.crd > manifests/crd.yaml
