@@ -28,21 +28,25 @@ HEADER = (
 )
 
 
-def helm_binary() -> str:
+# Helm's own cache and config, away from the user's (the chart tests use the same).
+HELM_ENV = {"HELM_CACHE_HOME": "/tmp/qw-helm/cache", "HELM_CONFIG_HOME": "/tmp/qw-helm/config"}
+
+
+def helm_binary() -> str | None:
+    """The helm `make cluster-bin` builds into .cluster/bin, else one on PATH."""
     local = ROOT / ".cluster" / "bin" / "helm"
-    found = str(local) if local.exists() else shutil.which("helm")
-    if found is None:
-        raise SystemExit("helm not found: `make cluster-bin` builds it into .cluster/bin")
-    return found
+    return str(local) if local.exists() else shutil.which("helm")
 
 
 def render(templates: tuple[str, ...]) -> str:
     """The file's text: the header, then `helm template` of those templates."""
-    args = [helm_binary(), "template", "queueworker", str(CHART), "--namespace", "default", "-f", str(VALUES)]
+    binary = helm_binary()
+    if binary is None:
+        raise SystemExit("helm not found: `make cluster-bin` builds it into .cluster/bin")
+    args = [binary, "template", "queueworker", str(CHART), "--namespace", "default", "-f", str(VALUES)]
     for t in templates:
         args += ["-s", t]
-    env = {**os.environ, "HELM_CACHE_HOME": "/tmp/qw-helm/cache", "HELM_CONFIG_HOME": "/tmp/qw-helm/config"}
-    out = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
+    out = subprocess.run(args, capture_output=True, text=True, env={**os.environ, **HELM_ENV}, timeout=120)
     if out.returncode != 0:
         raise SystemExit(f"helm template failed:\n{out.stderr}")
     return HEADER + out.stdout

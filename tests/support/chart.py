@@ -4,13 +4,14 @@ what it produced: objects, pod specs (also the QueueWorkers' pod templates) and 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from manifests import HELM_ENV, helm_binary  # scripts/manifests.py (on sys.path: tests/conftest.py)
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "queueworker"
@@ -19,19 +20,11 @@ CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 MINIMAL = CHART / "ci" / "minimal-values.yaml"
 
 
-def helm_binary() -> str | None:
-    local = ROOT / ".cluster" / "bin" / "helm"
-    if local.exists():
-        return str(local)
-    return shutil.which("helm")
-
-
 def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     binary = helm_binary()
     if binary is None:
         raise FileNotFoundError("helm not found: `make cluster-bin` builds it into .cluster/bin")
-    env = {**os.environ, "HELM_CACHE_HOME": "/tmp/qw-helm/cache", "HELM_CONFIG_HOME": "/tmp/qw-helm/config"}
-    proc = subprocess.run([binary, *args], capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run([binary, *args], capture_output=True, text=True, env={**os.environ, **HELM_ENV}, timeout=120)
     if check and proc.returncode != 0:
         raise AssertionError(f"helm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}{proc.stdout}")
     return proc
