@@ -26,9 +26,11 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -150,6 +152,47 @@ def window(env: Env, pid: int, url: str, seconds: float) -> dict[str, Any]:
     }
 
 
+TIMING = re.compile(r"(\S+)/(\S+): scale timing: read began ([\d.]+) and took ([\d.]+)s, decided ([\d.]+)s after it, "
+                    r"written ([\d.]+)s after that")  # fmt: skip
+
+
+def burst_stages(log: str, namespace: str, published: dict[str, float]) -> dict[str, Any]:
+    """Where each burst's time went, from the operator's own `scale timing` line of its first scale-up of that
+    queue: publish -> the start of the read that showed it (the broker's emission and the wait for the next
+    read), the read, read -> decision (the round's ticks before it), and the replica write. p50/p99 each."""
+    stages: dict[str, list[float]] = {"to_read_start": [], "read": [], "to_decision": [], "write": [], "total": []}
+    seen: set[str] = set()
+    for m in TIMING.finditer(log):
+        ns, q, began, read, decided, written = m.groups()
+        if ns != namespace or q not in published or q in seen:
+            continue
+        seen.add(q)
+        parts = [float(began) - published[q], float(read), float(decided), float(written)]
+        for key, v in zip(("to_read_start", "read", "to_decision", "write"), parts, strict=True):
+            stages[key].append(v)
+        stages["total"].append(sum(parts))
+    return {k: {"p50": round(pct(v, 50), 3), "p99": round(pct(v, 99), 3)} for k, v in stages.items() if v} | {
+        "bursts_timed": len(seen)
+    }
+
+
+PROFILE = os.environ.get("QW_BENCH_PROFILE_DIR", "")  # set: py-spy samples the operator's start-up into it
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds so far of each named process, and of the whole machine ("machine", from /proc/stat)."""
+    got = {}
+    for name, pid in pids.items():
+        try:
+            got[name] = proc_usage(pid)[0]
+        except OSError:
+            continue
+    ticks = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    idle = int(ticks[3]) + int(ticks[4])  # idle + iowait
+    got["machine"] = (sum(int(t) for t in ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+    return got
+
+
 def run_size(cluster: Any, tmp: Path, n: int, bursts: int, idle: float, out: dict[str, Any]) -> None:
     """Fills `out` (the caller keeps it: a deadline keeps what was measured). A broker of its own per size: the
     last size's thousand quorum queues take the broker minutes to delete."""
@@ -184,7 +227,16 @@ def _measure(env: Env, broker: Broker, n: int, bursts: int, idle: float, out: di
     second = None
     try:
         url = env.metrics_urls["op1"]
+        pids = {**control_plane._running(env.cluster.dir), "broker": broker._pid() or 0, "operator": op.pid}  # noqa: SLF001
+        cpu0, t0 = cpu_seconds(pids), time.monotonic()
+        if PROFILE:  # where the operator's start-up CPU goes: py-spy's collapsed stacks, the first 90 s
+            spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+            subprocess.Popen([spy, "record", "--pid", str(op.pid), "--rate", "100", "--format", "raw", "--nonblocking",
+                              "--duration", "90", "--output", f"{PROFILE}/startup-{n}.txt"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         out["all_status_s"] = round(wait(lambda: not without_status(env, names), 600, "all statuses", 5.0), 1)
+        elapsed = time.monotonic() - t0
+        out["startup_cores"] = {k: round((v - cpu0.get(k, 0.0)) / elapsed, 2) for k, v in cpu_seconds(pids).items()}
         out["throttled_429_startup"] = throttled(metrics(url))
         out["load_startup"] = load()
         progress(out)
@@ -193,14 +245,16 @@ def _measure(env: Env, broker: Broker, n: int, bursts: int, idle: float, out: di
         out["idle"]["seconds"], out["idle"]["load"] = idle, load()
         # Bursts: 15 messages into one idle queue at a time -> spec.replicas >= 1 (10 per replica -> 2)
         lat: list[float] = []
+        published: dict[str, float] = {}
         for q in random.Random(16).sample(names[100:], bursts):
             publish_retrying(env, {q: 15})
-            b0 = time.monotonic()
+            b0, published[q] = time.monotonic(), time.time()
             wait(lambda q=q: (env.apps.read_namespaced_deployment(q, env.namespace).spec.replicas or 0) >= 1, 60,
                  "burst", 0.02)  # fmt: skip
             lat.append(round(time.monotonic() - b0, 2))
         out["burst_to_replicas_s"] = {"p50": pct(lat, 50), "p99": pct(lat, 99),
                                       "mean": round(statistics.mean(lat), 2), "all": lat}  # fmt: skip
+        out["burst_stages_s"] = burst_stages(env.log("op1"), env.namespace, published)
         # 100 busy queues: 50 messages each stay (no consumers): every tick sees them (5 replicas each)
         busy = names[:100]
         progress(out)

@@ -86,6 +86,8 @@ class Snapshot:
     error: str | None = None
     calls: int = 0  # HTTP requests this poll took (pages and endpoints)
     unknown: Mapping[QueueKey, str] = field(default_factory=dict)  # listed by the broker without depth: why
+    read_seconds: float = 0.0  # how long the read took (it began at fetched_at - read_seconds)
+    changed: frozenset[QueueKey] = frozenset()  # queues whose figures differ from the last snapshot's
 
 
 def parse_queue(item: Mapping[str, Any]) -> tuple[QueueKey, QueueMetrics | None]:
@@ -275,6 +277,7 @@ class BrokerPoller:
         self._rates: dict[QueueKey, tuple[QueueMetrics, float]] = {}
         self._management_task: asyncio.Task[dict[QueueKey, QueueMetrics | None] | BrokerError] | None = None
         self._management_last: tuple[str | None, Any] | None = None  # (vhost filter, answer or BrokerError)
+        self._management_next = 0.0  # clock() before which no new management read starts
         self._last: dict[QueueKey, tuple[tuple[Any, ...], QueueMetrics]] = {}  # each queue's last figures
         self._counters = CounterRates()
 
@@ -312,8 +315,9 @@ class BrokerPoller:
             vhost = self._vhost_filter()
             management, scrapes = await self._read(vhost)
             now = self._clock()
-            queues, unknown = self._combine(management, scrapes, now, vhost)
-            snap = Snapshot(seq, now, queues, None, self.calls - before, unknown)
+            queues, unknown, changed = self._combine(management, scrapes, now, vhost)
+            read = time.perf_counter() - started
+            snap = Snapshot(seq, now, queues, None, self.calls - before, unknown, read, changed)
         except BrokerError as exc:
             error = exc
             snap = Snapshot(seq, self._clock(), {}, str(exc), self.calls - before)
@@ -342,12 +346,13 @@ class BrokerPoller:
         # anyway: it is read in the background, one read at a time, and a snapshot takes its latest answer
         # instead of waiting for it; only the first snapshot waits for both.
         task = self._management_task
-        if task is None or task.done():
+        last = self._management_last
+        fresh = last is None or last[0] != vhost  # no answer for this filter yet
+        if task is None or (task.done() and (fresh or self._clock() >= self._management_next)):
             task = self._management_task = asyncio.create_task(self._management_read(vhost), name=f"mgmt {self.name}")
         got: Any
         scraped: Any
-        last = self._management_last
-        if last is None or last[0] != vhost:  # no answer for this filter yet: wait for both
+        if fresh:  # no answer for this filter yet: wait for both
             got, scraped = await asyncio.gather(
                 asyncio.shield(task), self.depth_reader.fetch_all(vhost), return_exceptions=True
             )
@@ -355,6 +360,7 @@ class BrokerPoller:
             scraped = (await asyncio.gather(self.depth_reader.fetch_all(vhost), return_exceptions=True))[0]
             if not task.done():  # a little longer for a fresh answer, never the management API's full latency
                 await asyncio.wait([task], timeout=MANAGEMENT_GRACE)
+            assert last is not None  # not fresh
             got = self._management_last[1] if self._management_last is not None else last[1]
         for res in (got, scraped):
             if isinstance(res, BaseException) and not isinstance(res, BrokerError):
@@ -369,12 +375,19 @@ class BrokerPoller:
     async def _management_read(self, vhost: str | None) -> dict[QueueKey, QueueMetrics | None] | BrokerError:
         """One background management read; its answer (or its error, returned: a snapshot that does not wait
         for this read never retrieves it) is what the next snapshots take."""
+        started, t0 = self._clock(), time.perf_counter()
         try:
             got: dict[QueueKey, QueueMetrics | None] | BrokerError = await self.reader.fetch(vhost)
         except BrokerError as exc:  # logged once per read, not once per snapshot that takes it
             log.warning("broker %s: management API read failed, using the Prometheus endpoint: %s", self.name, exc)
             got = exc
         self._management_last = (vhost, got)
+        # The next read starts one interval after this one started, and never before the broker had as long idle
+        # as this read took: at thousands of queues a read takes seconds of the broker's CPU (pages of 500 queues
+        # at 0.3-1 s each at 5,000), and back to back they slowed the Prometheus reads every scale-up waits for.
+        # The rates it brings move once per stats emission and are held anyway (RATE_HOLD_SECONDS).
+        took = time.perf_counter() - t0
+        self._management_next = started + max(self.interval, 2 * took)
         return got
 
     def _depth_error(self, exc: BrokerError) -> None:
@@ -396,7 +409,7 @@ class BrokerPoller:
         scrapes: list[tuple[str, Scrape]] | None,
         now: float,
         vhost: str | None = None,
-    ) -> tuple[dict[QueueKey, QueueMetrics], dict[QueueKey, str]]:
+    ) -> tuple[dict[QueueKey, QueueMetrics], dict[QueueKey, str], frozenset[QueueKey]]:
         """Per queue: depth from Prometheus, else the management API; rates from Prometheus counters, else the
         management API; neither -> unknown (with the reason), never zero."""
         with_depth = {k: m for k, m in (management or {}).items() if m is not None}
@@ -409,6 +422,7 @@ class BrokerPoller:
         queues: dict[QueueKey, QueueMetrics] = {}
         unknown: dict[QueueKey, str] = {}
         seen: dict[QueueKey, tuple[tuple[Any, ...], QueueMetrics]] = {}
+        changed: list[QueueKey] = []
         for key in set(depth) | set(management or {}):
             held = self._rates.get(key)
             mg = held[0] if held else None
@@ -436,10 +450,14 @@ class BrokerPoller:
                       rsrc, published_at)  # fmt: skip
             last = self._last.get(key)
             # Unchanged: the last snapshot's object again (the ticks compare it; an idle queue costs no new one).
-            queues[key] = last[1] if last is not None and last[0] == fields else QueueMetrics(*fields)
+            if last is not None and last[0] == fields:
+                queues[key] = last[1]
+            else:
+                queues[key] = QueueMetrics(*fields)
+                changed.append(key)
             seen[key] = (fields, queues[key])
         self._last = seen
-        return queues, unknown
+        return queues, unknown, frozenset(changed)
 
     def _why_unknown(self, key: QueueKey) -> str:
         if self.depth_reader is None:

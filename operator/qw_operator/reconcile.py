@@ -138,7 +138,7 @@ class Ticker:
             return self._last_decision, None
         decision = None if current is None else self.decide(reading, current, now)
         if decision is not None and current is not None and decision.replicas != current:
-            return decision, self._scale(reading, decision, current, target, now, problem, seen)
+            return decision, self._scale(reading, decision, current, target, now, problem, seen, snap)
         if same and decision == self._last_decision:
             return decision, None
         self.report(reading, decision, current, target, now, problem, seen)
@@ -165,10 +165,16 @@ class Ticker:
         now: float,
         problem: str | None,
         seen: Replicas | None,
+        snap: Snapshot | None = None,
     ) -> None:
         await self.kube.set_replicas(self.namespace, target, decision.replicas)
         self.pending = (decision.replicas, now + PENDING_SECONDS)
         self.report(reading, decision, current, target, now, problem, seen)
+        if snap is not None:  # where a scale's time went: the read, the wait for the tick, the replica write
+            read = snap.read_seconds
+            log.info("%s/%s: scale timing: read began %.3f and took %.3fs, decided %.3fs after it, written %.3fs "
+                     "after that", self.namespace, self.name, snap.fetched_at - read, read, now - snap.fetched_at,
+                     self.clock() - now)  # fmt: skip
         self._last_inputs = None  # the next tick reads the replica count written: no fast path until it settles
 
     def _remember(

@@ -25,7 +25,7 @@ from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
 from qw_operator.crd import GROUP, PLURAL, VERSION
-from qw_operator.writes import SCALE, STATUS, TEMPLATE, StatusQueue, TokenBucket
+from qw_operator.writes import SCALE, STATUS, TEMPLATE, Slots, StatusQueue, TokenBucket
 
 NAME_LABEL = f"{GROUP}/queueworker"
 log = logging.getLogger(__name__)
@@ -138,6 +138,7 @@ class Kube:
         self.statuses = StatusQueue(self.patch_status)
         # Threads of their own: queued writes never hold up the broker read's DNS lookups (the default executor).
         self._threads = ThreadPoolExecutor(max(1, writers), thread_name_prefix="kube-write")
+        self.slots = Slots(writers)  # one write per thread in flight: priority holds up to the apiserver
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     async def _write(self, call: Callable[..., Any], *args: Any, priority: int = STATUS) -> Any:
@@ -145,10 +146,8 @@ class Kube:
         not written is taken back by its Ticker and written by a later tick)."""
         delay = self.backoff
         for attempt in range(1, self.attempts + 1):
-            await self.bucket.acquire(priority)
-            self.calls += 1
             try:
-                return await self._in_thread(call, *args)
+                return await self._send(priority, call, *args)
             except ApiException as exc:
                 if exc.status == 429:
                     self.on_throttled()
@@ -162,6 +161,16 @@ class Kube:
                 await self.sleep(wait)
                 delay = min(self.max_backoff, 2 * delay)
         raise AssertionError("unreachable")
+
+    async def _send(self, priority: int, call: Callable[..., Any], *args: Any) -> Any:
+        """One call: a writer slot, then a token (each by priority), then the call on a writer thread."""
+        await self.slots.acquire(priority)
+        try:
+            await self.bucket.acquire(priority)
+            self.calls += 1
+            return await self._in_thread(call, *args)
+        finally:
+            self.slots.release()
 
     async def _in_thread(self, call: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._threads, functools.partial(call, *args))
@@ -179,10 +188,8 @@ class Kube:
         up to date; replicas stay the operator's. "exists": not known to be ours yet, left alone."""
         ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
         if not update:
-            await self.bucket.acquire(TEMPLATE)
-            self.calls += 1
             try:
-                await self._in_thread(self.apps.create_namespaced_deployment, ns, body)
+                await self._send(TEMPLATE, self.apps.create_namespaced_deployment, ns, body)
                 return "created"
             except ApiException as exc:
                 if exc.status == 429:

@@ -8,8 +8,14 @@ nobody else), and a QueueWorker whose previous tick is still running is skipped 
 at once. A spec changed in the cluster is read at the next tick (the Ticker reads the body the last event brought).
 Nothing ticks before the operator's view of the Deployments (deployments.py) has listed them all (`ready`).
 
+The registry does not wait for kopf to hand it the QueueWorkers one by one: at start (and on resume) the scheduler
+LISTs them all itself (`lister`, one request, raw JSON) and registers every one at once. kopf delivered them at
+about 300 a second and slowing, each with its own handler call, so at 5,000 the last was ticked about 170 s after
+start; the list takes 1-2 s. kopf's events still come and bring each object's newer bodies; a body older than
+the one registered (a resourceVersion below it) is ignored.
+
 While kopf's peering pauses this operator (another one leads), the registry is emptied and nothing ticks; on
-resume kopf lists every QueueWorker again and they register afresh, with the history their status carries.
+resume they are listed again and register afresh, with the history their status carries.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from qw_operator.status import unknown_broker_status
 log = logging.getLogger(__name__)
 
 MakeTicker = Callable[[Any], Ticker]  # a QueueWorker's body -> its Ticker
+Lister = Callable[[], Awaitable[list[Any]]]  # every watched QueueWorker's body, from one LIST
 
 
 @dataclass
@@ -39,10 +46,27 @@ class Entry:
     due: float = 0.0  # monotonic time of the next tick
     last_tick: float | None = None
     task: asyncio.Task[None] | None = None
+    queue: tuple[str, str] = ("", "")  # (vhost, queue) it reads
 
 
 def _broker(spec: Mapping[str, Any]) -> str:
     return str(spec.get("broker", "default"))
+
+
+def _version(body: Any) -> int | None:
+    """The body's resourceVersion as a number (etcd's revision), None when it has none or it is not a number."""
+    try:
+        return int((body.get("metadata") or {}).get("resourceVersion") or "")
+    except (TypeError, ValueError):
+        return None
+
+
+def older(body: Any, than: Any) -> bool:
+    """`body` is an earlier state of the object than `than` (both have numeric resourceVersions). The API calls
+    resourceVersions opaque; every apiserver backed by etcd gives revisions that grow, and when one is not a
+    number nothing is called older (the newest arrival wins, as before)."""
+    a, b = _version(body), _version(than)
+    return a is not None and b is not None and a < b
 
 
 @dataclass
@@ -55,8 +79,11 @@ class Scheduler:
     entries: dict[str, Entry] = field(default_factory=dict)
     paused: bool = False
     ready: asyncio.Event | None = None  # set once the Deployments are listed: nothing ticks before
+    lister: Lister | None = None  # lists every QueueWorker at start and on resume (None: kopf's events only)
+    listed: asyncio.Event = field(default_factory=asyncio.Event)  # the last list is registered
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _registered: asyncio.Event = field(default_factory=asyncio.Event)
+    _removed: set[str] | None = None  # uids deleted while a list is in flight (its answer may still hold them)
 
     # -- the registry, fed by kopf's watch --------------------------------------------------------------------
 
@@ -69,6 +96,8 @@ class Scheduler:
             entry = Entry(self.make_ticker(body), "", 0.0)
             self.entries[uid] = entry
             self.metrics.queueworkers.set(len(self.entries))
+        elif older(body, entry.ticker.body):
+            return  # kopf delivering what the scheduler's own list already brought newer
         else:
             entry.ticker.body = body
         self._register(uid, entry)
@@ -80,11 +109,14 @@ class Scheduler:
         if broker != entry.broker and entry.broker in self.pollers:
             self.pollers[entry.broker].unregister(uid)
         entry.broker, entry.interval = broker, interval
+        entry.queue = (str(spec.get("vhost", "/")), str(spec["queue"]))
         if broker in self.pollers:
             self.pollers[broker].register(uid, str(spec.get("vhost", "/")), str(spec["queue"]), interval)
 
     def remove(self, uid: str) -> None:
         """A QueueWorker deleted: no more ticks (one running finishes), its metrics series go."""
+        if self._removed is not None:
+            self._removed.add(uid)
         entry = self.entries.pop(uid, None)
         if entry is None:
             return
@@ -101,6 +133,8 @@ class Scheduler:
         if paused:
             for uid in list(self.entries):
                 self.remove(uid)
+        elif self.started:
+            self._tasks.append(asyncio.create_task(self._list(), name="list QueueWorkers"))
         log.info("scheduler %s", "paused: another operator leads" if paused else "resumed")
 
     # -- ticking ----------------------------------------------------------------------------------------------
@@ -112,6 +146,37 @@ class Scheduler:
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._broker_loop(n, p), name=f"ticks {n}") for n, p in self.pollers.items()]
         self._tasks.append(asyncio.create_task(self._unknown_broker_loop(), name="ticks of unknown brokers"))
+        self._tasks.append(asyncio.create_task(self._list(), name="list QueueWorkers"))
+
+    async def _list(self) -> None:
+        """Register every QueueWorker from one LIST; a failed list is tried again (kopf's events go on meanwhile,
+        so nothing is lost while it fails, only slower)."""
+        if self.lister is None:
+            self.listed.set()
+            return
+        delay = 1.0
+        while True:
+            started = time.perf_counter()
+            self._removed = set()
+            try:
+                bodies = await self.lister()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - an apiserver away: try again, kopf's watch feeds meanwhile
+                log.warning("listing QueueWorkers failed (%s); again in %.0fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(30.0, 2 * delay)
+                continue
+            removed, self._removed = self._removed, None
+            if self.paused:
+                return  # paused while listing: the resume lists again
+            for b in bodies:
+                uid = str(b["metadata"]["uid"])
+                if uid not in removed:  # deleted after the list was answered: kopf's DELETED came first
+                    self.upsert(uid, b)
+            log.info("%d QueueWorkers listed and registered in %.1fs", len(bodies), time.perf_counter() - started)
+            self.listed.set()
+            return
 
     async def stop(self) -> None:
         running = [e.task for e in self.entries.values() if e.task is not None]
@@ -142,7 +207,13 @@ class Scheduler:
             if self.paused:
                 continue
             # Due within half a poll: a QueueWorker polling as often as the broker is read ticks on every read.
-            done = sum(self._start_tick(entry, snap) for entry in self._due(name, poller.interval / 2))
+            # Those whose queue changed first: at thousands, the round's unchanged ones (each a fast-path tick)
+            # would otherwise delay a burst's scale-up by up to the whole round.
+            due = self._due(name, poller.interval / 2)
+            changed = snap.changed if snap is not None else frozenset()
+            if changed:
+                due.sort(key=lambda e: e.queue not in changed)
+            done = sum(self._start_tick(entry, snap) for entry in due)
             self.metrics.ticks.inc(done)  # the ticks that finished at once, counted together
 
     async def _unknown_broker_loop(self) -> None:

@@ -6,6 +6,9 @@ Every write (a replica patch, a status patch, the owned Deployment) takes a toke
 reaches the apiserver at a pace it accepts instead of as one burst it answers with 429s. Waiters are served by
 priority: a replica change (users wait for it) before a status write, before a Deployment template write.
 
+`Slots` keeps at most one write per writer thread in flight, so a token always means a write about to be sent
+(not one queued behind thousands in the threads' queue), and priority holds all the way to the apiserver.
+
 `StatusQueue` keeps at most one status write per QueueWorker in flight and one pending behind it: a newer patch
 for the same object merges over the pending one (latest wins), so a QueueWorker ticking while its write waits
 for a token costs one write, not one per tick, and writes of one object never overtake each other.
@@ -68,6 +71,45 @@ class TokenBucket:
             if not fut.done():  # a cancelled waiter takes no token
                 self._tokens -= 1
                 fut.set_result(None)
+
+
+class Slots:
+    """At most `n` writes in flight (one per writer thread); waiters served by priority, like the bucket's.
+
+    Without it a token let a write into the writer threads' FIFO queue: when the apiserver answered slower than
+    QW_KUBE_QPS (a start-up at 5,000 QueueWorkers: ~70 status writes/s), thousands of status writes queued
+    there and a replica change that took its token first still waited behind all of them (24 s measured). A write
+    takes a slot first, then its token, and gives the slot back when its call returns."""
+
+    def __init__(self, n: int) -> None:
+        self.free = max(1, n)
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    async def acquire(self, priority: int = STATUS) -> None:
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (priority, next(self._seq), fut))
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():  # handed a slot, then cancelled: pass it on
+                self.release()
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            _, _, fut = heapq.heappop(self._waiters)
+            if not fut.done():  # a cancelled waiter takes no slot
+                fut.set_result(None)
+                return
+        self.free += 1
 
 
 Key = tuple[str, str]  # (namespace, name)

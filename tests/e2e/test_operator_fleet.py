@@ -1,5 +1,6 @@
 """The operator with a fleet: N QueueWorkers (idle quorum queues, pollingInterval 1) on the real control plane,
-the operator under the shipped RBAC. All get a status with no 429 from the apiserver, every one is decided
+the operator under the shipped RBAC. The operator lists them all itself at start (one LIST under its RBAC). All
+get a status with no 429 from the apiserver, every one is decided
 about once per second by the one scheduler (or on each broker reading, when the broker takes longer to answer),
 a busy one's status is written about once per 10 s, and a restart changes no replicas and no condition (no
 flapping) and meets no 429 either.
@@ -149,6 +150,9 @@ def test_a_fleet_gets_its_statuses_without_429_ticks_every_second_and_survives_a
         # answer (at 1,000 quorum queues on a loaded machine, 3 s): well over a third of that, before and after
         assert decided >= 1 / 3 and decided_after >= 1 / 3, (decided, decided_after, figures)
         assert figures["idle_status_writes"] == 0, {n: c for n, c in writes.items() if n in set(idle)}
+        # Each operator registered the whole fleet from one LIST of its own (not one by one as kopf delivers them)
+        for name in ("fleet-1", "fleet-2"):
+            assert f"{N} QueueWorkers listed and registered" in env.log(name), env.log(name)[-3000:]
     finally:
         stop(first, signal.SIGTERM)
         if second is not None:

@@ -20,6 +20,7 @@ from qw_operator.rabbitmq import (
     ManagementReader,
     PrometheusReader,
     QueueMetrics,
+    Snapshot,
     parse_prometheus_depth,
     parse_queue,
     split_credentials,
@@ -333,12 +334,18 @@ async def test_3x_depth_from_prometheus_rates_from_the_management_api(fake: tupl
     fm, url = fake
     fm.items = [queue_item("v1", "jobs", ready=4)]
     async with serve(_prometheus_3x(PROM_3X)) as port, aiohttp.ClientSession() as s:
+        clock = [1000.0]
         poller = BrokerPoller(
-            "b", ManagementReader(url, s), depth_reader=PrometheusReader(f"http://127.0.0.1:{port}", s)
+            "b",
+            ManagementReader(url, s),
+            clock=lambda: clock[0],
+            depth_reader=PrometheusReader(f"http://127.0.0.1:{port}", s),
         )
         poller.register("a", "v1", "jobs", 1.0)
-        for _ in range(2):  # no counters on 3.x: the management API is read every tick
+        for step in (0.0, 1.0, 0.1):  # no counters on 3.x: the management API is read too, at most once a poll
+            clock[0] += step  # interval (and never more than half the time: see the slow broker's test below)
             snap = await poller.poll_once()
+            await asyncio.sleep(0.05)  # the background read answers
     jobs = snap.queues[("v1", "jobs")]
     assert (jobs.ready, jobs.depth_source, jobs.publish_rate, jobs.rate_source) == (
         100,
@@ -409,6 +416,31 @@ async def test_a_slow_management_api_does_not_hold_up_the_snapshots(fake: tuple[
     assert took < 0.5 and (jobs.ready, jobs.publish_rate, jobs.rate_source) == (7, 1.5, "ManagementAPI")
 
 
+async def test_a_slow_management_api_is_read_at_most_half_the_time(fake: tuple[FakeManagement, str]) -> None:
+    """At thousands of queues the management API takes seconds to answer (3.10: 0.3-1 s per page of 500 at 5,000
+    queues), and back-to-back reads slowed the Prometheus reads every scale-up waits for: after a read that took
+    T seconds the next starts no sooner than 2 T after the last one started (and one poll interval at least),
+    while depth is read from Prometheus on every poll."""
+    fm, url = fake
+    fm.items = [queue_item("v1", "jobs", ready=4)]
+    fm.delay = 0.3
+    async with serve(_prometheus_3x(PROM_3X)) as port, aiohttp.ClientSession() as s:
+        poller = BrokerPoller(
+            "b", ManagementReader(url, s), depth_reader=PrometheusReader(f"http://127.0.0.1:{port}", s)
+        )
+        poller.register("a", "v1", "jobs", 0.5)
+        started = time.monotonic()
+        snaps = 0
+        while time.monotonic() - started < 2.4:
+            await poller.poll_once()  # back to back: Prometheus answers at once
+            snaps += 1
+            await asyncio.sleep(0.02)
+        await poller.close()
+    assert snaps > 20  # depth every poll
+    # 2.4 s of polling: reads at 0, ~0.6, ~1.2, ~1.8 (each 0.3 s, then as long idle); back to back it was 8
+    assert 3 <= len(fm.requests) <= 5, len(fm.requests)
+
+
 async def test_a_failing_background_management_read_leaves_depth_and_unknown_rates(
     fake: tuple[FakeManagement, str],
 ) -> None:
@@ -417,17 +449,26 @@ async def test_a_failing_background_management_read_leaves_depth_and_unknown_rat
     fm, url = fake
     fm.items = [queue_item("v1", "jobs", ready=4)]
     async with serve(_prometheus_3x(PROM_3X)) as port, aiohttp.ClientSession() as s:
+        clock = [1000.0]
         poller = BrokerPoller(
-            "b", ManagementReader(url, s), depth_reader=PrometheusReader(f"http://127.0.0.1:{port}", s)
+            "b",
+            ManagementReader(url, s),
+            clock=lambda: clock[0],
+            depth_reader=PrometheusReader(f"http://127.0.0.1:{port}", s),
         )
         poller.register("a", "v1", "jobs", 1.0)
-        await poller.poll_once()
+
+        async def tick() -> Snapshot:
+            clock[0] += 1.0  # a poll interval later: the management API is due again
+            return await poller.poll_once()
+
+        await tick()
         fm.status = 500
-        failing = [await poller.poll_once() for _ in range(3)]
+        failing = [await tick() for _ in range(3)]
         fm.status = 200
-        await poller.poll_once()  # starts the read that answers again
+        await tick()  # starts the read that answers again
         await asyncio.sleep(0.2)
-        back = await poller.poll_once()
+        back = await tick()
         await poller.close()
     jobs = failing[-1].queues[("v1", "jobs")]
     assert failing[-1].error is None and (jobs.ready, jobs.publish_rate, jobs.rate_source) == (100, None, None)

@@ -154,3 +154,99 @@ async def test_idle_rounds_count_every_decision_and_write_nothing(sched: Any) ->
     assert value("queueworker_operator_ticks_total") == 18 and ticked == {"a": 6, "b": 6, "c": 6}
     assert value("queueworker_operator_tick_interval_seconds_count") == 15
     assert len(kube.statuses) == writes and all(e.task is None for e in s.entries.values())
+
+
+def versioned(name: str, queue: str, version: int) -> dict[str, Any]:
+    b = body(name, queue)
+    b["metadata"]["resourceVersion"] = str(version)
+    return b
+
+
+async def test_the_scheduler_lists_every_queueworker_itself_and_keeps_the_newest_body() -> None:
+    """At start (and on resume) one LIST registers every QueueWorker, without waiting for kopf to deliver them
+    one by one; one deleted while the list was in flight is not registered from its answer, and a body older than
+    the one registered (kopf catching up) does not replace it."""
+    clock = [100.0]
+    metrics = OperatorMetrics(CollectorRegistry())
+    poller = BrokerPoller("default", Reader(), 1.0)  # type: ignore[arg-type]
+    kube = Kube()
+    answer = [versioned("a", "a", 7), versioned("b", "b", 8), versioned("c", "c", 9)]
+    gate, lists = asyncio.Event(), [0]
+
+    async def lister() -> list[Any]:
+        lists[0] += 1
+        await gate.wait()
+        return [dict(b) for b in answer]
+
+    def make(b: Any) -> Ticker:
+        return Ticker("ns", b["metadata"]["name"], b, kube, metrics, lambda ns, dep: Replicas(0, 0, 0))  # type: ignore[arg-type]
+
+    s = Scheduler({"default": poller}, make, metrics, 5.0, clock=lambda: clock[0], lister=lister)
+    s.start()
+    try:
+        await asyncio.sleep(0)
+        assert lists == [1] and not s.listed.is_set()
+        s.upsert("uid-b", versioned("b", "b", 5))  # kopf's ADDED, then its DELETED, while the list is answered
+        s.remove("uid-b")
+        newer = versioned("c", "c-moved", 12)
+        s.upsert("uid-c", newer)  # kopf already has a newer c than the list will bring
+        gate.set()
+        await asyncio.wait_for(s.listed.wait(), 2)
+        assert set(s.entries) == {"uid-a", "uid-c"}
+        assert s.entries["uid-c"].ticker.body is newer and poller._regs["uid-c"][1] == "c-moved"  # noqa: SLF001
+        s.upsert("uid-a", versioned("a", "a", 6))  # kopf delivering an older a: ignored
+        assert s.entries["uid-a"].ticker.body["metadata"]["resourceVersion"] == "7"
+        await poll(poller, clock)
+        assert set(kube.statuses) == {"a", "c"}  # both ticked on the first snapshot: each wrote its first status
+        # Paused: the registry empties; resumed: listed again (b is back in the answer, as if re-created)
+        s.pause(True)
+        assert s.entries == {}
+        s.pause(False)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert lists == [2] and set(s.entries) == {"uid-a", "uid-b", "uid-c"}
+    finally:
+        await s.stop()
+
+
+async def test_queueworkers_whose_queue_changed_tick_first_in_the_round() -> None:
+    """At thousands of QueueWorkers a round of ticks takes tens of milliseconds: the ones whose queue changed in
+    this snapshot (a burst to scale for) go before the unchanged ones."""
+    clock = [100.0]
+    depth = {"a": 0, "b": 0, "c": 0}
+
+    class Changing(Reader):
+        async def fetch(self, vhost: str | None = None) -> dict[tuple[str, str], QueueMetrics | None]:
+            return {("/", q): QueueMetrics(d, 0, 0, 0.0, 0.0) for q, d in depth.items()}
+
+    metrics = OperatorMetrics(CollectorRegistry())
+    poller = BrokerPoller("default", Changing(), 1.0)  # type: ignore[arg-type]
+    order: list[str] = []
+
+    def make(b: Any) -> Ticker:
+        t = Ticker("ns", b["metadata"]["name"], b, Kube(), metrics, lambda ns, dep: Replicas(0, 0, 0))  # type: ignore[arg-type]
+        real = t.begin
+
+        def recorded(snap: Any) -> Any:
+            order.append(t.name)
+            return real(snap)
+
+        t.begin = recorded  # type: ignore[method-assign]
+        return t
+
+    s = Scheduler({"default": poller}, make, metrics, 5.0, clock=lambda: clock[0])
+    s.start()
+    try:
+        for n in "abc":
+            s.upsert(f"uid-{n}", body(n, n))
+        await poll(poller, clock)
+        assert order == ["a", "b", "c"]  # the first snapshot: every queue is new, registration order
+        order.clear()
+        depth["c"] = 15
+        await poll(poller, clock)
+        assert order[0] == "c" and sorted(order) == ["a", "b", "c"]
+        order.clear()
+        await poll(poller, clock)  # nothing changed: every one still decided
+        assert sorted(order) == ["a", "b", "c"]
+    finally:
+        await s.stop()
