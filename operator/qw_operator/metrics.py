@@ -64,6 +64,9 @@ class OperatorMetrics:
         self.kube_throttled = Counter(
             "kube_throttled_total", "Kubernetes writes the apiserver answered 429 Too Many Requests", **on
         )
+        self.kube_writes = Counter(
+            "kube_writes_total", "Kubernetes write requests sent (retries too), by what they write", ["kind"], **on
+        )
         self.queueworkers = Gauge("queueworkers", "QueueWorkers the scheduler ticks", **on)
         self.ticks = Counter("ticks_total", "QueueWorker ticks (decisions) made, all QueueWorkers together", **on)
         self.ticks_skipped = Counter(

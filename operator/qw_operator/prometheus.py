@@ -187,7 +187,7 @@ class CounterRates:
                 elif sample[1] < series[-1][1] or sample[2] < series[-1][2]:
                     series.clear()  # counters reset: the node restarted or the queue was re-created
                     series.append((before if before is not None else now, 0.0, 0.0))
-                if not series or sample[1] > series[-1][1]:
+                if series and sample[1] > series[-1][1]:  # grew (first sight of a counter: when, unknown)
                     self.published_at[key] = now
                 series.append(sample)
                 while len(series) > 2 and series[1][0] <= now - self.window:

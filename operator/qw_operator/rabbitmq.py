@@ -122,16 +122,17 @@ def hold_rates(
     and between two emissions its rates read 0.0 while the counters stand still. A poll faster than that would
     see the rates flicker to zero. So: unchanged counters within RATE_HOLD_SECONDS -> the previous rates stand.
     Returns {key: (metrics with held rates, when the counters last moved)}; `published_at` is when the publish
-    counter last moved (first sight counts as a move: a rate seen then may be live).
+    counter last moved: unknown (None) at first sight unless the queue shows a publish rate then (it may be live),
+    so a restarted operator does not report every idle queue as published to at its start.
     """
     out: dict[QueueKey, tuple[QueueMetrics, float]] = {}
     for key, m in queues.items():
         prev = previous.get(key)
         if prev is None:
-            out[key] = (dataclasses.replace(m, published_at=now), now)
+            out[key] = (dataclasses.replace(m, published_at=now if (m.publish_rate or 0.0) > 0 else None), now)
             continue
         pm, moved_at = prev
-        published_at = pm.published_at if pm.published == m.published and pm.published_at is not None else now
+        published_at = pm.published_at if pm.published == m.published else now
         if (pm.published, pm.acked) != (m.published, m.acked):
             out[key] = (dataclasses.replace(m, published_at=published_at), now)
             continue

@@ -29,6 +29,7 @@ from qw_operator.rabbitmq import Snapshot
 from qw_operator.scaler import Kube, target_name
 from qw_operator.status import (
     Conditions,
+    applied,
     build_status,
     condition_status,
     history_from_status,
@@ -233,6 +234,9 @@ class Ticker:
             now=now,
             target_problem=problem,
         )
+        queue = status.get("queue")
+        if queue is not None and queue.get("lastPublishTime") is None:  # none seen since this operator started:
+            queue["lastPublishTime"] = (self.last_status.get("queue") or {}).get("lastPublishTime")  # the last known
         self.queue_status(status)
 
     def _post_events(
@@ -296,7 +300,7 @@ class Ticker:
         lastScaleTime is not lost with it. `_settled`: what was built is what was written (the fast path may
         skip the next report)."""
         patch = {**self.unwritten, **patch}
-        merged = {**self.last_status, **patch}
+        merged = applied({**self.last_status, **patch})
         now = self.clock()
         if not self.rewrite and not should_write(self.last_status, merged, now - self.last_write, self.min_interval):
             self._settled = merged == self.last_status

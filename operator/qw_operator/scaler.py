@@ -28,6 +28,7 @@ from qw_operator.crd import GROUP, PLURAL, VERSION
 from qw_operator.writes import SCALE, STATUS, TEMPLATE, Slots, StatusQueue, TokenBucket
 
 NAME_LABEL = f"{GROUP}/queueworker"
+KINDS = {SCALE: "replicas", STATUS: "status", TEMPLATE: "deployment"}
 log = logging.getLogger(__name__)
 
 
@@ -128,12 +129,14 @@ class Kube:
         bucket: TokenBucket | None = None,
         on_throttled: Callable[[], None] = lambda: None,
         writers: int = 4,
+        on_write: Callable[[str], None] = lambda kind: None,
     ) -> None:
         self.apps = k8s.AppsV1Api(api_client)
         self.custom = k8s.CustomObjectsApi(api_client)
         self.calls = 0
         self.on_retry = on_retry  # counts retries by HTTP status (a metric)
         self.on_throttled = on_throttled  # counts every 429 seen (a metric)
+        self.on_write = on_write  # counts every request sent, by kind (a metric)
         self.bucket = bucket if bucket is not None else TokenBucket(0, 1)  # the tests' Kube: unpaced
         self.statuses = StatusQueue(self.patch_status)
         # Threads of their own: queued writes never hold up the broker read's DNS lookups (the default executor).
@@ -168,6 +171,7 @@ class Kube:
         try:
             await self.bucket.acquire(priority)
             self.calls += 1
+            self.on_write(KINDS[priority])
             return await self._in_thread(call, *args)
         finally:
             self.slots.release()

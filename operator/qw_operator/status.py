@@ -152,12 +152,20 @@ def visible(status: Mapping[str, Any]) -> tuple[Any, ...]:
     )
 
 
+def applied(status: Mapping[str, Any]) -> dict[str, Any]:
+    """The status as the apiserver keeps it after a merge patch: a None value removes its key (at every level).
+    What was read back and what is about to be written compare equal when they mean the same."""
+    return {k: applied(v) if isinstance(v, Mapping) else v for k, v in status.items() if v is not None}
+
+
 def should_write(
     written: Mapping[str, Any], wanted: Mapping[str, Any], since_write: float, min_interval: float
 ) -> bool:
     """Whether to PATCH `wanted` over the status last `written` (`since_write` seconds ago): at once when something
     `visible` changed, else (only churning values changed: a busy queue's depth, rates, lastActiveTime) at most
-    every `min_interval` seconds; never when nothing changed. Between writes the history lives in the Ticker."""
+    every `min_interval` seconds; never when nothing changed. Between writes the history lives in the Ticker.
+    Both as `applied`: a restarted operator's None (unknown) is the stored status's missing key, not a change."""
+    written, wanted = applied(written), applied(wanted)
     if wanted == written:
         return False
     return visible(wanted) != visible(written) or since_write >= min_interval

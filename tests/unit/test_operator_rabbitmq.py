@@ -220,6 +220,20 @@ def test_rates_are_held_between_stats_emissions() -> None:
     assert hold_rates(state, moved, 17.0)[k][0].published_at == 17.0
 
 
+def test_an_idle_queue_first_seen_has_no_publish_time() -> None:
+    """A queue first seen with no publish rate was not published to at that moment: when, nobody here knows (a
+    restarted operator used to report its own start as every idle queue's lastPublishTime, and rewrote them all)."""
+    from qw_operator.rabbitmq import hold_rates
+
+    k = ("/", "q")
+    idle = {k: QueueMetrics(0, 0, 0, 0.0, 0.0, published=100, acked=100)}
+    state = hold_rates({}, idle, 0.0)
+    assert state[k][0].published_at is None
+    assert hold_rates(state, idle, 5.0)[k][0].published_at is None  # still no publish seen
+    grown = {k: QueueMetrics(1, 0, 0, 0.2, 0.0, published=101, acked=100)}
+    assert hold_rates(state, grown, 6.0)[k][0].published_at == 6.0
+
+
 PROM = r"""# TYPE rabbitmq_detailed_queue_messages_ready gauge
 rabbitmq_detailed_queue_messages_ready{vhost="/",queue="qw.email"} 120
 rabbitmq_detailed_queue_messages_ready{vhost="shop",queue="odd \"name\" \\ x"} 3
