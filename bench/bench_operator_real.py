@@ -56,7 +56,7 @@ from tests.e2e.fleet import (  # noqa: E402
     publish,
     status_writes,
     throttled,
-    without_status,
+    wait_all_statuses,
 )
 from tests.e2e.harness import Env, make_env, stop  # noqa: E402
 
@@ -234,7 +234,7 @@ def _measure(env: Env, broker: Broker, n: int, bursts: int, idle: float, out: di
             subprocess.Popen([spy, "record", "--pid", str(op.pid), "--rate", "100", "--format", "raw", "--nonblocking",
                               "--duration", "90", "--output", f"{PROFILE}/startup-{n}.txt"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-        out["all_status_s"] = round(wait(lambda: not without_status(env, names), 600, "all statuses", 5.0), 1)
+        out["all_status_s"] = round(wait_all_statuses(env, names, 600), 1)
         elapsed = time.monotonic() - t0
         out["startup_cores"] = {k: round((v - cpu0.get(k, 0.0)) / elapsed, 2) for k, v in cpu_seconds(pids).items()}
         out["throttled_429_startup"] = throttled(metrics(url))

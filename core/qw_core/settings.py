@@ -311,6 +311,10 @@ class OperatorSettings(CommonSettings):
     health_host: str = "0.0.0.0"
     metrics_host: str = "0.0.0.0"
     management_timeout: float = 10.0
+    # Depth is read this many times per (smallest) pollingInterval; a QueueWorker is decided at its interval and
+    # also on any read that shows its queue changed. Each read halves the wait for the next one after a burst (the
+    # largest part of burst -> replicas at 5,000 QueueWorkers), at one more Prometheus scrape per read.
+    broker_reads_per_interval: int = Field(default=2, ge=1, le=4)
     # kopf peering object (KopfPeering in the watched namespace); empty = standalone (one operator only).
     peering: str = ""
     peering_lifetime: int = 20

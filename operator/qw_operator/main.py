@@ -78,6 +78,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
             cfg.default_interval,
             metrics.broker_result,
             depth_reader=PrometheusReader(prom[name], session, cfg.management_timeout) if name in prom else None,
+            reads_per_interval=cfg.broker_reads_per_interval if name in prom else 1,
         )
         for name, url in cfg.broker_urls().items()
     }

@@ -262,8 +262,10 @@ class BrokerPoller:
         on_result: Callable[[str, float, BaseException | None], None] | None = None,
         clock: Clock = time.time,
         depth_reader: PrometheusReader | None = None,
+        reads_per_interval: int = 1,
     ) -> None:
         self.name = name
+        self.reads_per_interval = max(1, reads_per_interval)
         self.reader = reader
         self.depth_reader = depth_reader
         self._depth_failing = False
@@ -279,6 +281,7 @@ class BrokerPoller:
         self._management_task: asyncio.Task[dict[QueueKey, QueueMetrics | None] | BrokerError] | None = None
         self._management_last: tuple[str | None, Any] | None = None  # (vhost filter, answer or BrokerError)
         self._management_next = 0.0  # clock() before which no new management read starts
+        self._management_took = 0.0  # seconds the last management read took
         self._last: dict[QueueKey, tuple[tuple[Any, ...], QueueMetrics]] = {}  # each queue's last figures
         self._counters = CounterRates()
 
@@ -297,7 +300,13 @@ class BrokerPoller:
 
     @property
     def interval(self) -> float:
+        """The smallest pollingInterval registered (0.5 s at least): how often every QueueWorker is decided."""
         return max(0.5, min((r[2] for r in self._regs.values()), default=self.default_interval))
+
+    @property
+    def read_interval(self) -> float:
+        """How often the depth is read: `reads_per_interval` times per interval (0.25 s at least)."""
+        return max(0.25, self.interval / self.reads_per_interval)
 
     def _vhost_filter(self) -> str | None:
         vhosts = {r[0] for r in self._regs.values()}
@@ -359,7 +368,10 @@ class BrokerPoller:
             )
         else:
             scraped = (await asyncio.gather(self.depth_reader.fetch_all(vhost), return_exceptions=True))[0]
-            if not task.done():  # a little longer for a fresh answer, never the management API's full latency
+            # A little longer for a fresh answer when the management API answers that fast (a small broker); never
+            # its full latency, and not at all when its reads take longer than that (thousands of queues: every
+            # snapshot, and every scale-up with it, waited the grace for nothing)
+            if not task.done() and self._management_took < MANAGEMENT_GRACE:
                 await asyncio.wait([task], timeout=MANAGEMENT_GRACE)
             assert last is not None  # not fresh
             got = self._management_last[1] if self._management_last is not None else last[1]
@@ -387,7 +399,7 @@ class BrokerPoller:
         # as this read took: at thousands of queues a read takes seconds of the broker's CPU (pages of 500 queues
         # at 0.3-1 s each at 5,000), and back to back they slowed the Prometheus reads every scale-up waits for.
         # The rates it brings move once per stats emission and are held anyway (RATE_HOLD_SECONDS).
-        took = time.perf_counter() - t0
+        took = self._management_took = time.perf_counter() - t0
         self._management_next = started + max(self.interval, 2 * took)
         return got
 
@@ -479,7 +491,7 @@ class BrokerPoller:
             return self.snapshot
 
     async def run(self) -> None:
-        """A poll every `interval` from the start of the last one (a read that takes longer than the interval is
+        """A poll every `read_interval` from the start of the last one (a read that takes longer than the interval is
         followed by the next at once), not `interval` after it ended."""
         loop = asyncio.get_running_loop()
         while True:
@@ -488,7 +500,7 @@ class BrokerPoller:
                 await self.poll_once()
             self._wake.clear()
             try:
-                await asyncio.wait_for(self._wake.wait(), max(0.0, started + self.interval - loop.time()))
+                await asyncio.wait_for(self._wake.wait(), max(0.0, started + self.read_interval - loop.time()))
             except TimeoutError:
                 pass
 

@@ -184,9 +184,9 @@ class Scheduler:
             t.cancel()
         await asyncio.gather(*self._tasks, *running, return_exceptions=True)
 
-    def _due(self, broker: str, slack: float) -> list[Entry]:
-        now = self.clock()
-        return [e for e in self.entries.values() if e.broker == broker and e.due <= now + slack]
+    def _due(self, broker: str, slack: float, changed: frozenset[tuple[str, str]] = frozenset()) -> list[Entry]:
+        limit = self.clock() + slack
+        return [e for e in self.entries.values() if e.broker == broker and (e.due <= limit or e.queue in changed)]
 
     async def _wait_ready(self) -> None:
         if self.ready is not None:
@@ -206,11 +206,12 @@ class Scheduler:
                 seq = snap.seq
             if self.paused:
                 continue
-            # Due within half a poll: a QueueWorker polling as often as the broker is read ticks on every read.
-            # Those whose queue changed first: at thousands, the round's unchanged ones (each a fast-path tick)
-            # would otherwise delay a burst's scale-up by up to the whole round.
-            due = self._due(name, poller.interval / 2)
+            # Due within half a read: a QueueWorker polling as often as the broker is read ticks on every read.
+            # One whose queue changed in this read ticks now too, due or not (the depth is read several times per
+            # interval: a burst is acted on at the first read that shows it), and those go first: at thousands,
+            # the round's unchanged ones (each a fast-path tick) would otherwise delay it by the whole round.
             changed = snap.changed if snap is not None else frozenset()
+            due = self._due(name, poller.read_interval / 2, changed)
             if changed:
                 due.sort(key=lambda e: e.queue not in changed)
             done = sum(self._start_tick(entry, snap) for entry in due)
@@ -236,8 +237,10 @@ class Scheduler:
             self.metrics.ticks_skipped.inc()
             return False
         now = self.clock()
-        # On the interval's grid while on time; a late tick (a skipped round, a slow read) restarts the grid.
-        base = now if entry.last_tick is None else entry.due
+        # On the interval's grid while on time; a late tick (a skipped round, a slow read) and an early one (its
+        # queue changed) restart the grid.
+        early = entry.due > now + entry.interval / 2
+        base = now if entry.last_tick is None or early else entry.due
         entry.due = max(base + entry.interval, now + entry.interval / 2)
         if entry.last_tick is not None:
             self.metrics.tick_interval.observe(now - entry.last_tick)

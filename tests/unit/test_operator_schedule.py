@@ -250,3 +250,44 @@ async def test_queueworkers_whose_queue_changed_tick_first_in_the_round() -> Non
         assert sorted(order) == ["a", "b", "c"]
     finally:
         await s.stop()
+
+
+async def test_with_two_reads_per_interval_a_changed_queue_ticks_at_once_the_others_at_their_interval() -> None:
+    """The depth is read twice per pollingInterval (QW_BROKER_READS_PER_INTERVAL=2): a QueueWorker whose queue
+    changed is decided at the first read that shows it, an unchanged one still once per interval."""
+    clock = [100.0]
+    depth = {"a": 0, "b": 0}
+
+    class Changing(Reader):
+        async def fetch(self, vhost: str | None = None) -> dict[tuple[str, str], QueueMetrics | None]:
+            return {("/", q): QueueMetrics(d, 0, 0, 0.0, 0.0) for q, d in depth.items()}
+
+    metrics = OperatorMetrics(CollectorRegistry())
+    poller = BrokerPoller("default", Changing(), 1.0, reads_per_interval=2)  # type: ignore[arg-type]
+    ticked: dict[str, int] = {"a": 0, "b": 0}
+
+    def make(b: Any) -> Ticker:
+        t = Ticker("ns", b["metadata"]["name"], b, Kube(), metrics, lambda ns, dep: Replicas(0, 0, 0))  # type: ignore[arg-type]
+        real = t.begin
+
+        def counted(snap: Any) -> Any:
+            ticked[t.name] += 1
+            return real(snap)
+
+        t.begin = counted  # type: ignore[method-assign]
+        return t
+
+    s = Scheduler({"default": poller}, make, metrics, 5.0, clock=lambda: clock[0])
+    s.start()
+    try:
+        for n in "ab":
+            s.upsert(f"uid-{n}", body(n, n))
+        assert poller.read_interval == 0.5
+        await poll(poller, clock, 0.5)
+        assert ticked == {"a": 1, "b": 1}
+        for _ in range(4):  # 2 s of reads every 0.5 s; b's queue changes on each
+            depth["b"] += 1
+            await poll(poller, clock, 0.5)
+        assert ticked == {"a": 3, "b": 5}
+    finally:
+        await s.stop()
