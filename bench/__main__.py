@@ -243,6 +243,7 @@ def _operator_real_rows(o: dict[str, Any]) -> list[str]:
         head = f"| operator (real process, control plane), {r['queueworkers']} QueueWorkers"
         t = r.get("today", {})
         idle, busy, burst = r.get("idle", {}), r.get("busy100", {}), r.get("burst_to_replicas_s", {})
+        stages, classic, cores = r.get("burst_stages_s", {}), r.get("burst_classic_s", {}), r.get("startup_cores", {})
 
         def was(key: str, t: dict[str, Any] = t) -> str:
             return f"daemon per QueueWorker {t[key]}" if key in t else ""
@@ -256,8 +257,16 @@ def _operator_real_rows(o: dict[str, Any]) -> list[str]:
             ("decisions per QueueWorker per s; tick interval p50 / p99 s", bool(idle),
              f"{idle.get('decisions_per_qw_per_s')}; {idle.get('tick_interval_p50_s')} / "
              f"{idle.get('tick_interval_p99_s')}", was("decisions_per_qw_per_s")),
-            ("burst -> spec.replicas p50 / p99 s", bool(burst), f"{burst.get('p50')} / {burst.get('p99')}",
-             was("burst_p50_s")),
+            ("burst -> spec.replicas p50 / p99 s (quorum queues)", bool(burst),
+             f"{burst.get('p50')} / {burst.get('p99')}", was("burst_p50_s")),
+            ("burst stages p50 s: publish -> read start; read; -> decision; replica write", bool(stages),
+             "; ".join(str(stages.get(k, {}).get("p50")) for k in ("to_read_start", "read", "to_decision", "write")),
+             ""),
+            ("burst -> spec.replicas p50 / p99 s, classic queues (3.10 emits their depth 1 s after the publish)",
+             bool(classic), f"{classic.get('p50')} / {classic.get('p99')}", ""),
+            ("start-up cores: operator; kube-apiserver; broker; whole machine", bool(cores),
+             f"{cores.get('operator')}; {cores.get('kube-apiserver')}; {cores.get('broker')}; {cores.get('machine')}",
+             ""),
             ("100 busy queues: cores; status writes/s; per busy QueueWorker", bool(busy),
              f"{busy.get('cores')}; {busy.get('status_writes_per_s')}; {busy.get('status_writes_per_s_per_busy_qw')}",
              f"{was('busy100_cores')}; {t.get('busy100_status_writes_per_s', '')}"),

@@ -10,14 +10,20 @@ Queues: quorum up to 1,000, classic above (tests/e2e/fleet.py QUORUM_MAX): this 
 machine refused more quorum queues near 3,000 (cluster_not_formed while declaring), and 1,000 quorum queues at a
 1 s quorum tick already keep it busy. The operator reads every queue type the same way (one batched read).
 
-Per N: seconds until every QueueWorker has a status; 429s the apiserver answered the operator (its own counter);
-idle CPU (cores) and RSS over --idle seconds; decisions per QueueWorker per second (ticks_total / N / s) and the
-tick interval's p50/p99 (histogram); burst -> spec.replicas >= 1, p50/p99 over --bursts; CPU and status writes/s
+Per N: seconds until every QueueWorker has a status (followed by one watch), and the CPU each process used
+meanwhile (operator, kube-apiserver, etcd, broker, the whole machine); 429s the apiserver answered the operator
+(its own counter); idle CPU (cores) and RSS over --idle seconds; decisions per QueueWorker per second
+(ticks_total / N / s) and the tick interval's p50/p99 (histogram); burst -> spec.replicas >= 1, p50/p99 over
+--bursts quorum queues (and a quarter as many classic ones apart), each published at a random moment, with where
+its time went (the operator logs a `scale timing` line per scale: publish -> start of the read that showed it,
+the read, read -> decision, the replica write); CPU and status writes/s
 (total and per busy QueueWorker) while 100 queues are busy; then a restart (a second operator replaces the first):
 replica writes it caused (flapping) and its 429s. Beside each figure, the issue's "today" (the
 kopf-daemon-per-QueueWorker operator, measured the same way), and the load average at each step (a shared
-machine). A size that fails is reported with its error and the figures it got; the run as a whole stops by
---deadline seconds (every wait is bounded) and always removes its broker and control plane. Prints one JSON object.
+machine). QW_BENCH_PROFILE_DIR=DIR: py-spy samples the operator's first 90 s into DIR (collapsed stacks). QW_*
+settings in the environment reach the operator (e.g. QW_BROKER_READS_PER_INTERVAL). A size that fails is
+reported with its error and the figures it got; the run as a whole stops by --deadline seconds (every wait is
+bounded) and always removes its broker and control plane. Prints one JSON object.
 """
 
 from __future__ import annotations
