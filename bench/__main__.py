@@ -270,8 +270,9 @@ def _operator_real_rows(o: dict[str, Any]) -> list[str]:
             ("100 busy queues: cores; status writes/s; per busy QueueWorker", bool(busy),
              f"{busy.get('cores')}; {busy.get('status_writes_per_s')}; {busy.get('status_writes_per_s_per_busy_qw')}",
              f"{was('busy100_cores')}; {t.get('busy100_status_writes_per_s', '')}"),
-            ("restart: replica writes (flapping); 429s", "restart_replica_writes" in r,
-             f"{r.get('restart_replica_writes')}; {r.get('restart_throttled_429')}", ""),
+            ("restart: replica writes (flapping); 429s; status writes", "restart_replica_writes" in r,
+             f"{r.get('restart_replica_writes')}; {r.get('restart_throttled_429')}; "
+             f"{r.get('restart_status_writes', 'not counted')}", ""),
         ]  # fmt: skip
         rows += [f"{head} | {what} | {value} | {before} | |" for what, ok, value, before in got if ok]
         if "error" in r:

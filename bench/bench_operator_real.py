@@ -312,7 +312,9 @@ def _measure(env: Env, broker: Broker, n: int, bursts: int, idle: float, out: di
         time.sleep(15)
         after = deployments(env)
         out["restart_replica_writes"] = sum(1 for k, v in held.items() if after.get(k) != v)
-        out["restart_throttled_429"] = throttled(metrics(url2))
+        m2 = metrics(url2)
+        out["restart_throttled_429"] = throttled(m2)
+        out["restart_status_writes"] = m2.get("queueworker_operator_kube_writes_total{kind=status}", 0)
         out["restart_rss_mib"] = round(proc_usage(second.pid)[1] / 2**20)
     finally:
         stop(op)
