@@ -62,36 +62,20 @@ class MessageTooLarge(Exception):
 
 
 class _OneWritePerMessage(AsyncioConnection):
-    """pika's AsyncioConnection handing its frames to the transport as one buffer: a message's frames (method,
-    header, body) as one write instead of three, and the publishes made in one turn of the event loop (a group
-    commit wakes many requests at once) as one write too: pika's transport makes a send() per buffer it is given,
-    and on this path that syscall was the largest single cost of a publish. (`_output_marshaled_frames` is pika
-    1.x's one place where marshalled frames go out; the bytes are the same, in the same order: anything pika sends
-    itself first flushes what `send_frames` holds, so delivery tags still follow the order of `publish` calls.)"""
-
-    _held: list[bytes] | None = None  # frames of this loop turn's publishes, sent by `_flush_held`
+    """pika's AsyncioConnection handing a message's frames (method, header, body) to its transport as one buffer:
+    one write and one send() per publish instead of three. (`_output_marshaled_frames` is pika 1.x's one place
+    where marshalled frames go out; the frames are the same bytes.)"""
 
     def _output_marshaled_frames(self, marshaled_frames: Sequence[bytes]) -> None:
-        if self._held:
-            self._flush_held()
         if len(marshaled_frames) > 1:
             marshaled_frames = [b"".join(marshaled_frames)]
         super()._output_marshaled_frames(marshaled_frames)
 
     def send_frames(self, frames: bytes) -> None:
-        """Marshalled frames (PublishFrames), written with the others of this loop turn's publishes."""
+        """Marshalled frames (PublishFrames), as one write."""
         if self.is_closed:
             raise pika.exceptions.ConnectionWrongStateError("Attempted to send a frame on closed connection.")
-        if self._held is None:
-            self._held = []
-        if not self._held:
-            asyncio.get_running_loop().call_soon(self._flush_held)
-        self._held.append(frames)
-
-    def _flush_held(self) -> None:
-        held, self._held = self._held, []
-        if held and not self.is_closed:  # closed meanwhile: their publishes fail with the connection
-            super()._output_marshaled_frames([b"".join(held)])
+        super()._output_marshaled_frames([frames])
 
 
 class PublishFrames:
