@@ -1,5 +1,7 @@
 """Benchmark 1, the publish path: confirmed tasks/s and latency of POST /v1/emails through the real API, side by
-side in one run, against the same local RabbitMQ (each in a fresh vhost), with the project's load generator:
+side in one run, against the same local RabbitMQ (each in a fresh vhost), with the project's load generator
+(bench/loadgen.py: a Go program, a few tens of microseconds of CPU per request; the Python one it replaced could
+not keep even the no-op endpoint busy on 2 cores, so every ratio measured the generator):
 
 ceilings (what the API is judged against)
   - noop: a FastAPI endpoint doing the same HTTP work and nothing else (bench/noop_app.py): the HTTP ceiling;
@@ -11,6 +13,9 @@ context
 
 The API runs as one process (the per-process figure) and as two (connections spread over both, as behind a
 Service). Open-loop latency is measured at half the no-op endpoint's closed-loop rate, offered at a fixed pace.
+Each closed-loop row also gives the servers' CPU time per request (from /proc, all threads) and the generator's.
+The server, the broker and the generator share the machine's 2 cores: the API's rate counts the broker's CPU
+(about 100-160 us per task here), the no-op's does not.
 
     python -m bench.publish [SECONDS] [--only api,api_2,seed,sync,broker]   (the no-op endpoint always runs)
 """
