@@ -140,9 +140,9 @@ def _publish_rows(p: dict[str, Any]) -> list[str]:
             if (lg := noop["closed_loop_64"].get("loadgen_cpu_us_per_request")) is not None
             else []
         ),
-        f"| publish | p50 / p99 ms at {api['offered_per_s']:g}/s offered (half the no-op rate) | "
-        f"{api['open_loop']['p50_ms']} / {api['open_loop']['p99_ms']} | no-op endpoint "
-        f"{noop['open_loop']['p50_ms']} / {noop['open_loop']['p99_ms']} | |",
+        f"| publish | p50 / p99 ms at {api['offered_per_s']:g}/s offered (half the no-op rate); failed | "
+        f"{api['open_loop']['p50_ms']} / {api['open_loop']['p99_ms']}; {api['open_loop']['errors']} | no-op endpoint "
+        f"{noop['open_loop']['p50_ms']} / {noop['open_loop']['p99_ms']}; {noop['open_loop']['errors']} | |",
     ]
     if "api_2_processes" in p:
         rows.append(
