@@ -1,9 +1,9 @@
 """The HTTP load of the publish benchmarks: bench/loadgen-go, a small Go program (standard library only), built
 here into .run/bin/loadgen on first use (`go build`; cached, so an unchanged source costs nothing).
 
-Why Go: the Python asyncio generator it replaced shared the 2 cores with the server it measured and was the
-ceiling itself (the no-op endpoint then used ~0.6 of a core). This one reports its own CPU per request
-(`loadgen_cpu_us_per_request`) so a table can show it is not.
+Why Go: the Python asyncio generator it replaced shared the 2 cores with the server it measured and was itself
+the ceiling: it could not keep even the no-op endpoint busy. This one reports its own CPU per request
+(`loadgen_cpu_us_per_request`, 40-75 us here) so a table can show it is not.
 
 closed_loop: N keep-alive connections, each sends its next request when the last one answered (max throughput).
 open_loop:   requests scheduled at a fixed rate; latency counts from the scheduled time, so a slow server cannot
