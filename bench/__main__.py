@@ -132,9 +132,17 @@ def _publish_rows(p: dict[str, Any]) -> list[str]:
         f"| publish | CPU us per request | {peak['cpu_us_per_request']} | no-op endpoint "
         f"{noop['closed_loop_64']['cpu_us_per_request']} | "
         f"{round(noop['closed_loop_64']['cpu_us_per_request'] / max(peak['cpu_us_per_request'], 0.1), 2)} |",
-        f"| publish | p50 / p99 ms at {api['offered_per_s']:g}/s offered (half the no-op rate) | "
-        f"{api['open_loop']['p50_ms']} / {api['open_loop']['p99_ms']} | no-op endpoint "
-        f"{noop['open_loop']['p50_ms']} / {noop['open_loop']['p99_ms']} | |",
+        *(
+            [
+                f"| publish | load generator's CPU us per request (not the ceiling) | "
+                f"{peak['loadgen_cpu_us_per_request']} | no-op round {lg} | |"
+            ]
+            if (lg := noop["closed_loop_64"].get("loadgen_cpu_us_per_request")) is not None
+            else []
+        ),
+        f"| publish | p50 / p99 ms at {api['offered_per_s']:g}/s offered (half the no-op rate); failed | "
+        f"{api['open_loop']['p50_ms']} / {api['open_loop']['p99_ms']}; {api['open_loop']['errors']} | no-op endpoint "
+        f"{noop['open_loop']['p50_ms']} / {noop['open_loop']['p99_ms']}; {noop['open_loop']['errors']} | |",
     ]
     if "api_2_processes" in p:
         rows.append(

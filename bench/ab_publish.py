@@ -24,8 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.loadgen import build_request
-from bench.publish import AUTH, EMAIL, ROOT, Broker, _drop_vhost, _load, _serve, _vhost, bench_noop, free_port
+from bench.publish import EMAIL_REQUEST, ROOT, Broker, _drop_vhost, _load, _serve, _vhost, bench_noop, free_port
 
 
 def _checkout(rev: str, into: Path) -> Path:
@@ -46,7 +45,7 @@ def _api_at(tree: Path, broker: Broker, tmp: Path, seconds: float, rate: float) 
     }  # fmt: skip
     try:
         proc = _serve([sys.executable, "-m", "qw_api"], env, port)
-        return _load([proc], port, build_request("/v1/emails", json.dumps(EMAIL).encode(), AUTH), 202, seconds, rate)
+        return _load([proc], port, EMAIL_REQUEST, 202, seconds, rate)
     finally:
         _drop_vhost(broker, vhost)
 

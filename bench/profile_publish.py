@@ -11,7 +11,6 @@ part, the samples whose stack passes through any of its frames (inclusive, so pa
 from __future__ import annotations
 
 import argparse
-import asyncio
 import atexit
 import json
 import shutil
@@ -22,8 +21,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from bench.loadgen import build_request, closed_loop
-from bench.publish import AUTH, EMAIL, ROOT, Broker, _drop_vhost, _vhost, free_port, wait_until
+from bench.loadgen import closed_loop
+from bench.publish import EMAIL_REQUEST, ROOT, Broker, _drop_vhost, _vhost, free_port, wait_until
 
 # part -> substrings of a frame ("function (file:line)") that put a sample in that part
 PARTS: dict[str, tuple[str, ...]] = {
@@ -78,10 +77,9 @@ def main() -> int:
 
     cmd = [sys.executable, "-m", "bench.noop_app" if a.noop else "qw_api"]
     api = subprocess.Popen(cmd, env={**os.environ, **env, "NOOP_PORT": str(port)}, cwd=ROOT)
-    raw = build_request("/v1/emails", json.dumps(EMAIL).encode(), AUTH)
     try:
         wait_until(lambda: _listening(port), 30, what="the API to listen")
-        asyncio.run(closed_loop(port, lambda: raw, 8, 2))  # warm-up
+        closed_loop(port, EMAIL_REQUEST, 8, 2)  # warm-up
         collapsed = out / "api.collapsed"
         rec = subprocess.Popen(
             [spy, "record", "--pid", str(api.pid), "--rate", "250", "--format", "raw", "--threads",
@@ -89,7 +87,7 @@ def main() -> int:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         time.sleep(1)
-        result = asyncio.run(closed_loop(port, lambda: raw, 64, a.seconds - 1)).summary(202)
+        result = closed_loop(port, EMAIL_REQUEST, 64, a.seconds - 1)
         rec.wait(60)
     finally:
         api.terminate()

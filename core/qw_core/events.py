@@ -15,13 +15,15 @@ import contextlib
 import dataclasses
 import json
 import logging
-import queue
 import threading
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import quote
 
 import orjson
+import pika
+from pika.adapters.select_connection import SelectConnection
 
 from qw_core.store import TaskRecord, TaskStore
 from qw_core.topology import EVENTS_EXCHANGE
@@ -33,6 +35,32 @@ CONNECTION_NAME = "qw-status-events"  # as the broker's management UI lists it
 # Not sent: where the upload lies in storage is nobody's business but the workers'.
 _PRIVATE = ("source_key",)
 _BATCH = 256  # events published before one flush, at most
+
+
+class _OneWriteConnection(SelectConnection):
+    """pika's SelectConnection (what a BlockingConnection drives) that can hold the frames it outputs and hand
+    them to its transport as one buffer: the transport makes a send() per buffer, three per message (method,
+    header, body), which was most of this thread's time under load. (`_output_marshaled_frames` is pika 1.x's one
+    place where marshalled frames go out, as qw_api.publisher uses it; the bytes and their order are the same.)"""
+
+    _held: list[bytes] | None = None
+
+    def _output_marshaled_frames(self, marshaled_frames: Sequence[bytes]) -> None:
+        if self._held is not None:
+            self._held.extend(marshaled_frames)
+        else:
+            super()._output_marshaled_frames(marshaled_frames)
+
+    @contextlib.contextmanager
+    def one_write(self) -> Iterator[None]:
+        """Frames output inside go out as one buffer at its end (also when it raises: what pika took is sent)."""
+        self._held = []
+        try:
+            yield
+        finally:
+            held, self._held = self._held, None
+            if held:
+                super()._output_marshaled_frames([b"".join(held)])
 
 
 def _word(value: str) -> str:
@@ -69,6 +97,48 @@ def decode(body: bytes) -> TaskRecord:
     return TaskRecord(**{k: v for k, v in data.items() if k in fields}, source_key=None)
 
 
+class _Buffer:
+    """The events waiting for the publishing thread, at most `capacity`: a writer adds a whole store batch under
+    one lock (one wake-up of that thread per batch, not one per event, so it publishes the batch in one write)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: deque[tuple[str, bytes]] = deque()
+        self._ready = threading.Condition()
+        self._closed = False
+
+    def put(self, items: list[tuple[str, bytes]]) -> int:
+        """Add what fits; returns how many did not (dropped)."""
+        with self._ready:
+            room = max(self.capacity - len(self._items), 0)
+            self._items.extend(items[:room])
+            self._ready.notify()
+        return max(len(items) - room, 0)
+
+    def take(self, most: int, timeout: float) -> list[tuple[str, bytes]]:
+        """Up to `most` events, waiting up to `timeout` for the first unless closed; [] when none."""
+        with self._ready:
+            if not self._items and not self._closed:
+                self._ready.wait(timeout)
+            return [self._items.popleft() for _ in range(min(most, len(self._items)))]
+
+    def close(self) -> None:
+        """From now on `take` never waits."""
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def clear(self) -> int:
+        """Drop everything waiting; returns how many."""
+        with self._ready:
+            n = len(self._items)
+            self._items.clear()
+        return n
+
+
 class EventPublisher:
     """Publishes status changes from a thread of its own (one pika connection), fed by a bounded buffer."""
 
@@ -77,7 +147,7 @@ class EventPublisher:
         self.reconnect_seconds = reconnect_seconds
         self.published = 0
         self.dropped = 0
-        self._buffer: queue.Queue[tuple[str, bytes] | None] = queue.Queue(capacity)
+        self._buffer = _Buffer(capacity)
         self._stop = threading.Event()
         self.connected = threading.Event()
         self.connected_once = False
@@ -93,25 +163,17 @@ class EventPublisher:
         return self
 
     def offer(self, records: Sequence[TaskRecord]) -> None:
-        for rec in records:
-            try:
-                self._buffer.put_nowait((routing_key(rec.tenant, rec.kind, rec.task_id), encode(rec)))
-            except queue.Full:
-                self.dropped += 1
+        if records:
+            self.dropped += self._buffer.put([(routing_key(r.tenant, r.kind, r.task_id), encode(r)) for r in records])
 
     def close(self, timeout: float = 2.0) -> None:
         """Publish what is buffered (for up to `timeout` seconds), then disconnect."""
         self._stop.set()
-        try:
-            self._buffer.put_nowait(None)  # wake the thread
-        except queue.Full:
-            pass
+        self._buffer.close()  # wakes the thread
         if self._thread.is_alive():
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        import pika
-
         attempt = 0
         while not self._stop.is_set() or not self._buffer.empty():
             url = self.urls[attempt % len(self.urls)]
@@ -119,7 +181,7 @@ class EventPublisher:
             try:
                 params = pika.URLParameters(url)
                 params.client_properties = {"connection_name": CONNECTION_NAME}
-                conn = pika.BlockingConnection(params)
+                conn = pika.BlockingConnection(params, _impl_class=_OneWriteConnection)
             except Exception as exc:  # broker away: drop what waits (subscribers re-read the store), try again
                 if attempt == 1 or self.connected_once:  # once per outage, not every second
                     log.warning("status events: cannot connect to the broker (%s); retrying", exc)
@@ -145,53 +207,30 @@ class EventPublisher:
                 return
 
     def _pump(self, conn: Any, channel: Any) -> None:
-        import pika
-
         props = pika.BasicProperties(content_type=CONTENT_TYPE, delivery_mode=1)
         while True:
-            try:
-                item = self._buffer.get(timeout=1.0)
-            except queue.Empty:
+            # What waits goes out together: each message handed to pika's channel, its frames held and written as
+            # one buffer, then one flush for the lot (BlockingChannel.basic_publish flushes, a poll loop and its
+            # syscalls, after every message; pika's transport sends each frame on its own: under load the larger
+            # part of this thread's time, and every API request's queued mark is one event).
+            batch = self._buffer.take(_BATCH, 1.0)
+            if not batch:
                 if self._stop.is_set():
-                    return
+                    return  # closed, and everything buffered went out
                 conn.process_data_events(0)  # heartbeats while idle
                 continue
-            if item is None:
-                if self._stop.is_set() and self._buffer.empty():
-                    return
-                continue
-            # What waits goes out together: each message handed to pika's channel, then one flush for the lot
-            # (BlockingChannel.basic_publish flushes, a poll loop and its syscalls, after every message: under
-            # load the larger part of this thread's time, and every API request's queued mark is one event).
-            batch, woken = [item], False
-            while len(batch) < _BATCH:
-                try:
-                    more = self._buffer.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    woken = True  # close(): publish this batch, then end as below
-                else:
-                    batch.append(more)
             try:
-                for key, body in batch:
-                    channel._impl.basic_publish(EVENTS_EXCHANGE, key, body, props)
+                with conn._impl.one_write():
+                    for key, body in batch:
+                        channel._impl.basic_publish(EVENTS_EXCHANGE, key, body, props)
                 conn.process_data_events(0)  # sends what the publishes buffered
             except Exception:
                 self.dropped += len(batch)
                 raise
             self.published += len(batch)
-            if woken and self._stop.is_set() and self._buffer.empty():
-                return
 
     def _drain_dropped(self) -> None:
-        while True:
-            try:
-                item = self._buffer.get_nowait()
-            except queue.Empty:
-                return
-            if item is not None:
-                self.dropped += 1
+        self.dropped += self._buffer.clear()
 
 
 def publish_changes(store: TaskStore, urls: Sequence[str], capacity: int = 10_000) -> EventPublisher:

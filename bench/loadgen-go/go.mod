@@ -1,0 +1,3 @@
+module queueworker/bench/loadgen
+
+go 1.22
