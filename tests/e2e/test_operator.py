@@ -218,7 +218,10 @@ def test_after_a_purge_scale_in_waits_for_the_cooldown_not_for_the_held_rate(env
     env.apply(queueworker("pg", env, "pg", scaleTargetRef={"name": "pg"}, scaling=spec))
     env.publish("pg", 30)
     wait_for("scale up to 3", lambda: env.replicas("pg") == 3, 30, 0.1)
-    # Given messages still being published until the purge (the rate is live right up to it)
+    # Given the operator reading the queue's counters (a counter first seen tells no publish time: it may have
+    # stood for hours before this operator started; on 3.10 the rates come from the management API, read less often)
+    wait_for("the queue's rates in the status", lambda: "publishRate" in env.qw("pg")["status"]["queue"], 30)
+    # and messages still being published until the purge (the rate is live right up to it)
     for _ in range(6):
         env.publish("pg", 1)
         time.sleep(0.3)
