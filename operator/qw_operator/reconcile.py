@@ -71,6 +71,7 @@ class Ticker:
     _last_decision: Decision | None = None
     _timeless: bool = False
     _settled: bool = False
+    _held: dict[str, Any] | None = None  # the last status built and not written (churn only): `flush` writes it
 
     def __post_init__(self) -> None:
         status = dict(self.body.get("status") or {})
@@ -304,12 +305,25 @@ class Ticker:
         now = self.clock()
         if not self.rewrite and not should_write(self.last_status, merged, now - self.last_write, self.min_interval):
             self._settled = merged == self.last_status
+            self._held = None if self._settled else patch
             return
+        self._write(patch, merged, now)
+
+    def _write(self, patch: dict[str, Any], merged: dict[str, Any], now: float) -> asyncio.Future[None]:
         self.last_status, self.last_write, self.unwritten, self.rewrite = merged, now, {}, False
-        self._settled = True
-        self.kube.queue_status(self.namespace, self.name, patch).add_done_callback(
-            lambda fut: self._written(patch, fut)
-        )
+        self._settled, self._held = True, None
+        fut = self.kube.queue_status(self.namespace, self.name, patch)
+        fut.add_done_callback(lambda f: self._written(patch, f))
+        return fut
+
+    def flush(self) -> asyncio.Future[None] | None:
+        """Write the status held back since the last write (only churning values changed: a busy queue's
+        history, depth, rates), or None when there is none: on shutdown, so the next operator starts from this
+        one's last lastActiveTime and recommendations, not from up to min_interval seconds before them."""
+        if self._held is None:
+            return None
+        patch = self._held
+        return self._write(patch, applied({**self.last_status, **patch}), self.clock())
 
     def _written(self, patch: dict[str, Any], fut: asyncio.Future[None]) -> None:
         if fut.cancelled():

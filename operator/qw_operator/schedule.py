@@ -184,6 +184,13 @@ class Scheduler:
             t.cancel()
         await asyncio.gather(*self._tasks, *running, return_exceptions=True)
 
+    def flush(self) -> int:
+        """After `stop`: queue every status held back since its last write (see Ticker.flush); how many. None
+        while paused: another operator leads, and its statuses are newer."""
+        if self.paused:
+            return 0
+        return sum(1 for e in self.entries.values() if e.ticker.flush() is not None)
+
     def _due(self, broker: str, slack: float, changed: frozenset[tuple[str, str]] = frozenset()) -> list[Entry]:
         limit = self.clock() + slack
         return [e for e in self.entries.values() if e.broker == broker and (e.due <= limit or e.queue in changed)]

@@ -155,6 +155,13 @@ class StatusQueue:
         finally:
             self._active.pop(key, None)
 
+    async def drain(self, seconds: float) -> int:
+        """Wait up to `seconds` for the queued writes to finish; how many were still queued then."""
+        deadline = asyncio.get_running_loop().time() + seconds
+        while self._active and (left := deadline - asyncio.get_running_loop().time()) > 0:
+            await asyncio.wait(list(self._active.values()), timeout=left)
+        return len(self._active)
+
     async def stop(self) -> None:
         tasks = list(self._active.values())
         for t in tasks:

@@ -157,6 +157,28 @@ def test_restart_keeps_the_stabilization_window(env: Env, operator: Any) -> None
         stop(second)
 
 
+def test_a_stopping_operator_writes_the_history_it_held_back(
+    env: Env, operator: Any, request: pytest.FixtureRequest
+) -> None:
+    """A busy queue's status is written at most every 10 s (only its history moves); the rest lives in memory.
+    An operator stopped as Kubernetes stops it (SIGTERM: a rollout, a drained node) writes what it held back, so
+    the next one starts from its last lastActiveTime, not from up to 10 s before it."""
+    env.queue("fl")
+    env.apply(deployment("fl", 0))
+    env.apply(queueworker("fl", env, "fl", scaleTargetRef={"name": "fl"}))
+    env.publish("fl", 20)
+    wait_for("scale up to 2", lambda: env.replicas("fl") == 2, 30, 0.1)
+    # (the pods turning ready is written at once: a change a user reads)
+    wait_for("both ready in the status", lambda: env.qw("fl")["status"].get("readyReplicas") == 2, 30, 0.1)
+    time.sleep(4)  # ticks every second; their lastActiveTime held back (the next write is due 10 s after the last)
+    stopped = time.time()
+    stop(operator)  # SIGTERM
+    # Then the stored history is the stopping operator's last tick's (without the flush: 4 s or more before it)
+    last = float(env.qw("fl")["status"]["history"]["lastActiveTime"])
+    assert last > stopped - 2, (last, stopped)
+    assert re.search(r"shutdown: [1-9]\d* held statuses written, 0 not", env.log(f"operator-{request.node.name}"))
+
+
 def test_two_operators_do_not_both_act(env: Env) -> None:
     first = env.start_operator("peer-a")
     second = None

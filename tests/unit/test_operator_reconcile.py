@@ -591,3 +591,18 @@ async def test_a_failed_status_write_is_retried_although_nothing_changed() -> No
     clock[0] += 1
     await t.tick(idle(2, clock[0]))
     assert len(kube.status_patches) == 1 and kube.status_patches[0]["desiredReplicas"] == 0
+
+
+async def test_flush_writes_what_a_busy_queue_held_back_since_its_last_write() -> None:
+    """Between writes (every min_interval while busy) the history lives in memory: a restart lost up to 10 s of
+    it (lastActiveTime, the recommendations). On shutdown `flush` writes it; with nothing held, nothing."""
+    t, kube, clock = make(replicas=5)
+    seq = await ticks(t, clock, 1, ready=45)
+    await ticks(t, clock, 4, ready=45, seq=seq)
+    assert len(kube.status_patches) == 1 and kube.status_patches[0]["history"]["lastActiveTime"] == 1001.0
+    fut = t.flush()
+    assert fut is not None and fut.done()
+    assert stored(kube.status_patches)["history"]["lastActiveTime"] == 1005.0
+    assert t.flush() is None and len(kube.status_patches) == 2
+    # A new operator starts from it: the same history
+    assert history_from_status(stored(kube.status_patches)) == t.history

@@ -62,6 +62,26 @@ async def test_status_patches_queued_behind_a_write_in_flight_merge_latest_wins(
     assert mine == [{"replicas": 1, "reason": "a"}, {"replicas": 2, "reason": "c"}]
 
 
+async def test_drain_waits_for_the_queued_writes_but_not_past_its_timeout() -> None:
+    stuck = asyncio.Event()
+    written: list[str] = []
+
+    async def write(namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        await asyncio.sleep(0.01)
+        if name == "stuck":
+            await stuck.wait()
+        written.append(name)
+
+    q = StatusQueue(write)
+    for name in ("a", "b", "c"):
+        q.submit("ns", name, {"replicas": 1})
+    assert await q.drain(5) == 0 and sorted(written) == ["a", "b", "c"]
+    q.submit("ns", "stuck", {"replicas": 1})
+    q.submit("ns", "d", {"replicas": 1})
+    assert await q.drain(0.2) == 1 and "d" in written  # it gave up on the stuck one at its timeout
+    await q.stop()
+
+
 async def test_a_status_write_that_failed_fails_its_future() -> None:
     async def write(namespace: str, name: str, patch: Mapping[str, Any]) -> None:
         raise ApiException(status=403, reason="Forbidden")
