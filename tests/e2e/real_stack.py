@@ -317,7 +317,23 @@ def container_problems(pods: list[dict[str, Any]]) -> list[str]:
         for c in p["status"].get("containerStatuses", []):
             last = (c.get("lastState") or {}).get("terminated") or {}
             if c.get("restartCount") or last:
-                out.append(f"{name}/{c['name']}: {c.get('restartCount')} restarts, last {last.get('reason')}")
+                how = ", ".join(f"{k} {last[k]}" for k in ("exitCode", "signal", "finishedAt", "message") if k in last)
+                out.append(f"{name}/{c['name']}: {c.get('restartCount')} restarts, last {last.get('reason')} ({how})")
+    return out
+
+
+def why_gone(s: Stack, names: set[str]) -> dict[str, list[str]]:
+    """The events of pods that went away (who deleted, evicted or scaled them in), and the operator's scale lines:
+    what a test reports when a pod it watched was replaced."""
+    events = s.get("events")["items"]
+    out = {n: [f"{e.get('reason')}: {e.get('message')}" for e in events
+               if e.get("involvedObject", {}).get("name") == n] for n in sorted(names)}  # fmt: skip
+    rs = [
+        f"{e.get('involvedObject', {}).get('name')} {e.get('reason')}: {e.get('message')}"
+        for e in events
+        if e.get("involvedObject", {}).get("kind") in ("ReplicaSet", "Deployment", "QueueWorker")
+    ]
+    out["scaling events"] = rs[-12:]
     return out
 
 

@@ -84,6 +84,7 @@ from tests.e2e.real_stack import (
     ready,
     reset_memory_peak,
     wait_for,
+    why_gone,
     worker_in_progress,
     write_figures,
 )
@@ -620,8 +621,9 @@ class TestHelmRelease:
         s = release
         client = api_client(s, f"{FULLNAME}-api")
         workers = "app.kubernetes.io/component in (worker-image,worker-email)"
+        watched = "app.kubernetes.io/component in (worker-image,worker-email,api)"
         wait_for("every worker pod Ready", lambda: all(ready(p) for p in s.pods(workers)), 60, lambda: pod_state(s))
-        restarts = {p["metadata"]["name"]: container_problems([p]) for p in s.pods(workers)}
+        restarts = {p["metadata"]["name"]: container_problems([p]) for p in s.pods(watched)}
         earlier = client.post("/v1/emails", json={"to": "a@example.com", "subject": "before", "text": "x"})
         assert earlier.status_code == 202, earlier.text
         t = time.monotonic()
@@ -641,8 +643,13 @@ class TestHelmRelease:
         wait_for("every worker pod Ready again", lambda: all(ready(p) for p in s.pods(workers)), 90,
                  lambda: pod_state(s))  # fmt: skip
         s.figures["helm"]["broker_back_to_workers_ready_s"] = round(time.monotonic() - t, 1)
-        after = {p["metadata"]["name"]: container_problems([p]) for p in s.pods(workers)}
-        assert after == restarts, after  # the liveness probe left the waiting workers alone
+        # The liveness probes left the waiting workers and the answering API alone: no container restarted. (A pod
+        # the operator or the ReplicaSet replaced meanwhile is no probe's doing; it is reported with its events.)
+        after = {p["metadata"]["name"]: container_problems([p]) for p in s.pods(watched)}
+        restarted = {n: a for n, a in after.items() if a != restarts.get(n, [])}
+        assert not restarted, restarted
+        if gone := set(restarts) - set(after):
+            s.figures["helm"]["pods_replaced_during_the_outage"] = why_gone(s, gone)
         again = wait_for("a 202 again", lambda: post_email(client, "after", 202), 30)
         assert task_final(client, again.json()["task_id"], 60)["status"] == "succeeded"
 
@@ -661,6 +668,7 @@ class TestHelmRelease:
         max_bytes = int(api_env.get("QW_MAX_UPLOAD_BYTES") or limits["max_upload_bytes"].default)
         data = largest_accepted_png(max_pixels, max_bytes - 64 * 1024)  # room for the form's other parts
         pods = s.pods("app.kubernetes.io/component in (api,worker-image)")
+        before = {p["metadata"]["name"]: container_problems([p]) for p in pods}  # what earlier tests left
         for p in pods:
             reset_memory_peak(p)
         rss = RssPeaks(pods)
@@ -684,7 +692,8 @@ class TestHelmRelease:
             assert task_final(client, task_id, 300)["status"] == "succeeded"
         rss_peaks = rss.stop()
         now = s.pods("app.kubernetes.io/component in (api,worker-image)")
-        assert not container_problems(now), container_problems(now)
+        problems = {n: c for p in now if (c := container_problems([p])) != before.get(n := p["metadata"]["name"], [])}
+        assert not problems, problems
         assert {p["metadata"]["name"] for p in now} >= {p["metadata"]["name"] for p in pods}  # none replaced
         peaks: dict[str, Any] = {}
         for p in pods:
