@@ -209,6 +209,7 @@ def run_size(cluster: Any, tmp: Path, n: int, bursts: int, idle: float, out: dic
     broker.start()
     try:
         env = make_env(cluster, broker, tmp / f"n{n}")
+        out["namespace"] = env.namespace
         _measure(env, broker, n, bursts, idle, out)
     except Exception as exc:  # the figures got so far stay, with what stopped the rest
         out["error"] = f"{type(exc).__name__}: {exc}"
@@ -226,7 +227,9 @@ def _measure(env: Env, broker: Broker, n: int, bursts: int, idle: float, out: di
     names = fleet_names(n, "q")
     t = time.monotonic()
     declare_quorum_queues(env, names)
-    create_fleet(env, names, scaling={"messagesPerReplica": 10, "cooldownSeconds": 60,
+    # A cooldown longer than the whole run: a restart's window (at 5,000 under load up to a minute after the purge
+    # of the busy ones) never holds the policy's own scale-in, which would count as a restart's replica write.
+    create_fleet(env, names, scaling={"messagesPerReplica": 10, "cooldownSeconds": 600,
                                       "scaleDownStabilizationSeconds": 5})  # fmt: skip
     out["setup_s"] = round(time.monotonic() - t, 1)
     op = env.start_operator("op1")
@@ -298,7 +301,7 @@ def _measure(env: Env, broker: Broker, n: int, bursts: int, idle: float, out: di
         # Restart: a new operator replaces this one; no replica may change because of it (no flapping)
         for q in busy:
             env.purge(q)
-        # Settled first: 5 s of stabilization takes the purged ones 5 -> 1, then the 60 s cooldown holds 1. (A
+        # Settled first: 5 s of stabilization takes the purged ones 5 -> 1, then the cooldown holds 1. (A
         # restart inside those 5 s counts the policy's own scale-down as flapping: 100 "writes" in one run.)
         wait(lambda: all(d[q][1] == 1 for d in [deployments(env)] for q in busy), 60, "busy settled at 1", 1.0)
         time.sleep(3)  # the idle transition's status written
@@ -311,7 +314,9 @@ def _measure(env: Env, broker: Broker, n: int, bursts: int, idle: float, out: di
         out["restart_first_round_s"] = round(time.monotonic() - r0, 1)
         time.sleep(15)
         after = deployments(env)
-        out["restart_replica_writes"] = sum(1 for k, v in held.items() if after.get(k) != v)
+        changed = {k: [v, after.get(k)] for k, v in held.items() if after.get(k) != v}  # (generation, replicas)
+        out["restart_replica_writes"] = len(changed)
+        out["restart_replica_changes"] = dict(list(changed.items())[:10])
         m2 = metrics(url2)
         out["restart_throttled_429"] = throttled(m2)
         out["restart_status_writes"] = m2.get("queueworker_operator_kube_writes_total{kind=status}", 0)
@@ -321,6 +326,14 @@ def _measure(env: Env, broker: Broker, n: int, bursts: int, idle: float, out: di
         if second is not None:
             stop(second)
         env.cluster.kubectl("delete", "namespace", env.namespace, "--wait=false", check=False)  # the broker goes whole
+
+
+def namespace_gone(cluster: Any, namespace: str, timeout: float) -> float:
+    """Seconds until `namespace` (deleted with --wait=false) is gone: its QueueWorkers, Deployments and
+    ReplicaSets garbage-collected."""
+    t = time.monotonic()
+    cluster.kubectl("wait", "--for=delete", f"namespace/{namespace}", f"--timeout={int(timeout)}s", check=False)
+    return round(time.monotonic() - t, 1)
 
 
 def main() -> int:
@@ -346,8 +359,12 @@ def main() -> int:
     try:
         results: list[dict[str, Any]] = []
         for n in args.sizes.split(","):
+            previous = results[-1].get("namespace") if results else None
             results.append({})
             try:
+                if previous:  # its thousands of objects being garbage-collected would load this size's start
+                    gone = namespace_gone(cluster, previous, 600)
+                    results[-1]["previous_namespace_deleted_s"] = gone
                 run_size(cluster, tmp, int(n), args.bursts, args.idle, results[-1])
             except Deadline as exc:  # report what there is
                 results[-1]["error"] = str(exc)

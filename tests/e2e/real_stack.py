@@ -334,6 +334,8 @@ def why_gone(s: Stack, names: set[str]) -> dict[str, list[str]]:
         if e.get("involvedObject", {}).get("kind") in ("ReplicaSet", "Deployment", "QueueWorker")
     ]
     out["scaling events"] = rs[-12:]
+    log = s.kubectl("-n", NAMESPACE, "logs", f"deployment/{FULLNAME}-operator", "--tail", "400", check=False).stdout
+    out["operator scale lines"] = [line for line in log.splitlines() if " -> " in line][-12:]
     return out
 
 
