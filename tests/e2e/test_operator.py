@@ -247,7 +247,9 @@ def test_after_a_purge_scale_in_waits_for_the_cooldown_not_for_the_held_rate(env
     for _ in range(6):
         env.publish("pg", 1)
         time.sleep(0.3)
-    wait_for("the rate's age in the status", lambda: env.qw("pg")["status"]["queue"].get("lastPublishTime"), 15)
+    # (3.10's management API shows a publish counter's move 5-10 s late here, later under load: CI saw none in 15 s.
+    # The held rate starts when the operator sees the move, so the wait does not let it run out before the purge.)
+    wait_for("the rate's age in the status", lambda: env.qw("pg")["status"]["queue"].get("lastPublishTime"), 60)
     env.purge("pg")
     t0 = time.monotonic()
     # Then the scale to zero comes after about the cooldown (3 s, + the 2 s the rate takes to go stale, + ticks),
