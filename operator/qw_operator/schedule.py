@@ -185,7 +185,7 @@ class Scheduler:
         await asyncio.gather(*self._tasks, *running, return_exceptions=True)
 
     def flush(self) -> int:
-        """After `stop`: queue every status held back since its last write (see Ticker.flush); how many. None
+        """After `stop`: queue every status held back since its last write (see Ticker.flush); how many. Nothing
         while paused: another operator leads, and its statuses are newer."""
         if self.paused:
             return 0

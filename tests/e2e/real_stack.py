@@ -322,6 +322,17 @@ def container_problems(pods: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def problems_by_pod(pods: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """`container_problems` of each pod, by pod name."""
+    return {p["metadata"]["name"]: container_problems([p]) for p in pods}
+
+
+def new_problems(before: dict[str, list[str]], pods: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """The pods among `pods` whose container problems differ from `before` (`problems_by_pod` earlier): what
+    happened since then (a pod new since then counts from none)."""
+    return {n: c for n, c in problems_by_pod(pods).items() if c != before.get(n, [])}
+
+
 def why_gone(s: Stack, names: set[str]) -> dict[str, list[str]]:
     """The events of pods that went away (who deleted, evicted or scaled them in), and the operator's scale lines:
     what a test reports when a pod it watched was replaced."""

@@ -72,14 +72,15 @@ from tests.e2e.real_stack import (
     RssPeaks,
     Stack,
     api_client,
-    container_problems,
     ctr,
     first_new_running,
     image_roundtrip,
     memory_peak_mib,
+    new_problems,
     operator_leads,
     parts,
     pod_state,
+    problems_by_pod,
     readme_block,
     ready,
     reset_memory_peak,
@@ -623,7 +624,7 @@ class TestHelmRelease:
         workers = "app.kubernetes.io/component in (worker-image,worker-email)"
         watched = "app.kubernetes.io/component in (worker-image,worker-email,api)"
         wait_for("every worker pod Ready", lambda: all(ready(p) for p in s.pods(workers)), 60, lambda: pod_state(s))
-        restarts = {p["metadata"]["name"]: container_problems([p]) for p in s.pods(watched)}
+        restarts = problems_by_pod(s.pods(watched))
         earlier = client.post("/v1/emails", json={"to": "a@example.com", "subject": "before", "text": "x"})
         assert earlier.status_code == 202, earlier.text
         t = time.monotonic()
@@ -645,10 +646,10 @@ class TestHelmRelease:
         s.figures["helm"]["broker_back_to_workers_ready_s"] = round(time.monotonic() - t, 1)
         # The liveness probes left the waiting workers and the answering API alone: no container restarted. (A pod
         # the operator or the ReplicaSet replaced meanwhile is no probe's doing; it is reported with its events.)
-        after = {p["metadata"]["name"]: container_problems([p]) for p in s.pods(watched)}
-        restarted = {n: a for n, a in after.items() if a != restarts.get(n, [])}
+        now = s.pods(watched)
+        restarted = new_problems(restarts, now)
         assert not restarted, restarted
-        if gone := set(restarts) - set(after):
+        if gone := set(restarts) - {p["metadata"]["name"] for p in now}:
             s.figures["helm"]["pods_replaced_during_the_outage"] = why_gone(s, gone)
         again = wait_for("a 202 again", lambda: post_email(client, "after", 202), 30)
         assert task_final(client, again.json()["task_id"], 60)["status"] == "succeeded"
@@ -668,7 +669,7 @@ class TestHelmRelease:
         max_bytes = int(api_env.get("QW_MAX_UPLOAD_BYTES") or limits["max_upload_bytes"].default)
         data = largest_accepted_png(max_pixels, max_bytes - 64 * 1024)  # room for the form's other parts
         pods = s.pods("app.kubernetes.io/component in (api,worker-image)")
-        before = {p["metadata"]["name"]: container_problems([p]) for p in pods}  # what earlier tests left
+        before = problems_by_pod(pods)  # what earlier tests left
         for p in pods:
             reset_memory_peak(p)
         rss = RssPeaks(pods)
@@ -692,7 +693,7 @@ class TestHelmRelease:
             assert task_final(client, task_id, 300)["status"] == "succeeded"
         rss_peaks = rss.stop()
         now = s.pods("app.kubernetes.io/component in (api,worker-image)")
-        problems = {n: c for p in now if (c := container_problems([p])) != before.get(n := p["metadata"]["name"], [])}
+        problems = new_problems(before, now)
         assert not problems, problems
         assert {p["metadata"]["name"] for p in now} >= {p["metadata"]["name"] for p in pods}  # none replaced
         peaks: dict[str, Any] = {}
