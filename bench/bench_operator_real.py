@@ -246,7 +246,12 @@ def _measure(env: Env, broker: Broker, n: int, bursts: int, idle: float, out: di
         out["all_status_s"] = round(wait_all_statuses(env, names, 600), 1)
         elapsed = time.monotonic() - t0
         out["startup_cores"] = {k: round((v - cpu0.get(k, 0.0)) / elapsed, 2) for k, v in cpu_seconds(pids).items()}
-        out["throttled_429_startup"] = throttled(metrics(url))
+        started = metrics(url)
+        out["throttled_429_startup"] = throttled(started)
+        # Writes sent by then, by kind: N status writes is the floor (one each); more is work the apiserver, the
+        # start-up's scarcest CPU here (4-5 ms of its CPU per status PATCH), did for nothing a user reads.
+        out["startup_writes"] = {k.split("kind=")[1].rstrip("}"): int(v) for k, v in started.items()
+                                 if k.startswith("queueworker_operator_kube_writes_total{")}  # fmt: skip
         out["load_startup"] = load()
         progress(out)
         time.sleep(10)  # past the first round's status writes

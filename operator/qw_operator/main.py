@@ -95,6 +95,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
         on_throttled=metrics.kube_throttled.inc,
         writers=cfg.kube_writers,
         on_write=lambda kind: metrics.kube_writes.labels(kind).inc(),
+        timeout=cfg.kube_write_timeout,
     )
     # Every Deployment of the watched namespaces, from a list + watch of our own (deployments.py: kopf's indexes
     # made a start-up at 5,000 QueueWorkers quadratic); nothing is ticked or decided before its first list.

@@ -59,7 +59,10 @@ class OperatorMetrics:
         self.broker_read_errors = Counter("broker_read_errors_total", "Failed management API reads", ["broker"], **on)
         self.reconcile_errors = Counter("reconcile_errors_total", "Ticks that failed with an error", **on)
         self.kube_write_retries = Counter(
-            "kube_write_retries_total", "Kubernetes writes retried after a 409, 429 or 5xx", ["status"], **on
+            "kube_write_retries_total",
+            "Kubernetes writes retried after a 409, 429, 5xx or no answer (status 0: timeout, connection failed)",
+            ["status"],
+            **on,
         )
         self.kube_throttled = Counter(
             "kube_throttled_total", "Kubernetes writes the apiserver answered 429 Too Many Requests", **on

@@ -7,7 +7,11 @@ coalesces the ones not sent yet per QueueWorker.
 The sync `kubernetes` client is made once at startup and its calls run in worker threads, so the event loop
 (and every other QueueWorker's tick) never waits on one slow request. A replica or status write the apiserver
 refuses for now (429 Too Many Requests, 409 Conflict, 5xx) is retried with jittered exponential backoff, after
-its Retry-After when it sends one; other errors (403, 404, 422) are not retried.
+its Retry-After when it sends one; other errors (403, 404, 422) are not retried. Every write has a timeout
+(QW_KUBE_WRITE_TIMEOUT): one without an answer by then (a connection dropped without a reset, an apiserver
+that hangs), or whose connection failed, is retried the same way. Those writes are merge patches that set
+values, so sending one twice changes nothing; a Deployment create that times out is not retried here (its
+handler's retry finds it, 409 "exists", if it was made after all).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
+from urllib3.exceptions import HTTPError as TransportError
 
 from qw_operator.crd import GROUP, PLURAL, VERSION
 from qw_operator.writes import SCALE, STATUS, TEMPLATE, Slots, StatusQueue, TokenBucket
@@ -35,6 +40,9 @@ log = logging.getLogger(__name__)
 def retryable(exc: ApiException) -> bool:
     """The apiserver may accept the same write later: throttled, a conflicting writer, or a server error."""
     return exc.status in (409, 429) or (exc.status or 0) >= 500
+
+
+NO_ANSWER = 0  # the retry metric's status for a write that got no HTTP answer (timeout, connection failed)
 
 
 def retry_after(exc: ApiException) -> float | None:
@@ -130,6 +138,7 @@ class Kube:
         on_throttled: Callable[[], None] = lambda: None,
         writers: int = 4,
         on_write: Callable[[str], None] = lambda kind: None,
+        timeout: float | None = 20.0,
     ) -> None:
         self.apps = k8s.AppsV1Api(api_client)
         self.custom = k8s.CustomObjectsApi(api_client)
@@ -143,6 +152,7 @@ class Kube:
         self._threads = ThreadPoolExecutor(max(1, writers), thread_name_prefix="kube-write")
         self.slots = Slots(writers)  # one write per thread in flight: priority holds up to the apiserver
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+        self.timeout = timeout  # seconds per request (connect and answer), None: none
 
     async def _write(self, call: Callable[..., Any], *args: Any, priority: int = STATUS) -> Any:
         """`call(*args)` in a thread after a token, retried while `retryable`; the last error is raised (a status
@@ -156,13 +166,16 @@ class Kube:
                     self.on_throttled()
                 if not retryable(exc) or attempt == self.attempts:
                     raise
-                self.on_retry(int(exc.status or 0))
-                wait = retry_after(exc)
-                wait = min(self.max_backoff, delay * random.uniform(0.5, 1.0) if wait is None else wait)
-                log.debug("%s: %s %s, retry %d in %.2fs", getattr(call, "__name__", call), exc.status, exc.reason,
-                          attempt, wait)  # fmt: skip
-                await self.sleep(wait)
-                delay = min(self.max_backoff, 2 * delay)
+                status, why, wait = int(exc.status or 0), f"{exc.status} {exc.reason}", retry_after(exc)
+            except TransportError as exc:  # no answer in time, or the connection failed: nothing was refused
+                if attempt == self.attempts:
+                    raise
+                status, why, wait = NO_ANSWER, f"no answer ({type(exc).__name__})", None
+            self.on_retry(status)
+            wait = min(self.max_backoff, delay * random.uniform(0.5, 1.0) if wait is None else wait)
+            log.debug("%s: %s, retry %d in %.2fs", getattr(call, "__name__", call), why, attempt, wait)
+            await self.sleep(wait)
+            delay = min(self.max_backoff, 2 * delay)
         raise AssertionError("unreachable")
 
     async def _send(self, priority: int, call: Callable[..., Any], *args: Any) -> Any:
@@ -177,7 +190,8 @@ class Kube:
             self.slots.release()
 
     async def _in_thread(self, call: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._threads, functools.partial(call, *args))
+        kwargs = {} if self.timeout is None else {"_request_timeout": self.timeout}
+        return await asyncio.get_running_loop().run_in_executor(self._threads, functools.partial(call, *args, **kwargs))
 
     @staticmethod
     async def check_crd(api_client: k8s.ApiClient) -> None:

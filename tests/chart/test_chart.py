@@ -179,7 +179,7 @@ def test_the_operator_is_one_replica_recreated_never_two() -> None:
     assert peering["metadata"]["name"] == "qw-queueworker"  # a second operator waits instead of acting
 
 
-PACING = ("QW_STATUS_MIN_INTERVAL_SECONDS", "QW_KUBE_QPS", "QW_KUBE_BURST", "QW_KUBE_WRITERS")
+PACING = ("QW_STATUS_MIN_INTERVAL_SECONDS", "QW_KUBE_QPS", "QW_KUBE_BURST", "QW_KUBE_WRITERS", "QW_KUBE_WRITE_TIMEOUT")
 
 
 def _operator_env(objects: list[dict]) -> dict[str, str]:
@@ -188,8 +188,8 @@ def _operator_env(objects: list[dict]) -> dict[str, str]:
 
 
 def test_the_operators_write_pacing_is_set_from_values(monkeypatch: pytest.MonkeyPatch) -> None:
-    """operator.kube.{qps,burst,writers} and operator.statusMinIntervalSeconds reach the operator as the settings
-    it reads; the defaults are the operator's own, and the plain manifests say the same."""
+    """operator.kube.{qps,burst,writers,writeTimeout} and operator.statusMinIntervalSeconds reach the operator as
+    the settings it reads; the defaults are the operator's own, and the plain manifests say the same."""
     defaults = OperatorSettings.model_fields
     env = _operator_env(render(MINIMAL))
     assert {k: float(env[k]) for k in PACING} == {
@@ -197,17 +197,24 @@ def test_the_operators_write_pacing_is_set_from_values(monkeypatch: pytest.Monke
         "QW_KUBE_QPS": defaults["kube_qps"].default,
         "QW_KUBE_BURST": defaults["kube_burst"].default,
         "QW_KUBE_WRITERS": defaults["kube_writers"].default,
+        "QW_KUBE_WRITE_TIMEOUT": defaults["kube_write_timeout"].default,
     }
     [manifest] = [d for d in _manifest_docs("operator.yaml") if d["kind"] == "Deployment"]
     manifest_env = {e["name"]: e.get("value") for e in manifest["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert {k: manifest_env.get(k) for k in PACING} == {k: env[k] for k in PACING}
     sets = ("operator.kube.qps=40", "operator.kube.burst=60", "operator.kube.writers=4",
-            "operator.statusMinIntervalSeconds=30")  # fmt: skip
+            "operator.kube.writeTimeout=7", "operator.statusMinIntervalSeconds=30")  # fmt: skip
     env = _operator_env(render(MINIMAL, sets=sets))
     for k in PACING:
         monkeypatch.setenv(k, env[k])
     s = OperatorSettings()
-    assert (s.kube_qps, s.kube_burst, s.kube_writers, s.status_min_interval_seconds) == (40, 60, 4, 30)
+    assert (s.kube_qps, s.kube_burst, s.kube_writers, s.kube_write_timeout, s.status_min_interval_seconds) == (
+        40,
+        60,
+        4,
+        7,
+        30,
+    )
 
 
 def test_the_operator_rbac_is_minimal() -> None:
@@ -285,6 +292,8 @@ def test_the_ingress_and_network_policies_render_when_asked(scenarios) -> None:
         ("operator.kube.burst=2.5", "/operator/kube/burst"),
         ("operator.kube.writers=0", "/operator/kube/writers"),
         ("operator.kube.writers=100", "/operator/kube/writers"),
+        ("operator.kube.writeTimeout=0", "/operator/kube/writeTimeout"),
+        ("operator.kube.writeTimeout=3600", "/operator/kube/writeTimeout"),
         ("operator.kube.qsp=10", "additional properties 'qsp' not allowed"),
         ("operator.statusMinIntervalSeconds=0", "/operator/statusMinIntervalSeconds"),
     ],

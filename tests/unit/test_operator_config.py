@@ -89,7 +89,7 @@ def test_pairs_come_from_a_mounted_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("name", "value"),
     [("QW_KUBE_QPS", "-1"), ("QW_KUBE_BURST", "0"), ("QW_KUBE_WRITERS", "0"), ("QW_KUBE_WRITERS", "65"),
-     ("QW_STATUS_MIN_INTERVAL_SECONDS", "-5"), ("QW_KUBE_QPS", "fast")],
+     ("QW_KUBE_WRITE_TIMEOUT", "0"), ("QW_STATUS_MIN_INTERVAL_SECONDS", "-5"), ("QW_KUBE_QPS", "fast")],
 )  # fmt: skip
 def test_write_pacing_out_of_range_is_refused_naming_the_setting(
     monkeypatch: pytest.MonkeyPatch, name: str, value: str

@@ -1,5 +1,8 @@
 """Kubernetes writes the apiserver refuses for now (429, 409, 5xx) are retried with backoff; others are not.
 
+A write that gets no answer is given up after its timeout and retried too: that fault is real here (a server on
+127.0.0.1 that reads the request and never answers).
+
 The apiserver is faked here: a 429 or a 5xx cannot be made on demand cheaply on the real control plane (it takes
 thousands of concurrent writes to get the apiserver to throttle), so a fake raises the same `ApiException` the
 kubernetes client raises. The real control plane's answer is measured by the operator e2e suites.
@@ -7,12 +10,16 @@ kubernetes client raises. The real control plane's answer is measured by the ope
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import threading
 from typing import Any
 
 import pytest
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
-from qw_operator.scaler import Kube
+from qw_operator.scaler import NO_ANSWER, Kube
+from urllib3.exceptions import HTTPError as TransportError
 
 
 class Refusing:
@@ -23,7 +30,8 @@ class Refusing:
         self.retry_after = retry_after
         self.calls: list[tuple[Any, ...]] = []
 
-    def _call(self, *args: Any) -> dict[str, Any]:
+    def _call(self, *args: Any, _request_timeout: float | None = None) -> dict[str, Any]:
+        assert _request_timeout is not None, "every write has a timeout"
         self.calls.append(args)
         if self.statuses:
             exc = ApiException(status=self.statuses.pop(0), reason="refused")
@@ -88,3 +96,91 @@ async def test_a_write_refused_every_time_gives_up_after_the_last_attempt() -> N
     with pytest.raises(ApiException):
         await k.patch_status("ns", "w", {})
     assert len(api.calls) == Kube.attempts and len(slept) == Kube.attempts - 1 and max(slept) <= Kube.max_backoff
+
+
+DEPLOYMENT = b'{"apiVersion": "apps/v1", "kind": "Deployment", "spec": {"selector": {}, "template": {}}}'
+
+
+class Silent:
+    """A real HTTP server on 127.0.0.1 whose first `hang` requests are read and never answered (what a connection
+    dropped without a reset looks like from the client), then answered 200."""
+
+    def __init__(self, hang: int) -> None:
+        self.hang = hang
+        self.requests: list[bytes] = []
+        self._held: list[socket.socket] = []
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            conn.settimeout(5)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = int(
+                next((h.split(b":")[1] for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")), b"0")
+            )
+            while len(body) < length:
+                body += conn.recv(65536)
+            self.requests.append(head.split(b"\r\n")[0] + b" " + body)
+            if len(self.requests) <= self.hang:
+                self._held.append(conn)  # read, never answered, never closed
+                continue
+            answer = DEPLOYMENT if b"/deployments/" in head else b"{}"
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                + b"Content-Length: %d\r\n\r\n" % len(answer)
+                + answer
+            )
+            conn.close()
+
+    def close(self) -> None:
+        self._sock.close()
+        for c in self._held:
+            c.close()
+
+
+def silent_kube(server: Silent, timeout: float) -> tuple[Kube, list[int]]:
+    retried: list[int] = []
+    k = Kube(k8s.ApiClient(k8s.Configuration(host=f"http://127.0.0.1:{server.port}")), on_retry=retried.append,
+             timeout=timeout)  # fmt: skip
+
+    async def sleep(seconds: float) -> None:
+        pass
+
+    k.sleep = sleep
+    return k, retried
+
+
+async def test_a_write_that_gets_no_answer_is_given_up_after_its_timeout_and_sent_again() -> None:
+    """Without a timeout the first write here would wait forever, holding a writer thread: with every writer held
+    so, no replica change would go out again."""
+    server = Silent(hang=2)
+    try:
+        k, retried = silent_kube(server, timeout=0.3)
+        await asyncio.wait_for(k.set_replicas("ns", "dep", 3), 10)
+        assert retried == [NO_ANSWER, NO_ANSWER]
+        assert len(server.requests) == 3
+        assert all(r.startswith(b"PATCH /apis/apps/v1/namespaces/ns/deployments/dep") for r in server.requests)
+        assert {r.split(b" ", 3)[3] for r in server.requests} == {b'{"spec": {"replicas": 3}}'}  # the same patch
+    finally:
+        server.close()
+
+
+async def test_a_write_never_answered_ends_in_an_error_after_the_last_attempt() -> None:
+    server = Silent(hang=100)
+    try:
+        k, retried = silent_kube(server, timeout=0.2)
+        with pytest.raises(TransportError):
+            await asyncio.wait_for(k.patch_status("ns", "w", {"replicas": 1}), 20)
+        assert len(server.requests) == Kube.attempts and retried == [NO_ANSWER] * (Kube.attempts - 1)
+    finally:
+        server.close()

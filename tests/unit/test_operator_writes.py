@@ -99,7 +99,7 @@ async def test_every_429_is_counted_and_each_retry_takes_a_token() -> None:
     """A fake apiserver (a 429 on demand cannot be made cheaply on the real one: see test_operator_kube_retry)."""
     calls: list[Any] = []
 
-    def patch(*args: Any) -> dict[str, Any]:
+    def patch(*args: Any, **kwargs: Any) -> dict[str, Any]:
         calls.append(args)
         if len(calls) < 3:
             raise ApiException(status=429, reason="Too Many Requests")
