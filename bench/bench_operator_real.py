@@ -253,6 +253,11 @@ def _measure(env: Env, broker: Broker, n: int, bursts: int, idle: float, out: di
         out["startup_writes"] = {k.split("kind=")[1].rstrip("}"): int(v) for k, v in started.items()
                                  if k.startswith("queueworker_operator_kube_writes_total{")}  # fmt: skip
         out["load_startup"] = load()
+        # The start-up's floor on this machine: the apiserver's CPU for each status write (watch fan-out included)
+        first_writes = out["startup_writes"].get("status", 0)
+        if first_writes:
+            apiserver_s = out["startup_cores"].get("kube-apiserver", 0.0) * elapsed
+            out["apiserver_ms_per_status_write"] = round(apiserver_s / first_writes * 1000, 2)
         progress(out)
         time.sleep(10)  # past the first round's status writes
         out["idle"] = window(env, op.pid, url, idle)
