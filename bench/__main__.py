@@ -272,6 +272,8 @@ def _operator_real_rows(o: dict[str, Any]) -> list[str]:
              ""),
             ("burst -> spec.replicas p50 / p99 s, classic queues (3.10 emits their depth 1 s after the publish)",
              bool(classic), f"{classic.get('p50')} / {classic.get('p99')}", ""),
+            ("start-up: status writes sent by then; kube-apiserver CPU ms per status write", "startup_writes" in r,
+             f"{r.get('startup_writes', {}).get('status')}; {r.get('apiserver_ms_per_status_write')}", ""),
             ("start-up cores: operator; kube-apiserver; broker; whole machine", bool(cores),
              f"{cores.get('operator')}; {cores.get('kube-apiserver')}; {cores.get('broker')}; {cores.get('machine')}",
              ""),
