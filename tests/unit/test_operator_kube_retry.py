@@ -11,7 +11,7 @@ kubernetes client raises. The real control plane's answer is measured by the ope
 from __future__ import annotations
 
 import asyncio
-import socket
+import http.server
 import threading
 from typing import Any
 
@@ -43,11 +43,15 @@ class Refusing:
     patch_namespaced_deployment = _call
 
 
-def kube(api: Refusing) -> tuple[Kube, list[float], list[int]]:
+def kube(api: Refusing | None = None, port: int = 1, timeout: float = 20.0) -> tuple[Kube, list[float], list[int]]:
+    """A Kube on `api` (a fake) or, without one, on the server at 127.0.0.1:`port`; its backoff sleeps are recorded,
+    not slept."""
     retried: list[int] = []
-    k = Kube(k8s.ApiClient(k8s.Configuration(host="http://127.0.0.1:1")), on_retry=retried.append)
-    k.custom = api  # type: ignore[assignment]
-    k.apps = api  # type: ignore[assignment]
+    k = Kube(k8s.ApiClient(k8s.Configuration(host=f"http://127.0.0.1:{port}")), on_retry=retried.append,
+             timeout=timeout)  # fmt: skip
+    if api is not None:
+        k.custom = api  # type: ignore[assignment]
+        k.apps = api  # type: ignore[assignment]
     slept: list[float] = []
 
     async def sleep(seconds: float) -> None:
@@ -101,63 +105,47 @@ async def test_a_write_refused_every_time_gives_up_after_the_last_attempt() -> N
 DEPLOYMENT = b'{"apiVersion": "apps/v1", "kind": "Deployment", "spec": {"selector": {}, "template": {}}}'
 
 
-class Silent:
+class Silent(http.server.ThreadingHTTPServer):
     """A real HTTP server on 127.0.0.1 whose first `hang` requests are read and never answered (what a connection
-    dropped without a reset looks like from the client), then answered 200."""
+    dropped without a reset looks like from the client) until `close`, then answered 200. `requests`: each one's
+    request line and body."""
+
+    daemon_threads = True
 
     def __init__(self, hang: int) -> None:
+        super().__init__(("127.0.0.1", 0), _Answer)
         self.hang = hang
         self.requests: list[bytes] = []
-        self._held: list[socket.socket] = []
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self._sock.getsockname()[1]
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            conn.settimeout(5)
-            data = b""
-            while b"\r\n\r\n" not in data:
-                data += conn.recv(65536)
-            head, _, body = data.partition(b"\r\n\r\n")
-            length = int(
-                next((h.split(b":")[1] for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")), b"0")
-            )
-            while len(body) < length:
-                body += conn.recv(65536)
-            self.requests.append(head.split(b"\r\n")[0] + b" " + body)
-            if len(self.requests) <= self.hang:
-                self._held.append(conn)  # read, never answered, never closed
-                continue
-            answer = DEPLOYMENT if b"/deployments/" in head else b"{}"
-            conn.sendall(
-                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
-                + b"Content-Length: %d\r\n\r\n" % len(answer)
-                + answer
-            )
-            conn.close()
+        self.port = self.server_address[1]
+        self.released = threading.Event()
+        threading.Thread(target=self.serve_forever, daemon=True).start()
 
     def close(self) -> None:
-        self._sock.close()
-        for c in self._held:
-            c.close()
+        self.released.set()
+        self.shutdown()
+        self.server_close()
 
 
-def silent_kube(server: Silent, timeout: float) -> tuple[Kube, list[int]]:
-    retried: list[int] = []
-    k = Kube(k8s.ApiClient(k8s.Configuration(host=f"http://127.0.0.1:{server.port}")), on_retry=retried.append,
-             timeout=timeout)  # fmt: skip
+class _Answer(http.server.BaseHTTPRequestHandler):
+    server: Silent
+    protocol_version = "HTTP/1.1"
 
-    async def sleep(seconds: float) -> None:
+    def do_PATCH(self) -> None:  # noqa: N802 - http.server's naming
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.server.requests.append(self.requestline.encode() + b" " + body)
+        if len(self.server.requests) <= self.server.hang:
+            self.server.released.wait()  # read, never answered
+            self.close_connection = True
+            return
+        answer = DEPLOYMENT if "/deployments/" in self.path else b"{}"
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
         pass
-
-    k.sleep = sleep
-    return k, retried
 
 
 async def test_a_write_that_gets_no_answer_is_given_up_after_its_timeout_and_sent_again() -> None:
@@ -165,7 +153,7 @@ async def test_a_write_that_gets_no_answer_is_given_up_after_its_timeout_and_sen
     so, no replica change would go out again."""
     server = Silent(hang=2)
     try:
-        k, retried = silent_kube(server, timeout=0.3)
+        k, _, retried = kube(port=server.port, timeout=0.3)
         await asyncio.wait_for(k.set_replicas("ns", "dep", 3), 10)
         assert retried == [NO_ANSWER, NO_ANSWER]
         assert len(server.requests) == 3
@@ -178,7 +166,7 @@ async def test_a_write_that_gets_no_answer_is_given_up_after_its_timeout_and_sen
 async def test_a_write_never_answered_ends_in_an_error_after_the_last_attempt() -> None:
     server = Silent(hang=100)
     try:
-        k, retried = silent_kube(server, timeout=0.2)
+        k, _, retried = kube(port=server.port, timeout=0.2)
         with pytest.raises(TransportError):
             await asyncio.wait_for(k.patch_status("ns", "w", {"replicas": 1}), 20)
         assert len(server.requests) == Kube.attempts and retried == [NO_ANSWER] * (Kube.attempts - 1)
