@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -31,6 +32,7 @@ from qw_core.brokers import Resolver
 from qw_operator.endpoints import BrokerError, endpoint_list, split_credentials
 
 log = logging.getLogger(__name__)
+_NUMBERS = itertools.count(1)
 
 QueueKey = tuple[str, str]  # (vhost, queue)
 Depth = tuple[int, int, int]  # ready, unacked, consumers
@@ -53,6 +55,11 @@ class Scrape:
     acked: Mapping[QueueKey, float] = field(default_factory=dict)
     version: str | None = None  # rabbitmq_build_info
     node: str | None = None  # rabbitmq_identity_info
+    # What differs from the scrape numbered `since` (the same endpoint's previous answer): queues whose depth or
+    # counters changed, or None when it was parsed whole (anything may have changed).
+    changed: frozenset[QueueKey] | None = None
+    since: int = 0
+    number: int = field(default_factory=lambda: next(_NUMBERS))
 
     @property
     def has_counters(self) -> bool:
@@ -125,6 +132,66 @@ def parse_scrape(text: str) -> Scrape:
     return Scrape(depth, dict(published), acked, version, node)
 
 
+def parse_changes(lines: list[str], previous: list[str], prev: Scrape) -> Scrape | None:
+    """The scrape of `lines` from the previous answer's `previous` lines and `prev` (its scrape), parsing only the
+    lines that differ; None when the answer's shape changed (samples added, removed or moved): parse it whole.
+
+    An idle broker's answer repeats all but a few lines (at 5,000 queues about 1,000 of 25,000 lines differ per
+    read, nearly all of them reductions, which are not read): the line comparison costs a fifth of a full parse,
+    and each read's work follows what changed instead of how many queues there are."""
+    if len(lines) != len(previous):
+        return None
+    pairs = [(old, new) for new, old in zip(lines, previous, strict=True) if new != old]
+    if len(pairs) > len(lines) // 4:
+        return None  # most of it changed: one scan of the whole text is cheaper
+    depth: dict[QueueKey, Depth] | None = None
+    published: dict[QueueKey, float] | None = None
+    acked: dict[QueueKey, float] | None = None
+    version, node = prev.version, prev.node
+    changed: set[QueueKey] = set()
+    for old, new in pairs:
+        cut = new.rfind(" ")
+        if cut < 0 or old.rfind(" ") != cut or old[:cut] != new[:cut] or new.startswith("#"):
+            return None  # another sample (or comment) in this place: the shape changed
+        m = _WANTED.match(new)
+        if m is None:
+            continue  # a series that is not read (reductions, messages)
+        name, raw, value = m.groups()
+        if name == "rabbitmq_build_info":
+            version = _labels(raw).get("rabbitmq_version")
+            continue
+        if name == "rabbitmq_identity_info":
+            node = _labels(raw).get("rabbitmq_node")
+            continue
+        key = _key(raw)
+        if key is None:
+            continue
+        changed.add(key)
+        if name in _DEPTH:
+            if depth is None:
+                depth = dict(prev.depth)
+            d = list(depth.get(key, (0, 0, 0)))
+            d[_DEPTH[name]] = int(float(value))
+            depth[key] = (d[0], d[1], d[2])
+        elif name == _PUBLISHED:  # a sum over the series of each exchange: this series' step
+            if published is None:
+                published = dict(prev.published)
+            published[key] = published.get(key, 0.0) + float(value) - float(old[cut + 1 :])
+        else:
+            if acked is None:
+                acked = dict(prev.acked)
+            acked[key] = float(value)
+    return Scrape(
+        prev.depth if depth is None else depth,
+        prev.published if published is None else published,
+        prev.acked if acked is None else acked,
+        version,
+        node,
+        frozenset(changed),
+        prev.number,
+    )
+
+
 def parse_prometheus_depth(text: str) -> dict[QueueKey, Depth]:
     """Per-queue ready/unacked/consumers only."""
     return dict(parse_scrape(text).depth)
@@ -163,6 +230,7 @@ class CounterRates:
         self._series: dict[tuple[str, QueueKey], collections.deque[tuple[float, float, float]]] = {}
         self._nodes: dict[tuple[str, str | None], float] = {}  # (node, vhost filter) -> when it was last read
         self.published_at: dict[QueueKey, float] = {}  # when a queue's publish counter last grew on any node
+        self.grown: set[QueueKey] = set()  # queues whose publish counter grew in the last update
 
     def update(
         self, scrapes: Sequence[tuple[str, Scrape]], now: float, vhost: str | None = None
@@ -171,6 +239,7 @@ class CounterRates:
         while unknown}."""
         out: dict[QueueKey, tuple[float, float] | None] = {}
         seen: set[tuple[str, QueueKey]] = set()
+        self.grown = set()
         for node, s in scrapes:
             if not s.has_counters:
                 continue
@@ -189,6 +258,7 @@ class CounterRates:
                     series.append((before if before is not None else now, 0.0, 0.0))
                 if series and sample[1] > series[-1][1]:  # grew (first sight of a counter: when, unknown)
                     self.published_at[key] = now
+                    self.grown.add(key)
                 series.append(sample)
                 while len(series) > 2 and series[1][0] <= now - self.window:
                     series.popleft()
@@ -232,7 +302,7 @@ class PrometheusReader:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self.calls = 0
         self.failed: dict[str, str] = {}  # endpoint -> error, from the last fetch
-        self._last: dict[str, tuple[str, Scrape]] = {}  # endpoint -> its last answer and its parse
+        self._last: dict[str, tuple[str, list[str], Scrape]] = {}  # endpoint -> its last answer, lines, parse
 
     async def _get(self, base: str, auth: Mapping[str, str], vhost: str | None) -> Scrape:
         params = [("family", f) for f in FAMILIES]
@@ -252,10 +322,13 @@ class PrometheusReader:
 
     def parse(self, base: str, text: str) -> Scrape:
         last = self._last.get(base)
-        if last is not None and last[0] == text:  # an idle broker answers the same text every tick: parsed once
-            return last[1]
-        scrape = parse_scrape(text)
-        self._last[base] = (text, scrape)
+        if last is not None and last[0] == text:  # the same answer again: the same scrape, nothing changed
+            return last[2]
+        lines = text.split("\n")
+        scrape = parse_changes(lines, last[1], last[2]) if last is not None else None
+        if scrape is None:
+            scrape = parse_scrape(text)
+        self._last[base] = (text, lines, scrape)
         return scrape
 
     async def fetch_all(self, vhost: str | None = None) -> list[tuple[str, Scrape]]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
@@ -33,7 +34,14 @@ import aiohttp
 import orjson
 
 from qw_operator.endpoints import BrokerError, endpoint_list, split_credentials
-from qw_operator.prometheus import CounterRates, PrometheusReader, Scrape, merge_depth, parse_prometheus_depth
+from qw_operator.prometheus import (
+    CounterRates,
+    Depth,
+    PrometheusReader,
+    Scrape,
+    merge_depth,
+    parse_prometheus_depth,
+)
 
 __all__ = ["BrokerError", "BrokerPoller", "Brokers", "ManagementReader", "PrometheusReader", "QueueMetrics",
            "Snapshot", "parse_prometheus_depth", "parse_queue", "split_credentials"]  # fmt: skip
@@ -110,6 +118,7 @@ def parse_queue(item: Mapping[str, Any]) -> tuple[QueueKey, QueueMetrics | None]
 
 
 RATE_HOLD_SECONDS = 15.0
+_NOTHING = object()  # "not seen yet", unequal to anything
 MANAGEMENT_GRACE = 0.1  # seconds a snapshot waits for a running management read once its depth is in
 
 
@@ -254,6 +263,8 @@ class BrokerPoller:
     registered one, and when every registration is on one vhost only that vhost's queues are read.
     """
 
+    incremental = True  # False: every read works out every queue again (the tests' reference)
+
     def __init__(
         self,
         name: str,
@@ -283,6 +294,15 @@ class BrokerPoller:
         self._management_next = 0.0  # clock() before which no new management read starts
         self._management_took = 0.0  # seconds the last management read took
         self._last: dict[QueueKey, tuple[tuple[Any, ...], QueueMetrics]] = {}  # each queue's last figures
+        # What the last _combine saw, so the next one redoes only the queues whose inputs changed: the snapshot's
+        # queues, the management answer its held rates came from (and until
+        # when they stand), each node's scrape (by number), the merged depth and the counter rates.
+        self._queues: dict[QueueKey, QueueMetrics] = {}
+        self._rates_from: Any = _NOTHING
+        self._rates_until = 0.0
+        self._scrapes_seen: tuple[int, ...] = ()
+        self._depth: Mapping[QueueKey, Depth] = {}
+        self._counter_rates: dict[QueueKey, tuple[float, float] | None] = {}
         self._counters = CounterRates()
 
     def register(self, uid: str, vhost: str, queue: str, interval: float) -> None:
@@ -424,19 +444,72 @@ class BrokerPoller:
         vhost: str | None = None,
     ) -> tuple[dict[QueueKey, QueueMetrics], dict[QueueKey, str], frozenset[QueueKey]]:
         """Per queue: depth from Prometheus, else the management API; rates from Prometheus counters, else the
-        management API; neither -> unknown (with the reason), never zero."""
-        with_depth = {k: m for k, m in (management or {}).items() if m is not None}
-        self._rates = hold_rates(self._rates, with_depth, now)
-        depth = merge_depth(s for _, s in scrapes or ())
+        management API; neither -> unknown (with the reason), never zero.
+
+        Only the queues whose inputs changed since the last call are worked out again (a new depth, held rate or
+        counter rate, a queue new or gone, every unknown one); the rest keep their figures. At 5,000 idle queues
+        that is a few per read instead of 5,000: the read every scale-up waits for got shorter by as much."""
+        dirty: set[QueueKey] | None = set() if self.incremental else None  # None: every queue
+        # Rates held from the management API: the same answer again changes nothing until a hold runs out.
+        if dirty is None or management is not self._rates_from or now >= self._rates_until:
+            with_depth = {k: m for k, m in (management or {}).items() if m is not None}
+            rates = hold_rates(self._rates, with_depth, now)
+            old_rates = self._rates
+            if dirty is not None:
+                dirty.update(k for k, v in rates.items() if old_rates.get(k) is not v)
+                dirty.update(k for k in old_rates if k not in rates)
+            self._rates, self._rates_from = rates, management
+            # The earliest moment a held rate runs out (hold_rates then gives that queue the answer's own rate).
+            self._rates_until = min(
+                (t + RATE_HOLD_SECONDS for _, t in rates.values() if t + RATE_HOLD_SECONDS > now), default=math.inf
+            )
+        # Depth from Prometheus: one node's scrape says what changed since the one before it.
+        seen_scrapes = tuple(s.number for _, s in scrapes or ())
+        if scrapes and len(scrapes) == 1:
+            only = scrapes[0][1]
+            depth: Mapping[QueueKey, Depth] = only.depth
+            if dirty is not None and seen_scrapes != self._scrapes_seen:
+                if only.changed is not None and (only.since,) == self._scrapes_seen:
+                    dirty.update(only.changed)
+                else:
+                    dirty = None
+        else:
+            depth = merge_depth(s for _, s in scrapes or ())
+            if dirty is not None and seen_scrapes != self._scrapes_seen:
+                old_depth = self._depth
+                dirty.update(k for k, d in depth.items() if old_depth.get(k) != d)
+                dirty.update(k for k in old_depth if k not in depth)
+        self._scrapes_seen, self._depth = seen_scrapes, depth
         counters = bool(scrapes) and all(s.has_counters for _, s in scrapes or ())
-        rates = self._counters.update(scrapes or [], now, vhost) if counters else {}
+        rates_now = self._counters.update(scrapes or [], now, vhost) if counters else {}
+        if dirty is not None and (rates_now or self._counter_rates):
+            old_counter = self._counter_rates
+            dirty.update(k for k, r in rates_now.items() if old_counter.get(k, _NOTHING) != r)
+            dirty.update(k for k in old_counter if k not in rates_now)
+            dirty.update(self._counters.grown)
+        self._counter_rates = rates_now
         complete = counters and self.depth_reader is not None and not self.depth_reader.failed
         self._prometheus_complete = complete and (management is None or all(k in depth for k in management))
-        queues: dict[QueueKey, QueueMetrics] = {}
+
+        listed = management or {}
+        queues: dict[QueueKey, QueueMetrics]
+        if dirty is None:
+            keys: Any = set(depth) | set(listed)
+            queues, seen = {}, {}
+        else:
+            known = self._queues.keys()
+            keys = dirty | (depth.keys() - known) | (listed.keys() - known)  # (unknown ones are never known)
+            queues, seen = dict(self._queues), self._last
+            for gone in queues.keys() - depth.keys() - listed.keys():
+                del queues[gone]
+                seen.pop(gone, None)
         unknown: dict[QueueKey, str] = {}
-        seen: dict[QueueKey, tuple[tuple[Any, ...], QueueMetrics]] = {}
         changed: list[QueueKey] = []
-        for key in set(depth) | set(management or {}):
+        for key in keys:
+            if key not in depth and key not in listed:
+                queues.pop(key, None)
+                seen.pop(key, None)
+                continue
             held = self._rates.get(key)
             mg = held[0] if held else None
             if key in depth:
@@ -446,8 +519,10 @@ class BrokerPoller:
                 ready, unacked, consumers, dsrc = mg.ready, mg.unacked, mg.consumers, MANAGEMENT
             else:
                 unknown[key] = self._why_unknown(key)
+                queues.pop(key, None)
+                seen.pop(key, None)
                 continue
-            rate = rates.get(key)
+            rate = rates_now.get(key)
             pub: float | None
             ack: float | None
             if rate is not None:
@@ -469,7 +544,7 @@ class BrokerPoller:
                 queues[key] = QueueMetrics(*fields)
                 changed.append(key)
             seen[key] = (fields, queues[key])
-        self._last = seen
+        self._last, self._queues = seen, queues
         return queues, unknown, frozenset(changed)
 
     def _why_unknown(self, key: QueueKey) -> str:
