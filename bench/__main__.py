@@ -262,6 +262,8 @@ def _operator_real_rows(o: dict[str, Any]) -> list[str]:
              f"{was('all_status_s')}; {t.get('throttled_429', '')}"),
             ("idle cores; RSS MiB", bool(idle), f"{idle.get('cores')}; {idle.get('rss_mib')}",
              f"{was('idle_cores')}; {t.get('rss_mib', '')}"),
+            ("idle: the broker's cores meanwhile (its share of the reads)", "broker_cores" in idle,
+             f"{idle.get('broker_cores')}", ""),
             ("decisions per QueueWorker per s; tick interval p50 / p99 s", bool(idle),
              f"{idle.get('decisions_per_qw_per_s')}; {idle.get('tick_interval_p50_s')} / "
              f"{idle.get('tick_interval_p99_s')}", was("decisions_per_qw_per_s")),

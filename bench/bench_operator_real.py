@@ -142,13 +142,18 @@ def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def window(env: Env, pid: int, url: str, seconds: float) -> dict[str, Any]:
+def window(env: Env, pid: int, url: str, seconds: float, broker_pid: int = 0) -> dict[str, Any]:
+    """The operator's CPU and RSS over `seconds`, its decisions and tick intervals, and the broker's CPU meanwhile
+    (what the operator's reads cost it: at 5,000 queues each read is a 2 MB answer rendered)."""
     m0, (c0, _) = metrics(url), proc_usage(pid)
+    b0 = proc_usage(broker_pid)[0] if broker_pid else 0.0
     time.sleep(seconds)
     m1, (c1, rss) = metrics(url), proc_usage(pid)
+    b1 = proc_usage(broker_pid)[0] if broker_pid else 0.0
     n = m1.get("queueworker_operator_queueworkers", 0.0)
     return {
         "cores": round((c1 - c0) / seconds, 3),
+        "broker_cores": round((b1 - b0) / seconds, 3),
         "rss_mib": round(rss / 2**20),
         "decisions_per_qw_per_s": round((m1[TICKS] - m0[TICKS]) / max(n, 1) / seconds, 2),
         "tick_interval_p50_s": hist_quantile(m1, "queueworker_operator_tick_interval_seconds", 0.5, m0),
@@ -260,7 +265,7 @@ def _measure(env: Env, broker: Broker, n: int, bursts: int, idle: float, out: di
             out["apiserver_ms_per_status_write"] = round(apiserver_s / first_writes * 1000, 2)
         progress(out)
         time.sleep(10)  # past the first round's status writes
-        out["idle"] = window(env, op.pid, url, idle)
+        out["idle"] = window(env, op.pid, url, idle, pids["broker"])
         out["idle"]["seconds"], out["idle"]["load"] = idle, load()
         # Bursts: 15 messages into one idle queue at a time -> spec.replicas >= 1 (10 per replica -> 2). Quorum
         # queues (the issue's goal: the broker's quorum tick at 1 s); classic ones apart, as context: a 3.10 classic
