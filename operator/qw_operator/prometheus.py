@@ -43,6 +43,8 @@ _UNESCAPE = re.compile(r"\\(.)")
 _DEPTH = {"rabbitmq_detailed_queue_messages_ready": 0, "rabbitmq_detailed_queue_messages_unacked": 1,
           "rabbitmq_detailed_queue_consumers": 2}  # fmt: skip
 _PUBLISHED = "rabbitmq_detailed_queue_exchange_messages_published_total"
+_BUILD, _IDENTITY = "rabbitmq_build_info", "rabbitmq_identity_info"
+_INFO = {_BUILD: "rabbitmq_version", _IDENTITY: "rabbitmq_node"}  # the broker's series -> the label read from it
 _ACKED = "rabbitmq_detailed_queue_messages_acked_total"
 
 
@@ -107,14 +109,11 @@ def parse_scrape(text: str) -> Scrape:
     acc: dict[QueueKey, list[int]] = {}
     published: dict[QueueKey, float] = collections.defaultdict(float)
     acked: dict[QueueKey, float] = {}
-    version = node = None
+    info: dict[str, str | None] = {}
     keys: dict[str, QueueKey | None] = {}  # label sets repeat once per family: parsed once
     for name, raw, value in _WANTED.findall(text):
-        if name == "rabbitmq_build_info":
-            version = _labels(raw).get("rabbitmq_version")
-            continue
-        if name == "rabbitmq_identity_info":
-            node = _labels(raw).get("rabbitmq_node")
+        if name in _INFO:
+            info[name] = _labels(raw).get(_INFO[name])
             continue
         if raw in keys:
             key = keys[raw]
@@ -129,7 +128,7 @@ def parse_scrape(text: str) -> Scrape:
         else:
             acked[key] = float(value)
     depth = {k: (v[0], v[1], v[2]) for k, v in acc.items()}
-    return Scrape(depth, dict(published), acked, version, node)
+    return Scrape(depth, dict(published), acked, info.get(_BUILD), info.get(_IDENTITY))
 
 
 def parse_changes(lines: list[str], previous: list[str], prev: Scrape) -> Scrape | None:
@@ -147,7 +146,7 @@ def parse_changes(lines: list[str], previous: list[str], prev: Scrape) -> Scrape
     depth: dict[QueueKey, Depth] | None = None
     published: dict[QueueKey, float] | None = None
     acked: dict[QueueKey, float] | None = None
-    version, node = prev.version, prev.node
+    info = {_BUILD: prev.version, _IDENTITY: prev.node}
     changed: set[QueueKey] = set()
     for old, new in pairs:
         cut = new.rfind(" ")
@@ -157,11 +156,8 @@ def parse_changes(lines: list[str], previous: list[str], prev: Scrape) -> Scrape
         if m is None:
             continue  # a series that is not read (reductions, messages)
         name, raw, value = m.groups()
-        if name == "rabbitmq_build_info":
-            version = _labels(raw).get("rabbitmq_version")
-            continue
-        if name == "rabbitmq_identity_info":
-            node = _labels(raw).get("rabbitmq_node")
+        if name in _INFO:
+            info[name] = _labels(raw).get(_INFO[name])
             continue
         key = _key(raw)
         if key is None:
@@ -185,8 +181,8 @@ def parse_changes(lines: list[str], previous: list[str], prev: Scrape) -> Scrape
         prev.depth if depth is None else depth,
         prev.published if published is None else published,
         prev.acked if acked is None else acked,
-        version,
-        node,
+        info[_BUILD],
+        info[_IDENTITY],
         frozenset(changed),
         prev.number,
     )
