@@ -717,8 +717,16 @@ def run_janitor_now(s: Stack, cronjob: str) -> None:
     job = f"janitor-now-{secrets.token_hex(3)}"
     s.kubectl("-n", NAMESPACE, "create", "job", job, f"--from=cronjob/{cronjob}")
     try:
-        done = wait_for(f"job {job} to finish", lambda: (j := s.get("job", job)).get("status", {}).get("conditions")
-                        and j, 120, lambda: pod_state(s))  # fmt: skip
+
+        def finished() -> dict[str, Any] | None:
+            """The Job once Complete or Failed, not at its first condition: the Job controller sets
+            SuccessCriteriaMet first and Complete a moment later (Kubernetes 1.31 on); a Job read between the two
+            had SuccessCriteriaMet only."""
+            j: dict[str, Any] = s.get("job", job)
+            ended = [c for c in j.get("status", {}).get("conditions") or () if c["type"] in ("Complete", "Failed")]
+            return j if any(c["status"] == "True" for c in ended) else None
+
+        done = wait_for(f"job {job} to finish", finished, 120, lambda: pod_state(s))
         conditions = {c["type"]: c["status"] for c in done["status"]["conditions"]}
         pods = s.get("pods", "-l", f"job-name={job}")["items"]
 
