@@ -295,8 +295,8 @@ class BrokerPoller:
         self._management_took = 0.0  # seconds the last management read took
         self._last: dict[QueueKey, tuple[tuple[Any, ...], QueueMetrics]] = {}  # each queue's last figures
         # What the last _combine saw, so the next one redoes only the queues whose inputs changed: the snapshot's
-        # queues, the management answer its held rates came from (and until
-        # when they stand), each node's scrape (by number), the merged depth and the counter rates.
+        # queues, the management answer its held rates came from (and until when they stand), each node's scrape
+        # (by number), the merged depth and the counter rates.
         self._queues: dict[QueueKey, QueueMetrics] = {}
         self._rates_from: Any = _NOTHING
         self._rates_until = 0.0
