@@ -354,7 +354,7 @@ def namespace_gone(cluster: Any, namespace: str, timeout: float) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="1000,5000")
-    ap.add_argument("--bursts", type=int, default=40, help="quorum bursts per size (a p50 of 20 moved by 0.2 s)")
+    ap.add_argument("--bursts", type=int, default=40, help="quorum bursts per size (a p50 of 20 moved by 0.37 s)")
     ap.add_argument("--idle", type=float, default=30.0, help="seconds of the idle CPU/RSS window")
     ap.add_argument("--deadline", type=int, default=3300, help="the whole run stops (and cleans up) after this")
     args = ap.parse_args()

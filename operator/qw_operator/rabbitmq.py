@@ -507,9 +507,7 @@ class BrokerPoller:
         changed: list[QueueKey] = []
         for key in keys:
             if key not in depth and key not in listed:
-                queues.pop(key, None)
-                seen.pop(key, None)
-                continue
+                continue  # gone: removed above
             held = self._rates.get(key)
             mg = held[0] if held else None
             if key in depth:
